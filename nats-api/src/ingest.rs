@@ -1,0 +1,607 @@
+//! `POST /api/ingest/message` and `POST /api/ingest/batch`.
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, stream::FuturesOrdered};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use nomnom_runtime::{EntityName, IdempotencyKey, envelope, envelope::format_time};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::{
+    error::{ApiError, ErrorDetail},
+    publish::{Accepted, PendingAck, envelope_for},
+    state::AppState,
+};
+
+/// Header that names the entity when the URL does not.
+pub const ENTITY_HEADER: &str = "x-entity";
+/// Header with the client's idempotency key.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// Header carrying the request id (set by the request-id layer when absent).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The answer to an accepted message.
+#[derive(Debug, Serialize)]
+pub struct AcceptedResponse {
+    pub message_id: Uuid,
+    pub status: &'static str,
+    pub received_at: String,
+    /// True when an Idempotency-Key retry matched a message already stored.
+    pub duplicate: bool,
+}
+
+impl From<&Accepted> for AcceptedResponse {
+    fn from(accepted: &Accepted) -> Self {
+        Self {
+            message_id: accepted.message_id,
+            status: "accepted",
+            received_at: format_time(accepted.received_at),
+            duplicate: accepted.duplicate,
+        }
+    }
+}
+
+pub async fn message(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    ingest_one(state, None, headers, body).await
+}
+
+pub async fn message_for_entity(
+    State(state): State<AppState>,
+    Path(entity): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    ingest_one(state, Some(entity), headers, body).await
+}
+
+async fn ingest_one(
+    state: AppState,
+    path_entity: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let received_at = envelope::now_micros();
+    let entity = entity_hint(path_entity.as_deref(), &headers)?;
+    let key = idempotency_key(&headers)?;
+    let bytes = read_body(body, &headers, state.config.max_body_bytes).await?;
+    check_json(&bytes).inspect_err(|_| count("message", "rejected"))?;
+    let envelope = envelope_for(bytes, entity, key, request_id(&headers), received_at);
+    let accepted = state
+        .publisher
+        .publish(envelope)
+        .await
+        .inspect_err(|e| count("message", outcome_of(e)))?;
+    count(
+        "message",
+        if accepted.duplicate {
+            "duplicate"
+        } else {
+            "accepted"
+        },
+    );
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(AcceptedResponse::from(&accepted)),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!(
+        "/api/ingest/status/{}",
+        accepted.message_id.as_hyphenated()
+    )) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+fn count(endpoint: &'static str, outcome: &'static str) {
+    metrics::counter!("ingest_messages_received_total", "endpoint" => endpoint, "outcome" => outcome)
+        .increment(1);
+}
+
+fn outcome_of(error: &ApiError) -> &'static str {
+    if error.is_retryable() {
+        "failed"
+    } else {
+        "rejected"
+    }
+}
+
+/// The entity hint from the URL or the `X-Entity` header (they must agree).
+fn entity_hint(path: Option<&str>, headers: &HeaderMap) -> Result<Option<EntityName>, ApiError> {
+    let from_header = headers
+        .get(ENTITY_HEADER)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("invalid_entity", "X-Entity is not ASCII"))
+        })
+        .transpose()?;
+    let text = match (path, from_header) {
+        (Some(p), Some(h)) if p != h => {
+            return Err(ApiError::bad_request(
+                "invalid_entity",
+                format!("the URL names entity {p:?} but X-Entity says {h:?}; send one of them"),
+            ));
+        }
+        (Some(text), _) | (None, Some(text)) => text,
+        (None, None) => return Ok(None),
+    };
+    EntityName::parse(text)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request("invalid_entity", e.to_string()))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    headers
+        .get(IDEMPOTENCY_KEY_HEADER)
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| IdempotencyKey::parse(text).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        envelope::IdempotencyKeyError.to_string(),
+                    )
+                })
+        })
+        .transpose()
+}
+
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| envelope::is_visible_ascii_token(v))
+        .map(str::to_owned)
+}
+
+/// Reads the whole body, refusing more than `limit` bytes and slow senders.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = |size: String| {
+        ApiError::PayloadTooLarge(format!(
+            "the body is {size} bytes; the limit is {limit} bytes"
+        ))
+    };
+    if let Some(length) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && length > limit as u64
+    {
+        return Err(too_large(length.to_string()));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) => {
+            if err.downcast_ref::<LengthLimitError>().is_some() {
+                Err(too_large("more than".to_owned() + &format!(" {limit}")))
+            } else if is_timeout(err.as_ref()) {
+                Err(ApiError::RequestTimeout(
+                    "the request body was not received in time".into(),
+                ))
+            } else {
+                Err(ApiError::bad_request(
+                    "unreadable_body",
+                    format!("could not read the request body: {err}"),
+                ))
+            }
+        }
+    }
+}
+
+fn is_timeout(mut err: &(dyn std::error::Error + 'static)) -> bool {
+    loop {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        match err.source() {
+            Some(source) => err = source,
+            None => return false,
+        }
+    }
+}
+
+/// Byte offset of a 1-based line and column, as serde_json reports them.
+fn byte_offset(bytes: &[u8], line: usize, column: usize) -> usize {
+    let line_start = bytes
+        .split_inclusive(|b| *b == b'\n')
+        .take(line.saturating_sub(1))
+        .map(<[u8]>::len)
+        .sum::<usize>();
+    (line_start + column.saturating_sub(1)).min(bytes.len())
+}
+
+/// Deepest nesting accepted: serde_json's own recursion limit, so workers can parse
+/// whatever the API accepts.
+pub const MAX_NESTING: usize = 128;
+
+/// Byte offset where arrays/objects nest deeper than `limit`, outside strings.
+fn nesting_exceeds(bytes: &[u8], limit: usize) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (offset, &byte) in bytes.iter().enumerate() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return Some(offset);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Checks that `bytes` is one well-formed JSON document.
+pub fn check_json(bytes: &[u8]) -> Result<(), ApiError> {
+    check_json_item(bytes).map_err(|detail| ApiError::bad_request(detail.code, detail.message))
+}
+
+fn check_json_item(bytes: &[u8]) -> Result<(), ErrorDetail<'static>> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ErrorDetail {
+            code: "empty_body",
+            message: "the body is empty; send a JSON document".into(),
+        });
+    }
+    // serde_json skips the contents of ignored strings without checking their UTF-8.
+    let text = std::str::from_utf8(bytes).map_err(|e| ErrorDetail {
+        code: "invalid_json",
+        message: format!(
+            "the body is not valid UTF-8 (byte offset {}); JSON must be UTF-8",
+            e.valid_up_to()
+        ),
+    })?;
+    if let Some(offset) = nesting_exceeds(bytes, MAX_NESTING) {
+        return Err(ErrorDetail {
+            code: "invalid_json",
+            message: format!(
+                "the body nests arrays and objects deeper than {MAX_NESTING} levels (byte offset {offset})"
+            ),
+        });
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map(drop)
+        .map_err(|e| ErrorDetail {
+            code: "invalid_json",
+            message: format!(
+                "the body is not valid JSON: {e} (byte offset {})",
+                byte_offset(bytes, e.line(), e.column())
+            ),
+        })
+}
+
+/// One item's outcome in a batch answer.
+#[derive(Debug, Serialize)]
+pub struct BatchItem {
+    /// 0-based position of the item in the batch.
+    pub index: usize,
+    /// 1-based line of the item, for NDJSON batches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// `accepted`, `rejected` (fix the item; do not retry it as is) or `failed` (retry it).
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail<'static>>,
+}
+
+/// The answer to a batch.
+#[derive(Debug, Serialize)]
+pub struct BatchResponse {
+    pub accepted: usize,
+    pub rejected: usize,
+    pub failed: usize,
+    pub received_at: String,
+    pub items: Vec<BatchItem>,
+}
+
+pub async fn batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    ingest_batch(state, None, headers, body).await
+}
+
+pub async fn batch_for_entity(
+    State(state): State<AppState>,
+    Path(entity): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    ingest_batch(state, Some(entity), headers, body).await
+}
+
+/// One batch item: its NDJSON line (if any) and its bytes, or why it is not JSON.
+type SplitItem = (Option<usize>, Result<Bytes, ErrorDetail<'static>>);
+
+/// Splits a batch body into items: a JSON array, or NDJSON (one document per line).
+/// Items are slices of `body`, not copies.
+fn split_batch(body: &Bytes, headers: &HeaderMap) -> Result<Vec<SplitItem>, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let ndjson_type = ["ndjson", "jsonl", "json-seq", "jsonlines"]
+        .iter()
+        .any(|t| content_type.contains(t));
+    if first.is_none() {
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "the batch is empty; send a JSON array or NDJSON lines",
+        ));
+    }
+    if !ndjson_type && first == Some(b'[') {
+        let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!(
+                    "the batch is not a valid JSON array: {e} (byte offset {})",
+                    byte_offset(body, e.line(), e.column())
+                ),
+            )
+        })?;
+        return Ok(items
+            .into_iter()
+            .map(|raw| (None, Ok(body.slice_ref(raw.get().as_bytes()))))
+            .collect());
+    }
+    if content_type.starts_with("application/json") && !ndjson_type {
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            "a batch with Content-Type application/json must be a JSON array; send NDJSON as application/x-ndjson",
+        ));
+    }
+    let mut items = Vec::new();
+    let mut start = 0;
+    for (number, line) in body.split(|b| *b == b'\n').enumerate() {
+        let end = start + line.len();
+        let trimmed = line.strip_suffix(b"\r").unwrap_or(line);
+        if !trimmed.iter().all(u8::is_ascii_whitespace) {
+            let item = body.slice(start..start + trimmed.len());
+            let checked = check_json_item(&item).map(|()| item);
+            items.push((Some(number + 1), checked));
+        }
+        start = end + 1;
+    }
+    Ok(items)
+}
+
+async fn ingest_batch(
+    state: AppState,
+    path_entity: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let received_at = envelope::now_micros();
+    let entity = entity_hint(path_entity.as_deref(), &headers)?;
+    let key = idempotency_key(&headers)?;
+    let request = request_id(&headers);
+    let bytes = read_body(body, &headers, state.config.max_batch_bytes).await?;
+    let items = split_batch(&bytes, &headers)?;
+    if items.len() > state.config.max_batch_items {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the batch has {} items; the limit is {}",
+            items.len(),
+            state.config.max_batch_items
+        )));
+    }
+    metrics::histogram!("ingest_batch_size_items").record(items.len() as f64);
+
+    let mut results: Vec<BatchItem> = items
+        .iter()
+        .enumerate()
+        .map(|(index, (line, _))| BatchItem {
+            index,
+            line: *line,
+            status: "rejected",
+            message_id: None,
+            duplicate: false,
+            error: None,
+        })
+        .collect();
+
+    // Pipelined: send while earlier acknowledgements are outstanding, but keep at most
+    // WINDOW of this request's in flight so one batch cannot take the whole budget.
+    const WINDOW: usize = 1024;
+    let mut pending: FuturesOrdered<_> = FuturesOrdered::new();
+    let finish = |index: usize, pending: PendingAck| async move { (index, pending.wait().await) };
+    let record =
+        |results: &mut Vec<BatchItem>, index: usize, outcome: Result<Accepted, ApiError>| {
+            let item = &mut results[index];
+            match outcome {
+                Ok(accepted) => {
+                    item.status = "accepted";
+                    item.message_id = Some(accepted.message_id);
+                    item.duplicate = accepted.duplicate;
+                }
+                Err(err) => {
+                    item.status = if err.is_retryable() {
+                        "failed"
+                    } else {
+                        "rejected"
+                    };
+                    item.error = Some(err.detail());
+                }
+            }
+        };
+    for (index, (_, item)) in items.into_iter().enumerate() {
+        let bytes = match item {
+            Ok(bytes) => bytes,
+            Err(detail) => {
+                results[index].error = Some(detail);
+                continue;
+            }
+        };
+        let item_key = key.as_ref().map(|k| k.for_batch_item(index));
+        let envelope = envelope_for(
+            bytes,
+            entity.clone(),
+            item_key,
+            request.clone(),
+            received_at,
+        );
+        let message_id = envelope.message_id;
+        let mut sent = state.publisher.send(envelope.clone()).await;
+        // Over the global in-flight limit: wait for one of our own acks, then retry once.
+        if matches!(sent, Err(ApiError::Overloaded)) && !pending.is_empty() {
+            if let Some((done, outcome)) = pending.next().await {
+                record(&mut results, done, outcome);
+            }
+            sent = state.publisher.send(envelope).await;
+        }
+        match sent {
+            Ok(ack) => pending.push_back(finish(index, ack)),
+            Err(err) => {
+                results[index].message_id = Some(message_id);
+                record(&mut results, index, Err(err));
+            }
+        }
+        if pending.len() >= WINDOW
+            && let Some((done, outcome)) = pending.next().await
+        {
+            record(&mut results, done, outcome);
+        }
+    }
+    while let Some((done, outcome)) = pending.next().await {
+        record(&mut results, done, outcome);
+    }
+    Ok(batch_response(results, received_at))
+}
+
+fn batch_response(items: Vec<BatchItem>, received_at: DateTime<Utc>) -> Response {
+    let tally = |status: &str| items.iter().filter(|i| i.status == status).count();
+    let (accepted, rejected, failed) = (tally("accepted"), tally("rejected"), tally("failed"));
+    for (outcome, n) in [
+        ("accepted", accepted),
+        ("rejected", rejected),
+        ("failed", failed),
+    ] {
+        metrics::counter!("ingest_messages_received_total", "endpoint" => "batch", "outcome" => outcome)
+            .increment(n as u64);
+    }
+    let overloaded = items
+        .iter()
+        .any(|i| i.error.as_ref().is_some_and(|e| e.code == "overloaded"));
+    let status = if rejected + failed == 0 {
+        StatusCode::ACCEPTED
+    } else if accepted > 0 {
+        StatusCode::MULTI_STATUS
+    } else if failed == 0 {
+        StatusCode::BAD_REQUEST
+    } else if overloaded {
+        StatusCode::TOO_MANY_REQUESTS
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut response = (
+        status,
+        Json(BatchResponse {
+            accepted,
+            rejected,
+            failed,
+            received_at: format_time(received_at),
+            items,
+        }),
+    )
+        .into_response();
+    if failed > 0 {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(nomnom_runtime::defaults::RETRY_AFTER_SECONDS),
+        );
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_carry_the_byte_offset() {
+        let err = check_json(b"{\"a\": 1,\n \"b\": }").unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("line 2"), "{message}");
+        assert!(message.contains("byte offset 15"), "{message}");
+        assert_eq!(err.code(), "invalid_json");
+        assert_eq!(check_json(b"  \n").unwrap_err().code(), "empty_body");
+        assert!(check_json(br#"{"ok": [1, 2.5, "x", null]}"#).is_ok());
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings() {
+        assert_eq!(nesting_exceeds(b"[[[]]]", 3), None);
+        assert_eq!(nesting_exceeds(b"[[[[]]]]", 3), Some(3));
+        assert_eq!(nesting_exceeds(br#"{"a":"[[[[[\"[["}"#, 2), None);
+        assert_eq!(nesting_exceeds(br#"[{"a":[1]}, {"b":{"c":[]}}]"#, 4), None);
+        assert_eq!(
+            nesting_exceeds(br#"[{"a":[1]}, {"b":{"c":[]}}]"#, 3),
+            Some(22)
+        );
+    }
+
+    #[test]
+    fn ndjson_items_keep_their_line_numbers() {
+        let body = Bytes::from_static(b"{\"a\":1}\n\n{bad\r\n[2]\n");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            "application/x-ndjson".parse().unwrap(),
+        );
+        let items = split_batch(&body, &headers).unwrap();
+        let lines: Vec<_> = items.iter().map(|(l, r)| (*l, r.is_ok())).collect();
+        assert_eq!(lines, [(Some(1), true), (Some(3), false), (Some(4), true)]);
+        assert_eq!(items[2].1.as_ref().unwrap().as_ref(), b"[2]");
+    }
+
+    #[test]
+    fn json_arrays_split_into_raw_items() {
+        let body = Bytes::from_static(br#"[{"a":1}, {"b":[1,2]} ,3]"#);
+        let items = split_batch(&body, &HeaderMap::new()).unwrap();
+        let raw: Vec<_> = items
+            .iter()
+            .map(|(_, r)| String::from_utf8(r.as_ref().unwrap().to_vec()).unwrap())
+            .collect();
+        assert_eq!(raw, [r#"{"a":1}"#, r#"{"b":[1,2]}"#, "3"]);
+        let mut json = HeaderMap::new();
+        json.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        assert_eq!(
+            split_batch(&Bytes::from_static(b"{\"a\":1}"), &json)
+                .unwrap_err()
+                .code(),
+            "invalid_batch"
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! nats-api: the generic ingestion service. It wraps each POSTed JSON body in a nomnom
+//! envelope and publishes it to NATS JetStream. It knows nothing about entities.
+//!
+//! [`app`] builds the router (tested in-process with `tower::ServiceExt::oneshot`);
+//! [`run`] is the whole service, used by the binary.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod ingest;
+pub mod publish;
+pub mod server;
+pub mod state;
+pub mod status;
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::{
+    Router,
+    http::{HeaderName, Request},
+    middleware,
+    routing::{get, post},
+};
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::RequestBodyDeadlineLayer,
+    trace::TraceLayer,
+};
+
+pub use config::{ApiArgs, ApiConfig};
+pub use state::{AppState, StartupError};
+
+/// The service's routes and middleware.
+pub fn app(state: AppState) -> Router {
+    let request_id = HeaderName::from_static(ingest::REQUEST_ID_HEADER);
+    let api = Router::new()
+        .route("/api/ingest/message", post(ingest::message))
+        .route(
+            "/api/ingest/message/{entity}",
+            post(ingest::message_for_entity),
+        )
+        .route("/api/ingest/batch", post(ingest::batch))
+        .route("/api/ingest/batch/{entity}", post(ingest::batch_for_entity))
+        .route("/api/ingest/status/{id}", get(status::lookup))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_key,
+        ));
+    Router::new()
+        .merge(api)
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(health::openapi))
+        .layer(RequestBodyDeadlineLayer::new(state.config.body_read_timeout))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<_>| {
+                    let id = request
+                        .headers()
+                        .get(ingest::REQUEST_ID_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                })
+                .on_request(())
+                .on_response(
+                    tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG),
+                )
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Runs the service until `shutdown` resolves; returns once in-flight requests are done.
+pub async fn run(
+    config: ApiConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartupError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartupError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    serve_on(listener, config, shutdown).await
+}
+
+/// Like [`run`], on a listener the caller bound (tests bind port 0).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    config: ApiConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartupError> {
+    let options = server::ServeOptions {
+        header_read_timeout: config.header_read_timeout,
+        shutdown_grace: config.shutdown_grace,
+    };
+    let state = AppState::start(config).await?;
+    reload_keys_on_sighup(state.clone());
+    let address = listener.local_addr().ok();
+    tracing::info!(address = ?address, stream = %state.config.stream.name, nats = %state.config.nats.url, "nats-api listening");
+    let finished = server::serve(listener, app(state.clone()), options, shutdown).await;
+    if !finished {
+        tracing::warn!("shutdown grace period ended with requests still in flight");
+    }
+    // Acks of answered requests were awaited already; flush anything still buffered.
+    let _ = tokio::time::timeout(Duration::from_secs(5), state.client.flush()).await;
+    tracing::info!("nats-api stopped");
+    Ok(())
+}
+
+fn reload_keys_on_sighup(state: AppState) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            match state.reload_api_keys() {
+                Ok(count) => tracing::info!(keys = count, "reloaded API keys"),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot reload API keys; keeping the old ones")
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,243 @@
+//! The nats-api binary as a process: graceful shutdown and slow clients.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nomnom_test_support::{NatsServer, free_port};
+
+struct Api {
+    child: Child,
+    port: u16,
+}
+
+impl Api {
+    fn start(nats: &NatsServer, extra_env: &[(&str, &str)]) -> Api {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_nats-api"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("NATS_URL", nats.url())
+            .env("NOMNOM_LISTEN", format!("127.0.0.1:{port}"))
+            .env("NOMNOM_LOG_FORMAT", "text")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn nats-api");
+        let api = Api { child, port };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while api.get("/ready").0 != 200 {
+            assert!(Instant::now() < deadline, "nats-api did not become ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        api
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// A blocking GET with a raw socket (status, body); (0, "") if nothing answers.
+    fn get(&self, path: &str) -> (u16, String) {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return (0, String::new());
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, text)
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_requests_in_flight_loses_nothing_that_got_a_202() {
+    let nats = NatsServer::start();
+    let mut api = Api::start(&nats, &[]);
+    let client = reqwest::Client::new();
+    let url = api.url("/api/ingest/message");
+    let answered = Arc::new(AtomicUsize::new(0));
+
+    // 16 clients post in a loop until the server stops answering.
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let (client, url, answered) = (client.clone(), url.clone(), Arc::clone(&answered));
+        tasks.push(tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            for n in 0..2000 {
+                let reply = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(format!("{{\"worker\":{worker},\"n\":{n}}}"))
+                    .send()
+                    .await;
+                match reply {
+                    Ok(r) if r.status() == 202 => {
+                        let json: serde_json::Value = r.json().await.unwrap();
+                        accepted.push(json["message_id"].as_str().unwrap().to_owned());
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => panic!("unexpected answer during shutdown: {}", r.status()),
+                    Err(_) => break, // connection refused or closed: the server is stopping
+                }
+            }
+            accepted
+        }));
+    }
+    // Signal once the server is busy answering.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while answered.load(Ordering::Relaxed) < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "nats-api answered too few requests"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    api.signal("TERM");
+    let mut accepted = Vec::new();
+    for task in tasks {
+        accepted.extend(task.await.unwrap());
+    }
+    let exit = api.child.wait().unwrap();
+    assert!(exit.success(), "nats-api exits 0 after SIGTERM: {exit:?}");
+    assert!(
+        accepted.len() >= 200,
+        "requests were accepted before the signal"
+    );
+
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream_no_info("MESSAGES").await.unwrap();
+    for id in &accepted {
+        stream
+            .get_last_raw_message_by_subject(&format!("messages.ingest._.{id}"))
+            .await
+            .unwrap_or_else(|e| panic!("message {id} got a 202 but is not in the stream: {e}"));
+    }
+    let mut info = js.get_stream("MESSAGES").await.unwrap();
+    let stored = info.info().await.unwrap().state.messages;
+    assert!(stored >= accepted.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_while_others_are_served() {
+    let nats = NatsServer::start();
+    let api = Api::start(
+        &nats,
+        &[
+            ("NOMNOM_HEADER_READ_TIMEOUT", "500ms"),
+            ("NOMNOM_BODY_READ_TIMEOUT", "500ms"),
+        ],
+    );
+
+    // Drip-fed headers: the server closes the connection after the header timeout.
+    let mut slow_headers = TcpStream::connect(("127.0.0.1", api.port)).unwrap();
+    slow_headers
+        .write_all(b"POST /api/ingest/message HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+
+    // Complete headers, drip-fed body: 408 after the body timeout.
+    let mut slow_body = TcpStream::connect(("127.0.0.1", api.port)).unwrap();
+    slow_body
+        .write_all(
+            b"POST /api/ingest/message HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":",
+        )
+        .unwrap();
+
+    // Meanwhile a normal client is served at once.
+    let reply = reqwest::Client::new()
+        .post(api.url("/api/ingest/message"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202);
+
+    let started = Instant::now();
+    slow_headers
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buffer = Vec::new();
+    let _ = slow_headers.read_to_end(&mut buffer);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "header timeout enforced"
+    );
+    let text = String::from_utf8_lossy(&buffer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+
+    slow_body
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buffer = Vec::new();
+    let _ = slow_body.read_to_end(&mut buffer);
+    let text = String::from_utf8_lossy(&buffer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+}
+
+#[test]
+fn bad_configuration_fails_at_start_with_one_clear_line() {
+    let output = Command::new(env!("CARGO_BIN_EXE_nats-api"))
+        .env_clear()
+        .env("NOMNOM_SUBJECT_PREFIX", "elsewhere")
+        .env("NATS_URL", "nats://127.0.0.1:1")
+        .env("NOMNOM_LOG_FORMAT", "text")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("not captured by the stream subjects"),
+        "{stderr}"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_nats-api"))
+        .env_clear()
+        .args(["--stream-max-age", "soon"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("use a number followed by ms, s, m, h or d"),
+        "{stderr}"
+    );
+}

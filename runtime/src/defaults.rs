@@ -1,0 +1,54 @@
+//! Every default of nomnom, in one place. The `Default` impls and the clap
+//! flags of both `nats-api` and generated workers read these constants, so
+//! the API and the workers can never disagree about a default.
+
+use std::time::Duration;
+
+/// NATS server to connect to.
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+/// How long to wait for the TCP/TLS connection and the server's INFO.
+pub const NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on JetStream API requests (stream info, direct get, ...).
+pub const NATS_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The JetStream stream every message goes to.
+pub const STREAM_NAME: &str = "MESSAGES";
+/// Subjects the stream captures.
+pub const STREAM_SUBJECTS: &str = "messages.>";
+/// Prefix of the subjects messages are published on: `<prefix>.<entity|_>.<message id>`.
+pub const INGEST_SUBJECT_PREFIX: &str = "messages.ingest";
+/// Window in which a repeated `Nats-Msg-Id` (from an `Idempotency-Key`) stores nothing new.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60);
+/// How long messages are kept in the stream (7 days), processed or not.
+pub const STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Stream size limit in bytes; -1 means unlimited.
+pub const STREAM_MAX_BYTES: i64 = -1;
+/// Stream replicas: 1 on a single server, 3 on a production cluster.
+pub const STREAM_REPLICAS: usize = 1;
+/// JetStream Object Store bucket for bodies larger than the server's max_payload (claim-check).
+pub const BODY_BUCKET: &str = "MESSAGES_BODIES";
+
+/// Address `nats-api` listens on.
+pub const API_LISTEN: &str = "0.0.0.0:8080";
+/// Largest body `nats-api` accepts on `/api/ingest/message` (8 MiB).
+pub const API_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Largest body `nats-api` accepts on `/api/ingest/batch` (32 MiB).
+pub const API_MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
+/// Most items in one batch request.
+pub const API_MAX_BATCH_ITEMS: usize = 10_000;
+/// Bound on one publish (send + stored acknowledgement) before answering 503.
+pub const API_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Publishes awaiting their JetStream acknowledgement at once, across all requests;
+/// beyond it the API answers 429 with `Retry-After`.
+pub const API_MAX_IN_FLIGHT: usize = 4096;
+/// Time a client has to send the request headers.
+pub const API_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send the whole request body.
+pub const API_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a SIGTERM waits for in-flight requests before giving up on them.
+pub const API_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+/// Seconds suggested to clients in `Retry-After` when NATS is unavailable or overloaded.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+
+/// Name of the table workers record every message's outcome in.
+pub const STATUS_TABLE: &str = "nomnom_message_status";

@@ -1,0 +1,21 @@
+//! What nats-api and every generated nomnom worker share: the envelope wire format, the
+//! stream and its settings, the NATS connection, the status table, metrics and logging.
+//!
+//! Only this crate defines the wire format (see [`envelope`]).
+
+pub mod cli;
+pub mod db;
+pub mod defaults;
+pub mod duration;
+pub mod envelope;
+pub mod metrics;
+pub mod nats;
+pub mod status;
+pub mod stream;
+pub mod subject;
+pub mod telemetry;
+
+pub use envelope::{Body, BodyRef, Envelope, IdempotencyKey};
+pub use nats::NatsConfig;
+pub use stream::StreamSettings;
+pub use subject::EntityName;

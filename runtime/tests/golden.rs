@@ -1,0 +1,92 @@
+//! Fixes the envelope wire format: a change that alters these bytes breaks every
+//! deployed worker reading messages written by an older API (or the reverse).
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use nomnom_runtime::{Body, BodyRef, EntityName, Envelope, IdempotencyKey};
+use uuid::Uuid;
+
+/// Headers sorted by name, one `Name: value` per line, then a blank line and the payload.
+fn render(envelope: &Envelope) -> String {
+    let (headers, payload) = envelope.to_headers_and_payload();
+    let mut lines: Vec<String> = headers
+        .iter()
+        .flat_map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values
+                .iter()
+                .map(move |v| format!("{name}: {}", v.as_str()))
+        })
+        .collect();
+    lines.sort();
+    format!(
+        "{}\n\n{}\n",
+        lines.join("\n"),
+        String::from_utf8(payload.to_vec()).unwrap()
+    )
+}
+
+fn fixed_time() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-22T13:30:00.123456Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn check(name: &str, envelope: &Envelope) {
+    let path = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
+    let rendered = render(envelope);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &rendered).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("missing {path}; run with UPDATE_GOLDEN=1 once"));
+    assert_eq!(
+        rendered, expected,
+        "the envelope wire format changed; bump ENVELOPE_VERSION and keep reading the old one"
+    );
+    // Whatever was written must read back identically.
+    let (headers, payload) = envelope.to_headers_and_payload();
+    assert_eq!(
+        &Envelope::from_headers_and_payload(Some(&headers), payload).unwrap(),
+        envelope
+    );
+}
+
+#[test]
+fn inline_body_with_every_optional_field() {
+    let key = IdempotencyKey::parse("order-42").unwrap();
+    check(
+        "envelope_v1_inline.txt",
+        &Envelope {
+            message_id: key.message_id(),
+            received_at: fixed_time(),
+            entity: Some(EntityName::parse("order").unwrap()),
+            idempotency_key: Some(key),
+            request_id: Some("req-7f3a".into()),
+            content_type: "application/json".into(),
+            body: Body::Inline(Bytes::from_static(
+                br#"{"o_orderkey":42,"o_totalprice":"173665.47"}"#,
+            )),
+        },
+    );
+}
+
+#[test]
+fn claim_checked_body_without_optional_fields() {
+    check(
+        "envelope_v1_stored.txt",
+        &Envelope {
+            message_id: Uuid::parse_str("0190d6f2-4c1e-7a3b-8f00-123456789abc").unwrap(),
+            received_at: fixed_time(),
+            entity: None,
+            idempotency_key: None,
+            request_id: None,
+            content_type: "application/json".into(),
+            body: Body::Stored(BodyRef {
+                bucket: "MESSAGES_BODIES".into(),
+                object: "0190d6f2-4c1e-7a3b-8f00-123456789abc".into(),
+                size: 2_500_000,
+            }),
+        },
+    );
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command README.md gives, and what CI runs: installs what is missing
+# (nats-server; PostgreSQL when root), then format check, clippy, and every test
+# against real nats-server and PostgreSQL processes.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+scripts/install-deps.sh
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --profile ci
+else
+  cargo test --workspace --locked
+fi
+cargo test --workspace --locked --doc
