@@ -81,6 +81,14 @@ for _ in $(seq 1 100); do
 done
 curl -fs "$api/ready" >/dev/null || fail "nats-api is not ready; see .nomnom/nats-api.log"
 
+stream_messages() {
+  curl -s "http://127.0.0.1:$monitor_port/jsz?streams=true" | python3 -c '
+import json,sys
+d = json.load(sys.stdin)
+print(sum(s["state"]["messages"] for a in d.get("account_details", []) for s in a.get("stream_detail", []) if s["name"] == "MESSAGES"))'
+}
+before="$(stream_messages)"
+
 say "POST one order"
 reply="$(curl -s -X POST "$api/api/ingest/message/order" -H 'content-type: application/json' \
   -d '{"o_orderkey": 1, "o_custkey": 370, "o_orderstatus": "O", "o_totalprice": "172799.49"}')"
@@ -102,13 +110,8 @@ say "status of $id (pending until a worker records it)"
 curl -s "$api/api/ingest/status/$id"
 echo
 
-stored="$(curl -s "http://127.0.0.1:$monitor_port/jsz?streams=true" | python3 -c '
-import json,sys
-d = json.load(sys.stdin)
-for a in d.get("account_details", []):
-    for s in a.get("stream_detail", []):
-        if s["name"] == "MESSAGES": print(s["state"]["messages"])')"
-say "summary: $stored messages in stream MESSAGES (1 order + 1 idempotent order + 2 batch lines)"
+stored="$(stream_messages)"
+say "summary: $((stored - before)) new messages in stream MESSAGES, $stored in all (a repeated Idempotency-Key within 2 minutes stores nothing)"
 if $keep_running; then
   cat <<EOT
 

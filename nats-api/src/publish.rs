@@ -85,7 +85,10 @@ impl std::fmt::Debug for Publisher {
 }
 
 /// Bytes a header block takes on the wire: `NATS/1.0\r\n`, `Name: value\r\n` each, `\r\n`.
-fn header_block_size(headers: &HeaderMap) -> usize {
+fn header_block_size(headers: Option<&HeaderMap>) -> usize {
+    let Some(headers) = headers else {
+        return 0;
+    };
     let mut size = "NATS/1.0\r\n\r\n".len();
     for (name, values) in headers.iter() {
         for value in values {
@@ -139,11 +142,11 @@ impl Publisher {
         let started = Instant::now();
         let deadline = started + self.publish_timeout;
         self.unavailable_if_disconnected()?;
-        let mut message = envelope.to_headers_and_payload();
+        let mut message = envelope.encode();
         let max_payload = self.js.client().server_info().max_payload;
-        if header_block_size(&message.0) + message.1.len() > max_payload {
+        if header_block_size(message.headers.as_ref()) + message.payload.len() > max_payload {
             envelope.body = Body::Stored(self.store_body(&envelope, deadline).await?);
-            message = envelope.to_headers_and_payload();
+            message = envelope.encode();
             metrics::counter!("ingest_claim_checks_total").increment(1);
         }
         let subject = subject::message_subject(
@@ -151,8 +154,10 @@ impl Publisher {
             envelope.entity.as_ref(),
             envelope.message_id,
         );
-        let (headers, payload) = message;
-        let publish = PublishMessage::build().headers(headers).payload(payload);
+        let mut publish = PublishMessage::build().payload(message.payload);
+        if let Some(headers) = message.headers {
+            publish = publish.headers(headers);
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let ack = tokio::time::timeout(remaining, self.js.send_publish(subject, publish))
             .await
@@ -249,11 +254,9 @@ impl Publisher {
         let filter = subject::lookup_subject(&self.settings.subject_prefix, message_id);
         match stream.get_last_raw_message_by_subject(&filter).await {
             Ok(message) => {
-                let envelope =
-                    Envelope::from_headers_and_payload(Some(&message.headers), message.payload)
-                        .map_err(|e| {
-                            ApiError::Internal(format!("unreadable message in the stream: {e}"))
-                        })?;
+                let envelope = Envelope::decode(message.payload).map_err(|e| {
+                    ApiError::Internal(format!("unreadable message in the stream: {e}"))
+                })?;
                 Ok(Some(envelope))
             }
             Err(err)
@@ -323,9 +326,7 @@ async fn check_same_request(
     let Some(original) = publisher.original(accepted.sequence).await else {
         return Ok(());
     };
-    let Ok(original) =
-        Envelope::from_headers_and_payload(Some(&original.headers), original.payload)
-    else {
+    let Ok(original) = Envelope::decode(original.payload) else {
         return Ok(());
     };
     if original.message_id != envelope.message_id {
@@ -350,7 +351,9 @@ async fn check_same_request(
     Ok(())
 }
 
-/// Builds the envelope for a body that has been checked to be JSON.
+/// Builds the envelope for a body that has been checked to be JSON. Whitespace around
+/// the document is dropped: it is not part of the message, and an idempotent retry that
+/// differs only there is the same message.
 pub fn envelope_for(
     body: Bytes,
     entity: Option<nomnom_runtime::EntityName>,
@@ -368,6 +371,18 @@ pub fn envelope_for(
         idempotency_key,
         request_id,
         content_type: envelope::JSON_CONTENT_TYPE.to_owned(),
-        body: Body::Inline(body),
+        body: Body::Inline(trim_whitespace(body)),
     }
+}
+
+fn trim_whitespace(body: Bytes) -> Bytes {
+    let start = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(body.len());
+    let end = body
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    body.slice(start..end)
 }

@@ -6,11 +6,13 @@ use chrono::{DateTime, Utc};
 use nomnom_runtime::{Body, BodyRef, EntityName, Envelope, IdempotencyKey};
 use uuid::Uuid;
 
-/// Headers sorted by name, one `Name: value` per line, then a blank line and the payload.
+/// Headers (`Name: value` lines), a blank line, then the payload exactly as sent.
 fn render(envelope: &Envelope) -> String {
-    let (headers, payload) = envelope.to_headers_and_payload();
-    let mut lines: Vec<String> = headers
+    let encoded = envelope.encode();
+    let mut lines: Vec<String> = encoded
+        .headers
         .iter()
+        .flat_map(|headers| headers.iter())
         .flat_map(|(name, values)| {
             let name: &str = name.as_ref();
             values
@@ -22,7 +24,7 @@ fn render(envelope: &Envelope) -> String {
     format!(
         "{}\n\n{}\n",
         lines.join("\n"),
-        String::from_utf8(payload.to_vec()).unwrap()
+        String::from_utf8(encoded.payload.to_vec()).unwrap()
     )
 }
 
@@ -45,9 +47,8 @@ fn check(name: &str, envelope: &Envelope) {
         "the envelope wire format changed; bump ENVELOPE_VERSION and keep reading the old one"
     );
     // Whatever was written must read back identically.
-    let (headers, payload) = envelope.to_headers_and_payload();
     assert_eq!(
-        &Envelope::from_headers_and_payload(Some(&headers), payload).unwrap(),
+        &Envelope::decode(envelope.encode().payload).unwrap(),
         envelope
     );
 }

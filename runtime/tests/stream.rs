@@ -119,10 +119,9 @@ async fn a_message_can_be_found_by_id_whatever_its_entity() {
             content_type: envelope::JSON_CONTENT_TYPE.into(),
             body: nomnom_runtime::Body::Inline(Bytes::from_static(b"{}")),
         };
-        let (headers, payload) = env.to_headers_and_payload();
         let subject =
             subject::message_subject(&settings.subject_prefix, entity.as_ref(), env.message_id);
-        js.publish_with_headers(subject, headers, payload)
+        js.publish(subject, env.encode().payload)
             .await
             .unwrap()
             .await
@@ -135,8 +134,7 @@ async fn a_message_can_be_found_by_id_whatever_its_entity() {
             .get_last_raw_message_by_subject(&subject::lookup_subject(&settings.subject_prefix, id))
             .await
             .expect("found by wildcard lookup");
-        let decoded =
-            Envelope::from_headers_and_payload(Some(&found.headers), found.payload).unwrap();
+        let decoded = Envelope::decode(found.payload).unwrap();
         assert_eq!(decoded.message_id, id);
         assert_eq!(decoded.entity, entity);
     }

@@ -1,7 +1,8 @@
 //! A real PostgreSQL server in a temporary data directory.
 //!
 //! PostgreSQL refuses to run as root, so when the tests run as root the data directory is
-//! given to the `postgres` user and the server runs as that user (via `runuser`).
+//! given to the `postgres` user and the server runs as that user via `setpriv`, which
+//! execs in place: the child we hold is the postmaster itself, so signals reach it.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -132,8 +133,16 @@ impl Postgres {
     fn command(&self, program: &str) -> Command {
         let path = self.bin.join(program);
         if self.as_postgres_user {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(path);
+            let mut command = Command::new("setpriv");
+            command
+                .args([
+                    "--reuid=postgres",
+                    "--regid=postgres",
+                    "--init-groups",
+                    "--",
+                ])
+                .arg(path)
+                .env("HOME", self.dir.path());
             command
         } else {
             Command::new(path)

@@ -82,8 +82,7 @@ impl Harness {
     pub async fn stored(&self, sequence: u64) -> (String, Envelope) {
         let stream = self.js.get_stream("MESSAGES").await.unwrap();
         let message = stream.get_raw_message(sequence).await.unwrap();
-        let envelope =
-            Envelope::from_headers_and_payload(Some(&message.headers), message.payload).unwrap();
+        let envelope = Envelope::decode(message.payload).unwrap();
         (message.subject.to_string(), envelope)
     }
 }
