@@ -15,9 +15,10 @@ echo "==> cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> tests"
+# Doc tests first: nextest's summary (the real count) must be the last word.
+cargo test --workspace --locked --doc --quiet
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --profile ci
 else
   cargo test --workspace --locked
 fi
-cargo test --workspace --locked --doc

@@ -1,0 +1,174 @@
+//! Stage 3: the typed intermediate form the templates render. Everything here has been
+//! validated: identifiers are safe in Rust and SQL, references resolve, types fit.
+
+use serde::Serialize;
+
+/// A validated project.
+#[derive(Debug, Clone, Serialize)]
+pub struct Project {
+    pub name: String,
+    /// Cargo package name of the generated worker.
+    pub crate_name: String,
+    /// Rust identifier of the crate (`-` → `_`).
+    pub crate_ident: String,
+    pub description: Option<String>,
+    /// JSON pointer tokens of the discriminator field, when routing by body field.
+    pub discriminator: Option<Pointer>,
+    /// Every entity, parents before their children.
+    pub entities: Vec<Entity>,
+}
+
+/// A JSON pointer, as written and as tokens.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Pointer {
+    pub text: String,
+    pub tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    Insert,
+    Upsert,
+    IgnoreDuplicates,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationKind {
+    Create,
+    Upsert,
+    Delete,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Operation {
+    pub field: Pointer,
+    pub create: Vec<String>,
+    pub upsert: Vec<String>,
+    pub delete: Vec<String>,
+    pub default: OperationKind,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ParentLink {
+    /// Name of the parent entity.
+    pub entity: String,
+    /// Where the child rows are in the parent's body.
+    pub source: Pointer,
+    /// (child field, parent field) pairs.
+    pub keys: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Entity {
+    pub name: String,
+    /// Rust type name (PascalCase).
+    pub type_name: String,
+    pub table: String,
+    pub description: Option<String>,
+    /// Routing value, for root entities.
+    pub route: Option<String>,
+    pub write: WriteMode,
+    pub primary_key: Vec<String>,
+    /// Key upserts and deletes match on.
+    pub upsert_key: Vec<String>,
+    pub unique: Vec<Vec<String>>,
+    pub indexes: Vec<Vec<String>>,
+    pub operation: Option<Operation>,
+    pub fields: Vec<Field>,
+    pub parent: Option<ParentLink>,
+    /// Names of direct children.
+    pub children: Vec<String>,
+}
+
+/// Column types of the spec.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FieldType {
+    String { max_length: Option<u32> },
+    Text,
+    Bool,
+    I16,
+    I32,
+    I64,
+    F32,
+    F64,
+    Decimal { precision: u32, scale: u32 },
+    Date,
+    Time,
+    Timestamptz,
+    Uuid,
+    Json,
+}
+
+impl FieldType {
+    /// Names accepted in the spec's `type:`.
+    pub const NAMES: &'static [&'static str] = &[
+        "string",
+        "text",
+        "bool",
+        "i16",
+        "i32",
+        "i64",
+        "f32",
+        "f64",
+        "decimal",
+        "date",
+        "time",
+        "timestamptz",
+        "uuid",
+        "json",
+    ];
+
+    pub fn is_numeric(self) -> bool {
+        matches!(
+            self,
+            Self::I16 | Self::I32 | Self::I64 | Self::F32 | Self::F64 | Self::Decimal { .. }
+        )
+    }
+
+    pub fn is_textual(self) -> bool {
+        matches!(self, Self::String { .. } | Self::Text)
+    }
+}
+
+/// Checks the generated parser applies to a value.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Checks {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub min_length: Option<u32>,
+    pub max_length: Option<u32>,
+    pub pattern: Option<String>,
+    pub allowed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Field {
+    pub name: String,
+    pub field_type: FieldType,
+    pub nullable: bool,
+    pub source: Pointer,
+    pub default: Option<serde_json::Value>,
+    pub checks: Checks,
+    pub description: Option<String>,
+    /// Filled from the parent (a `parent_key` field), not from the body.
+    pub from_parent: bool,
+}
+
+impl Project {
+    pub fn entity(&self, name: &str) -> Option<&Entity> {
+        self.entities.iter().find(|e| e.name == name)
+    }
+
+    pub fn roots(&self) -> impl Iterator<Item = &Entity> {
+        self.entities.iter().filter(|e| e.parent.is_none())
+    }
+}
+
+impl Entity {
+    pub fn field(&self, name: &str) -> Option<&Field> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+}

@@ -1,0 +1,148 @@
+//! Stage 1: the entities YAML as written, with the source location of every value.
+//!
+//! Unknown keys are rejected here (`deny_unknown_fields`); everything else about meaning
+//! is checked by [`crate::validate`].
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// A value and where it was written.
+pub type S<T> = Spanned<T>;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecFile {
+    /// Spec format version; only 1 exists.
+    pub version: S<u32>,
+    /// Project name: names the generated crate (`<project>-worker`).
+    pub project: S<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub routing: Option<RoutingSpec>,
+    pub entities: Vec<EntitySpec>,
+}
+
+/// How a message is recognised as an entity.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSpec {
+    /// JSON pointer to a field of the body whose value names the entity (its `route`).
+    #[serde(default)]
+    pub discriminator: Option<S<String>>,
+}
+
+/// An entity: a table, its fields, and its nested children.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntitySpec {
+    pub name: S<String>,
+    /// Table name; default: the entity name.
+    #[serde(default)]
+    pub table: Option<S<String>>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Value of the API's entity hint or of the discriminator that selects this entity;
+    /// default: the entity name. Root entities only.
+    #[serde(default)]
+    pub route: Option<S<String>>,
+    /// `insert` (default), `upsert` (on the upsert key) or `ignore_duplicates`.
+    #[serde(default)]
+    pub write: Option<S<String>>,
+    #[serde(default)]
+    pub primary_key: Vec<S<String>>,
+    /// Key that `upsert` and `delete` match on; default: the primary key.
+    #[serde(default)]
+    pub upsert_key: Vec<S<String>>,
+    #[serde(default)]
+    pub unique: Vec<Vec<S<String>>>,
+    #[serde(default)]
+    pub indexes: Vec<Vec<S<String>>>,
+    /// Per-message operation (create / upsert / delete) read from the body.
+    #[serde(default)]
+    pub operation: Option<OperationSpec>,
+    pub fields: Vec<FieldSpec>,
+    #[serde(default)]
+    pub children: Vec<EntitySpec>,
+    /// Children only: JSON pointer to the array, in the parent's body, holding the rows.
+    #[serde(default)]
+    pub source: Option<S<String>>,
+    /// Children only: which child fields take which parent fields' values.
+    #[serde(default)]
+    pub parent_key: Vec<ParentKeySpec>,
+}
+
+/// Child field ← parent field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParentKeySpec {
+    pub field: S<String>,
+    pub from: S<String>,
+}
+
+/// Where a message says what to do with its entity.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperationSpec {
+    /// JSON pointer to the operation field in the body.
+    pub field: S<String>,
+    /// Values meaning "create" (insert); default `["create", "c", "insert"]`.
+    #[serde(default)]
+    pub create: Vec<S<String>>,
+    /// Values meaning "upsert"; default `["upsert", "u", "update"]`.
+    #[serde(default)]
+    pub upsert: Vec<S<String>>,
+    /// Values meaning "delete"; default `["delete", "d"]`.
+    #[serde(default)]
+    pub delete: Vec<S<String>>,
+    /// Operation when the field is absent: `create` (default), `upsert` or `delete`.
+    #[serde(default)]
+    pub default: Option<S<String>>,
+}
+
+/// One column.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    pub name: S<String>,
+    #[serde(rename = "type")]
+    pub field_type: S<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// JSON pointer into the body; default `/<name>`.
+    #[serde(default)]
+    pub source: Option<S<String>>,
+    #[serde(default)]
+    pub nullable: Option<S<bool>>,
+    /// Value used when the body lacks the field.
+    #[serde(default)]
+    pub default: Option<S<serde_json::Value>>,
+    /// `string`: column length limit (characters), also checked by the parser.
+    #[serde(default)]
+    pub max_length: Option<S<u32>>,
+    #[serde(default)]
+    pub min_length: Option<S<u32>>,
+    /// `decimal`: total digits and digits after the point.
+    #[serde(default)]
+    pub precision: Option<S<u32>>,
+    #[serde(default)]
+    pub scale: Option<S<u32>>,
+    /// Numbers: inclusive bounds.
+    #[serde(default)]
+    pub min: Option<S<f64>>,
+    #[serde(default)]
+    pub max: Option<S<f64>>,
+    /// `string`/`text`: regular expression the whole value must match.
+    #[serde(default)]
+    pub pattern: Option<S<String>>,
+    /// `string`/`text`: the only values allowed.
+    #[serde(default, rename = "enum")]
+    pub allowed: Vec<S<String>>,
+}
+
+/// Parses the YAML. Syntax errors, type errors and unknown keys come back as
+/// serde-saphyr errors with their location.
+pub fn parse(source: &str) -> Result<SpecFile, serde_saphyr::Error> {
+    serde_saphyr::from_str(source)
+}
