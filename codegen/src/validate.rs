@@ -382,6 +382,13 @@ impl Validator {
             list.iter().map(|s| s.value.clone()).collect()
         };
         let primary_key = key(self, &spec.primary_key, "primary_key", true);
+        if spec.primary_key.is_empty() && !spec.fields.is_empty() {
+            self.problems.push(
+                Problem::new("missing_primary_key", format!("entity {name:?} has no primary_key"))
+                    .at(&spec.name, "no primary key")
+                    .help("name the fields that identify a row, e.g. `primary_key: [id]`; for append-only events add an id field (uuid) to the payload"),
+            );
+        }
         let upsert_key = if spec.upsert_key.is_empty() {
             primary_key.clone()
         } else {

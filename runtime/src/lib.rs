@@ -10,10 +10,13 @@ pub mod duration;
 pub mod envelope;
 pub mod metrics;
 pub mod nats;
+pub mod parse;
+pub mod sql;
 pub mod status;
 pub mod stream;
 pub mod subject;
 pub mod telemetry;
+pub mod worker;
 
 pub use envelope::{Body, BodyRef, Envelope, IdempotencyKey};
 pub use nats::NatsConfig;

@@ -1,9 +1,11 @@
-//! Real servers for tests: `nats-server -js` and PostgreSQL, started from the machine's
-//! binaries on free loopback ports, each with its own temporary data directory.
+//! Real servers for integration tests: `nats-server` with JetStream and PostgreSQL,
+//! started from the machine's binaries on loopback ports, each with its own temporary
+//! directory, and cleaned up on drop.
 //!
-//! Everything here waits on conditions (a health endpoint answering, a port accepting)
-//! with deadlines, never on fixed sleeps, and panics with the server's log tail when a
-//! server does not come up.
+//! The API is synchronous (`std::process`), so it works from sync and async tests alike.
+//! Everything waits on conditions (a health endpoint answering, a query succeeding) with
+//! deadlines, never on fixed sleeps, and panics with the server's log tail when a server
+//! does not come up. `scripts/install-deps.sh` installs the binaries.
 
 mod nats;
 mod postgres;
@@ -13,19 +15,19 @@ pub use nats::{NatsOptions, NatsServer, nats_server_binary};
 pub use postgres::Postgres;
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, for servers under test that cannot pick
+/// their own. Another process may take it before it is bound: retry on "address in use".
 pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a loopback port")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("bind a free loopback port")
 }
 
-/// The workspace root (where `.tools/` lives).
-pub fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("test-support sits in the workspace")
-        .to_path_buf()
+/// The workspace root, where `.tools/` (installed by `scripts/install-deps.sh`) lives.
+pub fn workspace_root() -> PathBuf {
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    root.canonicalize().unwrap_or(root)
 }

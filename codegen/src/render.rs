@@ -1,0 +1,677 @@
+//! Stage 4: renders the model into files, in memory. Rust computes every fragment that
+//! depends on types (Rust types, parse expressions, SQL types); the Tera templates in
+//! `templates/worker/` only lay them out. Rust output is formatted with rustfmt.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use serde::Serialize;
+use tera::{Context, Tera};
+
+use crate::model::{Entity, Field, FieldType, OperationKind, Project, WriteMode};
+
+/// Which databases the generated crate gets migrations for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Databases {
+    Postgres,
+    Sqlite,
+    Both,
+}
+
+/// How the generated Cargo.toml refers to nomnom-runtime.
+#[derive(Debug, Clone)]
+pub enum RuntimeDependency {
+    /// `path = "…"` (relative to the generated crate).
+    Path(String),
+    /// `version = "…"` from crates.io.
+    Version(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RenderOptions {
+    pub databases: Databases,
+    pub runtime: RuntimeDependency,
+    /// Spec file name, for the generated header.
+    pub spec_name: String,
+}
+
+/// Why rendering failed (a bug in nomnom, or rustfmt missing).
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("template {name} failed: {message}")]
+    Template { name: String, message: String },
+    #[error("rustfmt is not available ({0}); install it with `rustup component add rustfmt`")]
+    RustfmtMissing(String),
+    #[error("rustfmt rejected generated {file} (a nomnom bug, please report it): {message}")]
+    Rustfmt { file: String, message: String },
+}
+
+/// Generated files: relative path → contents, in a stable order.
+pub type Files = BTreeMap<String, String>;
+
+macro_rules! templates {
+    ($($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!("../../templates/worker/", $name)))),*]
+    };
+}
+
+/// Every template, by name.
+const TEMPLATES: &[(&str, &str)] = templates![
+    "Cargo.toml.tera",
+    "README.md.tera",
+    "Dockerfile.tera",
+    "docker-compose.nats.yml.tera",
+    "main.rs.tera",
+    "lib.rs.tera",
+    "model.rs.tera",
+    "parser.rs.tera",
+    "schema.rs.tera",
+    "database.rs.tera",
+    "up.sql.tera",
+    "down.sql.tera",
+];
+
+/// One field, with everything the templates need.
+#[derive(Debug, Serialize)]
+struct FieldView {
+    name: String,
+    doc: Option<String>,
+    rust_type: String,
+    /// Expression (in parser scope: `body`, `path`, `parent`) producing the value.
+    parse: String,
+    /// Expression producing `nomnom_runtime::sql::Value` from `self.<name>`.
+    to_value: String,
+    column_type: &'static str,
+    postgres_type: String,
+    sqlite_type: String,
+    diesel_type: String,
+    nullable: bool,
+    /// Statics the parse expression uses (regexes, defaults).
+    statics: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ChildView {
+    name: String,
+    type_name: String,
+    tokens: Vec<String>,
+    source: String,
+}
+
+#[derive(Debug, Serialize)]
+struct EntityView {
+    name: String,
+    type_name: String,
+    const_name: String,
+    table: String,
+    doc: Option<String>,
+    route: Option<String>,
+    fields: Vec<FieldView>,
+    key: Vec<String>,
+    primary_key: Vec<String>,
+    unique: Vec<Vec<String>>,
+    indexes: Vec<(String, Vec<String>)>,
+    write_mode: &'static str,
+    children: Vec<ChildView>,
+    /// Child fields filled from the parent: (child field, parent field).
+    parent_keys: Vec<(String, String)>,
+    parent: Option<String>,
+    parent_type: Option<String>,
+    has_operation: bool,
+    operation_tokens: Vec<String>,
+    operation_create: Vec<String>,
+    operation_upsert: Vec<String>,
+    operation_delete: Vec<String>,
+    operation_default: &'static str,
+}
+
+/// A Rust string literal for arbitrary text.
+fn rust_string(text: &str) -> String {
+    format!("{text:?}")
+}
+
+/// Doc text that can neither break out of its attribute nor become a doctest.
+fn doc_text(text: &Option<String>) -> Option<String> {
+    text.as_ref()
+        .map(|t| rust_string(&format!(" {}", t.replace("```", "'''"))))
+}
+
+fn tokens_literal(tokens: &[String]) -> String {
+    let parts: Vec<String> = tokens.iter().map(|t| rust_string(t)).collect();
+    format!("&[{}]", parts.join(", "))
+}
+
+fn bounds(field: &Field) -> String {
+    let f = |v: Option<f64>| v.map_or("None".to_owned(), |v| format!("Some({v:?})"));
+    format!(
+        "p::Bounds {{ min: {}, max: {} }}",
+        f(field.checks.min),
+        f(field.checks.max)
+    )
+}
+
+fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
+    let mut statics = Vec::new();
+    let static_prefix = format!(
+        "{}_{}",
+        entity.name.to_uppercase(),
+        field.name.to_uppercase()
+    );
+    let (base_type, convert, to_value, column_type, pg, lite, diesel): (
+        &str,
+        String,
+        String,
+        &str,
+        String,
+        &str,
+        &str,
+    ) = match field.field_type {
+        FieldType::String { .. } | FieldType::Text => {
+            let pattern = field.checks.pattern.as_ref().map(|pattern| {
+                    let name = format!("{static_prefix}_PATTERN");
+                    statics.push(format!(
+                        "static {name}: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| regex::Regex::new({}).expect(\"validated by nomnom\"));",
+                        rust_string(pattern)
+                    ));
+                    format!("Some(&{name})")
+                });
+            let allowed: Vec<String> = field
+                .checks
+                .allowed
+                .iter()
+                .map(|a| rust_string(a))
+                .collect();
+            let opt = |v: Option<u32>| v.map_or("None".to_owned(), |v| format!("Some({v})"));
+            let max = match field.field_type {
+                FieldType::String { max_length } => max_length.or(field.checks.max_length),
+                _ => field.checks.max_length,
+            };
+            (
+                "String",
+                format!(
+                    "p::text(v, &at, p::TextRules {{ min_length: {}, max_length: {}, pattern: {}, allowed: &[{}] }})?",
+                    opt(field.checks.min_length),
+                    opt(max),
+                    pattern.unwrap_or_else(|| "None".into()),
+                    allowed.join(", ")
+                ),
+                "Value::Text(x.clone())".into(),
+                "Text",
+                match field.field_type {
+                    FieldType::String {
+                        max_length: Some(n),
+                    } => format!("VARCHAR({n})"),
+                    _ => "TEXT".into(),
+                },
+                "TEXT",
+                match field.field_type {
+                    FieldType::String {
+                        max_length: Some(_),
+                    } => "Varchar",
+                    _ => "Text",
+                },
+            )
+        }
+        FieldType::Bool => (
+            "bool",
+            "p::boolean(v, &at)?".into(),
+            "Value::Bool(*x)".into(),
+            "Bool",
+            "BOOLEAN".into(),
+            "BOOLEAN",
+            "Bool",
+        ),
+        FieldType::I16 => (
+            "i16",
+            format!("p::integer::<i16>(v, &at, {})?", bounds(field)),
+            "Value::I16(*x)".into(),
+            "I16",
+            "SMALLINT".into(),
+            "INTEGER",
+            "Int2",
+        ),
+        FieldType::I32 => (
+            "i32",
+            format!("p::integer::<i32>(v, &at, {})?", bounds(field)),
+            "Value::I32(*x)".into(),
+            "I32",
+            "INTEGER".into(),
+            "INTEGER",
+            "Int4",
+        ),
+        FieldType::I64 => (
+            "i64",
+            format!("p::integer::<i64>(v, &at, {})?", bounds(field)),
+            "Value::I64(*x)".into(),
+            "I64",
+            "BIGINT".into(),
+            "INTEGER",
+            "Int8",
+        ),
+        FieldType::F32 => (
+            "f32",
+            format!("p::float32(v, &at, {})?", bounds(field)),
+            "Value::F32(*x)".into(),
+            "F32",
+            "REAL".into(),
+            "REAL",
+            "Float4",
+        ),
+        FieldType::F64 => (
+            "f64",
+            format!("p::float(v, &at, {})?", bounds(field)),
+            "Value::F64(*x)".into(),
+            "F64",
+            "DOUBLE PRECISION".into(),
+            "REAL",
+            "Float8",
+        ),
+        FieldType::Decimal { precision, scale } => (
+            "String",
+            format!(
+                "p::decimal(v, &at, {precision}, {scale}, {})?",
+                bounds(field)
+            ),
+            "Value::Text(x.clone())".into(),
+            "Decimal",
+            format!("NUMERIC({precision}, {scale})"),
+            "TEXT",
+            "Numeric",
+        ),
+        FieldType::Date => (
+            "chrono::NaiveDate",
+            "p::date(v, &at)?".into(),
+            "Value::Text(x.to_string())".into(),
+            "Date",
+            "DATE".into(),
+            "TEXT",
+            "Date",
+        ),
+        FieldType::Time => (
+            "chrono::NaiveTime",
+            "p::time(v, &at)?".into(),
+            "Value::Text(x.format(\"%H:%M:%S%.f\").to_string())".into(),
+            "Time",
+            "TIME".into(),
+            "TEXT",
+            "Time",
+        ),
+        FieldType::Timestamptz => (
+            "chrono::DateTime<chrono::Utc>",
+            "p::timestamp(v, &at)?".into(),
+            "Value::Text(x.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))".into(),
+            "Timestamptz",
+            "TIMESTAMPTZ".into(),
+            "TEXT",
+            "Timestamptz",
+        ),
+        FieldType::Uuid => (
+            "uuid::Uuid",
+            "p::uuid(v, &at)?".into(),
+            "Value::Text(x.to_string())".into(),
+            "Uuid",
+            "UUID".into(),
+            "TEXT",
+            "Uuid",
+        ),
+        FieldType::Json => (
+            "serde_json::Value",
+            "p::json(v, &at)?".into(),
+            "Value::Text(x.to_string())".into(),
+            "Json",
+            "JSONB".into(),
+            "TEXT",
+            "Jsonb",
+        ),
+    };
+    let tokens = tokens_literal(&field.source.tokens);
+    let lookup = match &field.default {
+        None => format!("p::lookup(body, {tokens})"),
+        Some(default) => {
+            let name = format!("{static_prefix}_DEFAULT");
+            statics.push(format!(
+                "static {name}: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| serde_json::from_str({}).expect(\"validated by nomnom\"));",
+                rust_string(&default.to_string())
+            ));
+            format!("p::lookup(body, {tokens}).or(Some(&*{name}))")
+        }
+    };
+    let parent_key = entity
+        .parent
+        .as_ref()
+        .and_then(|link| link.keys.iter().find(|(child, _)| *child == field.name))
+        .map(|(_, parent)| parent.clone());
+    let is_copy = !matches!(
+        field.field_type,
+        FieldType::String { .. } | FieldType::Text | FieldType::Decimal { .. } | FieldType::Json
+    );
+    let parse = if let Some(parent_field) = parent_key {
+        if is_copy {
+            format!("parent.{parent_field}")
+        } else {
+            format!("parent.{parent_field}.clone()")
+        }
+    } else if field.nullable {
+        format!(
+            "{{ let at = p::join(path, {tokens}); match {lookup} {{ None => None, Some(v) => Some({convert}) }} }}"
+        )
+    } else {
+        format!(
+            "{{ let at = p::join(path, {tokens}); let v = p::required({lookup}, &at)?; {convert} }}"
+        )
+    };
+    let to_value = if field.nullable {
+        format!(
+            "self.{}.as_ref().map_or(Value::Null, |x| {to_value})",
+            field.name
+        )
+    } else {
+        format!("{{ let x = &self.{}; {to_value} }}", field.name)
+    };
+    let _ = index;
+    FieldView {
+        name: field.name.clone(),
+        doc: doc_text(&field.description),
+        rust_type: if field.nullable {
+            format!("Option<{base_type}>")
+        } else {
+            base_type.to_owned()
+        },
+        parse,
+        to_value,
+        column_type,
+        postgres_type: pg,
+        sqlite_type: lite.to_owned(),
+        diesel_type: if field.nullable {
+            format!("Nullable<{diesel}>")
+        } else {
+            diesel.to_owned()
+        },
+        nullable: field.nullable,
+        statics,
+    }
+}
+
+fn index_name(table: &str, columns: &[String]) -> String {
+    let name = format!("ix_{table}_{}", columns.join("_"));
+    if name.len() <= 63 {
+        return name;
+    }
+    // Stay under PostgreSQL's identifier limit, deterministically.
+    let hash = name
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    format!("{}_{hash:08x}", &name[..54])
+}
+
+fn entity_view(project: &Project, entity: &Entity) -> EntityView {
+    let operation = entity.operation.as_ref();
+    EntityView {
+        name: entity.name.clone(),
+        type_name: entity.type_name.clone(),
+        const_name: entity.name.to_uppercase(),
+        table: entity.table.clone(),
+        doc: doc_text(&entity.description),
+        route: entity.route.clone(),
+        fields: entity
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| field_view(entity, f, i))
+            .collect(),
+        key: entity.upsert_key.clone(),
+        primary_key: entity.primary_key.clone(),
+        unique: {
+            let mut unique = entity.unique.clone();
+            if entity.upsert_key != entity.primary_key && !entity.upsert_key.is_empty() {
+                unique.push(entity.upsert_key.clone());
+            }
+            unique
+        },
+        indexes: entity
+            .indexes
+            .iter()
+            .map(|cols| (index_name(&entity.table, cols), cols.clone()))
+            .collect(),
+        write_mode: match entity.write {
+            WriteMode::Insert => "Insert",
+            WriteMode::Upsert => "Upsert",
+            WriteMode::IgnoreDuplicates => "IgnoreDuplicates",
+        },
+        children: entity
+            .children
+            .iter()
+            .filter_map(|name| project.entity(name))
+            .map(|child| {
+                let link = child.parent.as_ref().expect("children have a parent link");
+                ChildView {
+                    name: child.name.clone(),
+                    type_name: child.type_name.clone(),
+                    tokens: link.source.tokens.iter().map(|t| rust_string(t)).collect(),
+                    source: link.source.text.clone(),
+                }
+            })
+            .collect(),
+        parent_keys: entity
+            .parent
+            .as_ref()
+            .map(|l| l.keys.clone())
+            .unwrap_or_default(),
+        parent: entity.parent.as_ref().map(|l| l.entity.clone()),
+        parent_type: entity
+            .parent
+            .as_ref()
+            .and_then(|l| project.entity(&l.entity))
+            .map(|p| p.type_name.clone()),
+        has_operation: operation.is_some(),
+        operation_tokens: operation
+            .map(|o| o.field.tokens.iter().map(|t| rust_string(t)).collect())
+            .unwrap_or_default(),
+        operation_create: operation
+            .map(|o| o.create.iter().map(|t| rust_string(t)).collect())
+            .unwrap_or_default(),
+        operation_upsert: operation
+            .map(|o| o.upsert.iter().map(|t| rust_string(t)).collect())
+            .unwrap_or_default(),
+        operation_delete: operation
+            .map(|o| o.delete.iter().map(|t| rust_string(t)).collect())
+            .unwrap_or_default(),
+        operation_default: match operation.map(|o| o.default) {
+            Some(OperationKind::Upsert) => "Upsert",
+            Some(OperationKind::Delete) => "Delete",
+            _ => "Create",
+        },
+    }
+}
+
+fn tera() -> Result<Tera, RenderError> {
+    let mut tera = Tera::default();
+    tera.autoescape_on(vec![]);
+    for (name, text) in TEMPLATES {
+        tera.add_raw_template(name, text)
+            .map_err(|e| RenderError::Template {
+                name: (*name).to_owned(),
+                message: format!("{e:?}"),
+            })?;
+    }
+    Ok(tera)
+}
+
+fn render_one(tera: &Tera, name: &str, context: &Context) -> Result<String, RenderError> {
+    tera.render(name, context).map_err(|e| {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        RenderError::Template {
+            name: name.to_owned(),
+            message,
+        }
+    })
+}
+
+/// Formats Rust source with rustfmt (edition 2024), as `cargo fmt` would.
+pub fn rustfmt(file: &str, source: &str) -> Result<String, RenderError> {
+    let mut child = Command::new(std::env::var("RUSTFMT").unwrap_or_else(|_| "rustfmt".into()))
+        .args(["--edition", "2024", "--emit", "stdout", "--quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| RenderError::RustfmtMissing(e.to_string()))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(source.as_bytes())
+        .map_err(|e| RenderError::RustfmtMissing(e.to_string()))?;
+    let output = child
+        .wait_with_output()
+        .map_err(|e| RenderError::RustfmtMissing(e.to_string()))?;
+    if !output.status.success() {
+        return Err(RenderError::Rustfmt {
+            file: file.to_owned(),
+            message: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The first line of every generated file (in the file's comment syntax).
+pub fn header(comment: &str, spec_name: &str) -> String {
+    format!(
+        "{comment} @generated by nomnom from {spec_name}. DO NOT EDIT: change the spec and run `nomnom generate`.\n"
+    )
+}
+
+/// Renders every file of the worker crate.
+pub fn render(project: &Project, options: &RenderOptions) -> Result<Files, RenderError> {
+    let tera = tera()?;
+    let entities: Vec<EntityView> = project
+        .entities
+        .iter()
+        .map(|e| entity_view(project, e))
+        .collect();
+    let roots: Vec<&EntityView> = entities.iter().filter(|e| e.parent.is_none()).collect();
+    let mut context = Context::new();
+    context.insert("project", project);
+    context.insert("entities", &entities);
+    context.insert("roots", &roots);
+    context.insert("spec_name", &options.spec_name);
+    context.insert(
+        "discriminator",
+        &project.discriminator.as_ref().map(|d| {
+            (
+                d.text.clone(),
+                d.tokens.iter().map(|t| rust_string(t)).collect::<Vec<_>>(),
+            )
+        }),
+    );
+    context.insert(
+        "runtime_dependency",
+        &match &options.runtime {
+            RuntimeDependency::Path(path) => format!("path = {}", rust_string(path)),
+            RuntimeDependency::Version(version) => format!("version = {}", rust_string(version)),
+        },
+    );
+    let postgres = matches!(options.databases, Databases::Postgres | Databases::Both);
+    let sqlite = matches!(options.databases, Databases::Sqlite | Databases::Both);
+    context.insert("postgres", &postgres);
+    context.insert("sqlite", &sqlite);
+
+    let mut files = Files::new();
+    let rust = |files: &mut Files,
+                path: String,
+                template: &str,
+                context: &Context|
+     -> Result<(), RenderError> {
+        let source = render_one(&tera, template, context)?;
+        let formatted = rustfmt(&path, &source)?;
+        files.insert(path, header("//", &options.spec_name) + &formatted);
+        Ok(())
+    };
+    rust(&mut files, "src/main.rs".into(), "main.rs.tera", &context)?;
+    rust(&mut files, "src/lib.rs".into(), "lib.rs.tera", &context)?;
+    rust(
+        &mut files,
+        "src/schema.rs".into(),
+        "schema.rs.tera",
+        &context,
+    )?;
+    rust(
+        &mut files,
+        "src/database.rs".into(),
+        "database.rs.tera",
+        &context,
+    )?;
+    for entity in &entities {
+        let mut per_entity = context.clone();
+        per_entity.insert("entity", entity);
+        rust(
+            &mut files,
+            format!("src/models/{}.rs", entity.name),
+            "model.rs.tera",
+            &per_entity,
+        )?;
+        rust(
+            &mut files,
+            format!("src/parsers/{}.rs", entity.name),
+            "parser.rs.tera",
+            &per_entity,
+        )?;
+    }
+    let text = |files: &mut Files,
+                path: &str,
+                template: &str,
+                comment: &str,
+                context: &Context|
+     -> Result<(), RenderError> {
+        let body = render_one(&tera, template, context)?;
+        files.insert(path.to_owned(), header(comment, &options.spec_name) + &body);
+        Ok(())
+    };
+    text(&mut files, "Cargo.toml", "Cargo.toml.tera", "#", &context)?;
+    text(&mut files, "Dockerfile", "Dockerfile.tera", "#", &context)?;
+    text(
+        &mut files,
+        "docker-compose.nats.yml",
+        "docker-compose.nats.yml.tera",
+        "#",
+        &context,
+    )?;
+    text(&mut files, "README.md", "README.md.tera", "<!--", &context)?;
+    for (enabled, dialect) in [(postgres, "postgres"), (sqlite, "sqlite")] {
+        if !enabled {
+            continue;
+        }
+        let mut sql = context.clone();
+        sql.insert("dialect", dialect);
+        let dir = format!(
+            "migrations/{dialect}/00000000000001_create_{}",
+            project.name.replace('-', "_")
+        );
+        text(
+            &mut files,
+            &format!("{dir}/up.sql"),
+            "up.sql.tera",
+            "--",
+            &sql,
+        )?;
+        text(
+            &mut files,
+            &format!("{dir}/down.sql"),
+            "down.sql.tera",
+            "--",
+            &sql,
+        )?;
+    }
+    // The README header is an HTML comment: close it.
+    if let Some(readme) = files.get_mut("README.md") {
+        *readme = readme.replacen(" `nomnom generate`.\n", " `nomnom generate`. -->\n", 1);
+    }
+    Ok(files)
+}

@@ -1,0 +1,170 @@
+//! The generated TPC-H parsers against real TPC-H rows from tpchgen.
+
+use nomnom_runtime::{Body, EntityName, Envelope, envelope};
+use serde_json::{Value, json};
+use tpch_worker::{Rows, parse};
+
+fn envelope_for(entity: Option<&str>) -> Envelope {
+    Envelope {
+        message_id: envelope::new_message_id(),
+        received_at: envelope::now_micros(),
+        entity: entity.map(|e| EntityName::parse(e).unwrap()),
+        idempotency_key: None,
+        request_id: None,
+        content_type: envelope::JSON_CONTENT_TYPE.into(),
+        body: Body::Inline(bytes::Bytes::new()),
+    }
+}
+
+fn parse_rows(
+    entity: Option<&str>,
+    body: &Value,
+) -> Result<Rows, nomnom_runtime::parse::ParseError> {
+    parse(&envelope_for(entity), body).map(|p| p.rows)
+}
+
+#[test]
+fn every_tpch_order_and_line_item_round_trips_into_the_models() {
+    let mut orders = 0;
+    let mut items = 0;
+    for message in tpch_data::orders(0.01) {
+        let rows = parse_rows(Some("order"), &message).unwrap_or_else(|e| panic!("{e}: {message}"));
+        assert_eq!(rows.order.len(), 1);
+        let order = &rows.order[0];
+        assert_eq!(order.o_orderkey, message["o_orderkey"].as_i64().unwrap());
+        assert_eq!(
+            order.o_totalprice,
+            message["o_totalprice"].as_str().unwrap()
+        );
+        assert_eq!(
+            order.o_orderdate.to_string(),
+            message["o_orderdate"].as_str().unwrap()
+        );
+        assert_eq!(order.o_clerk, message["o_clerk"].as_str().unwrap());
+        let expected_items = message["lineitems"].as_array().unwrap();
+        assert_eq!(rows.lineitem.len(), expected_items.len());
+        for (row, source) in rows.lineitem.iter().zip(expected_items) {
+            assert_eq!(row.l_orderkey, order.o_orderkey, "the parent key is copied");
+            assert_eq!(
+                row.l_linenumber as i64,
+                source["l_linenumber"].as_i64().unwrap()
+            );
+            assert_eq!(
+                row.l_extendedprice,
+                source["l_extendedprice"].as_str().unwrap()
+            );
+            assert_eq!(
+                row.l_shipdate.to_string(),
+                source["l_shipdate"].as_str().unwrap()
+            );
+            assert_eq!(row.l_comment, source["l_comment"].as_str().unwrap());
+        }
+        orders += 1;
+        items += rows.lineitem.len();
+    }
+    assert_eq!(orders, 15_000, "scale factor 0.01 has 15,000 orders");
+    assert!(items > 50_000, "{items} line items");
+}
+
+#[test]
+fn every_tpch_customer_parses() {
+    let mut count = 0;
+    for message in tpch_data::customers(0.01) {
+        let rows = parse_rows(None, &message).unwrap_or_else(|e| panic!("{e}: {message}"));
+        assert_eq!(
+            rows.customer[0].c_custkey,
+            message["c_custkey"].as_i64().unwrap()
+        );
+        assert_eq!(
+            rows.customer[0].c_acctbal,
+            message["c_acctbal"].as_str().unwrap()
+        );
+        count += 1;
+    }
+    assert_eq!(count, 1_500);
+}
+
+#[test]
+fn routing_uses_the_hint_then_the_discriminator() {
+    let order = tpch_data::orders(0.01).next().unwrap();
+    // The discriminator says order.
+    assert_eq!(parse(&envelope_for(None), &order).unwrap().entity, "order");
+    // The hint wins over the discriminator: as a customer, the order lacks c_custkey.
+    let err = parse_rows(Some("customer"), &order).unwrap_err();
+    assert_eq!(err.path, "/c_custkey");
+    let err = parse_rows(Some("supplier"), &order).unwrap_err();
+    assert!(err.message.contains("unknown entity \"supplier\""), "{err}");
+    let mut untyped = order.clone();
+    untyped.as_object_mut().unwrap().remove("type");
+    let err = parse_rows(None, &untyped).unwrap_err();
+    assert_eq!(err.path, "/type");
+}
+
+/// A change that makes a valid order invalid.
+type Mutation = Box<dyn Fn(&mut Value)>;
+
+#[test]
+fn invalid_payloads_name_the_field_path() {
+    let order = tpch_data::orders(0.01).next().unwrap();
+    let cases: Vec<(Mutation, &str, &str)> = vec![
+        (
+            Box::new(|o| o["o_totalprice"] = json!("-5.00")),
+            "/o_totalprice",
+            "at least 0",
+        ),
+        (
+            Box::new(|o| o["o_totalprice"] = json!("12.345")),
+            "/o_totalprice",
+            "more than 2 digits",
+        ),
+        (
+            Box::new(|o| o["o_orderstatus"] = json!("X")),
+            "/o_orderstatus",
+            "not one of O, F, P",
+        ),
+        (
+            Box::new(|o| o["o_orderdate"] = json!("1996-02-30")),
+            "/o_orderdate",
+            "not a date",
+        ),
+        (
+            Box::new(|o| o["o_clerk"] = json!("Bob")),
+            "/o_clerk",
+            "does not match",
+        ),
+        (
+            Box::new(|o| o["o_orderkey"] = json!("1")),
+            "/o_orderkey",
+            "expected an integer",
+        ),
+        (
+            Box::new(|o| {
+                o.as_object_mut().unwrap().remove("o_custkey");
+            }),
+            "/o_custkey",
+            "is required",
+        ),
+        (
+            Box::new(|o| o["lineitems"][0]["l_discount"] = json!("1.50")),
+            "/lineitems/0/l_discount",
+            "at most 1",
+        ),
+        (
+            Box::new(|o| o["lineitems"][1]["l_shipmode"] = json!("x".repeat(11))),
+            "/lineitems/1/l_shipmode",
+            "limit is 10",
+        ),
+        (
+            Box::new(|o| o["lineitems"] = json!({"not": "an array"})),
+            "/lineitems",
+            "expected an array",
+        ),
+    ];
+    for (mutate, path, fragment) in cases {
+        let mut message = order.clone();
+        mutate(&mut message);
+        let err = parse_rows(Some("order"), &message).expect_err(path);
+        assert_eq!(err.path, path, "{err}");
+        assert!(err.message.contains(fragment), "{err}");
+    }
+}

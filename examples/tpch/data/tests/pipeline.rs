@@ -1,0 +1,275 @@
+//! HTTP → nats-api → JetStream → generated TPC-H worker → rows, with real nats-server,
+//! SQLite and PostgreSQL.
+
+use std::time::Duration;
+
+use diesel::{RunQueryDsl, sql_types::BigInt};
+use nomnom_runtime::{
+    NatsConfig, StreamSettings,
+    sql::{self, AnyConnection},
+    worker::{WorkerConfig, run},
+};
+use nomnom_test_support::{NatsServer, Postgres};
+use serde_json::{Value, json};
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+fn count(url: &str, sql_text: &str) -> i64 {
+    match sql::connect(url).unwrap() {
+        AnyConnection::Postgresql(mut pg) => {
+            diesel::sql_query(sql_text).get_result::<Count>(&mut pg)
+        }
+        AnyConnection::Sqlite(mut lite) => {
+            diesel::sql_query(sql_text).get_result::<Count>(&mut lite)
+        }
+    }
+    .map(|c| c.n)
+    .unwrap_or(-1)
+}
+
+async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check()
+}
+
+struct Pipeline {
+    api: String,
+    nats: NatsServer,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    worker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Pipeline {
+    async fn start(database_url: &str) -> Pipeline {
+        let nats = NatsServer::start();
+        let nats_config = NatsConfig {
+            url: nats.url(),
+            ..Default::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = format!("http://{}", listener.local_addr().unwrap());
+        let api_config = nats_api::ApiConfig {
+            nats: nats_config.clone(),
+            database_url: Some(database_url.to_owned()),
+            ..Default::default()
+        };
+        tokio::spawn(nats_api::serve_on(
+            listener,
+            api_config,
+            std::future::pending(),
+        ));
+        let worker_config = WorkerConfig {
+            nats: nats_config,
+            stream: StreamSettings::default(),
+            database_url: database_url.to_owned(),
+            consumer: "workers".into(),
+            batch_size: 100,
+            batch_wait: Duration::from_millis(50),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            dlq_stream: "MESSAGES_DLQ".into(),
+            migrate_only: false,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(async move {
+            run(tpch_worker::Schema, worker_config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("worker runs");
+        });
+        let client = reqwest::Client::new();
+        assert!(wait_ready(&client, &api).await, "nats-api ready");
+        Pipeline {
+            api,
+            nats,
+            stop: Some(stop),
+            worker: Some(worker),
+        }
+    }
+
+    async fn post(&self, path: &str, body: &Value, key: Option<&str>) -> Value {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}{path}", self.api))
+            .json(body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let reply = request.send().await.unwrap();
+        assert_eq!(reply.status(), 202);
+        reply.json().await.unwrap()
+    }
+
+    async fn status(&self, id: &str) -> Value {
+        reqwest::get(format!("{}/api/ingest/status/{id}", self.api))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.worker.take().unwrap().await.unwrap();
+    }
+}
+
+async fn wait_ready(client: &reqwest::Client, api: &str) -> bool {
+    for _ in 0..300 {
+        if let Ok(r) = client.get(format!("{api}/ready")).send().await
+            && r.status() == 200
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn wait_status(p: &Pipeline, id: &str, wanted: &str) -> Value {
+    for _ in 0..300 {
+        let status = p.status(id).await;
+        if status["status"] == wanted {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "message {id} never reached {wanted}: {}",
+        p.status(id).await
+    );
+}
+
+async fn orders_with_line_items_become_rows(database_url: String) {
+    let p = Pipeline::start(&database_url).await;
+    let mut orders = tpch_data::orders(0.001);
+    let first = orders.next().unwrap();
+    let items = first["lineitems"].as_array().unwrap().len() as i64;
+
+    let accepted = p
+        .post("/api/ingest/message/order", &first, Some("order-1"))
+        .await;
+    let id = accepted["message_id"].as_str().unwrap().to_owned();
+    let status = wait_status(&p, &id, "persisted").await;
+    assert_eq!(status["entity"], "order");
+    assert_eq!(count(&database_url, "SELECT count(*) AS n FROM orders"), 1);
+    assert_eq!(
+        count(&database_url, "SELECT count(*) AS n FROM lineitem"),
+        items
+    );
+
+    // The same message again (same key) and a customer through the discriminator.
+    p.post("/api/ingest/message/order", &first, Some("order-1"))
+        .await;
+    let customer = tpch_data::customers(0.001).next().unwrap();
+    let c = p.post("/api/ingest/message", &customer, None).await;
+    wait_status(&p, c["message_id"].as_str().unwrap(), "persisted").await;
+    assert_eq!(
+        count(&database_url, "SELECT count(*) AS n FROM orders"),
+        1,
+        "one set of rows"
+    );
+    assert_eq!(
+        count(&database_url, "SELECT count(*) AS n FROM lineitem"),
+        items
+    );
+    assert_eq!(
+        count(&database_url, "SELECT count(*) AS n FROM customer"),
+        1
+    );
+
+    // An invalid order: no rows, dead-lettered with the field path.
+    let mut bad = orders.next().unwrap();
+    bad["o_totalprice"] = json!("-1.00");
+    let b = p.post("/api/ingest/message/order", &bad, None).await;
+    let status = wait_status(&p, b["message_id"].as_str().unwrap(), "dead_lettered").await;
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("/o_totalprice: must be at least 0"),
+        "{status}"
+    );
+    assert_eq!(count(&database_url, "SELECT count(*) AS n FROM orders"), 1);
+    let js = async_nats::jetstream::new(async_nats::connect(p.nats.url()).await.unwrap());
+    let dlq = js.get_stream("MESSAGES_DLQ").await.unwrap();
+    let dead = dlq
+        .get_last_raw_message_by_subject("messages_dlq.>")
+        .await
+        .unwrap();
+    let dead: Value = serde_json::from_slice(&dead.payload).unwrap();
+    assert_eq!(dead["message_id"], b["message_id"]);
+    assert!(
+        dead["error"].as_str().unwrap().contains("/o_totalprice"),
+        "{dead}"
+    );
+
+    // Many orders in batches.
+    let batch: Vec<Value> = orders.take(200).collect();
+    let mut ndjson = String::new();
+    for order in &batch {
+        ndjson.push_str(&order.to_string());
+        ndjson.push('\n');
+    }
+    let reply = reqwest::Client::new()
+        .post(format!("{}/api/ingest/batch/order", p.api))
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202);
+    let expected_items: i64 = items
+        + batch
+            .iter()
+            .map(|o| o["lineitems"].as_array().unwrap().len() as i64)
+            .sum::<i64>();
+    assert!(
+        eventually(Duration::from_secs(30), || count(
+            &database_url,
+            "SELECT count(*) AS n FROM orders"
+        ) == 201)
+        .await,
+        "all orders written"
+    );
+    assert_eq!(
+        count(&database_url, "SELECT count(*) AS n FROM lineitem"),
+        expected_items
+    );
+    assert_eq!(
+        count(
+            &database_url,
+            "SELECT count(*) AS n FROM nomnom_message_status WHERE status = 'persisted'"
+        ),
+        202,
+        "201 orders and 1 customer recorded once each"
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_with_line_items_become_rows_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    orders_with_line_items_become_rows(format!(
+        "sqlite://{}",
+        dir.path().join("tpch.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_with_line_items_become_rows_on_postgres() {
+    let pg = Postgres::start();
+    orders_with_line_items_become_rows(pg.create_database("tpch")).await;
+}

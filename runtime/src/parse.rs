@@ -1,0 +1,450 @@
+//! Typed reading of message bodies, for generated parsers: every error names the JSON
+//! path of the offending value, so a dead-lettered message says exactly what was wrong.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use serde_json::Value;
+
+/// Why a body could not become rows. Always permanent: the same body fails the same way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ParseError {
+    /// JSON pointer of the value, `""` for the whole body.
+    pub path: String,
+    pub message: String,
+}
+
+impl ParseError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ParseError>;
+
+/// The value at `tokens` below `value`, if any (JSON null counts as absent).
+pub fn lookup<'a>(value: &'a Value, tokens: &[&str]) -> Option<&'a Value> {
+    let mut current = value;
+    for token in tokens {
+        current = match current {
+            Value::Object(map) => map.get(*token)?,
+            Value::Array(items) => items.get(token.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    (!current.is_null()).then_some(current)
+}
+
+/// `path` extended by `tokens`, escaped as a JSON pointer.
+pub fn join(path: &str, tokens: &[&str]) -> String {
+    let mut out = path.to_owned();
+    for token in tokens {
+        out.push('/');
+        out.push_str(&token.replace('~', "~0").replace('/', "~1"));
+    }
+    out
+}
+
+/// A required value: present, or an error naming its path.
+pub fn required<'a>(value: Option<&'a Value>, path: &str) -> Result<&'a Value> {
+    value.ok_or_else(|| ParseError::new(path, "is required"))
+}
+
+fn type_error(path: &str, expected: &str, got: &Value) -> ParseError {
+    let kind = match got {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    ParseError::new(path, format!("expected {expected}, got {kind}"))
+}
+
+/// Inclusive numeric bounds from the spec.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bounds {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+fn check_bounds(path: &str, value: f64, bounds: Bounds) -> Result<()> {
+    if let Some(min) = bounds.min
+        && value < min
+    {
+        return Err(ParseError::new(
+            path,
+            format!("must be at least {min}, got {value}"),
+        ));
+    }
+    if let Some(max) = bounds.max
+        && value > max
+    {
+        return Err(ParseError::new(
+            path,
+            format!("must be at most {max}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+/// An integer of the column's width. Integral JSON numbers only (no 1.5, no "1").
+pub fn integer<T: TryFrom<i64>>(value: &Value, path: &str, bounds: Bounds) -> Result<T> {
+    let number = value.as_i64().ok_or_else(|| match value {
+        Value::Number(_) => ParseError::new(path, "expected an integer in range"),
+        other => type_error(path, "an integer", other),
+    })?;
+    check_bounds(path, number as f64, bounds)?;
+    T::try_from(number).map_err(|_| {
+        ParseError::new(
+            path,
+            format!("{number} does not fit the column's integer type"),
+        )
+    })
+}
+
+pub fn float(value: &Value, path: &str, bounds: Bounds) -> Result<f64> {
+    let number = value
+        .as_f64()
+        .ok_or_else(|| type_error(path, "a number", value))?;
+    check_bounds(path, number, bounds)?;
+    Ok(number)
+}
+
+/// `f32` columns: refuses values that overflow it.
+pub fn float32(value: &Value, path: &str, bounds: Bounds) -> Result<f32> {
+    let number = float(value, path, bounds)?;
+    if number.is_finite() && number.abs() > f64::from(f32::MAX) {
+        return Err(ParseError::new(path, "does not fit a 32-bit float"));
+    }
+    Ok(number as f32)
+}
+
+pub fn boolean(value: &Value, path: &str) -> Result<bool> {
+    value
+        .as_bool()
+        .ok_or_else(|| type_error(path, "true or false", value))
+}
+
+/// String checks from the spec.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TextRules {
+    pub min_length: Option<u32>,
+    pub max_length: Option<u32>,
+    pub pattern: Option<&'static LazyLock<regex::Regex>>,
+    pub allowed: &'static [&'static str],
+}
+
+/// A string, checked for length (in characters), pattern and allowed values.
+pub fn text(value: &Value, path: &str, rules: TextRules) -> Result<String> {
+    let text = value
+        .as_str()
+        .ok_or_else(|| type_error(path, "a string", value))?;
+    if text.contains('\0') {
+        return Err(ParseError::new(
+            path,
+            "contains a NUL character, which databases refuse",
+        ));
+    }
+    let length = text.chars().count();
+    if let Some(max) = rules.max_length
+        && length > max as usize
+    {
+        return Err(ParseError::new(
+            path,
+            format!("is {length} characters long; the limit is {max}"),
+        ));
+    }
+    if let Some(min) = rules.min_length
+        && length < min as usize
+    {
+        return Err(ParseError::new(
+            path,
+            format!("is {length} characters long; the minimum is {min}"),
+        ));
+    }
+    if !rules.allowed.is_empty() && !rules.allowed.contains(&text) {
+        return Err(ParseError::new(
+            path,
+            format!("{text:?} is not one of {}", rules.allowed.join(", ")),
+        ));
+    }
+    if let Some(pattern) = rules.pattern
+        && !pattern.is_match(text)
+    {
+        return Err(ParseError::new(
+            path,
+            format!("{text:?} does not match {}", pattern.as_str()),
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// An exact decimal with at most `precision` digits, `scale` of them after the point.
+/// Accepts JSON strings ("12.50") and numbers (12.5); returns the canonical text, with
+/// exactly `scale` digits after the point ("12.50").
+pub fn decimal(
+    value: &Value,
+    path: &str,
+    precision: u32,
+    scale: u32,
+    bounds: Bounds,
+) -> Result<String> {
+    let raw = match value {
+        Value::String(s) => s.trim().to_owned(),
+        Value::Number(n) => n.to_string(),
+        other => {
+            return Err(type_error(
+                path,
+                "a decimal number or numeric string",
+                other,
+            ));
+        }
+    };
+    let invalid = || ParseError::new(path, format!("{raw:?} is not a decimal number"));
+    let (negative, unsigned) = match raw.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, raw.strip_prefix('+').unwrap_or(&raw)),
+    };
+    if unsigned.contains(['e', 'E']) {
+        return Err(ParseError::new(
+            path,
+            format!("{raw:?} uses an exponent; write the digits out"),
+        ));
+    }
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    if whole.is_empty() && fraction.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(invalid());
+    }
+    let whole = whole.trim_start_matches('0');
+    let fraction = fraction.trim_end_matches('0');
+    if fraction.len() > scale as usize {
+        return Err(ParseError::new(
+            path,
+            format!("{raw} has more than {scale} digits after the point"),
+        ));
+    }
+    if whole.len() + scale as usize > precision as usize {
+        return Err(ParseError::new(
+            path,
+            format!(
+                "{raw} has more than {} digits before the point",
+                precision - scale
+            ),
+        ));
+    }
+    // Exactly `scale` digits after the point, as NUMERIC(precision, scale) stores it.
+    let canonical = format!(
+        "{}{}{}{:0<width$}",
+        if negative && !(whole.is_empty() && fraction.is_empty()) {
+            "-"
+        } else {
+            ""
+        },
+        if whole.is_empty() { "0" } else { whole },
+        if scale == 0 { "" } else { "." },
+        fraction,
+        width = scale as usize
+    );
+    if bounds.min.is_some() || bounds.max.is_some() {
+        check_bounds(
+            path,
+            canonical.parse::<f64>().map_err(|_| invalid())?,
+            bounds,
+        )?;
+    }
+    Ok(canonical)
+}
+
+pub fn date(value: &Value, path: &str) -> Result<NaiveDate> {
+    let text = value
+        .as_str()
+        .ok_or_else(|| type_error(path, "a date string", value))?;
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| ParseError::new(path, format!("{text:?} is not a date (YYYY-MM-DD)")))
+}
+
+pub fn time(value: &Value, path: &str) -> Result<NaiveTime> {
+    let text = value
+        .as_str()
+        .ok_or_else(|| type_error(path, "a time string", value))?;
+    NaiveTime::parse_from_str(text, "%H:%M:%S%.f")
+        .map_err(|_| ParseError::new(path, format!("{text:?} is not a time (HH:MM:SS)")))
+}
+
+pub fn timestamp(value: &Value, path: &str) -> Result<DateTime<Utc>> {
+    let text = value
+        .as_str()
+        .ok_or_else(|| type_error(path, "a timestamp string", value))?;
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| ParseError::new(path, format!("{text:?} is not an RFC 3339 timestamp")))
+}
+
+pub fn uuid(value: &Value, path: &str) -> Result<uuid::Uuid> {
+    let text = value
+        .as_str()
+        .ok_or_else(|| type_error(path, "a UUID string", value))?;
+    uuid::Uuid::parse_str(text)
+        .map_err(|_| ParseError::new(path, format!("{text:?} is not a UUID")))
+}
+
+/// Any JSON value, kept as is.
+pub fn json(value: &Value, _path: &str) -> Result<Value> {
+    Ok(value.clone())
+}
+
+/// The elements of the array at `value` (a child entity's rows).
+pub fn array<'a>(value: Option<&'a Value>, path: &str) -> Result<&'a [Value]> {
+    match value {
+        None => Ok(&[]),
+        Some(Value::Array(items)) => Ok(items),
+        Some(other) => Err(type_error(path, "an array", other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn integers_check_type_range_and_width() {
+        let b = Bounds {
+            min: Some(1.0),
+            max: None,
+        };
+        assert_eq!(integer::<i64>(&json!(5), "/k", b), Ok(5));
+        assert_eq!(
+            integer::<i64>(&json!(0), "/k", b).unwrap_err().to_string(),
+            "/k: must be at least 1, got 0"
+        );
+        assert_eq!(
+            integer::<i64>(&json!("5"), "/k", b).unwrap_err().message,
+            "expected an integer, got a string"
+        );
+        assert!(
+            integer::<i16>(&json!(70000), "/k", Bounds::default())
+                .unwrap_err()
+                .message
+                .contains("does not fit")
+        );
+        assert!(integer::<i64>(&json!(1.5), "/k", Bounds::default()).is_err());
+    }
+
+    #[test]
+    fn decimals_are_exact_and_canonical() {
+        let d = |v: Value| decimal(&v, "/p", 15, 2, Bounds::default());
+        assert_eq!(d(json!("172799.49")).unwrap(), "172799.49");
+        assert_eq!(d(json!(172799.49)).unwrap(), "172799.49");
+        assert_eq!(d(json!("0012.5")).unwrap(), "12.50");
+        assert_eq!(d(json!(17)).unwrap(), "17.00");
+        assert_eq!(d(json!("-0.00")).unwrap(), "0.00");
+        assert_eq!(
+            decimal(&json!("42"), "/p", 5, 0, Bounds::default()).unwrap(),
+            "42"
+        );
+        assert!(
+            d(json!("1.005"))
+                .unwrap_err()
+                .message
+                .contains("more than 2 digits after")
+        );
+        assert!(
+            d(json!("12345678901234.5"))
+                .unwrap_err()
+                .message
+                .contains("before the point")
+        );
+        assert!(d(json!("1e5")).unwrap_err().message.contains("exponent"));
+        assert!(d(json!("abc")).is_err());
+        assert!(d(json!(".")).is_err());
+        assert!(
+            decimal(
+                &json!("-1"),
+                "/p",
+                15,
+                2,
+                Bounds {
+                    min: Some(0.0),
+                    max: None
+                }
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn text_rules_name_the_path() {
+        static PATTERN: LazyLock<regex::Regex> =
+            LazyLock::new(|| regex::Regex::new("^Clerk#[0-9]{9}$").unwrap());
+        let rules = TextRules {
+            max_length: Some(15),
+            pattern: Some(&PATTERN),
+            ..Default::default()
+        };
+        assert_eq!(
+            text(&json!("Clerk#000000951"), "/c", rules).unwrap(),
+            "Clerk#000000951"
+        );
+        assert!(
+            text(&json!("Clerk#1"), "/c", rules)
+                .unwrap_err()
+                .message
+                .contains("does not match")
+        );
+        let allowed = TextRules {
+            allowed: &["O", "F"],
+            ..Default::default()
+        };
+        assert_eq!(
+            text(&json!("X"), "/s", allowed).unwrap_err().to_string(),
+            "/s: \"X\" is not one of O, F"
+        );
+        assert!(
+            text(&json!("a\u{0}b"), "/s", TextRules::default())
+                .unwrap_err()
+                .message
+                .contains("NUL")
+        );
+        assert!(
+            text(
+                &json!("ééé"),
+                "/s",
+                TextRules {
+                    max_length: Some(3),
+                    ..Default::default()
+                }
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn lookups_follow_pointers_and_treat_null_as_absent() {
+        let body = json!({"a": {"b": [10, {"c": null}]}, "x/y": 1});
+        assert_eq!(lookup(&body, &["a", "b", "0"]), Some(&json!(10)));
+        assert_eq!(lookup(&body, &["a", "b", "1", "c"]), None);
+        assert_eq!(lookup(&body, &["x/y"]), Some(&json!(1)));
+        assert_eq!(join("/lineitems/0", &["x/y"]), "/lineitems/0/x~1y");
+        assert_eq!(required(None, "/a").unwrap_err().message, "is required");
+    }
+
+    #[test]
+    fn dates_times_and_ids() {
+        assert!(date(&json!("1996-01-02"), "/d").is_ok());
+        assert!(date(&json!("1996-13-02"), "/d").is_err());
+        assert!(time(&json!("12:30:00.5"), "/t").is_ok());
+        assert!(timestamp(&json!("2026-11-22T13:30:00Z"), "/t").is_ok());
+        assert!(timestamp(&json!("2026-11-22 13:30"), "/t").is_err());
+        assert!(uuid(&json!("not"), "/u").is_err());
+    }
+}

@@ -1,0 +1,503 @@
+//! Writing entity rows: the one implementation of nomnom's INSERT, UPSERT and DELETE SQL,
+//! for PostgreSQL and SQLite, used by every generated worker. Generated code describes
+//! its tables ([`Table`]) and turns each row into [`Value`]s; the SQL lives here and is
+//! tested here, on both databases.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use diesel::{
+    connection::SimpleConnection,
+    pg::{Pg, PgConnection},
+    prelude::*,
+    query_builder::BoxedSqlQuery,
+    sql_types::{BigInt, Bool, Double, Float, Integer, Nullable, SmallInt, Text},
+    sqlite::{Sqlite, SqliteConnection},
+};
+
+use crate::db::{DatabaseKind, DatabaseUrl};
+
+/// Column types, as the spec names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Bool,
+    I16,
+    I32,
+    I64,
+    F32,
+    F64,
+    Text,
+    /// Exact decimal, carried as its canonical text.
+    Decimal,
+    /// `YYYY-MM-DD`.
+    Date,
+    /// `HH:MM:SS[.ffffff]`.
+    Time,
+    /// RFC 3339.
+    Timestamptz,
+    Uuid,
+    Json,
+}
+
+impl ColumnType {
+    /// PostgreSQL cast for a text-carried value, if the type needs one.
+    fn postgres_cast(self) -> &'static str {
+        match self {
+            Self::Decimal => "::numeric",
+            Self::Date => "::date",
+            Self::Time => "::time",
+            Self::Timestamptz => "::timestamptz",
+            Self::Uuid => "::uuid",
+            Self::Json => "::jsonb",
+            _ => "",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    pub name: &'static str,
+    pub column_type: ColumnType,
+}
+
+/// How rows are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    Insert,
+    /// Insert, or update every non-key column of the row with the same key.
+    Upsert,
+    /// Insert, or skip a row whose key exists.
+    IgnoreDuplicates,
+}
+
+/// A table as generated code describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Table {
+    pub name: &'static str,
+    pub columns: &'static [Column],
+    /// Conflict key for upserts, ignores and deletes (column names).
+    pub key: &'static [&'static str],
+    pub write: WriteMode,
+}
+
+/// One value of one column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    /// Text, and the text form of decimal, date, time, timestamptz, uuid and json.
+    Text(String),
+}
+
+/// A database connection of either backend.
+#[derive(diesel::MultiConnection)]
+pub enum AnyConnection {
+    Postgresql(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+impl std::fmt::Debug for AnyConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Postgresql(_) => "AnyConnection::Postgresql",
+            Self::Sqlite(_) => "AnyConnection::Sqlite",
+        })
+    }
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Url(#[from] crate::db::DatabaseUrlError),
+    #[error("cannot connect to {url}: {source}; check DATABASE_URL and that the database is up")]
+    Connection {
+        url: String,
+        source: ConnectionError,
+    },
+}
+
+/// Opens a connection for a `DATABASE_URL`. SQLite gets WAL mode and a busy timeout, so a
+/// reader (the API's status lookups) does not block the writer.
+pub fn connect(url: &str) -> Result<AnyConnection, ConnectError> {
+    let parsed = DatabaseUrl::parse(url)?;
+    let fail = |source| ConnectError::Connection {
+        url: parsed.redacted(),
+        source,
+    };
+    Ok(match parsed.kind {
+        DatabaseKind::Postgres => AnyConnection::Postgresql(
+            PgConnection::establish(&parsed.connection_string).map_err(fail)?,
+        ),
+        DatabaseKind::Sqlite => {
+            let mut conn = SqliteConnection::establish(&parsed.connection_string).map_err(fail)?;
+            conn.batch_execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;")
+                .map_err(|e| fail(ConnectionError::CouldntSetupConfiguration(e)))?;
+            AnyConnection::Sqlite(conn)
+        }
+    })
+}
+
+/// Most bind parameters in one statement: PostgreSQL allows 65,535, SQLite 32,766.
+const POSTGRES_MAX_BINDS: usize = 65_535;
+const SQLITE_MAX_BINDS: usize = 32_766;
+
+fn quote(identifier: &str) -> String {
+    // Identifiers are validated by the generator ([a-z_][a-z0-9_]*); quoting makes SQL
+    // keywords (order, user, …) usable as names.
+    format!("\"{identifier}\"")
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+fn placeholder(backend: Backend, index: usize, column_type: ColumnType) -> String {
+    match backend {
+        Backend::Postgres => format!("${index}{}", column_type.postgres_cast()),
+        Backend::Sqlite => "?".to_owned(),
+    }
+}
+
+/// The INSERT statement for `rows` rows.
+fn insert_sql(backend: Backend, table: &Table, rows: usize) -> String {
+    let columns: Vec<String> = table.columns.iter().map(|c| quote(c.name)).collect();
+    let mut sql = format!(
+        "INSERT INTO {} ({}) VALUES ",
+        quote(table.name),
+        columns.join(", ")
+    );
+    let mut index = 1;
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for (i, column) in table.columns.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&placeholder(backend, index, column.column_type));
+            index += 1;
+        }
+        sql.push(')');
+    }
+    let key: Vec<String> = table.key.iter().map(|k| quote(k)).collect();
+    match table.write {
+        WriteMode::Insert => {}
+        WriteMode::IgnoreDuplicates => {
+            let _ = write!(sql, " ON CONFLICT ({}) DO NOTHING", key.join(", "));
+        }
+        WriteMode::Upsert => {
+            let updates: Vec<String> = table
+                .columns
+                .iter()
+                .filter(|c| !table.key.contains(&c.name))
+                .map(|c| format!("{0} = excluded.{0}", quote(c.name)))
+                .collect();
+            if updates.is_empty() {
+                let _ = write!(sql, " ON CONFLICT ({}) DO NOTHING", key.join(", "));
+            } else {
+                let _ = write!(
+                    sql,
+                    " ON CONFLICT ({}) DO UPDATE SET {}",
+                    key.join(", "),
+                    updates.join(", ")
+                );
+            }
+        }
+    }
+    sql
+}
+
+/// The DELETE statement for `rows` keys.
+fn delete_sql(backend: Backend, table: &Table, rows: usize) -> String {
+    let key_types: Vec<ColumnType> = table
+        .key
+        .iter()
+        .map(|k| {
+            table
+                .columns
+                .iter()
+                .find(|c| c.name == *k)
+                .map_or(ColumnType::Text, |c| c.column_type)
+        })
+        .collect();
+    let key: Vec<String> = table.key.iter().map(|k| quote(k)).collect();
+    let mut sql = format!(
+        "DELETE FROM {} WHERE ({}) IN (",
+        quote(table.name),
+        key.join(", ")
+    );
+    let mut index = 1;
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for (i, column_type) in key_types.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&placeholder(backend, index, *column_type));
+            index += 1;
+        }
+        sql.push(')');
+    }
+    sql.push(')');
+    sql
+}
+
+macro_rules! bind_value {
+    ($query:expr, $column_type:expr, $value:expr) => {{
+        let query = $query;
+        match ($column_type, $value) {
+            (ColumnType::Bool, Value::Bool(v)) => query.bind::<Bool, _>(*v),
+            (ColumnType::Bool, _) => query.bind::<Nullable<Bool>, _>(None::<bool>),
+            (ColumnType::I16, Value::I16(v)) => query.bind::<SmallInt, _>(*v),
+            (ColumnType::I16, _) => query.bind::<Nullable<SmallInt>, _>(None::<i16>),
+            (ColumnType::I32, Value::I32(v)) => query.bind::<Integer, _>(*v),
+            (ColumnType::I32, _) => query.bind::<Nullable<Integer>, _>(None::<i32>),
+            (ColumnType::I64, Value::I64(v)) => query.bind::<BigInt, _>(*v),
+            (ColumnType::I64, _) => query.bind::<Nullable<BigInt>, _>(None::<i64>),
+            (ColumnType::F32, Value::F32(v)) => query.bind::<Float, _>(*v),
+            (ColumnType::F32, _) => query.bind::<Nullable<Float>, _>(None::<f32>),
+            (ColumnType::F64, Value::F64(v)) => query.bind::<Double, _>(*v),
+            (ColumnType::F64, _) => query.bind::<Nullable<Double>, _>(None::<f64>),
+            (_, Value::Text(v)) => query.bind::<Text, _>(v.clone()),
+            (_, _) => query.bind::<Nullable<Text>, _>(None::<String>),
+        }
+    }};
+}
+
+fn run_postgres(
+    conn: &mut PgConnection,
+    sql: String,
+    binds: &[(ColumnType, &Value)],
+) -> QueryResult<usize> {
+    let mut query: BoxedSqlQuery<'_, Pg, _> = diesel::sql_query(sql).into_boxed();
+    for (column_type, value) in binds {
+        query = bind_value!(query, *column_type, *value);
+    }
+    query.execute(conn)
+}
+
+fn run_sqlite(
+    conn: &mut SqliteConnection,
+    sql: String,
+    binds: &[(ColumnType, &Value)],
+) -> QueryResult<usize> {
+    let mut query: BoxedSqlQuery<'_, Sqlite, _> = diesel::sql_query(sql).into_boxed();
+    for (column_type, value) in binds {
+        query = bind_value!(query, *column_type, *value);
+    }
+    query.execute(conn)
+}
+
+fn execute(
+    conn: &mut AnyConnection,
+    sql_for: impl Fn(Backend) -> String,
+    binds: &[(ColumnType, &Value)],
+) -> QueryResult<usize> {
+    match conn {
+        AnyConnection::Postgresql(pg) => run_postgres(pg, sql_for(Backend::Postgres), binds),
+        AnyConnection::Sqlite(lite) => run_sqlite(lite, sql_for(Backend::Sqlite), binds),
+    }
+}
+
+fn max_binds(conn: &AnyConnection) -> usize {
+    match conn {
+        AnyConnection::Postgresql(_) => POSTGRES_MAX_BINDS,
+        AnyConnection::Sqlite(_) => SQLITE_MAX_BINDS,
+    }
+}
+
+/// Indexes of the key columns of `table`.
+fn key_positions(table: &Table) -> Vec<usize> {
+    table
+        .key
+        .iter()
+        .filter_map(|k| table.columns.iter().position(|c| c.name == *k))
+        .collect()
+}
+
+/// Rows with distinct keys: for upserts the last row of each key wins, for ignores the
+/// first (a statement may not touch the same row twice).
+fn dedupe<'a>(table: &Table, rows: &'a [Vec<Value>]) -> Vec<&'a Vec<Value>> {
+    if table.write == WriteMode::Insert || table.key.is_empty() {
+        return rows.iter().collect();
+    }
+    let positions = key_positions(table);
+    let mut chosen: HashMap<String, usize> = HashMap::new();
+    let mut order = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        let key = format!(
+            "{:?}",
+            positions.iter().map(|p| &row[*p]).collect::<Vec<_>>()
+        );
+        match chosen.get_mut(&key) {
+            Some(slot) if table.write == WriteMode::Upsert => *slot = index,
+            Some(_) => {}
+            None => {
+                chosen.insert(key, index);
+                order.push(index);
+            }
+        }
+    }
+    let mut keep: Vec<usize> = chosen.into_values().collect();
+    keep.sort_unstable();
+    let _ = order;
+    keep.into_iter().map(|i| &rows[i]).collect()
+}
+
+/// Writes rows in the table's write mode, in as few statements as the bind-parameter
+/// limit allows. Runs inside the caller's transaction. Returns rows affected.
+pub fn write_rows(
+    conn: &mut AnyConnection,
+    table: &Table,
+    rows: &[Vec<Value>],
+) -> QueryResult<usize> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let rows = dedupe(table, rows);
+    let per_statement = (max_binds(conn) / table.columns.len().max(1)).max(1);
+    let mut affected = 0;
+    for chunk in rows.chunks(per_statement) {
+        let binds: Vec<(ColumnType, &Value)> = chunk
+            .iter()
+            .flat_map(|row| table.columns.iter().map(|c| c.column_type).zip(row.iter()))
+            .collect();
+        affected += execute(
+            conn,
+            |backend| insert_sql(backend, table, chunk.len()),
+            &binds,
+        )?;
+    }
+    Ok(affected)
+}
+
+/// Deletes the rows whose key values are given (each inner vector in key order).
+pub fn delete_rows(
+    conn: &mut AnyConnection,
+    table: &Table,
+    keys: &[Vec<Value>],
+) -> QueryResult<usize> {
+    if keys.is_empty() || table.key.is_empty() {
+        return Ok(0);
+    }
+    let key_types: Vec<ColumnType> = key_positions(table)
+        .iter()
+        .map(|p| table.columns[*p].column_type)
+        .collect();
+    let per_statement = (max_binds(conn) / key_types.len().max(1)).max(1);
+    let mut affected = 0;
+    for chunk in keys.chunks(per_statement) {
+        let binds: Vec<(ColumnType, &Value)> = chunk
+            .iter()
+            .flat_map(|row| key_types.iter().copied().zip(row.iter()))
+            .collect();
+        affected += execute(
+            conn,
+            |backend| delete_sql(backend, table, chunk.len()),
+            &binds,
+        )?;
+    }
+    Ok(affected)
+}
+
+/// Runs a migration's SQL text (several statements).
+pub fn run_script(conn: &mut AnyConnection, sql: &str) -> QueryResult<()> {
+    match conn {
+        AnyConnection::Postgresql(pg) => pg.batch_execute(sql),
+        AnyConnection::Sqlite(lite) => lite.batch_execute(sql),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COLUMNS: &[Column] = &[
+        Column {
+            name: "id",
+            column_type: ColumnType::I64,
+        },
+        Column {
+            name: "price",
+            column_type: ColumnType::Decimal,
+        },
+        Column {
+            name: "order",
+            column_type: ColumnType::Text,
+        },
+    ];
+
+    #[test]
+    fn upsert_sql_quotes_names_and_casts_on_postgres() {
+        let table = Table {
+            name: "orders",
+            columns: COLUMNS,
+            key: &["id"],
+            write: WriteMode::Upsert,
+        };
+        assert_eq!(
+            insert_sql(Backend::Postgres, &table, 2),
+            "INSERT INTO \"orders\" (\"id\", \"price\", \"order\") VALUES ($1, $2::numeric, $3), ($4, $5::numeric, $6) \
+             ON CONFLICT (\"id\") DO UPDATE SET \"price\" = excluded.\"price\", \"order\" = excluded.\"order\""
+        );
+        assert_eq!(
+            delete_sql(Backend::Sqlite, &table, 2),
+            "DELETE FROM \"orders\" WHERE (\"id\") IN ((?), (?))"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_in_one_batch_keep_the_last_row_for_upserts() {
+        let table = Table {
+            name: "t",
+            columns: COLUMNS,
+            key: &["id"],
+            write: WriteMode::Upsert,
+        };
+        let rows = vec![
+            vec![
+                Value::I64(1),
+                Value::Text("1.00".into()),
+                Value::Text("a".into()),
+            ],
+            vec![
+                Value::I64(2),
+                Value::Text("2.00".into()),
+                Value::Text("b".into()),
+            ],
+            vec![
+                Value::I64(1),
+                Value::Text("9.00".into()),
+                Value::Text("c".into()),
+            ],
+        ];
+        let kept = dedupe(&table, &rows);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(
+            kept.iter().find(|r| r[0] == Value::I64(1)).unwrap()[2],
+            Value::Text("c".into())
+        );
+        let ignore = Table {
+            write: WriteMode::IgnoreDuplicates,
+            ..table
+        };
+        let kept = dedupe(&ignore, &rows);
+        assert_eq!(
+            kept.iter().find(|r| r[0] == Value::I64(1)).unwrap()[2],
+            Value::Text("a".into())
+        );
+    }
+}

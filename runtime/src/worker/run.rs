@@ -1,0 +1,661 @@
+//! The worker loop shared by every generated worker.
+//!
+//! Per batch: decode and parse each message; refuse the unparseable ones for good
+//! (dead-letter stream, status row, terminate); write the rest in one transaction
+//! together with their status rows; acknowledge only after the commit. A message whose
+//! status row already says `persisted` (a redelivery after a crash between commit and
+//! acknowledgement) is acknowledged without writing again.
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{AckPolicy, pull},
+    stream::{Config as StreamConfig, DiscardPolicy, StorageType},
+};
+use clap::Parser;
+use diesel::{Connection, RunQueryDsl};
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+
+use super::{EntitySchema, Migration};
+use crate::{
+    Body, Envelope, NatsConfig, StreamSettings,
+    cli::{NatsArgs, StreamArgs},
+    db::{DatabaseKind, DatabaseUrl},
+    duration,
+    envelope::format_time,
+    sql::{self, AnyConnection},
+    status::{self, MessageState, StatusRecord},
+    stream, subject,
+    telemetry::{self, LogFormat},
+};
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    duration::parse(text).map_err(|e| e.to_string())
+}
+
+/// Flags of every generated worker.
+#[derive(Debug, Clone, Parser)]
+#[command(about = "A nomnom worker: consumes the stream and writes rows")]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    /// Database to write to: postgres://… or sqlite://path (the embedded default).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://nomnom.db",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Durable consumer name, shared by all replicas.
+    #[arg(long, env = "NOMNOM_CONSUMER", default_value = "workers")]
+    pub consumer: String,
+    /// Most messages per batch (one transaction).
+    #[arg(long, env = "NOMNOM_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+    /// Longest wait to fill a batch.
+    #[arg(long, env = "NOMNOM_BATCH_WAIT", default_value = "100ms", value_parser = parse_duration)]
+    pub batch_wait: Duration,
+    /// Time to process a message before JetStream redelivers it.
+    #[arg(long, env = "NOMNOM_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
+    /// Deliveries before a message is dead-lettered.
+    #[arg(long, env = "NOMNOM_MAX_DELIVER", default_value_t = 5)]
+    pub max_deliver: i64,
+    /// Stream for dead-lettered messages.
+    #[arg(long, env = "NOMNOM_DLQ_STREAM", default_value = "MESSAGES_DLQ")]
+    pub dlq_stream: String,
+    /// Run the migrations and exit.
+    #[arg(long)]
+    pub migrate_only: bool,
+    #[arg(long, env = "NOMNOM_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+/// Everything the loop needs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub nats: NatsConfig,
+    pub stream: StreamSettings,
+    pub database_url: String,
+    pub consumer: String,
+    pub batch_size: usize,
+    pub batch_wait: Duration,
+    pub ack_wait: Duration,
+    pub max_deliver: i64,
+    pub dlq_stream: String,
+    pub migrate_only: bool,
+}
+
+impl WorkerArgs {
+    pub fn to_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            nats: self.nats.to_config("nomnom-worker"),
+            stream: self.stream.to_settings(),
+            database_url: self.database_url.clone(),
+            consumer: self.consumer.clone(),
+            batch_size: self.batch_size.max(1),
+            batch_wait: self.batch_wait,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver,
+            dlq_stream: self.dlq_stream.clone(),
+            migrate_only: self.migrate_only,
+        }
+    }
+}
+
+/// Why the worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Database(#[from] sql::ConnectError),
+    #[error("migration {version} failed: {source}")]
+    Migration {
+        version: String,
+        source: diesel::result::Error,
+    },
+    #[error(transparent)]
+    Nats(#[from] crate::nats::NatsConnectError),
+    #[error(transparent)]
+    Stream(#[from] stream::StreamSetupError),
+    #[error("cannot set up the consumer {name}: {message}")]
+    Consumer { name: String, message: String },
+    #[error(
+        "the consumer {name} or its stream is gone: {message}; restart the worker to recreate it"
+    )]
+    ConsumerLost { name: String, message: String },
+}
+
+/// Entry point of a generated worker binary.
+pub fn main<S: EntitySchema>(schema: S) -> ExitCode {
+    let args = WorkerArgs::parse();
+    telemetry::init(args.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(schema, args.to_config(), shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "worker stopped");
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+}
+
+const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS nomnom_migrations (version TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL)";
+
+/// Creates the status table and applies the schema's migrations not applied yet. On
+/// PostgreSQL an advisory lock serialises replicas that start at once.
+pub fn migrate<S: EntitySchema>(
+    conn: &mut AnyConnection,
+    schema: &S,
+    kind: DatabaseKind,
+) -> Result<(), WorkerError> {
+    let fail = |version: &str| {
+        let version = version.to_owned();
+        move |source| WorkerError::Migration { version, source }
+    };
+    conn.transaction(|conn| {
+        if let AnyConnection::Postgresql(pg) = conn {
+            diesel::sql_query("SELECT pg_advisory_xact_lock(7236423147236412)").execute(pg)?;
+        }
+        sql::run_script(conn, MIGRATIONS_TABLE)?;
+        match conn {
+            AnyConnection::Postgresql(pg) => status::postgres::create_table(pg)?,
+            AnyConnection::Sqlite(lite) => status::sqlite::create_table(lite)?,
+        }
+        Ok(())
+    })
+    .map_err(fail("status"))?;
+    for migration in schema.migrations(kind) {
+        apply(conn, migration).map_err(fail(migration.version))?;
+    }
+    Ok(())
+}
+
+fn apply(conn: &mut AnyConnection, migration: &Migration) -> diesel::QueryResult<()> {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    conn.transaction(|conn| {
+        if let AnyConnection::Postgresql(pg) = conn {
+            diesel::sql_query("SELECT pg_advisory_xact_lock(7236423147236412)").execute(pg)?;
+        }
+        let applied = match conn {
+            AnyConnection::Postgresql(pg) => {
+                diesel::sql_query("SELECT count(*) AS n FROM nomnom_migrations WHERE version = $1")
+                    .bind::<diesel::sql_types::Text, _>(migration.version)
+                    .get_result::<Count>(pg)?
+            }
+            AnyConnection::Sqlite(lite) => {
+                diesel::sql_query("SELECT count(*) AS n FROM nomnom_migrations WHERE version = ?")
+                    .bind::<diesel::sql_types::Text, _>(migration.version)
+                    .get_result::<Count>(lite)?
+            }
+        };
+        if applied.n > 0 {
+            return Ok(());
+        }
+        sql::run_script(conn, migration.up)?;
+        let record = format!(
+            "INSERT INTO nomnom_migrations (version, name) VALUES ('{}', '{}')",
+            migration.version.replace('\'', "''"),
+            migration.name.replace('\'', "''")
+        );
+        sql::run_script(conn, &record)?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
+        Ok(())
+    })
+}
+
+/// A message taken from the stream, with what is known about it so far.
+struct Delivery {
+    message: jetstream::Message,
+    sequence: u64,
+    delivered: i64,
+    envelope: Option<Envelope>,
+}
+
+/// Runs the worker until `shutdown` resolves; the batch in hand is finished first.
+pub async fn run<S: EntitySchema>(
+    schema: S,
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let url = DatabaseUrl::parse(&config.database_url).map_err(sql::ConnectError::from)?;
+    let mut conn = sql::connect(&config.database_url)?;
+    migrate(&mut conn, &schema, url.kind)?;
+    if config.migrate_only {
+        tracing::info!("migrations applied; exiting (--migrate-only)");
+        return Ok(());
+    }
+    let client = config.nats.connect().await?;
+    let js = jetstream::new(client);
+    stream::ensure_stream(&js, &config.stream).await?;
+    let dlq = ensure_dlq(&js, &config).await?;
+    let consumer = ensure_consumer(&js, &config).await?;
+    tracing::info!(consumer = %config.consumer, stream = %config.stream.name, database = %url.redacted(), "worker started");
+
+    let conn = Arc::new(Mutex::new(conn));
+    let schema = Arc::new(schema);
+    tokio::pin!(shutdown);
+    loop {
+        let batch = tokio::select! {
+            () = &mut shutdown => break,
+            batch = consumer.fetch().max_messages(config.batch_size).expires(config.batch_wait.max(Duration::from_millis(10))).messages() => batch,
+        };
+        let mut batch = batch.map_err(|e| WorkerError::ConsumerLost {
+            name: config.consumer.clone(),
+            message: e.to_string(),
+        })?;
+        let mut deliveries = Vec::new();
+        while let Some(message) = batch.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(err) => {
+                    tracing::warn!(error = %err, "fetch error");
+                    break;
+                }
+            };
+            let (sequence, delivered) = message
+                .info()
+                .map(|i| (i.stream_sequence, i.delivered))
+                .unwrap_or((0, 1));
+            deliveries.push(Delivery {
+                message,
+                sequence,
+                delivered,
+                envelope: None,
+            });
+        }
+        if deliveries.is_empty() {
+            continue;
+        }
+        process(&schema, &conn, &js, &dlq, &config, deliveries).await;
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn ensure_dlq(js: &jetstream::Context, config: &WorkerConfig) -> Result<String, WorkerError> {
+    let subject = format!("{}.>", config.dlq_stream.to_lowercase());
+    js.get_or_create_stream(StreamConfig {
+        name: config.dlq_stream.clone(),
+        subjects: vec![subject],
+        storage: StorageType::File,
+        discard: DiscardPolicy::New,
+        num_replicas: config.stream.replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| WorkerError::Consumer {
+        name: config.dlq_stream.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(config.dlq_stream.to_lowercase())
+}
+
+async fn ensure_consumer(
+    js: &jetstream::Context,
+    config: &WorkerConfig,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, WorkerError> {
+    let stream = js
+        .get_stream(&config.stream.name)
+        .await
+        .map_err(|e| WorkerError::Consumer {
+            name: config.consumer.clone(),
+            message: e.to_string(),
+        })?;
+    stream
+        .get_or_create_consumer(
+            &config.consumer,
+            pull::Config {
+                durable_name: Some(config.consumer.clone()),
+                filter_subject: subject::ingest_filter(&config.stream.subject_prefix),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                max_deliver: config.max_deliver,
+                max_ack_pending: (config.batch_size * 4) as i64,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| WorkerError::Consumer {
+            name: config.consumer.clone(),
+            message: e.to_string(),
+        })
+}
+
+/// The body of a message: inline, or fetched from the Object Store by reference.
+async fn body_of(js: &jetstream::Context, envelope: &Envelope) -> Result<bytes::Bytes, String> {
+    match &envelope.body {
+        Body::Inline(bytes) => Ok(bytes.clone()),
+        Body::Stored(reference) => {
+            let store = js
+                .get_object_store(&reference.bucket)
+                .await
+                .map_err(|e| format!("cannot open body bucket {}: {e}", reference.bucket))?;
+            let mut object = store
+                .get(&reference.object)
+                .await
+                .map_err(|e| format!("cannot fetch body {}: {e}", reference.object))?;
+            let mut bytes = Vec::with_capacity(reference.size as usize);
+            object
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| format!("cannot read body {}: {e}", reference.object))?;
+            Ok(bytes.into())
+        }
+    }
+}
+
+enum Outcome {
+    Persist,
+    DeadLetter(String),
+    Retry(String),
+}
+
+async fn process<S: EntitySchema>(
+    schema: &Arc<S>,
+    conn: &Arc<Mutex<AnyConnection>>,
+    js: &jetstream::Context,
+    dlq: &str,
+    config: &WorkerConfig,
+    mut deliveries: Vec<Delivery>,
+) {
+    let started = Instant::now();
+    // Decode and parse (CPU only).
+    let mut parsed: Vec<(usize, &'static str, S::Rows)> = Vec::new();
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(deliveries.len());
+    for (index, delivery) in deliveries.iter_mut().enumerate() {
+        let outcome = match Envelope::decode(delivery.message.payload.clone()) {
+            Err(err) => Outcome::DeadLetter(format!("unreadable envelope: {err}")),
+            Ok(envelope) => {
+                let result = match body_of(js, &envelope).await {
+                    Err(err) => Err(Outcome::Retry(err)),
+                    Ok(body) => serde_json::from_slice::<Value>(&body)
+                        .map_err(|e| Outcome::DeadLetter(format!("body is not JSON: {e}")))
+                        .and_then(|value| {
+                            schema
+                                .parse(&envelope, &value)
+                                .map_err(|e| Outcome::DeadLetter(e.to_string()))
+                        }),
+                };
+                delivery.envelope = Some(envelope);
+                match result {
+                    Ok(p) => {
+                        parsed.push((index, p.entity, p.rows));
+                        Outcome::Persist
+                    }
+                    Err(outcome) => outcome,
+                }
+            }
+        };
+        outcomes.push(outcome);
+    }
+
+    // Write the parsed ones in one transaction with their status rows.
+    let records: Vec<(usize, StatusRecord)> = parsed
+        .iter()
+        .map(|(index, entity, _)| {
+            (
+                *index,
+                status_record(
+                    &deliveries[*index],
+                    Some(entity),
+                    MessageState::Persisted,
+                    None,
+                ),
+            )
+        })
+        .collect();
+    let write_result = {
+        let schema = Arc::clone(schema);
+        let conn = Arc::clone(conn);
+        let batch: Vec<(usize, StatusRecord, S::Rows)> = parsed
+            .into_iter()
+            .zip(records)
+            .map(|((index, _, rows), (_, record))| (index, record, rows))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            write_batch(&*schema, &mut conn, batch)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("writer task failed: {e}")))
+    };
+    match write_result {
+        Ok(failed) => {
+            for (index, error) in failed {
+                outcomes[index] = Outcome::DeadLetter(error);
+            }
+        }
+        Err(error) => {
+            for outcome in &mut outcomes {
+                if matches!(outcome, Outcome::Persist) {
+                    *outcome = Outcome::Retry(error.clone());
+                }
+            }
+        }
+    }
+
+    // Acknowledge, dead-letter or retry.
+    for (delivery, outcome) in deliveries.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Persist => {
+                if let Err(err) = delivery.message.double_ack().await {
+                    tracing::warn!(error = %err, sequence = delivery.sequence, "ack failed; the message will be redelivered and skipped");
+                }
+            }
+            Outcome::Retry(error) => {
+                if delivery.delivered >= config.max_deliver {
+                    dead_letter(
+                        js,
+                        dlq,
+                        conn,
+                        delivery,
+                        &format!("gave up after {} attempts: {error}", delivery.delivered),
+                    )
+                    .await;
+                } else {
+                    let delay = Duration::from_millis(
+                        500 * 2u64.pow(delivery.delivered.clamp(1, 6) as u32),
+                    );
+                    tracing::warn!(%error, sequence = delivery.sequence, retry_in_ms = delay.as_millis() as u64, "transient failure; retrying");
+                    let _ = delivery.message.ack_with(AckKind::Nak(Some(delay))).await;
+                }
+            }
+            Outcome::DeadLetter(error) => dead_letter(js, dlq, conn, delivery, &error).await,
+        }
+    }
+    tracing::debug!(
+        messages = deliveries.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "batch done"
+    );
+}
+
+fn status_record(
+    delivery: &Delivery,
+    entity: Option<&str>,
+    state: MessageState,
+    error: Option<String>,
+) -> StatusRecord {
+    let envelope = delivery.envelope.as_ref();
+    StatusRecord {
+        message_id: envelope.map_or_else(uuid::Uuid::nil, |e| e.message_id),
+        entity: entity
+            .map(str::to_owned)
+            .or_else(|| envelope.and_then(|e| e.entity.as_ref().map(|n| n.to_string()))),
+        status: state,
+        attempts: delivery.delivered as i32,
+        error,
+        received_at: envelope.map_or_else(chrono::Utc::now, |e| e.received_at),
+        processed_at: chrono::Utc::now(),
+        stream_sequence: Some(delivery.sequence as i64),
+    }
+}
+
+fn already_persisted(
+    conn: &mut AnyConnection,
+    id: uuid::Uuid,
+) -> Result<bool, status::StatusError> {
+    let record = match conn {
+        AnyConnection::Postgresql(pg) => status::postgres::fetch(pg, id)?,
+        AnyConnection::Sqlite(lite) => status::sqlite::fetch(lite, id)?,
+    };
+    Ok(record.is_some_and(|r| r.status == MessageState::Persisted))
+}
+
+fn upsert_status(conn: &mut AnyConnection, record: &StatusRecord) -> diesel::QueryResult<()> {
+    match conn {
+        AnyConnection::Postgresql(pg) => status::postgres::upsert(pg, record),
+        AnyConnection::Sqlite(lite) => status::sqlite::upsert(lite, record),
+    }
+}
+
+/// Writes a batch in one transaction. When the data makes it fail, writes each message
+/// alone so only the bad ones are refused: returns their indexes and errors. An error
+/// for the whole batch means the database itself failed (retry later).
+fn write_batch<S: EntitySchema>(
+    schema: &S,
+    conn: &mut AnyConnection,
+    batch: Vec<(usize, StatusRecord, S::Rows)>,
+) -> Result<Vec<(usize, String)>, String> {
+    let write = |conn: &mut AnyConnection,
+                 items: &[(usize, StatusRecord, S::Rows)]|
+     -> diesel::QueryResult<()> {
+        conn.transaction(|conn| {
+            let mut rows = S::Rows::default();
+            for (_, record, item_rows) in items {
+                let done = already_persisted(conn, record.message_id)
+                    .map_err(|e| diesel::result::Error::QueryBuilderError(e.to_string().into()))?;
+                if done {
+                    continue;
+                }
+                schema.merge(&mut rows, item_rows.clone());
+                upsert_status(conn, record)?;
+            }
+            schema.write(conn, &rows)
+        })
+    };
+    match write(conn, &batch) {
+        Ok(()) => Ok(Vec::new()),
+        Err(err) => {
+            if ping(conn).is_err() {
+                return Err(format!("database unavailable: {err}"));
+            }
+            tracing::warn!(error = %err, messages = batch.len(), "batch refused by the database; writing message by message");
+            let mut refused = Vec::new();
+            for item in batch {
+                if let Err(err) = write(conn, std::slice::from_ref(&item)) {
+                    if ping(conn).is_err() {
+                        return Err(format!("database unavailable: {err}"));
+                    }
+                    refused.push((item.0, format!("the database refused the rows: {err}")));
+                }
+            }
+            Ok(refused)
+        }
+    }
+}
+
+fn ping(conn: &mut AnyConnection) -> diesel::QueryResult<()> {
+    sql::run_script(conn, "SELECT 1")
+}
+
+async fn dead_letter(
+    js: &jetstream::Context,
+    dlq: &str,
+    conn: &Arc<Mutex<AnyConnection>>,
+    delivery: &Delivery,
+    error: &str,
+) {
+    let record = status_record(
+        delivery,
+        None,
+        MessageState::DeadLettered,
+        Some(error.to_owned()),
+    );
+    let entity = record
+        .entity
+        .clone()
+        .unwrap_or_else(|| subject::NO_ENTITY_TOKEN.to_owned());
+    let document = serde_json::json!({
+        "message_id": record.message_id,
+        "entity": record.entity,
+        "error": error,
+        "attempts": delivery.delivered,
+        "stream_sequence": delivery.sequence,
+        "received_at": format_time(record.received_at),
+        "dead_lettered_at": format_time(record.processed_at),
+        "envelope": String::from_utf8_lossy(&delivery.message.payload),
+    });
+    let subject = format!("{dlq}.{}.{}", entity, record.message_id);
+    let published = async {
+        js.publish(
+            subject,
+            serde_json::to_vec(&document).unwrap_or_default().into(),
+        )
+        .await?
+        .await
+    }
+    .await;
+    if let Err(err) = published {
+        // Not acknowledged: it comes back and is dead-lettered then.
+        tracing::error!(error = %err, sequence = delivery.sequence, "dead-letter publish failed; the message will be redelivered");
+        let _ = delivery
+            .message
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+            .await;
+        return;
+    }
+    let conn = Arc::clone(conn);
+    let stored = tokio::task::spawn_blocking(move || {
+        let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        upsert_status(&mut conn, &record)
+    })
+    .await;
+    if !matches!(stored, Ok(Ok(()))) {
+        tracing::warn!(
+            sequence = delivery.sequence,
+            "dead-lettered, but its status row could not be written"
+        );
+    }
+    tracing::warn!(error, sequence = delivery.sequence, "message dead-lettered");
+    let _ = delivery.message.ack_with(AckKind::Term).await;
+}
