@@ -11,6 +11,10 @@ scripts/install-deps.sh
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
+echo "==> generated TPC-H worker is up to date (nomnom generate --check)"
+cargo run --quiet --locked -p nomnom-codegen -- generate --check \
+  --entities examples/tpch/entities.yaml --output examples/tpch/worker --runtime-path ../../../runtime
+
 echo "==> cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
