@@ -12,9 +12,28 @@ fn spec(entities: usize) -> String {
         text.push_str(&format!(
             "  - name: entity_{i:03}\n    write: upsert\n    primary_key: [id]\n    fields:\n      - {{ name: id, type: i64 }}\n"
         ));
-        for (j, ty) in ["string", "text", "bool", "i32", "f64", "date", "timestamptz", "uuid", "json"].iter().enumerate() {
-            let extra = if *ty == "string" { ", max_length: 40" } else { "" };
-            text.push_str(&format!("      - {{ name: f_{j}, type: {ty}{extra}, nullable: true }}\n"));
+        for (j, ty) in [
+            "string",
+            "text",
+            "bool",
+            "i32",
+            "f64",
+            "date",
+            "timestamptz",
+            "uuid",
+            "json",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let extra = if *ty == "string" {
+                ", max_length: 40"
+            } else {
+                ""
+            };
+            text.push_str(&format!(
+                "      - {{ name: f_{j}, type: {ty}{extra}, nullable: true }}\n"
+            ));
         }
         text.push_str("      - { name: amount, type: decimal, precision: 12, scale: 2 }\n");
     }
@@ -37,5 +56,8 @@ fn main() {
         times.push(start.elapsed().as_secs_f64());
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    println!("generate 100 entities ({files} files): median {:.3} s of 5 (min {:.3}, max {:.3}); target < 1 s", times[2], times[0], times[4]);
+    println!(
+        "generate 100 entities ({files} files): median {:.3} s of 5 (min {:.3}, max {:.3}); target < 1 s",
+        times[2], times[0], times[4]
+    );
 }
