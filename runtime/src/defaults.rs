@@ -52,3 +52,20 @@ pub const RETRY_AFTER_SECONDS: u64 = 1;
 
 /// Name of the table workers record every message's outcome in.
 pub const STATUS_TABLE: &str = "nomnom_message_status";
+
+/// Database a worker writes to when `DATABASE_URL` is not set: embedded SQLite.
+pub const DATABASE_URL: &str = "sqlite://nomnom.db";
+/// Durable consumer shared by all worker replicas.
+pub const WORKER_CONSUMER: &str = "workers";
+/// Most messages per batch (one transaction).
+pub const WORKER_BATCH_SIZE: usize = 500;
+/// Longest wait to fill a batch.
+pub const WORKER_BATCH_WAIT: Duration = Duration::from_millis(100);
+/// Time to process a message before JetStream redelivers it.
+pub const WORKER_ACK_WAIT: Duration = Duration::from_secs(30);
+/// Deliveries before a message that keeps failing is dead-lettered.
+pub const WORKER_MAX_DELIVER: i64 = 5;
+/// Stream of dead-lettered messages.
+pub const DLQ_STREAM: &str = "MESSAGES_DLQ";
+/// Address of a worker's /health, /ready and /metrics.
+pub const WORKER_LISTEN: &str = "0.0.0.0:9090";

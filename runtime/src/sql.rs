@@ -136,7 +136,8 @@ pub fn connect(url: &str) -> Result<AnyConnection, ConnectError> {
         ),
         DatabaseKind::Sqlite => {
             let mut conn = SqliteConnection::establish(&parsed.connection_string).map_err(fail)?;
-            conn.batch_execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;")
+            // busy_timeout first: even switching to WAL waits for other connections' locks.
+            conn.batch_execute("PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
                 .map_err(|e| fail(ConnectionError::CouldntSetupConfiguration(e)))?;
             AnyConnection::Sqlite(conn)
         }
@@ -411,6 +412,65 @@ pub fn delete_rows(
         )?;
     }
     Ok(affected)
+}
+
+/// Runs `work` in a write transaction. On SQLite it begins with `BEGIN IMMEDIATE`, so the
+/// writer lock is taken up front (waiting on `busy_timeout`) instead of failing with
+/// "database is locked" when a deferred transaction tries to upgrade.
+pub fn write_transaction<T, E>(
+    conn: &mut AnyConnection,
+    work: impl FnOnce(&mut AnyConnection) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<diesel::result::Error>,
+{
+    match conn {
+        AnyConnection::Postgresql(_) => conn.transaction(work),
+        AnyConnection::Sqlite(_) => {
+            run_script(conn, "BEGIN IMMEDIATE")?;
+            match work(conn) {
+                Ok(value) => match run_script(conn, "COMMIT") {
+                    Ok(()) => Ok(value),
+                    Err(err) => {
+                        let _ = run_script(conn, "ROLLBACK");
+                        Err(err.into())
+                    }
+                },
+                Err(err) => {
+                    let _ = run_script(conn, "ROLLBACK");
+                    Err(err)
+                }
+            }
+        }
+    }
+}
+
+/// Whether a database error is about contention or the connection, not the data: the
+/// same write may succeed when retried.
+pub fn is_transient(err: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    if let Error::DatabaseError(
+        DatabaseErrorKind::SerializationFailure
+        | DatabaseErrorKind::ClosedConnection
+        | DatabaseErrorKind::UnableToSendCommand,
+        _,
+    ) = err
+    {
+        return true;
+    }
+    let text = err.to_string().to_lowercase();
+    [
+        "database is locked",
+        "database table is locked",
+        "database is busy",
+        "deadlock detected",
+        "could not obtain lock",
+        "connection",
+        "terminating",
+        "shutting down",
+    ]
+    .iter()
+    .any(|fragment| text.contains(fragment))
 }
 
 /// Runs a migration's SQL text (several statements).

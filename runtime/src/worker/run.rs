@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,7 @@ use crate::{
     Body, Envelope, NatsConfig, StreamSettings,
     cli::{NatsArgs, StreamArgs},
     db::{DatabaseKind, DatabaseUrl},
-    duration,
+    defaults, duration,
     envelope::format_time,
     sql::{self, AnyConnection},
     status::{self, MessageState, StatusRecord},
@@ -56,10 +57,10 @@ pub struct WorkerArgs {
     )]
     pub database_url: String,
     /// Durable consumer name, shared by all replicas.
-    #[arg(long, env = "NOMNOM_CONSUMER", default_value = "workers")]
+    #[arg(long, env = "NOMNOM_CONSUMER", default_value = defaults::WORKER_CONSUMER)]
     pub consumer: String,
     /// Most messages per batch (one transaction).
-    #[arg(long, env = "NOMNOM_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "NOMNOM_BATCH_SIZE", default_value_t = defaults::WORKER_BATCH_SIZE)]
     pub batch_size: usize,
     /// Longest wait to fill a batch.
     #[arg(long, env = "NOMNOM_BATCH_WAIT", default_value = "100ms", value_parser = parse_duration)]
@@ -68,14 +69,17 @@ pub struct WorkerArgs {
     #[arg(long, env = "NOMNOM_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub ack_wait: Duration,
     /// Deliveries before a message is dead-lettered.
-    #[arg(long, env = "NOMNOM_MAX_DELIVER", default_value_t = 5)]
+    #[arg(long, env = "NOMNOM_MAX_DELIVER", default_value_t = defaults::WORKER_MAX_DELIVER)]
     pub max_deliver: i64,
     /// Stream for dead-lettered messages.
-    #[arg(long, env = "NOMNOM_DLQ_STREAM", default_value = "MESSAGES_DLQ")]
+    #[arg(long, env = "NOMNOM_DLQ_STREAM", default_value = defaults::DLQ_STREAM)]
     pub dlq_stream: String,
     /// Run the migrations and exit.
     #[arg(long)]
     pub migrate_only: bool,
+    /// Address of the worker's /health, /ready and /metrics endpoints.
+    #[arg(long, env = "NOMNOM_WORKER_LISTEN", default_value = defaults::WORKER_LISTEN)]
+    pub listen: std::net::SocketAddr,
     #[arg(long, env = "NOMNOM_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
 }
@@ -93,6 +97,29 @@ pub struct WorkerConfig {
     pub max_deliver: i64,
     pub dlq_stream: String,
     pub migrate_only: bool,
+    /// Where /health, /ready and /metrics are served; `None` serves nothing.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            nats: NatsConfig {
+                client_name: "nomnom-worker".into(),
+                ..Default::default()
+            },
+            stream: StreamSettings::default(),
+            database_url: defaults::DATABASE_URL.to_owned(),
+            consumer: defaults::WORKER_CONSUMER.to_owned(),
+            batch_size: defaults::WORKER_BATCH_SIZE,
+            batch_wait: defaults::WORKER_BATCH_WAIT,
+            ack_wait: defaults::WORKER_ACK_WAIT,
+            max_deliver: defaults::WORKER_MAX_DELIVER,
+            dlq_stream: defaults::DLQ_STREAM.to_owned(),
+            migrate_only: false,
+            listen: None,
+        }
+    }
 }
 
 impl WorkerArgs {
@@ -108,6 +135,7 @@ impl WorkerArgs {
             max_deliver: self.max_deliver,
             dlq_stream: self.dlq_stream.clone(),
             migrate_only: self.migrate_only,
+            listen: Some(self.listen),
         }
     }
 }
@@ -129,9 +157,16 @@ pub enum WorkerError {
     #[error("cannot set up the consumer {name}: {message}")]
     Consumer { name: String, message: String },
     #[error(
-        "the consumer {name} or its stream is gone: {message}; restart the worker to recreate it"
+        "the consumer {name} keeps failing ({message}) and could not be recreated; check the stream and NATS permissions"
     )]
     ConsumerLost { name: String, message: String },
+    #[error(
+        "cannot serve health endpoints on {addr}: {message}; set NOMNOM_WORKER_LISTEN to a free address"
+    )]
+    Listen {
+        addr: std::net::SocketAddr,
+        message: String,
+    },
 }
 
 /// Entry point of a generated worker binary.
@@ -272,22 +307,41 @@ pub async fn run<S: EntitySchema>(
 
     let conn = Arc::new(Mutex::new(conn));
     let schema = Arc::new(schema);
+    let health = Arc::new(Health::default());
+    health.database_ok.store(true, Ordering::Release);
+    if let Some(listen) = config.listen {
+        serve_health(listen, Arc::clone(&health), js.client()).await?;
+    }
+    let mut consumer = consumer;
+    let mut fetch_failures = 0u32;
     tokio::pin!(shutdown);
     loop {
+        if !health.database_ok.load(Ordering::Acquire) {
+            // Fetching now would only burn deliveries: wait for the database first.
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = wait_for_database(&conn, &config.database_url, &health) => {},
+            }
+        }
         let batch = tokio::select! {
             () = &mut shutdown => break,
             batch = consumer.fetch().max_messages(config.batch_size).expires(config.batch_wait.max(Duration::from_millis(10))).messages() => batch,
         };
-        let mut batch = batch.map_err(|e| WorkerError::ConsumerLost {
-            name: config.consumer.clone(),
-            message: e.to_string(),
-        })?;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(err) => {
+                consumer =
+                    recover_consumer(&js, &config, &mut fetch_failures, &err.to_string()).await?;
+                continue;
+            }
+        };
         let mut deliveries = Vec::new();
+        let mut fetch_error = None;
         while let Some(message) = batch.next().await {
             let message = match message {
                 Ok(message) => message,
                 Err(err) => {
-                    tracing::warn!(error = %err, "fetch error");
+                    fetch_error = Some(err.to_string());
                     break;
                 }
             };
@@ -303,12 +357,133 @@ pub async fn run<S: EntitySchema>(
             });
         }
         if deliveries.is_empty() {
+            if let Some(error) = fetch_error {
+                consumer = recover_consumer(&js, &config, &mut fetch_failures, &error).await?;
+            }
             continue;
         }
-        process(&schema, &conn, &js, &dlq, &config, deliveries).await;
+        fetch_failures = 0;
+        metrics::counter!("worker_messages_consumed_total").increment(deliveries.len() as u64);
+        metrics::histogram!("worker_batch_size_items").record(deliveries.len() as f64);
+        let redelivered = deliveries.iter().filter(|d| d.delivered > 1).count();
+        metrics::counter!("worker_redeliveries_total").increment(redelivered as u64);
+        process(&schema, &conn, &js, &dlq, &config, &health, deliveries).await;
     }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// What /ready reports.
+#[derive(Debug, Default)]
+struct Health {
+    database_ok: AtomicBool,
+}
+
+async fn serve_health(
+    listen: std::net::SocketAddr,
+    health: Arc<Health>,
+    client: async_nats::Client,
+) -> Result<(), WorkerError> {
+    use axum::{Json, Router, http::StatusCode, routing::get};
+    let metrics = crate::metrics::install();
+    let ready = move || {
+        let health = Arc::clone(&health);
+        let client = client.clone();
+        async move {
+            let nats = client.connection_state() == async_nats::connection::State::Connected;
+            let database = health.database_ok.load(Ordering::Acquire);
+            let code = if nats && database {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (
+                code,
+                Json(serde_json::json!({
+                    "status": if code == StatusCode::OK { "ready" } else { "unavailable" },
+                    "nats": if nats { "connected" } else { "disconnected" },
+                    "database": if database { "ok" } else { "unavailable" },
+                })),
+            )
+        }
+    };
+    let app = Router::new()
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/ready", get(ready))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        );
+    let listener =
+        tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| WorkerError::Listen {
+                addr: listen,
+                message: e.to_string(),
+            })?;
+    tracing::info!(address = %listen, "health endpoints listening");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(())
+}
+
+/// Waits until the database answers again, reconnecting if the connection broke.
+async fn wait_for_database(conn: &Arc<Mutex<AnyConnection>>, url: &str, health: &Health) {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let conn = Arc::clone(conn);
+        let url = url.to_owned();
+        let ok = tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if ping(&mut conn).is_ok() {
+                return true;
+            }
+            match sql::connect(&url) {
+                Ok(fresh) => {
+                    *conn = fresh;
+                    ping(&mut conn).is_ok()
+                }
+                Err(_) => false,
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            tracing::info!("database reachable again; resuming");
+            health.database_ok.store(true, Ordering::Release);
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// After a fetch error: recreate the stream and consumer if they were deleted; give up
+/// (exit non-zero) when that keeps failing, instead of idling forever.
+async fn recover_consumer(
+    js: &jetstream::Context,
+    config: &WorkerConfig,
+    failures: &mut u32,
+    error: &str,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, WorkerError> {
+    *failures += 1;
+    tracing::warn!(%error, attempt = *failures, "fetch failed; checking the stream and consumer");
+    if *failures > 10 {
+        return Err(WorkerError::ConsumerLost {
+            name: config.consumer.clone(),
+            message: error.to_owned(),
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(200 * u64::from(*failures))).await;
+    stream::ensure_stream(js, &config.stream).await?;
+    ensure_consumer(js, config).await
 }
 
 async fn ensure_dlq(js: &jetstream::Context, config: &WorkerConfig) -> Result<String, WorkerError> {
@@ -395,6 +570,7 @@ async fn process<S: EntitySchema>(
     js: &jetstream::Context,
     dlq: &str,
     config: &WorkerConfig,
+    health: &Health,
     mut deliveries: Vec<Delivery>,
 ) {
     let started = Instant::now();
@@ -426,6 +602,13 @@ async fn process<S: EntitySchema>(
             }
         };
         outcomes.push(outcome);
+    }
+
+    // A slow batch (large claim-checked bodies, say) must not outlive ack_wait.
+    if started.elapsed() > config.ack_wait / 3 {
+        for delivery in &deliveries {
+            let _ = delivery.message.ack_with(AckKind::Progress).await;
+        }
     }
 
     // Write the parsed ones in one transaction with their status rows.
@@ -465,6 +648,8 @@ async fn process<S: EntitySchema>(
             }
         }
         Err(error) => {
+            // The database is down: retry later, and stop fetching until it is back.
+            health.database_ok.store(false, Ordering::Release);
             for outcome in &mut outcomes {
                 if matches!(outcome, Outcome::Persist) {
                     *outcome = Outcome::Retry(error.clone());
@@ -477,6 +662,14 @@ async fn process<S: EntitySchema>(
     for (delivery, outcome) in deliveries.iter().zip(outcomes) {
         match outcome {
             Outcome::Persist => {
+                metrics::counter!("worker_messages_persisted_total").increment(1);
+                if let Some(envelope) = &delivery.envelope {
+                    let latency = (chrono::Utc::now() - envelope.received_at)
+                        .num_microseconds()
+                        .unwrap_or(0);
+                    metrics::histogram!("pipeline_end_to_end_latency_seconds")
+                        .record(latency as f64 / 1e6);
+                }
                 if let Err(err) = delivery.message.double_ack().await {
                     tracing::warn!(error = %err, sequence = delivery.sequence, "ack failed; the message will be redelivered and skipped");
                 }
@@ -559,7 +752,7 @@ fn write_batch<S: EntitySchema>(
     let write = |conn: &mut AnyConnection,
                  items: &[(usize, StatusRecord, S::Rows)]|
      -> diesel::QueryResult<()> {
-        conn.transaction(|conn| {
+        sql::write_transaction(conn, |conn| {
             let mut rows = S::Rows::default();
             for (_, record, item_rows) in items {
                 let done = already_persisted(conn, record.message_id)
@@ -576,14 +769,14 @@ fn write_batch<S: EntitySchema>(
     match write(conn, &batch) {
         Ok(()) => Ok(Vec::new()),
         Err(err) => {
-            if ping(conn).is_err() {
+            if sql::is_transient(&err) || ping(conn).is_err() {
                 return Err(format!("database unavailable: {err}"));
             }
             tracing::warn!(error = %err, messages = batch.len(), "batch refused by the database; writing message by message");
             let mut refused = Vec::new();
             for item in batch {
                 if let Err(err) = write(conn, std::slice::from_ref(&item)) {
-                    if ping(conn).is_err() {
+                    if sql::is_transient(&err) || ping(conn).is_err() {
                         return Err(format!("database unavailable: {err}"));
                     }
                     refused.push((item.0, format!("the database refused the rows: {err}")));
@@ -656,6 +849,27 @@ async fn dead_letter(
             "dead-lettered, but its status row could not be written"
         );
     }
+    metrics::counter!("worker_dlq_messages_total").increment(1);
     tracing::warn!(error, sequence = delivery.sequence, "message dead-lettered");
     let _ = delivery.message.ack_with(AckKind::Term).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_defaults_are_the_struct_defaults() {
+        let config = WorkerArgs::try_parse_from(["worker"]).unwrap().to_config();
+        let default = WorkerConfig::default();
+        assert_eq!(config.database_url, default.database_url);
+        assert_eq!(config.consumer, default.consumer);
+        assert_eq!(config.batch_size, default.batch_size);
+        assert_eq!(config.batch_wait, default.batch_wait);
+        assert_eq!(config.ack_wait, default.ack_wait);
+        assert_eq!(config.max_deliver, default.max_deliver);
+        assert_eq!(config.dlq_stream, default.dlq_stream);
+        assert_eq!(config.stream, default.stream);
+        assert_eq!(config.listen, defaults::WORKER_LISTEN.parse().ok());
+    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use diesel::{RunQueryDsl, sql_types::BigInt};
 use nomnom_runtime::{
-    NatsConfig, StreamSettings,
+    NatsConfig,
     sql::{self, AnyConnection},
     worker::{WorkerConfig, run},
 };
@@ -70,15 +70,10 @@ impl Pipeline {
         ));
         let worker_config = WorkerConfig {
             nats: nats_config,
-            stream: StreamSettings::default(),
             database_url: database_url.to_owned(),
-            consumer: "workers".into(),
             batch_size: 100,
             batch_wait: Duration::from_millis(50),
-            ack_wait: Duration::from_secs(30),
-            max_deliver: 5,
-            dlq_stream: "MESSAGES_DLQ".into(),
-            migrate_only: false,
+            ..Default::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let worker = tokio::spawn(async move {
