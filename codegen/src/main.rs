@@ -1,7 +1,8 @@
 //! `nomnom`: validate entities specs and generate worker crates.
 //!
 //! Exit codes: 0 success; 1 the spec has problems; 2 a file could not be read or
-//! written; 3 `--check` found generated files out of date.
+//! written (or NATS reached); 3 `--check` found generated files out of date; 4 a
+//! command needs more arguments.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ mod exit {
     pub const INVALID_SPEC: u8 = 1;
     pub const IO: u8 = 2;
     pub const OUT_OF_DATE: u8 = 3;
+    pub const USAGE: u8 = 4;
 }
 
 #[derive(Debug, Parser)]
@@ -71,6 +73,127 @@ enum Command {
         /// Directory to create them in.
         dir: PathBuf,
     },
+    /// Inspect or replay dead-lettered messages.
+    Dlq {
+        #[command(subcommand)]
+        action: Box<DlqAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// List dead letters (oldest first).
+    List {
+        #[command(flatten)]
+        target: DlqTarget,
+        /// One JSON document per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Republish dead letters with their original message ids, and remove them from the
+    /// dead-letter stream. Replays are idempotent: a message already persisted is skipped.
+    Replay {
+        #[command(flatten)]
+        target: DlqTarget,
+        /// Replay every dead letter (required when no --id or --entity is given).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct DlqTarget {
+    #[command(flatten)]
+    nats: nomnom_runtime::cli::NatsArgs,
+    #[command(flatten)]
+    stream: nomnom_runtime::cli::StreamArgs,
+    /// Dead-letter stream.
+    #[arg(long, env = "NOMNOM_DLQ_STREAM", default_value = nomnom_runtime::defaults::DLQ_STREAM)]
+    dlq_stream: String,
+    /// Only this message.
+    #[arg(long)]
+    id: Option<uuid::Uuid>,
+    /// Only this entity.
+    #[arg(long)]
+    entity: Option<String>,
+}
+
+impl DlqTarget {
+    fn filter(&self) -> nomnom_runtime::dlq::Filter {
+        nomnom_runtime::dlq::Filter {
+            message_id: self.id,
+            entity: self.entity.clone(),
+        }
+    }
+}
+
+fn dlq(action: DlqAction) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(exit::IO, err),
+    };
+    runtime.block_on(async move {
+        let target = match &action {
+            DlqAction::List { target, .. } | DlqAction::Replay { target, .. } => target,
+        };
+        let client = match target.nats.to_config("nomnom-cli").connect().await {
+            Ok(client) => client,
+            Err(err) => return fail(exit::IO, err),
+        };
+        let js = async_nats::jetstream::new(client);
+        match &action {
+            DlqAction::List { target, json } => {
+                match nomnom_runtime::dlq::list(&js, &target.dlq_stream, &target.filter()).await {
+                    Ok(letters) => {
+                        for letter in &letters {
+                            if *json {
+                                println!("{}", serde_json::to_string(letter).unwrap_or_default());
+                            } else {
+                                println!(
+                                    "{}  {:<12} attempts {}  {}",
+                                    letter.message_id,
+                                    letter.entity.as_deref().unwrap_or("-"),
+                                    letter.attempts,
+                                    letter.error
+                                );
+                            }
+                        }
+                        if !*json {
+                            eprintln!("{} dead letter(s) in {}", letters.len(), target.dlq_stream);
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(err) => fail(exit::IO, err),
+                }
+            }
+            DlqAction::Replay { target, all } => {
+                if !all && target.id.is_none() && target.entity.is_none() {
+                    return fail(
+                        exit::USAGE,
+                        "say what to replay: --id <message id>, --entity <name>, or --all",
+                    );
+                }
+                let settings = target.stream.to_settings();
+                match nomnom_runtime::dlq::replay(
+                    &js,
+                    &target.dlq_stream,
+                    &settings,
+                    &target.filter(),
+                )
+                .await
+                {
+                    Ok(count) => {
+                        println!("replayed {count} message(s) to {}", settings.name);
+                        ExitCode::SUCCESS
+                    }
+                    Err(err) => fail(exit::IO, err),
+                }
+            }
+        }
+    })
 }
 
 fn load(file: &Path) -> Result<nomnom_codegen::model::Project, ExitCode> {
@@ -235,5 +358,6 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Init { dir } => init(&dir),
+        Command::Dlq { action } => dlq(*action),
     }
 }

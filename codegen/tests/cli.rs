@@ -221,3 +221,97 @@ fn the_json_schema_accepts_exactly_what_the_parser_accepts() {
         )
     );
 }
+
+#[test]
+fn dlq_list_and_replay_against_a_real_server() {
+    let nats = nomnom_test_support::NatsServer::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let id = uuid::Uuid::now_v7();
+    let envelope = format!(
+        r#"{{"nomnom":1,"message_id":"{id}","received_at":"2026-11-22T13:30:00.000000Z","entity":"order","content_type":"application/json","body":{{"o_orderkey":-1}}}}"#
+    );
+    runtime.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        nomnom_runtime::stream::ensure_stream(&js, &Default::default())
+            .await
+            .unwrap();
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "MESSAGES_DLQ".into(),
+            subjects: vec!["messages_dlq.>".into()],
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let letter = serde_json::json!({
+            "message_id": id, "entity": "order", "error": "/o_orderkey: must be at least 1, got -1",
+            "attempts": 1, "stream_sequence": 7, "received_at": "2026-11-22T13:30:00.000000Z",
+            "dead_lettered_at": "2026-11-22T13:30:01.000000Z", "envelope": envelope,
+        });
+        js.publish(
+            format!("messages_dlq.order.{id}"),
+            letter.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = nats.url();
+    let list = nomnom(&["dlq", "list", "--nats-url", &url], dir.path());
+    assert!(list.status.success(), "{}", text(&list));
+    assert!(
+        text(&list).contains(&id.to_string()) && text(&list).contains("must be at least 1"),
+        "{}",
+        text(&list)
+    );
+    let json = nomnom(
+        &[
+            "dlq",
+            "list",
+            "--json",
+            "--nats-url",
+            &url,
+            "--entity",
+            "customer",
+        ],
+        dir.path(),
+    );
+    assert!(
+        String::from_utf8_lossy(&json.stdout).trim().is_empty(),
+        "filtered out"
+    );
+
+    let unsure = nomnom(&["dlq", "replay", "--nats-url", &url], dir.path());
+    assert_eq!(unsure.status.code(), Some(4), "{}", text(&unsure));
+    let replay = nomnom(
+        &["dlq", "replay", "--nats-url", &url, "--id", &id.to_string()],
+        dir.path(),
+    );
+    assert!(replay.status.success(), "{}", text(&replay));
+    assert!(
+        text(&replay).contains("replayed 1 message(s)"),
+        "{}",
+        text(&replay)
+    );
+
+    runtime.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let stream = js.get_stream("MESSAGES").await.unwrap();
+        let replayed = stream
+            .get_last_raw_message_by_subject(&format!("messages.ingest.order.{id}"))
+            .await
+            .expect("the envelope is back on its ingest subject");
+        assert_eq!(
+            String::from_utf8_lossy(&replayed.payload),
+            envelope,
+            "replayed byte for byte"
+        );
+    });
+    let after = nomnom(&["dlq", "list", "--json", "--nats-url", &url], dir.path());
+    assert!(
+        String::from_utf8_lossy(&after.stdout).trim().is_empty(),
+        "removed from the DLQ"
+    );
+}

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod db;
 pub mod defaults;
+pub mod dlq;
 pub mod duration;
 pub mod envelope;
 pub mod metrics;

@@ -487,13 +487,15 @@ async fn recover_consumer(
 }
 
 async fn ensure_dlq(js: &jetstream::Context, config: &WorkerConfig) -> Result<String, WorkerError> {
-    let subject = format!("{}.>", config.dlq_stream.to_lowercase());
+    let subject = format!("{}.>", crate::dlq::subject_prefix(&config.dlq_stream));
     js.get_or_create_stream(StreamConfig {
         name: config.dlq_stream.clone(),
         subjects: vec![subject],
         storage: StorageType::File,
         discard: DiscardPolicy::New,
         num_replicas: config.stream.replicas,
+        // Listing and replaying read single dead letters.
+        allow_direct: true,
         ..Default::default()
     })
     .await
@@ -501,7 +503,7 @@ async fn ensure_dlq(js: &jetstream::Context, config: &WorkerConfig) -> Result<St
         name: config.dlq_stream.clone(),
         message: e.to_string(),
     })?;
-    Ok(config.dlq_stream.to_lowercase())
+    Ok(crate::dlq::subject_prefix(&config.dlq_stream))
 }
 
 async fn ensure_consumer(

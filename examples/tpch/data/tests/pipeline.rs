@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use diesel::{RunQueryDsl, sql_types::BigInt};
 use nomnom_runtime::{
-    NatsConfig,
+    NatsConfig, StreamSettings, dlq,
     sql::{self, AnyConnection},
     worker::{WorkerConfig, run},
 };
@@ -31,6 +31,21 @@ fn count(url: &str, sql_text: &str) -> i64 {
     .unwrap_or(-1)
 }
 
+/// Runs a future to completion from synchronous polling code.
+fn futures_lite_block<T: Send + 'static>(
+    future: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future)
+    })
+    .join()
+    .unwrap()
+}
+
 async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
@@ -51,7 +66,10 @@ struct Pipeline {
 
 impl Pipeline {
     async fn start(database_url: &str) -> Pipeline {
-        let nats = NatsServer::start();
+        Self::start_on(NatsServer::start(), database_url).await
+    }
+
+    async fn start_on(nats: NatsServer, database_url: &str) -> Pipeline {
         let nats_config = NatsConfig {
             url: nats.url(),
             ..Default::default()
@@ -267,4 +285,36 @@ async fn orders_with_line_items_become_rows_on_sqlite() {
 async fn orders_with_line_items_become_rows_on_postgres() {
     let pg = Postgres::start();
     orders_with_line_items_become_rows(pg.create_database("tpch")).await;
+}
+
+/// An order larger than the server's max_payload travels by claim-check (Object Store)
+/// and is persisted like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_over_max_payload_is_fetched_from_the_object_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("big.db").display());
+    let nats = NatsServer::start_with(nomnom_test_support::NatsOptions {
+        max_payload: Some(8 * 1024),
+        ..Default::default()
+    });
+    let p = Pipeline::start_on(nats, &url).await;
+    let mut order = tpch_data::orders(0.001).next().unwrap();
+    // Pad with a field the spec does not read, to pass max_payload.
+    order["padding"] = json!("x".repeat(20_000));
+    let accepted = p.post("/api/ingest/message/order", &order, None).await;
+    wait_status(&p, accepted["message_id"].as_str().unwrap(), "persisted").await;
+    assert_eq!(count(&url, "SELECT count(*) AS n FROM orders"), 1);
+    let js = async_nats::jetstream::new(async_nats::connect(p.nats.url()).await.unwrap());
+    let stored = js
+        .get_stream("MESSAGES")
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    assert!(
+        stored.payload.len() < 1024,
+        "the stream held only the reference"
+    );
+    p.stop().await;
 }

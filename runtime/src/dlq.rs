@@ -1,0 +1,158 @@
+//! The dead-letter stream: what workers write there, and listing and replaying it.
+//!
+//! A dead-lettered message is a JSON document on `<dlq stream, lower-case>.<entity>.<id>`
+//! holding the original envelope, the error, the attempts and the source sequence.
+//! Replaying republishes the original envelope (same message id) to the ingest subject and
+//! removes the dead letter; the worker's status table makes replays idempotent.
+
+use async_nats::jetstream::{self, stream::DirectGetErrorKind};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Envelope, StreamSettings, subject};
+
+/// One dead letter.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeadLetter {
+    pub message_id: Uuid,
+    pub entity: Option<String>,
+    pub error: String,
+    pub attempts: i64,
+    pub stream_sequence: u64,
+    pub received_at: String,
+    pub dead_lettered_at: String,
+    /// The original envelope, as published by nats-api.
+    pub envelope: String,
+    /// Sequence of this dead letter in the dead-letter stream.
+    #[serde(skip_deserializing, default)]
+    pub dlq_sequence: u64,
+}
+
+/// Which dead letters to act on.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub message_id: Option<Uuid>,
+    pub entity: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, letter: &DeadLetter) -> bool {
+        self.message_id.is_none_or(|id| letter.message_id == id)
+            && self
+                .entity
+                .as_ref()
+                .is_none_or(|e| letter.entity.as_deref() == Some(e.as_str()))
+    }
+}
+
+/// Why the dead-letter stream could not be read or replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("cannot open the dead-letter stream {stream}: {message}")]
+    Stream { stream: String, message: String },
+    #[error("cannot read dead letter {sequence}: {message}")]
+    Read { sequence: u64, message: String },
+    #[error("dead letter {sequence} is not a nomnom dead letter: {message}")]
+    Malformed { sequence: u64, message: String },
+    #[error("cannot republish message {id}: {message}")]
+    Publish { id: Uuid, message: String },
+}
+
+/// The subject prefix dead letters of `dlq_stream` are published under.
+pub fn subject_prefix(dlq_stream: &str) -> String {
+    dlq_stream.to_lowercase()
+}
+
+/// Every dead letter matching `filter`, oldest first.
+pub async fn list(
+    js: &jetstream::Context,
+    dlq_stream: &str,
+    filter: &Filter,
+) -> Result<Vec<DeadLetter>, DlqError> {
+    let stream_error = |message: String| DlqError::Stream {
+        stream: dlq_stream.to_owned(),
+        message,
+    };
+    let mut stream = js
+        .get_stream(dlq_stream)
+        .await
+        .map_err(|e| stream_error(e.to_string()))?;
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| stream_error(e.to_string()))?
+        .state
+        .clone();
+    let mut letters = Vec::new();
+    if state.messages == 0 {
+        return Ok(letters);
+    }
+    for sequence in state.first_sequence..=state.last_sequence {
+        let message = match stream.direct_get(sequence).await {
+            Ok(message) => message,
+            // Deleted (replayed) dead letters leave gaps.
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(DlqError::Read {
+                    sequence,
+                    message: e.to_string(),
+                });
+            }
+        };
+        let mut letter: DeadLetter =
+            serde_json::from_slice(&message.payload).map_err(|e| DlqError::Malformed {
+                sequence,
+                message: e.to_string(),
+            })?;
+        letter.dlq_sequence = sequence;
+        if filter.matches(&letter) {
+            letters.push(letter);
+        }
+    }
+    Ok(letters)
+}
+
+/// Republishes the matching dead letters' envelopes to the ingest stream, with their
+/// original message ids, and removes them from the dead-letter stream. Returns how many.
+pub async fn replay(
+    js: &jetstream::Context,
+    dlq_stream: &str,
+    settings: &StreamSettings,
+    filter: &Filter,
+) -> Result<usize, DlqError> {
+    let letters = list(js, dlq_stream, filter).await?;
+    let stream = js
+        .get_stream(dlq_stream)
+        .await
+        .map_err(|e| DlqError::Stream {
+            stream: dlq_stream.to_owned(),
+            message: e.to_string(),
+        })?;
+    for letter in &letters {
+        let publish_error = |message: String| DlqError::Publish {
+            id: letter.message_id,
+            message,
+        };
+        let envelope = Envelope::decode(letter.envelope.clone().into_bytes().into())
+            .map_err(|e| publish_error(format!("the stored envelope is unreadable: {e}")))?;
+        let subject = subject::message_subject(
+            &settings.subject_prefix,
+            envelope.entity.as_ref(),
+            envelope.message_id,
+        );
+        js.publish(subject, letter.envelope.clone().into_bytes().into())
+            .await
+            .map_err(|e| publish_error(e.to_string()))?
+            .await
+            .map_err(|e| publish_error(e.to_string()))?;
+        // Removed only once the replay is stored: a failure leaves it to replay again.
+        stream
+            .delete_message(letter.dlq_sequence)
+            .await
+            .map_err(|e| DlqError::Read {
+                sequence: letter.dlq_sequence,
+                message: e.to_string(),
+            })?;
+    }
+    Ok(letters.len())
+}
