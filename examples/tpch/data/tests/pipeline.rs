@@ -31,21 +31,6 @@ fn count(url: &str, sql_text: &str) -> i64 {
     .unwrap_or(-1)
 }
 
-/// Runs a future to completion from synchronous polling code.
-fn futures_lite_block<T: Send + 'static>(
-    future: impl std::future::Future<Output = T> + Send + 'static,
-) -> T {
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(future)
-    })
-    .join()
-    .unwrap()
-}
-
 async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
@@ -227,6 +212,36 @@ async fn orders_with_line_items_become_rows(database_url: String) {
         dead["error"].as_str().unwrap().contains("/o_totalprice"),
         "{dead}"
     );
+
+    // Replaying it after fixing nothing dead-letters it again, idempotently.
+    let bad_id: uuid::Uuid = b["message_id"].as_str().unwrap().parse().unwrap();
+    let only_bad = dlq::Filter {
+        message_id: Some(bad_id),
+        entity: None,
+    };
+    let before = dlq::list(&js, "MESSAGES_DLQ", &only_bad).await.unwrap();
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0].entity.as_deref(), Some("order"));
+    let replayed = dlq::replay(&js, "MESSAGES_DLQ", &StreamSettings::default(), &only_bad)
+        .await
+        .unwrap();
+    assert_eq!(replayed, 1);
+    let old = before[0].dlq_sequence;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = dlq::list(&js, "MESSAGES_DLQ", &only_bad).await.unwrap();
+        if now.len() == 1 && now[0].dlq_sequence > old {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replayed message was not dead-lettered again exactly once: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count(&database_url, "SELECT count(*) AS n FROM orders"), 1);
+    let status = p.status(&bad_id.to_string()).await;
+    assert_eq!(status["status"], "dead_lettered");
 
     // Many orders in batches.
     let batch: Vec<Value> = orders.take(200).collect();
