@@ -171,3 +171,96 @@ async fn mutual_tls_with_a_private_ca() {
     .unwrap_err();
     assert!(err.to_string().contains("must be set together"), "{err}");
 }
+
+/// A signed NATS JWT (`ed25519-nkey`), as `nsc` would issue it.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": format!("{:X}", uuid::Uuid::now_v7().as_u128()),
+        "iat": 1_700_000_000,
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    });
+    let payload = encode(claims.to_string().as_bytes());
+    let signature = issuer
+        .sign(format!("{header}.{payload}").as_bytes())
+        .unwrap();
+    format!("{header}.{payload}.{}", encode(&signature))
+}
+
+#[tokio::test]
+async fn creds_file_in_operator_mode() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        "nomnom-test",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+    });
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "app",
+        serde_json::json!({"type": "account", "version": 2, "limits": unlimited}),
+    );
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        "nats-api",
+        serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}),
+    );
+    // JetStream in operator mode needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({"type": "account", "version": 2}),
+    );
+    let nats = server(format!(
+        "operator: \"{operator_jwt}\"\nsystem_account: {sys}\nresolver: MEMORY\nresolver_preload: {{\n  {acc}: \"{account_jwt}\"\n  {sys}: \"{system_jwt}\"\n}}\n",
+        acc = account.public_key(),
+        sys = system.public_key(),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("nats-api.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    assert_works(NatsConfig {
+        creds_file: Some(creds),
+        ..config(&nats)
+    })
+    .await;
+    assert_refused(config(&nats), AUTHORIZATION).await;
+    let missing = NatsConfig {
+        creds_file: Some(dir.path().join("missing.creds")),
+        ..config(&nats)
+    }
+    .connect()
+    .await
+    .unwrap_err();
+    assert!(
+        missing
+            .to_string()
+            .contains("cannot read the NATS credentials file"),
+        "{missing}"
+    );
+}
