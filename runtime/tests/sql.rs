@@ -1,0 +1,214 @@
+//! The shared SQL writer on real PostgreSQL and SQLite.
+
+use diesel::{RunQueryDsl, sql_types::Text};
+use nomnom_runtime::sql::{
+    self, AnyConnection, Column, ColumnType, Table, Value, WriteMode, delete_rows, write_rows,
+};
+use nomnom_test_support::Postgres;
+
+const COLUMNS: &[Column] = &[
+    Column {
+        name: "id",
+        column_type: ColumnType::I64,
+    },
+    Column {
+        name: "part",
+        column_type: ColumnType::I16,
+    },
+    Column {
+        name: "order",
+        column_type: ColumnType::Text,
+    },
+    Column {
+        name: "n32",
+        column_type: ColumnType::I32,
+    },
+    Column {
+        name: "flag",
+        column_type: ColumnType::Bool,
+    },
+    Column {
+        name: "ratio",
+        column_type: ColumnType::F32,
+    },
+    Column {
+        name: "score",
+        column_type: ColumnType::F64,
+    },
+    Column {
+        name: "price",
+        column_type: ColumnType::Decimal,
+    },
+    Column {
+        name: "day",
+        column_type: ColumnType::Date,
+    },
+    Column {
+        name: "at",
+        column_type: ColumnType::Time,
+    },
+    Column {
+        name: "seen",
+        column_type: ColumnType::Timestamptz,
+    },
+    Column {
+        name: "ref",
+        column_type: ColumnType::Uuid,
+    },
+    Column {
+        name: "extra",
+        column_type: ColumnType::Json,
+    },
+];
+
+fn table(write: WriteMode) -> Table {
+    Table {
+        name: "things",
+        columns: COLUMNS,
+        key: &["id", "part"],
+        write,
+    }
+}
+
+const POSTGRES_DDL: &str = r#"CREATE TABLE things (
+    "id" BIGINT NOT NULL, "part" SMALLINT NOT NULL, "order" TEXT, "n32" INTEGER, "flag" BOOLEAN,
+    "ratio" REAL, "score" DOUBLE PRECISION, "price" NUMERIC(10, 2), "day" DATE, "at" TIME,
+    "seen" TIMESTAMPTZ, "ref" UUID, "extra" JSONB, PRIMARY KEY ("id", "part"))"#;
+
+const SQLITE_DDL: &str = r#"CREATE TABLE things (
+    "id" INTEGER NOT NULL, "part" INTEGER NOT NULL, "order" TEXT, "n32" INTEGER, "flag" BOOLEAN,
+    "ratio" REAL, "score" REAL, "price" TEXT, "day" TEXT, "at" TEXT, "seen" TEXT, "ref" TEXT,
+    "extra" TEXT, PRIMARY KEY ("id", "part"))"#;
+
+fn row(id: i64, part: i16, label: &str) -> Vec<Value> {
+    vec![
+        Value::I64(id),
+        Value::I16(part),
+        Value::Text(label.into()),
+        Value::I32(-7),
+        Value::Bool(true),
+        Value::F32(0.5),
+        Value::F64(2.25),
+        Value::Text("172799.49".into()),
+        Value::Text("1996-01-02".into()),
+        Value::Text("12:30:00.5".into()),
+        Value::Text("2026-11-22T13:30:00.123456Z".into()),
+        Value::Text("0190d6f2-4c1e-7a3b-8f00-123456789abc".into()),
+        Value::Text(r#"{"k": [1, 2]}"#.into()),
+    ]
+}
+
+fn nulls(id: i64, part: i16) -> Vec<Value> {
+    let mut values = vec![Value::I64(id), Value::I16(part)];
+    values.extend(std::iter::repeat_n(Value::Null, COLUMNS.len() - 2));
+    values
+}
+
+#[derive(diesel::QueryableByName, Debug)]
+struct Line {
+    #[diesel(sql_type = Text)]
+    line: String,
+}
+
+/// Every row as one text line, ordered by key.
+fn dump(conn: &mut AnyConnection, columns: &str) -> Vec<String> {
+    let query = format!(r#"SELECT {columns} AS line FROM things ORDER BY "id", "part""#);
+    let rows: Vec<Line> = match conn {
+        AnyConnection::Postgresql(pg) => diesel::sql_query(query).load(pg),
+        AnyConnection::Sqlite(lite) => diesel::sql_query(query).load(lite),
+    }
+    .unwrap();
+    rows.into_iter().map(|r| r.line).collect()
+}
+
+fn exercise(mut conn: AnyConnection, ddl: &str) {
+    sql::run_script(&mut conn, ddl).unwrap();
+
+    // Insert: every type and NULLs; a repeated key is a constraint error.
+    write_rows(
+        &mut conn,
+        &table(WriteMode::Insert),
+        &[row(1, 1, "a"), nulls(2, 1)],
+    )
+    .unwrap();
+    let err = write_rows(&mut conn, &table(WriteMode::Insert), &[row(1, 1, "again")]).unwrap_err();
+    assert!(
+        !sql::is_transient(&err),
+        "a constraint error is about the data: {err}"
+    );
+    assert_eq!(dump(&mut conn, r#"CAST("id" AS TEXT)"#).len(), 2);
+
+    // Upsert: the same key twice in one batch is fine, and the last row wins.
+    write_rows(
+        &mut conn,
+        &table(WriteMode::Upsert),
+        &[row(1, 1, "first"), row(3, 1, "new"), row(1, 1, "last")],
+    )
+    .unwrap();
+    // Ignore: existing keys are left alone, the first of duplicates is kept.
+    write_rows(
+        &mut conn,
+        &table(WriteMode::IgnoreDuplicates),
+        &[
+            row(1, 1, "ignored"),
+            row(4, 2, "kept"),
+            row(4, 2, "dropped"),
+        ],
+    )
+    .unwrap();
+    let labels = dump(&mut conn, r#"COALESCE("order", 'NULL')"#);
+    assert_eq!(labels, ["last", "NULL", "new", "kept"]);
+
+    // Delete by the composite key.
+    let deleted = delete_rows(
+        &mut conn,
+        &table(WriteMode::Upsert),
+        &[
+            vec![Value::I64(3), Value::I16(1)],
+            vec![Value::I64(9), Value::I16(9)],
+        ],
+    )
+    .unwrap();
+    assert_eq!(deleted, 1);
+    assert_eq!(dump(&mut conn, r#"CAST("id" AS TEXT)"#), ["1", "2", "4"]);
+
+    // More rows than one statement can bind: written in several statements.
+    let many: Vec<Vec<Value>> = (0..6_000).map(|i| row(1_000 + i, 0, "bulk")).collect();
+    assert_eq!(
+        write_rows(&mut conn, &table(WriteMode::Insert), &many).unwrap(),
+        6_000
+    );
+    assert_eq!(dump(&mut conn, r#"CAST("id" AS TEXT)"#).len(), 6_003);
+}
+
+#[test]
+fn the_writer_on_postgres() {
+    let pg = Postgres::start();
+    let url = pg.create_database("writer");
+    exercise(sql::connect(&url).unwrap(), POSTGRES_DDL);
+    // Values landed in their real types.
+    let typed = pg.psql(
+        "writer",
+        r#"SELECT price, day, at, seen AT TIME ZONE 'UTC', ref, extra->'k'->>1, flag, ratio FROM things WHERE id = 1"#,
+    );
+    assert_eq!(
+        typed,
+        "172799.49|1996-01-02|12:30:00.5|2026-11-22 13:30:00.123456|0190d6f2-4c1e-7a3b-8f00-123456789abc|2|t|0.5"
+    );
+}
+
+#[test]
+fn the_writer_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("writer.db").display());
+    exercise(sql::connect(&url).unwrap(), SQLITE_DDL);
+    let mut conn = sql::connect(&url).unwrap();
+    let exact = dump(
+        &mut conn,
+        r#"COALESCE(price || '|' || day || '|' || "ref", 'NULL')"#,
+    );
+    assert_eq!(
+        exact[0], "172799.49|1996-01-02|0190d6f2-4c1e-7a3b-8f00-123456789abc",
+        "decimals stay exact text"
+    );
+}
