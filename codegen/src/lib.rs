@@ -5,6 +5,7 @@
 //! The `nomnom` binary (`main.rs`) is a thin CLI over [`load`] and the later stages.
 
 pub mod diagnostics;
+pub mod keys;
 pub mod model;
 pub mod render;
 pub mod spec;
@@ -42,17 +43,18 @@ pub fn load(path: &Path) -> Result<model::Project, LoadError> {
 
 /// Parses and validates spec text; `file` names it in diagnostics.
 pub fn load_str(file: &str, text: &str) -> Result<model::Project, LoadError> {
-    let problems = match spec::parse(text) {
-        Err(err) => vec![yaml_problem(&err)],
+    // Unknown keys (all of them) and every other problem, in one report.
+    let mut problems = keys::unknown_keys(text).unwrap_or_default();
+    match spec::parse(text) {
+        Err(err) => problems.push(yaml_problem(&err)),
         Ok(parsed) => match validate::validate(&parsed) {
-            Ok(project) => return Ok(project),
-            Err(mut problems) => {
-                // In file order, so the report reads top to bottom.
-                problems.sort_by_key(|p| p.span.map_or(usize::MAX, |s| s.offset()));
-                problems
-            }
+            Ok(project) if problems.is_empty() => return Ok(project),
+            Ok(_) => {}
+            Err(more) => problems.extend(more),
         },
-    };
+    }
+    // In file order, so the report reads top to bottom.
+    problems.sort_by_key(|p| p.span.map_or(usize::MAX, |s| s.offset()));
     Err(LoadError::Problems(SpecProblems {
         file: file.to_owned(),
         source_code: NamedSource::new(file, text.to_owned()).with_language("yaml"),

@@ -1,7 +1,8 @@
 //! Stage 1: the entities YAML as written, with the source location of every value.
 //!
-//! Unknown keys are rejected here (`deny_unknown_fields`); everything else about meaning
-//! is checked by [`crate::validate`].
+//! Unknown keys are found (all of them, with locations) by the key pass in `keys.rs`,
+//! which reads the accepted keys from these structs; this parse ignores them so the other
+//! problems can be reported in the same run. Meaning is checked by [`crate::validate`].
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -11,7 +12,6 @@ pub type S<T> = Spanned<T>;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SpecFile {
     /// Spec format version; only 1 exists.
     pub version: S<u32>,
@@ -26,7 +26,6 @@ pub struct SpecFile {
 
 /// How a message is recognised as an entity.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RoutingSpec {
     /// JSON pointer to a field of the body whose value names the entity (its `route`).
     #[serde(default)]
@@ -35,7 +34,6 @@ pub struct RoutingSpec {
 
 /// An entity: a table, its fields, and its nested children.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EntitySpec {
     pub name: S<String>,
     /// Table name; default: the entity name.
@@ -75,7 +73,6 @@ pub struct EntitySpec {
 
 /// Child field ← parent field.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ParentKeySpec {
     pub field: S<String>,
     pub from: S<String>,
@@ -83,7 +80,6 @@ pub struct ParentKeySpec {
 
 /// Where a message says what to do with its entity.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct OperationSpec {
     /// JSON pointer to the operation field in the body.
     pub field: S<String>,
@@ -103,7 +99,6 @@ pub struct OperationSpec {
 
 /// One column.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FieldSpec {
     pub name: S<String>,
     #[serde(rename = "type")]
