@@ -2,35 +2,14 @@
 //! mid-run, PostgreSQL stopped under load, two workers at once. After each, every
 //! accepted order is in the database exactly once and nothing was dead-lettered.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use diesel::{RunQueryDsl, sql_types::BigInt};
-use nomnom_runtime::sql::{self, AnyConnection};
+use common::{count, wait_for};
 use nomnom_test_support::{NatsServer, Postgres, free_port};
 use serde_json::Value;
-
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-fn count(url: &str, sql_text: &str) -> i64 {
-    let Ok(conn) = sql::connect(url) else {
-        return -1;
-    };
-    match conn {
-        AnyConnection::Postgresql(mut pg) => {
-            diesel::sql_query(sql_text).get_result::<Count>(&mut pg)
-        }
-        AnyConnection::Sqlite(mut lite) => {
-            diesel::sql_query(sql_text).get_result::<Count>(&mut lite)
-        }
-    }
-    .map(|c| c.n)
-    .unwrap_or(-1)
-}
 
 struct Worker(Child, u16);
 
@@ -107,14 +86,6 @@ async fn post_orders(nats: &NatsServer, orders: &[Value]) -> i64 {
         .iter()
         .map(|o| o["lineitems"].as_array().unwrap().len() as i64)
         .sum()
-}
-
-async fn wait_for(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn assert_exactly_once(url: &str, orders: i64, items: i64) {

@@ -1,46 +1,17 @@
 //! HTTP → nats-api → JetStream → generated TPC-H worker → rows, with real nats-server,
 //! SQLite and PostgreSQL.
 
+mod common;
+
 use std::time::Duration;
 
-use diesel::{RunQueryDsl, sql_types::BigInt};
+use common::{count, eventually};
 use nomnom_runtime::{
     NatsConfig, StreamSettings, dlq,
-    sql::{self, AnyConnection},
     worker::{WorkerConfig, run},
 };
 use nomnom_test_support::{NatsServer, Postgres};
 use serde_json::{Value, json};
-
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-fn count(url: &str, sql_text: &str) -> i64 {
-    match sql::connect(url).unwrap() {
-        AnyConnection::Postgresql(mut pg) => {
-            diesel::sql_query(sql_text).get_result::<Count>(&mut pg)
-        }
-        AnyConnection::Sqlite(mut lite) => {
-            diesel::sql_query(sql_text).get_result::<Count>(&mut lite)
-        }
-    }
-    .map(|c| c.n)
-    .unwrap_or(-1)
-}
-
-async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    check()
-}
 
 struct Pipeline {
     api: String,
