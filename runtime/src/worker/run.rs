@@ -660,22 +660,31 @@ async fn process<S: EntitySchema>(
         }
     }
 
-    // Acknowledge, dead-letter or retry.
+    // Acknowledge the committed ones together (one round trip each, concurrently), then
+    // dead-letter or retry the rest.
+    let committed: Vec<&Delivery> = deliveries
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| matches!(o, Outcome::Persist))
+        .map(|(d, _)| d)
+        .collect();
+    let now = chrono::Utc::now();
+    for delivery in &committed {
+        if let Some(envelope) = &delivery.envelope {
+            let latency = (now - envelope.received_at).num_microseconds().unwrap_or(0);
+            metrics::histogram!("pipeline_end_to_end_latency_seconds").record(latency as f64 / 1e6);
+        }
+    }
+    let acks = futures::future::join_all(committed.iter().map(|d| d.message.double_ack())).await;
+    for (delivery, ack) in committed.iter().zip(acks) {
+        if let Err(err) = ack {
+            tracing::warn!(error = %err, sequence = delivery.sequence, "ack failed; the message will be redelivered and skipped");
+        }
+    }
+    metrics::counter!("worker_messages_persisted_total").increment(committed.len() as u64);
     for (delivery, outcome) in deliveries.iter().zip(outcomes) {
         match outcome {
-            Outcome::Persist => {
-                metrics::counter!("worker_messages_persisted_total").increment(1);
-                if let Some(envelope) = &delivery.envelope {
-                    let latency = (chrono::Utc::now() - envelope.received_at)
-                        .num_microseconds()
-                        .unwrap_or(0);
-                    metrics::histogram!("pipeline_end_to_end_latency_seconds")
-                        .record(latency as f64 / 1e6);
-                }
-                if let Err(err) = delivery.message.double_ack().await {
-                    tracing::warn!(error = %err, sequence = delivery.sequence, "ack failed; the message will be redelivered and skipped");
-                }
-            }
+            Outcome::Persist => {}
             Outcome::Retry(error) => {
                 if delivery.delivered >= config.max_deliver {
                     dead_letter(

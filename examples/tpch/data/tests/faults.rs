@@ -370,20 +370,26 @@ async fn the_worker_serves_health_readiness_and_metrics() {
         count(&url, "SELECT count(*) AS n FROM nomnom_message_status") == 50
     })
     .await;
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // Acknowledgements (and their counter) follow the commit: poll for them.
+    let mut metrics = String::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !metrics.contains("worker_messages_persisted_total 50") {
+        assert!(
+            Instant::now() < deadline,
+            "persisted counter never reached 50:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        metrics = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    }
     assert!(
         metrics.contains("worker_messages_consumed_total 50"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("worker_messages_persisted_total 50"),
         "{metrics}"
     );
     assert!(
