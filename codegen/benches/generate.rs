@@ -46,6 +46,7 @@ fn main() {
         databases: Databases::Both,
         runtime: RuntimeDependency::Version("0.1.0".into()),
         spec_name: "big.yaml".into(),
+        output: "worker".into(),
     };
     let mut times = Vec::new();
     let mut files = 0;

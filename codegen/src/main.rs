@@ -235,6 +235,7 @@ fn generate(
                 runtime_version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned()),
             ),
         },
+        output: output.to_path_buf(),
         spec_name: entities.file_name().map_or_else(
             || entities.display().to_string(),
             |n| n.to_string_lossy().into_owned(),

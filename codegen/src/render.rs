@@ -11,6 +11,33 @@ use tera::{Context, Tera};
 use crate::model::{Entity, Field, FieldType, OperationKind, Project, WriteMode};
 
 /// Which databases the generated crate gets migrations for.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn docker_context_holds_crate_and_runtime() {
+        let path = |p: &str| RuntimeDependency::Path(p.into());
+        assert_eq!(
+            docker_context(Path::new("examples/tpch/worker"), &path("../../../runtime")),
+            ("../../..".into(), "examples/tpch/worker".into())
+        );
+        assert_eq!(
+            docker_context(Path::new("worker"), &path("../nomnom/runtime")),
+            (".".into(), ".".into()),
+            "a runtime beside, not above: no shared context can be derived"
+        );
+        assert_eq!(
+            docker_context(
+                Path::new("worker"),
+                &RuntimeDependency::Version("0.1.0".into())
+            ),
+            (".".into(), ".".into())
+        );
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Databases {
     Postgres,
@@ -33,6 +60,55 @@ pub struct RenderOptions {
     pub runtime: RuntimeDependency,
     /// Spec file name, for the generated header.
     pub spec_name: String,
+    /// Where the crate is written, for the Docker build context of a path runtime.
+    pub output: std::path::PathBuf,
+}
+
+/// The Docker build context: with a path runtime, the directory holding both the crate
+/// and the runtime (the runtime's parent); else the crate itself. Returns (context as
+/// seen from the crate, crate as seen from the context).
+fn docker_context(output: &std::path::Path, runtime: &RuntimeDependency) -> (String, String) {
+    use std::path::Component;
+    let RuntimeDependency::Path(runtime_path) = runtime else {
+        return (".".into(), ".".into());
+    };
+    let runtime_path = std::path::Path::new(runtime_path);
+    if runtime_path.is_absolute() || output.is_absolute() {
+        return (".".into(), ".".into());
+    }
+    // Lexically: the context is the runtime's parent, `up` directories above the crate;
+    // the crate sits in the context under the last `up` components of its own path.
+    let parts: Vec<String> = output
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    let mut up = 0usize;
+    let parent = runtime_path.parent().unwrap_or(std::path::Path::new(""));
+    for component in parent.components() {
+        match component {
+            Component::ParentDir => up += 1,
+            Component::CurDir => {}
+            _ => return (".".into(), ".".into()),
+        }
+    }
+    if up > parts.len() {
+        return (".".into(), ".".into());
+    }
+    let down = parts[parts.len() - up..].to_vec();
+    let context = if up == 0 {
+        ".".to_owned()
+    } else {
+        vec![".."; up].join("/")
+    };
+    let crate_dir = if down.is_empty() {
+        ".".to_owned()
+    } else {
+        down.join("/")
+    };
+    (context, crate_dir)
 }
 
 /// Why rendering failed (a bug in nomnom, or rustfmt missing).
@@ -626,6 +702,9 @@ pub fn render(project: &Project, options: &RenderOptions) -> Result<Files, Rende
             RuntimeDependency::Version(version) => format!("version = {}", rust_string(version)),
         },
     );
+    let (docker_context, crate_in_context) = docker_context(&options.output, &options.runtime);
+    context.insert("docker_context", &docker_context);
+    context.insert("crate_in_context", &crate_in_context);
     let postgres = matches!(options.databases, Databases::Postgres | Databases::Both);
     let sqlite = matches!(options.databases, Databases::Sqlite | Databases::Both);
     context.insert("postgres", &postgres);
