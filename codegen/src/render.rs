@@ -269,7 +269,7 @@ fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
             (
                 "String",
                 format!(
-                    "p::text(v, &at, p::TextRules {{ min_length: {}, max_length: {}, pattern: {}, allowed: &[{}] }})?",
+                    "p::text(v, at, p::TextRules {{ min_length: {}, max_length: {}, pattern: {}, allowed: &[{}] }})",
                     opt(field.checks.min_length),
                     opt(max),
                     pattern.unwrap_or_else(|| "None".into()),
@@ -294,7 +294,7 @@ fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
         }
         FieldType::Bool => (
             "bool",
-            "p::boolean(v, &at)?".into(),
+            "p::boolean(v, at)".into(),
             "Value::Bool(*x)".into(),
             "Bool",
             "BOOLEAN".into(),
@@ -303,7 +303,7 @@ fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
         ),
         FieldType::I16 => (
             "i16",
-            format!("p::integer::<i16>(v, &at, {})?", bounds(field)),
+            format!("p::integer::<i16>(v, at, {})", bounds(field)),
             "Value::I16(*x)".into(),
             "I16",
             "SMALLINT".into(),
@@ -312,7 +312,7 @@ fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
         ),
         FieldType::I32 => (
             "i32",
-            format!("p::integer::<i32>(v, &at, {})?", bounds(field)),
+            format!("p::integer::<i32>(v, at, {})", bounds(field)),
             "Value::I32(*x)".into(),
             "I32",
             "INTEGER".into(),
@@ -321,7 +321,7 @@ fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
         ),
         FieldType::I64 => (
             "i64",
-            format!("p::integer::<i64>(v, &at, {})?", bounds(field)),
+            format!("p::integer::<i64>(v, at, {})", bounds(field)),
             "Value::I64(*x)".into(),
             "I64",
             "BIGINT".into(),
@@ -330,7 +330,7 @@ fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
         ),
         FieldType::F32 => (
             "f32",
-            format!("p::float32(v, &at, {})?", bounds(field)),
+            format!("p::float32(v, at, {})", bounds(field)),
             "Value::F32(*x)".into(),
             "F32",
             "REAL".into(),
@@ -339,7 +339,7 @@ fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
         ),
         FieldType::F64 => (
             "f64",
-            format!("p::float(v, &at, {})?", bounds(field)),
+            format!("p::float(v, at, {})", bounds(field)),
             "Value::F64(*x)".into(),
             "F64",
             "DOUBLE PRECISION".into(),
@@ -348,10 +348,7 @@ fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
         ),
         FieldType::Decimal { precision, scale } => (
             "String",
-            format!(
-                "p::decimal(v, &at, {precision}, {scale}, {})?",
-                bounds(field)
-            ),
+            format!("p::decimal(v, at, {precision}, {scale}, {})", bounds(field)),
             "Value::Text(x.clone())".into(),
             "Decimal",
             format!("NUMERIC({precision}, {scale})"),
@@ -360,7 +357,7 @@ fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
         ),
         FieldType::Date => (
             "chrono::NaiveDate",
-            "p::date(v, &at)?".into(),
+            "p::date(v, at)".into(),
             "Value::Text(x.to_string())".into(),
             "Date",
             "DATE".into(),
@@ -369,7 +366,7 @@ fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
         ),
         FieldType::Time => (
             "chrono::NaiveTime",
-            "p::time(v, &at)?".into(),
+            "p::time(v, at)".into(),
             "Value::Text(x.format(\"%H:%M:%S%.f\").to_string())".into(),
             "Time",
             "TIME".into(),
@@ -378,7 +375,7 @@ fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
         ),
         FieldType::Timestamptz => (
             "chrono::DateTime<chrono::Utc>",
-            "p::timestamp(v, &at)?".into(),
+            "p::timestamp(v, at)".into(),
             "Value::Text(x.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))".into(),
             "Timestamptz",
             "TIMESTAMPTZ".into(),
@@ -387,7 +384,7 @@ fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
         ),
         FieldType::Uuid => (
             "uuid::Uuid",
-            "p::uuid(v, &at)?".into(),
+            "p::uuid(v, at)".into(),
             "Value::Text(x.to_string())".into(),
             "Uuid",
             "UUID".into(),
@@ -396,7 +393,7 @@ fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
         ),
         FieldType::Json => (
             "serde_json::Value",
-            "p::json(v, &at)?".into(),
+            "p::json(v, at)".into(),
             "Value::Text(x.to_string())".into(),
             "Json",
             "JSONB".into(),
@@ -405,16 +402,19 @@ fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
         ),
     };
     let tokens = tokens_literal(&field.source.tokens);
-    let lookup = match &field.default {
-        None => format!("p::lookup(body, {tokens})"),
-        Some(default) => {
-            let name = format!("{static_prefix}_DEFAULT");
-            statics.push(format!(
-                "static {name}: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| serde_json::from_str({}).expect(\"validated by nomnom\"));",
-                rust_string(&default.to_string())
-            ));
-            format!("p::lookup(body, {tokens}).or(Some(&*{name}))")
-        }
+    // Defaults live in statics; the JSON path is only built when a value is refused.
+    let default = field.default.as_ref().map(|default| {
+        let name = format!("{static_prefix}_DEFAULT");
+        statics.push(format!(
+            "static {name}: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| serde_json::from_str({}).expect(\"validated by nomnom\"));",
+            rust_string(&default.to_string())
+        ));
+        name
+    });
+    // A conversion with no arguments of its own is passed as the function itself.
+    let closure = match convert.strip_suffix("(v, at)") {
+        Some(function) if !function.contains('(') => function.to_owned(),
+        _ => format!("|v, at| {convert}"),
     };
     let parent_key = entity
         .parent
@@ -431,14 +431,17 @@ fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
         } else {
             format!("parent.{parent_field}.clone()")
         }
-    } else if field.nullable {
-        format!(
-            "{{ let at = p::join(path, {tokens}); match {lookup} {{ None => None, Some(v) => Some({convert}) }} }}"
-        )
+    } else if field.nullable && default.is_none() {
+        format!("p::optional_field(body, path, {tokens}, {closure})?")
+    } else if let Some(default) = &default {
+        let value = format!("p::field_or(body, path, {tokens}, &{default}, {closure})?");
+        if field.nullable {
+            format!("Some({value})")
+        } else {
+            value
+        }
     } else {
-        format!(
-            "{{ let at = p::join(path, {tokens}); let v = p::required({lookup}, &at)?; {convert} }}"
-        )
+        format!("p::field(body, path, {tokens}, {closure})?")
     };
     let to_value = to_value.replace("Value::", "SqlValue::");
     let value_of_x = to_value.clone();

@@ -49,6 +49,52 @@ pub fn join(path: &str, tokens: &[&str]) -> String {
     out
 }
 
+/// Prefixes the path of an error raised while converting the value at `path`+`tokens`.
+fn under(path: &str, tokens: &[&str], err: ParseError) -> ParseError {
+    ParseError {
+        path: join(path, tokens) + &err.path,
+        message: err.message,
+    }
+}
+
+/// A required field of `body`, converted by `convert` (called with a path of `""`). The
+/// JSON path is only built when something is wrong, not for every field of every message.
+pub fn field<T>(
+    body: &Value,
+    path: &str,
+    tokens: &[&str],
+    convert: impl FnOnce(&Value, &str) -> Result<T>,
+) -> Result<T> {
+    match lookup(body, tokens) {
+        None => Err(ParseError::new(join(path, tokens), "is required")),
+        Some(value) => convert(value, "").map_err(|e| under(path, tokens, e)),
+    }
+}
+
+/// Like [`field`], using `default` when the body lacks the field.
+pub fn field_or<T>(
+    body: &Value,
+    path: &str,
+    tokens: &[&str],
+    default: &Value,
+    convert: impl FnOnce(&Value, &str) -> Result<T>,
+) -> Result<T> {
+    let value = lookup(body, tokens).unwrap_or(default);
+    convert(value, "").map_err(|e| under(path, tokens, e))
+}
+
+/// A nullable field: `None` when absent or null.
+pub fn optional_field<T>(
+    body: &Value,
+    path: &str,
+    tokens: &[&str],
+    convert: impl FnOnce(&Value, &str) -> Result<T>,
+) -> Result<Option<T>> {
+    lookup(body, tokens)
+        .map(|value| convert(value, "").map_err(|e| under(path, tokens, e)))
+        .transpose()
+}
+
 /// A required value: present, or an error naming its path.
 pub fn required<'a>(value: Option<&'a Value>, path: &str) -> Result<&'a Value> {
     value.ok_or_else(|| ParseError::new(path, "is required"))
@@ -436,6 +482,27 @@ mod tests {
         assert_eq!(lookup(&body, &["x/y"]), Some(&json!(1)));
         assert_eq!(join("/lineitems/0", &["x/y"]), "/lineitems/0/x~1y");
         assert_eq!(required(None, "/a").unwrap_err().message, "is required");
+    }
+
+    #[test]
+    fn fields_name_their_full_path_only_on_error() {
+        let body = json!({"a": {"n": 5, "s": "x"}});
+        let n: i64 = field(&body, "/items/2", &["a", "n"], |v, at| {
+            integer(v, at, Bounds::default())
+        })
+        .unwrap();
+        assert_eq!(n, 5);
+        let err = field(&body, "/items/2", &["a", "s"], |v, at| {
+            integer::<i64>(v, at, Bounds::default())
+        })
+        .unwrap_err();
+        assert_eq!(err.path, "/items/2/a/s");
+        assert_eq!(
+            field(&body, "", &["b"], boolean).unwrap_err().to_string(),
+            "/b: is required"
+        );
+        assert_eq!(optional_field(&body, "", &["b"], boolean), Ok(None));
+        assert_eq!(field_or(&body, "", &["b"], &json!(true), boolean), Ok(true));
     }
 
     #[test]

@@ -11,114 +11,98 @@ use crate::models::Customer;
 /// Parses one `customer` row found at `path` in the message.
 pub fn parse(body: &Value, path: &str) -> Result<Customer, ParseError> {
     Ok(Customer {
-        c_custkey: {
-            let at = p::join(path, &["c_custkey"]);
-            let v = p::required(p::lookup(body, &["c_custkey"]), &at)?;
+        c_custkey: p::field(body, path, &["c_custkey"], |v, at| {
             p::integer::<i64>(
                 v,
-                &at,
+                at,
                 p::Bounds {
                     min: Some(1.0),
                     max: None,
                 },
-            )?
-        },
-        c_name: {
-            let at = p::join(path, &["c_name"]);
-            let v = p::required(p::lookup(body, &["c_name"]), &at)?;
+            )
+        })?,
+        c_name: p::field(body, path, &["c_name"], |v, at| {
             p::text(
                 v,
-                &at,
+                at,
                 p::TextRules {
                     min_length: None,
                     max_length: Some(25),
                     pattern: None,
                     allowed: &[],
                 },
-            )?
-        },
-        c_address: {
-            let at = p::join(path, &["c_address"]);
-            let v = p::required(p::lookup(body, &["c_address"]), &at)?;
+            )
+        })?,
+        c_address: p::field(body, path, &["c_address"], |v, at| {
             p::text(
                 v,
-                &at,
+                at,
                 p::TextRules {
                     min_length: None,
                     max_length: Some(40),
                     pattern: None,
                     allowed: &[],
                 },
-            )?
-        },
-        c_nationkey: {
-            let at = p::join(path, &["c_nationkey"]);
-            let v = p::required(p::lookup(body, &["c_nationkey"]), &at)?;
+            )
+        })?,
+        c_nationkey: p::field(body, path, &["c_nationkey"], |v, at| {
             p::integer::<i32>(
                 v,
-                &at,
+                at,
                 p::Bounds {
                     min: Some(0.0),
                     max: None,
                 },
-            )?
-        },
-        c_phone: {
-            let at = p::join(path, &["c_phone"]);
-            let v = p::required(p::lookup(body, &["c_phone"]), &at)?;
+            )
+        })?,
+        c_phone: p::field(body, path, &["c_phone"], |v, at| {
             p::text(
                 v,
-                &at,
+                at,
                 p::TextRules {
                     min_length: None,
                     max_length: Some(15),
                     pattern: None,
                     allowed: &[],
                 },
-            )?
-        },
-        c_acctbal: {
-            let at = p::join(path, &["c_acctbal"]);
-            let v = p::required(p::lookup(body, &["c_acctbal"]), &at)?;
+            )
+        })?,
+        c_acctbal: p::field(body, path, &["c_acctbal"], |v, at| {
             p::decimal(
                 v,
-                &at,
+                at,
                 15,
                 2,
                 p::Bounds {
                     min: None,
                     max: None,
                 },
-            )?
-        },
-        c_mktsegment: {
-            let at = p::join(path, &["c_mktsegment"]);
-            let v = p::required(p::lookup(body, &["c_mktsegment"]), &at)?;
+            )
+        })?,
+        c_mktsegment: p::field(body, path, &["c_mktsegment"], |v, at| {
             p::text(
                 v,
-                &at,
+                at,
                 p::TextRules {
                     min_length: None,
                     max_length: Some(10),
                     pattern: None,
                     allowed: &[],
                 },
-            )?
-        },
-        c_comment: {
-            let at = p::join(path, &["c_comment"]);
-            let v = p::required(p::lookup(body, &["c_comment"]), &at)?;
+            )
+        })?,
+        c_comment: p::field(body, path, &["c_comment"], |v, at| {
             p::text(
                 v,
-                &at,
+                at,
                 p::TextRules {
                     min_length: None,
                     max_length: Some(117),
                     pattern: None,
                     allowed: &[],
                 },
-            )?
-        },
+            )
+        })?,
     })
 }
 

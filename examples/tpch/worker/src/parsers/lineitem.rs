@@ -16,183 +16,147 @@ pub fn parse(
 ) -> Result<Lineitem, ParseError> {
     Ok(Lineitem {
         l_orderkey: parent.o_orderkey,
-        l_partkey: {
-            let at = p::join(path, &["l_partkey"]);
-            let v = p::required(p::lookup(body, &["l_partkey"]), &at)?;
+        l_partkey: p::field(body, path, &["l_partkey"], |v, at| {
             p::integer::<i64>(
                 v,
-                &at,
+                at,
                 p::Bounds {
                     min: Some(1.0),
                     max: None,
                 },
-            )?
-        },
-        l_suppkey: {
-            let at = p::join(path, &["l_suppkey"]);
-            let v = p::required(p::lookup(body, &["l_suppkey"]), &at)?;
+            )
+        })?,
+        l_suppkey: p::field(body, path, &["l_suppkey"], |v, at| {
             p::integer::<i64>(
                 v,
-                &at,
+                at,
                 p::Bounds {
                     min: Some(1.0),
                     max: None,
                 },
-            )?
-        },
-        l_linenumber: {
-            let at = p::join(path, &["l_linenumber"]);
-            let v = p::required(p::lookup(body, &["l_linenumber"]), &at)?;
+            )
+        })?,
+        l_linenumber: p::field(body, path, &["l_linenumber"], |v, at| {
             p::integer::<i32>(
                 v,
-                &at,
+                at,
                 p::Bounds {
                     min: Some(1.0),
                     max: Some(7.0),
                 },
-            )?
-        },
-        l_quantity: {
-            let at = p::join(path, &["l_quantity"]);
-            let v = p::required(p::lookup(body, &["l_quantity"]), &at)?;
+            )
+        })?,
+        l_quantity: p::field(body, path, &["l_quantity"], |v, at| {
             p::decimal(
                 v,
-                &at,
+                at,
                 15,
                 2,
                 p::Bounds {
                     min: Some(0.0),
                     max: None,
                 },
-            )?
-        },
-        l_extendedprice: {
-            let at = p::join(path, &["l_extendedprice"]);
-            let v = p::required(p::lookup(body, &["l_extendedprice"]), &at)?;
+            )
+        })?,
+        l_extendedprice: p::field(body, path, &["l_extendedprice"], |v, at| {
             p::decimal(
                 v,
-                &at,
+                at,
                 15,
                 2,
                 p::Bounds {
                     min: Some(0.0),
                     max: None,
                 },
-            )?
-        },
-        l_discount: {
-            let at = p::join(path, &["l_discount"]);
-            let v = p::required(p::lookup(body, &["l_discount"]), &at)?;
+            )
+        })?,
+        l_discount: p::field(body, path, &["l_discount"], |v, at| {
             p::decimal(
                 v,
-                &at,
+                at,
                 15,
                 2,
                 p::Bounds {
                     min: Some(0.0),
                     max: Some(1.0),
                 },
-            )?
-        },
-        l_tax: {
-            let at = p::join(path, &["l_tax"]);
-            let v = p::required(p::lookup(body, &["l_tax"]), &at)?;
+            )
+        })?,
+        l_tax: p::field(body, path, &["l_tax"], |v, at| {
             p::decimal(
                 v,
-                &at,
+                at,
                 15,
                 2,
                 p::Bounds {
                     min: Some(0.0),
                     max: Some(1.0),
                 },
-            )?
-        },
-        l_returnflag: {
-            let at = p::join(path, &["l_returnflag"]);
-            let v = p::required(p::lookup(body, &["l_returnflag"]), &at)?;
+            )
+        })?,
+        l_returnflag: p::field(body, path, &["l_returnflag"], |v, at| {
             p::text(
                 v,
-                &at,
+                at,
                 p::TextRules {
                     min_length: None,
                     max_length: Some(1),
                     pattern: None,
                     allowed: &["R", "A", "N"],
                 },
-            )?
-        },
-        l_linestatus: {
-            let at = p::join(path, &["l_linestatus"]);
-            let v = p::required(p::lookup(body, &["l_linestatus"]), &at)?;
+            )
+        })?,
+        l_linestatus: p::field(body, path, &["l_linestatus"], |v, at| {
             p::text(
                 v,
-                &at,
+                at,
                 p::TextRules {
                     min_length: None,
                     max_length: Some(1),
                     pattern: None,
                     allowed: &["O", "F"],
                 },
-            )?
-        },
-        l_shipdate: {
-            let at = p::join(path, &["l_shipdate"]);
-            let v = p::required(p::lookup(body, &["l_shipdate"]), &at)?;
-            p::date(v, &at)?
-        },
-        l_commitdate: {
-            let at = p::join(path, &["l_commitdate"]);
-            let v = p::required(p::lookup(body, &["l_commitdate"]), &at)?;
-            p::date(v, &at)?
-        },
-        l_receiptdate: {
-            let at = p::join(path, &["l_receiptdate"]);
-            let v = p::required(p::lookup(body, &["l_receiptdate"]), &at)?;
-            p::date(v, &at)?
-        },
-        l_shipinstruct: {
-            let at = p::join(path, &["l_shipinstruct"]);
-            let v = p::required(p::lookup(body, &["l_shipinstruct"]), &at)?;
+            )
+        })?,
+        l_shipdate: p::field(body, path, &["l_shipdate"], p::date)?,
+        l_commitdate: p::field(body, path, &["l_commitdate"], p::date)?,
+        l_receiptdate: p::field(body, path, &["l_receiptdate"], p::date)?,
+        l_shipinstruct: p::field(body, path, &["l_shipinstruct"], |v, at| {
             p::text(
                 v,
-                &at,
+                at,
                 p::TextRules {
                     min_length: None,
                     max_length: Some(25),
                     pattern: None,
                     allowed: &[],
                 },
-            )?
-        },
-        l_shipmode: {
-            let at = p::join(path, &["l_shipmode"]);
-            let v = p::required(p::lookup(body, &["l_shipmode"]), &at)?;
+            )
+        })?,
+        l_shipmode: p::field(body, path, &["l_shipmode"], |v, at| {
             p::text(
                 v,
-                &at,
+                at,
                 p::TextRules {
                     min_length: None,
                     max_length: Some(10),
                     pattern: None,
                     allowed: &[],
                 },
-            )?
-        },
-        l_comment: {
-            let at = p::join(path, &["l_comment"]);
-            let v = p::required(p::lookup(body, &["l_comment"]), &at)?;
+            )
+        })?,
+        l_comment: p::field(body, path, &["l_comment"], |v, at| {
             p::text(
                 v,
-                &at,
+                at,
                 p::TextRules {
                     min_length: None,
                     max_length: Some(44),
                     pattern: None,
                     allowed: &[],
                 },
-            )?
-        },
+            )
+        })?,
     })
 }
 

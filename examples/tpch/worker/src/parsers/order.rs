@@ -15,117 +15,97 @@ static ORDER_O_CLERK_PATTERN: std::sync::LazyLock<regex::Regex> = std::sync::Laz
 /// Parses one `order` row found at `path` in the message.
 pub fn parse(body: &Value, path: &str) -> Result<Order, ParseError> {
     Ok(Order {
-        o_orderkey: {
-            let at = p::join(path, &["o_orderkey"]);
-            let v = p::required(p::lookup(body, &["o_orderkey"]), &at)?;
+        o_orderkey: p::field(body, path, &["o_orderkey"], |v, at| {
             p::integer::<i64>(
                 v,
-                &at,
+                at,
                 p::Bounds {
                     min: Some(1.0),
                     max: None,
                 },
-            )?
-        },
-        o_custkey: {
-            let at = p::join(path, &["o_custkey"]);
-            let v = p::required(p::lookup(body, &["o_custkey"]), &at)?;
+            )
+        })?,
+        o_custkey: p::field(body, path, &["o_custkey"], |v, at| {
             p::integer::<i64>(
                 v,
-                &at,
+                at,
                 p::Bounds {
                     min: Some(1.0),
                     max: None,
                 },
-            )?
-        },
-        o_orderstatus: {
-            let at = p::join(path, &["o_orderstatus"]);
-            let v = p::required(p::lookup(body, &["o_orderstatus"]), &at)?;
+            )
+        })?,
+        o_orderstatus: p::field(body, path, &["o_orderstatus"], |v, at| {
             p::text(
                 v,
-                &at,
+                at,
                 p::TextRules {
                     min_length: None,
                     max_length: Some(1),
                     pattern: None,
                     allowed: &["O", "F", "P"],
                 },
-            )?
-        },
-        o_totalprice: {
-            let at = p::join(path, &["o_totalprice"]);
-            let v = p::required(p::lookup(body, &["o_totalprice"]), &at)?;
+            )
+        })?,
+        o_totalprice: p::field(body, path, &["o_totalprice"], |v, at| {
             p::decimal(
                 v,
-                &at,
+                at,
                 15,
                 2,
                 p::Bounds {
                     min: Some(0.0),
                     max: None,
                 },
-            )?
-        },
-        o_orderdate: {
-            let at = p::join(path, &["o_orderdate"]);
-            let v = p::required(p::lookup(body, &["o_orderdate"]), &at)?;
-            p::date(v, &at)?
-        },
-        o_orderpriority: {
-            let at = p::join(path, &["o_orderpriority"]);
-            let v = p::required(p::lookup(body, &["o_orderpriority"]), &at)?;
+            )
+        })?,
+        o_orderdate: p::field(body, path, &["o_orderdate"], p::date)?,
+        o_orderpriority: p::field(body, path, &["o_orderpriority"], |v, at| {
             p::text(
                 v,
-                &at,
+                at,
                 p::TextRules {
                     min_length: None,
                     max_length: Some(15),
                     pattern: None,
                     allowed: &[],
                 },
-            )?
-        },
-        o_clerk: {
-            let at = p::join(path, &["o_clerk"]);
-            let v = p::required(p::lookup(body, &["o_clerk"]), &at)?;
+            )
+        })?,
+        o_clerk: p::field(body, path, &["o_clerk"], |v, at| {
             p::text(
                 v,
-                &at,
+                at,
                 p::TextRules {
                     min_length: None,
                     max_length: Some(15),
                     pattern: Some(&ORDER_O_CLERK_PATTERN),
                     allowed: &[],
                 },
-            )?
-        },
-        o_shippriority: {
-            let at = p::join(path, &["o_shippriority"]);
-            let v = p::required(p::lookup(body, &["o_shippriority"]), &at)?;
+            )
+        })?,
+        o_shippriority: p::field(body, path, &["o_shippriority"], |v, at| {
             p::integer::<i32>(
                 v,
-                &at,
+                at,
                 p::Bounds {
                     min: None,
                     max: None,
                 },
-            )?
-        },
-        o_comment: {
-            let at = p::join(path, &["o_comment"]);
-            let v = p::required(p::lookup(body, &["o_comment"]), &at)?;
+            )
+        })?,
+        o_comment: p::field(body, path, &["o_comment"], |v, at| {
             p::text(
                 v,
-                &at,
+                at,
                 p::TextRules {
                     min_length: None,
                     max_length: Some(79),
                     pattern: None,
                     allowed: &[],
                 },
-            )?
-        },
+            )
+        })?,
     })
 }
 
