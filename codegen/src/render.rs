@@ -230,7 +230,7 @@ fn bounds(field: &Field) -> String {
     )
 }
 
-fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
+fn field_view(entity: &Entity, field: &Field) -> FieldView {
     let mut statics = Vec::new();
     let static_prefix = format!(
         "{}_{}",
@@ -453,7 +453,6 @@ fn field_view(entity: &Entity, field: &Field, index: usize) -> FieldView {
     } else {
         format!("{{ let x = &self.{}; {to_value} }}", field.name)
     };
-    let _ = index;
     FieldView {
         name: field.name.clone(),
         doc: doc_text(&field.description),
@@ -495,8 +494,7 @@ fn entity_view(project: &Project, entity: &Entity) -> EntityView {
     let fields: Vec<FieldView> = entity
         .fields
         .iter()
-        .enumerate()
-        .map(|(i, f)| field_view(entity, f, i))
+        .map(|f| field_view(entity, f))
         .collect();
     let key_fields = entity
         .upsert_key

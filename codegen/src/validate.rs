@@ -319,7 +319,7 @@ impl Validator {
                 );
                 continue;
             }
-            if let Some(f) = self.field(field, &name) {
+            if let Some(f) = self.field(field) {
                 fields.push(f);
             }
         }
@@ -652,7 +652,7 @@ impl Validator {
         }
     }
 
-    fn field(&mut self, spec: &FieldSpec, entity: &str) -> Option<Field> {
+    fn field(&mut self, spec: &FieldSpec) -> Option<Field> {
         let mut ok = true;
         if let Some(problem) = identifier_problem(&spec.name, "field name") {
             self.problems.push(problem);
@@ -862,7 +862,6 @@ impl Validator {
                     .help("write a default of the field's type (decimals, dates, times and uuids as strings)"),
             );
         }
-        let _ = entity;
         ok.then(|| Field {
             name: spec.name.value.clone(),
             field_type,
@@ -883,7 +882,6 @@ impl Validator {
     }
 
     fn check_routing(&mut self, spec: &SpecFile) {
-        let roots: Vec<&EntitySpec> = spec.entities.iter().collect();
         let discriminator = spec.routing.as_ref().and_then(|r| r.discriminator.as_ref());
         if let Some(d) = discriminator
             && let Err(p) = parse_pointer(d)
@@ -891,7 +889,7 @@ impl Validator {
             self.problems.push(p);
         }
         let mut routes: HashMap<String, &Spanned<String>> = HashMap::new();
-        for root in &roots {
+        for root in &spec.entities {
             let route = root
                 .route
                 .as_ref()
@@ -908,7 +906,6 @@ impl Validator {
                 );
             }
         }
-        let _ = roots.len();
     }
 }
 

@@ -18,7 +18,7 @@ use crate::{error::ApiError, state::AppState};
 #[derive(Debug, Serialize)]
 pub struct StatusResponse {
     pub message_id: Uuid,
-    /// `persisted`, `dead_lettered`, `retrying` (recorded by a worker); `pending` (in the
+    /// `persisted`, `dead_lettered` (recorded by a worker); `pending` (in the
     /// stream, not processed yet); `accepted` (in the stream; no database configured, so
     /// processing is not tracked).
     pub status: &'static str,

@@ -337,7 +337,6 @@ fn dedupe<'a>(table: &Table, rows: &'a [Vec<Value>]) -> Vec<&'a Vec<Value>> {
     }
     let positions = key_positions(table);
     let mut chosen: HashMap<String, usize> = HashMap::new();
-    let mut order = Vec::new();
     for (index, row) in rows.iter().enumerate() {
         let key = format!(
             "{:?}",
@@ -348,13 +347,11 @@ fn dedupe<'a>(table: &Table, rows: &'a [Vec<Value>]) -> Vec<&'a Vec<Value>> {
             Some(_) => {}
             None => {
                 chosen.insert(key, index);
-                order.push(index);
             }
         }
     }
     let mut keep: Vec<usize> = chosen.into_values().collect();
     keep.sort_unstable();
-    let _ = order;
     keep.into_iter().map(|i| &rows[i]).collect()
 }
 

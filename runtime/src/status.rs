@@ -27,7 +27,8 @@ pub enum MessageState {
     Persisted,
     /// It was refused for good and copied to the dead-letter stream.
     DeadLettered,
-    /// The last attempt failed on a transient error; it will be delivered again.
+    /// Reserved for recording transient failures; workers do not write it yet (a
+    /// database that is down cannot record it anyway).
     Retrying,
 }
 
