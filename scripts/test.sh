@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command README.md gives, and what CI runs: installs what is missing
-# (nats-server; PostgreSQL when root), then format check, clippy, and every test
-# against real nats-server and PostgreSQL processes.
+# (nats-server; PostgreSQL when root; the deployment tests' Python packages), then format
+# check, the deployment files' tests, clippy, and every test against real nats-server and
+# PostgreSQL processes.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -15,8 +16,14 @@ echo "==> generated TPC-H worker is up to date (nomnom generate --check)"
 cargo run --quiet --locked -p nomnom-codegen -- generate --check \
   --entities examples/tpch/entities.yaml --output examples/tpch/worker --runtime-path ../../../runtime
 
+echo "==> deployment files (compose, Dockerfiles, Helm chart) checked statically"
+.tools/venv/bin/python -m pytest -q -p no:cacheprovider deploy/tests
+
 echo "==> cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> benchmark harness, quick mode (checks it runs; its figures mean nothing)"
+cargo run --quiet --locked -p nomnom-bench -- --quick
 
 echo "==> tests"
 # Doc tests first: nextest's summary (the real count) must be the last word.

@@ -5,43 +5,8 @@ use std::time::Instant;
 
 use nomnom_codegen::render::{Databases, RenderOptions, RuntimeDependency, render};
 
-/// A spec with `entities` entities of 11 fields each, every type represented.
-fn spec(entities: usize) -> String {
-    let mut text = String::from("version: 1\nproject: big\nentities:\n");
-    for i in 0..entities {
-        text.push_str(&format!(
-            "  - name: entity_{i:03}\n    write: upsert\n    primary_key: [id]\n    fields:\n      - {{ name: id, type: i64 }}\n"
-        ));
-        for (j, ty) in [
-            "string",
-            "text",
-            "bool",
-            "i32",
-            "f64",
-            "date",
-            "timestamptz",
-            "uuid",
-            "json",
-        ]
-        .iter()
-        .enumerate()
-        {
-            let extra = if *ty == "string" {
-                ", max_length: 40"
-            } else {
-                ""
-            };
-            text.push_str(&format!(
-                "      - {{ name: f_{j}, type: {ty}{extra}, nullable: true }}\n"
-            ));
-        }
-        text.push_str("      - { name: amount, type: decimal, precision: 12, scale: 2 }\n");
-    }
-    text
-}
-
 fn main() {
-    let text = spec(100);
+    let text = nomnom_codegen::synthetic_spec(100);
     let options = RenderOptions {
         databases: Databases::Both,
         runtime: RuntimeDependency::Version("0.1.0".into()),

@@ -136,6 +136,7 @@ const TEMPLATES: &[(&str, &str)] = templates![
     "Cargo.toml.tera",
     "README.md.tera",
     "Dockerfile.tera",
+    "Dockerfile.dockerignore.tera",
     "docker-compose.nats.yml.tera",
     "main.rs.tera",
     "lib.rs.tera",
@@ -651,11 +652,24 @@ pub fn rustfmt_all(sources: &mut [(String, String)]) -> Result<(), RenderError> 
             .map_err(|e| RenderError::RustfmtMissing(e.to_string()))?;
         if !output.status.success() {
             let message = String::from_utf8_lossy(&output.stderr).into_owned();
-            let file = paths
+            // rustfmt names the file it rejects; a failure naming none is rustfmt itself
+            // not running (rustup's proxy without the component or a default toolchain).
+            let Some(i) = paths
                 .iter()
                 .position(|p| message.contains(&p.display().to_string()))
-                .map_or_else(|| "a file".to_owned(), |i| sources[i].0.clone());
-            return Err(RenderError::Rustfmt { file, message });
+            else {
+                let first = message.lines().find(|l| !l.trim().is_empty());
+                return Err(RenderError::RustfmtMissing(
+                    first
+                        .unwrap_or("it exited without a word")
+                        .trim()
+                        .to_owned(),
+                ));
+            };
+            return Err(RenderError::Rustfmt {
+                file: sources[i].0.clone(),
+                message,
+            });
         }
         for ((_, source), path) in sources.iter_mut().zip(&paths) {
             *source = std::fs::read_to_string(path).map_err(io)?;
@@ -749,6 +763,13 @@ pub fn render(project: &Project, options: &RenderOptions) -> Result<Files, Rende
     };
     text(&mut files, "Cargo.toml", "Cargo.toml.tera", "#", &context)?;
     text(&mut files, "Dockerfile", "Dockerfile.tera", "#", &context)?;
+    text(
+        &mut files,
+        "Dockerfile.dockerignore",
+        "Dockerfile.dockerignore.tera",
+        "#",
+        &context,
+    )?;
     text(
         &mut files,
         "docker-compose.nats.yml",

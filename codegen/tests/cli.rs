@@ -38,13 +38,13 @@ fn generate_is_idempotent_and_check_finds_drift() {
     let first = generate(&[]);
     assert!(first.status.success(), "{}", text(&first));
     assert!(
-        text(&first).contains("18 file(s) written, 0 unchanged"),
+        text(&first).contains("19 file(s) written, 0 unchanged"),
         "{}",
         text(&first)
     );
     let again = generate(&[]);
     assert!(
-        text(&again).contains("0 file(s) written, 18 unchanged"),
+        text(&again).contains("0 file(s) written, 19 unchanged"),
         "{}",
         text(&again)
     );
@@ -312,5 +312,36 @@ fn dlq_list_and_replay_against_a_real_server() {
     assert!(
         String::from_utf8_lossy(&after.stdout).trim().is_empty(),
         "removed from the DLQ"
+    );
+}
+
+#[test]
+fn a_rustfmt_that_cannot_run_is_not_reported_as_a_nomnom_bug() {
+    // What rustup's proxy says when the toolchain lacks the rustfmt component.
+    let dir = tempfile::tempdir().unwrap();
+    let rustfmt = dir.path().join("rustfmt");
+    std::fs::write(
+        &rustfmt,
+        "#!/bin/sh\necho \"error: 'rustfmt' is not installed for the toolchain 'stable-x86_64-unknown-linux-gnu'.\" >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &rustfmt,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_nomnom"))
+        .args(["generate", "--entities", &tpch_spec(), "--output", "worker"])
+        .current_dir(dir.path())
+        .env("RUSTFMT", &rustfmt)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = text(&output);
+    assert!(
+        text.contains("rustfmt is not available (error: 'rustfmt' is not installed")
+            && text.contains("rustup component add rustfmt")
+            && !text.contains("nomnom bug"),
+        "{text}"
     );
 }

@@ -198,14 +198,22 @@ fn generated_docker_files_hold_together() {
         "{manifest} is not in the build context"
     );
     assert!(docker.contains(" AS build"));
-    assert!(docker.contains("COPY --from=build /out/release/tpch-worker "));
-    let final_stage = docker.rsplit("FROM ").next().unwrap();
+    assert!(docker.contains("COPY --from=build /out/tpch-worker "));
+    let final_stage = docker.rsplit("\nFROM ").next().unwrap();
     assert!(
-        final_stage.starts_with("debian:bookworm-slim"),
+        final_stage.starts_with("alpine:${ALPINE_VERSION}"),
         "small final image"
     );
     assert!(
-        final_stage.contains("\nUSER 10001\n"),
+        final_stage.contains("\nUSER 10001:10001\n"),
         "runs as a non-root user"
+    );
+    assert!(
+        final_stage.contains("http://127.0.0.1:9090/health"),
+        "healthcheck on the worker's /health"
+    );
+    assert!(
+        crate_dir.join("Dockerfile.dockerignore").is_file(),
+        "the Dockerfile's own ignore file keeps target/ out of the context"
     );
 }

@@ -41,7 +41,9 @@ pub struct StreamHealth {
 /// Publishes envelopes. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
-    js: jetstream::Context,
+    // Arcs: a Publisher is cloned per request, and cloning a NATS client is not cheap.
+    js: Arc<jetstream::Context>,
+    client: Arc<async_nats::Client>,
     settings: Arc<StreamSettings>,
     publish_timeout: Duration,
     body_store: Arc<OnceCell<ObjectStore>>,
@@ -102,7 +104,8 @@ fn header_block_size(headers: Option<&HeaderMap>) -> usize {
 impl Publisher {
     pub fn new(js: jetstream::Context, settings: Arc<StreamSettings>, config: &ApiConfig) -> Self {
         Self {
-            js,
+            client: Arc::new(js.client()),
+            js: Arc::new(js),
             settings,
             publish_timeout: config.publish_timeout,
             body_store: Arc::new(OnceCell::new()),
@@ -119,7 +122,7 @@ impl Publisher {
     }
 
     fn unavailable_if_disconnected(&self) -> Result<(), ApiError> {
-        if self.js.client().connection_state() != State::Connected {
+        if self.client.connection_state() != State::Connected {
             return Err(ApiError::Unavailable("NATS is not connected".into()));
         }
         if !self.health.ready.load(Ordering::Acquire) {
@@ -143,7 +146,7 @@ impl Publisher {
         let deadline = started + self.publish_timeout;
         self.unavailable_if_disconnected()?;
         let mut message = envelope.encode();
-        let max_payload = self.js.client().server_info().max_payload;
+        let max_payload = self.client.server_info().max_payload;
         if header_block_size(message.headers.as_ref()) + message.payload.len() > max_payload {
             envelope.body = Body::Stored(self.store_body(&envelope, deadline).await?);
             message = envelope.encode();
@@ -190,7 +193,7 @@ impl Publisher {
                 .map_err(|e| ApiError::Unavailable(format!("cannot open the body store: {e}")))?;
             let mut reader: &[u8] = bytes;
             // Chunks must fit in one NATS message with their headers.
-            let max_payload = self.js.client().server_info().max_payload;
+            let max_payload = self.client.server_info().max_payload;
             let metadata = ObjectMetadata {
                 name: object.clone(),
                 chunk_size: Some(OBJECT_CHUNK_SIZE.min(max_payload.saturating_sub(4096).max(1024))),

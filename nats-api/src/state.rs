@@ -41,7 +41,8 @@ pub enum StartupError {
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<ApiConfig>,
-    pub client: async_nats::Client,
+    /// Behind an Arc: the state is cloned per request.
+    pub client: Arc<async_nats::Client>,
     pub publisher: Publisher,
     pub status: Option<StatusStore>,
     pub api_keys: SharedKeys,
@@ -83,7 +84,7 @@ impl AppState {
         let publisher = Publisher::new(js.clone(), Arc::new(config.stream.clone()), &config);
         let state = Self {
             config: Arc::new(config),
-            client,
+            client: Arc::new(client),
             publisher,
             status,
             api_keys: Arc::new(RwLock::new(Arc::new(keys))),

@@ -65,6 +65,15 @@ pub const WORKER_BATCH_WAIT: Duration = Duration::from_millis(100);
 pub const WORKER_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Deliveries before a message that keeps failing is dead-lettered.
 pub const WORKER_MAX_DELIVER: i64 = 5;
+/// Messages delivered and not yet acknowledged, across all replicas of the consumer;
+/// must be at least the batch size (times the replicas, to keep them all busy).
+pub const WORKER_MAX_ACK_PENDING: i64 = 10_000;
+/// First delay before a message that failed transiently is redelivered, when no
+/// `--backoff` schedule is given; it doubles with each delivery up to
+/// [`WORKER_RETRY_MAX_DELAY`].
+pub const WORKER_RETRY_FIRST_DELAY: Duration = Duration::from_secs(1);
+/// Longest delay between redeliveries of a message failing transiently.
+pub const WORKER_RETRY_MAX_DELAY: Duration = Duration::from_secs(30);
 /// Stream of dead-lettered messages.
 pub const DLQ_STREAM: &str = "MESSAGES_DLQ";
 /// Address of a worker's /health, /ready and /metrics.

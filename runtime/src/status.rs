@@ -85,9 +85,44 @@ pub const SQLITE_DDL: &str = "CREATE TABLE IF NOT EXISTS nomnom_message_status (
     stream_sequence BIGINT
 )";
 
+/// A `persisted` row is final: nothing overwrites it (a late dead-letter of a message
+/// another worker already committed, say). Everything else may be updated (a replayed
+/// dead letter that now persists).
 const UPSERT_SET: &str = "ON CONFLICT (message_id) DO UPDATE SET entity = excluded.entity, \
      status = excluded.status, attempts = excluded.attempts, error = excluded.error, \
-     processed_at = excluded.processed_at, stream_sequence = excluded.stream_sequence";
+     processed_at = excluded.processed_at, stream_sequence = excluded.stream_sequence \
+     WHERE nomnom_message_status.status <> 'persisted'";
+
+/// Status rows per statement when claiming: 8 bind parameters each keeps a statement
+/// far under both databases' limits.
+const CLAIM_CHUNK: usize = 1_000;
+
+/// The multi-row claim statement for `rows` records, with numbered (`$n`) or plain (`?`)
+/// placeholders.
+fn claim_sql(rows: usize, numbered: bool) -> String {
+    let mut sql = format!("INSERT INTO nomnom_message_status ({COLUMNS}) VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..8 {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            if numbered {
+                sql.push_str(&format!("${}", row * 8 + column + 1));
+            } else {
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+    sql.push(' ');
+    sql.push_str(UPSERT_SET);
+    sql.push_str(" RETURNING message_id");
+    sql
+}
 
 const COLUMNS: &str =
     "message_id, entity, status, attempts, error, received_at, processed_at, stream_sequence";
@@ -164,6 +199,44 @@ pub mod postgres {
         .map(drop)
     }
 
+    /// Writes `persisted` status rows for `records` (distinct ids) and returns the ids
+    /// this transaction claimed: those not already persisted. A concurrent transaction
+    /// claiming the same id (a redelivery to a second worker) makes this one wait on the
+    /// row and then see it persisted, so only one of them writes the entity rows.
+    pub fn claim(
+        conn: &mut PgConnection,
+        records: &[StatusRecord],
+    ) -> QueryResult<std::collections::HashSet<Uuid>> {
+        #[derive(QueryableByName)]
+        struct Claimed {
+            #[diesel(sql_type = diesel::sql_types::Uuid)]
+            message_id: Uuid,
+        }
+        let mut claimed = std::collections::HashSet::with_capacity(records.len());
+        for chunk in records.chunks(CLAIM_CHUNK) {
+            let mut query =
+                diesel::sql_query(claim_sql(chunk.len(), true)).into_boxed::<diesel::pg::Pg>();
+            for record in chunk {
+                query = query
+                    .bind::<diesel::sql_types::Uuid, _>(record.message_id)
+                    .bind::<Nullable<Text>, _>(record.entity.clone())
+                    .bind::<Text, _>(record.status.as_str())
+                    .bind::<Integer, _>(record.attempts)
+                    .bind::<Nullable<Text>, _>(record.error.clone())
+                    .bind::<Timestamptz, _>(record.received_at)
+                    .bind::<Timestamptz, _>(record.processed_at)
+                    .bind::<Nullable<BigInt>, _>(record.stream_sequence);
+            }
+            claimed.extend(
+                query
+                    .load::<Claimed>(conn)?
+                    .into_iter()
+                    .map(|c| c.message_id),
+            );
+        }
+        Ok(claimed)
+    }
+
     pub fn fetch(
         conn: &mut PgConnection,
         message_id: Uuid,
@@ -232,6 +305,42 @@ pub mod sqlite {
         .bind::<Nullable<BigInt>, _>(record.stream_sequence)
         .execute(conn)
         .map(drop)
+    }
+
+    /// Writes `persisted` status rows for `records` (distinct ids) and returns the ids
+    /// this transaction claimed: those not already persisted. SQLite serialises writers
+    /// (`BEGIN IMMEDIATE`), so no other transaction can claim one meanwhile.
+    pub fn claim(
+        conn: &mut SqliteConnection,
+        records: &[StatusRecord],
+    ) -> QueryResult<std::collections::HashSet<Uuid>> {
+        #[derive(QueryableByName)]
+        struct Claimed {
+            #[diesel(sql_type = Text)]
+            message_id: String,
+        }
+        let mut claimed = std::collections::HashSet::with_capacity(records.len());
+        for chunk in records.chunks(CLAIM_CHUNK) {
+            let mut query = diesel::sql_query(claim_sql(chunk.len(), false))
+                .into_boxed::<diesel::sqlite::Sqlite>();
+            for record in chunk {
+                query = query
+                    .bind::<Text, _>(record.message_id.as_hyphenated().to_string())
+                    .bind::<Nullable<Text>, _>(record.entity.clone())
+                    .bind::<Text, _>(record.status.as_str())
+                    .bind::<Integer, _>(record.attempts)
+                    .bind::<Nullable<Text>, _>(record.error.clone())
+                    .bind::<TimestamptzSqlite, _>(record.received_at)
+                    .bind::<TimestamptzSqlite, _>(record.processed_at)
+                    .bind::<Nullable<BigInt>, _>(record.stream_sequence);
+            }
+            for row in query.load::<Claimed>(conn)? {
+                let id = Uuid::parse_str(&row.message_id)
+                    .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))?;
+                claimed.insert(id);
+            }
+        }
+        Ok(claimed)
     }
 
     pub fn fetch(

@@ -61,7 +61,103 @@ async fn exercise(store: StatusStore) {
         stream_sequence: None,
     };
     store.upsert(other.clone()).await.unwrap();
+    assert_eq!(
+        store.fetch(other.message_id).await.unwrap(),
+        Some(other.clone())
+    );
+
+    // A persisted row is final: a late dead letter (from a worker that lost a race)
+    // does not overwrite it.
+    store
+        .upsert(StatusRecord {
+            status: MessageState::DeadLettered,
+            error: Some("late".into()),
+            ..other.clone()
+        })
+        .await
+        .unwrap();
     assert_eq!(store.fetch(other.message_id).await.unwrap(), Some(other));
+}
+
+fn persisted(id: Uuid) -> StatusRecord {
+    StatusRecord {
+        message_id: id,
+        entity: Some("order".into()),
+        status: MessageState::Persisted,
+        attempts: 1,
+        error: None,
+        received_at: at("2026-11-22T13:30:00Z"),
+        processed_at: at("2026-11-22T13:30:01Z"),
+        stream_sequence: Some(1),
+    }
+}
+
+/// Ids of `records` not yet persisted are claimed (and now read as persisted); ids
+/// already persisted are not; a dead-lettered id can be claimed by a replay.
+fn check_claims(claim: &mut dyn FnMut(&[StatusRecord]) -> std::collections::HashSet<Uuid>) {
+    let first: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    let records: Vec<StatusRecord> = first.iter().copied().map(persisted).collect();
+    assert_eq!(claim(&records), first.iter().copied().collect());
+    let fresh = Uuid::now_v7();
+    let mut again = records.clone();
+    again.push(persisted(fresh));
+    assert_eq!(
+        claim(&again),
+        [fresh].into_iter().collect(),
+        "only the id not persisted before is claimed"
+    );
+    // More records than one statement holds.
+    let many: Vec<StatusRecord> = (0..2_500).map(|_| persisted(Uuid::now_v7())).collect();
+    assert_eq!(claim(&many).len(), 2_500);
+    assert!(claim(&many).is_empty());
+}
+
+#[tokio::test]
+async fn claims_skip_persisted_messages_on_postgres() {
+    use diesel::Connection;
+    let pg = Postgres::start();
+    let url = pg.create_database("claim_test");
+    let store = StatusStore::open(&url, 1).unwrap();
+    store.create_table().await.unwrap();
+    let dead = StatusRecord {
+        status: MessageState::DeadLettered,
+        error: Some("bad".into()),
+        ..persisted(Uuid::now_v7())
+    };
+    store.upsert(dead.clone()).await.unwrap();
+    let mut conn = diesel::PgConnection::establish(&url).unwrap();
+    let claimed =
+        nomnom_runtime::status::postgres::claim(&mut conn, &[persisted(dead.message_id)]).unwrap();
+    assert!(
+        claimed.contains(&dead.message_id),
+        "a dead letter replayed can persist"
+    );
+    check_claims(&mut |records| {
+        nomnom_runtime::status::postgres::claim(&mut conn, records).unwrap()
+    });
+}
+
+#[tokio::test]
+async fn claims_skip_persisted_messages_on_sqlite() {
+    use diesel::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("claim.db");
+    let store = StatusStore::open(&format!("sqlite://{}", path.display()), 1).unwrap();
+    store.create_table().await.unwrap();
+    let dead = StatusRecord {
+        status: MessageState::DeadLettered,
+        error: Some("bad".into()),
+        ..persisted(Uuid::now_v7())
+    };
+    store.upsert(dead.clone()).await.unwrap();
+    let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    let claimed =
+        nomnom_runtime::status::sqlite::claim(&mut conn, &[persisted(dead.message_id)]).unwrap();
+    assert!(
+        claimed.contains(&dead.message_id),
+        "a dead letter replayed can persist"
+    );
+    check_claims(&mut |records| nomnom_runtime::status::sqlite::claim(&mut conn, records).unwrap());
 }
 
 #[tokio::test]

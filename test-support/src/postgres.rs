@@ -21,11 +21,23 @@ use crate::process::{
 /// How long a server gets to accept `SELECT 1`.
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
+/// Settings of a server, for benchmarks; tests use the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct PostgresOptions {
+    /// Keep PostgreSQL's durable defaults (`fsync`, `synchronous_commit`,
+    /// `full_page_writes` on), as in production. Off by default: tests need speed, not
+    /// crash safety of their throwaway data.
+    pub durable: bool,
+    /// More `name=value` settings, passed as `-c name=value`.
+    pub settings: Vec<String>,
+}
+
 /// A running PostgreSQL server on a loopback port with trust auth for user `postgres`,
 /// with its data in a temporary directory. Shut down immediately on drop so tests end
 /// quickly.
 #[derive(Debug)]
 pub struct Postgres {
+    options: PostgresOptions,
     dir: TempDir,
     bin: PathBuf,
     psql: PathBuf,
@@ -115,6 +127,14 @@ impl Postgres {
     /// When the binaries are missing or the server does not answer within 30 s (with
     /// its log).
     pub fn start() -> Postgres {
+        Postgres::start_with(PostgresOptions::default())
+    }
+
+    /// Like [`start`](Self::start), with `options`.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn start_with(options: PostgresOptions) -> Postgres {
         let bin = bin_dir();
         let run_as = rustix::process::geteuid().is_root().then(postgres_user);
         let mut builder = tempfile::Builder::new();
@@ -131,6 +151,7 @@ impl Postgres {
                 .expect("give the temp dir to the postgres user");
         }
         let mut pg = Postgres {
+            options,
             psql: psql_binary(&bin),
             bin,
             dir,
@@ -356,10 +377,25 @@ impl Postgres {
             .arg(self.data_dir())
             .args(["-p", &self.port.to_string(), "-h", "127.0.0.1", "-k"])
             .arg(self.dir.path())
-            .arg("-F")
-            .args(["-c", "fsync=off"])
-            .args(["-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off"])
+            .args(if self.options.durable {
+                &[][..]
+            } else {
+                &[
+                    "-F",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                ][..]
+            })
+            .args(
+                self.options
+                    .settings
+                    .iter()
+                    .flat_map(|s| ["-c", s.as_str()]),
+            )
             .args(["-c", "max_connections=200"])
             .args(["-c", "shared_buffers=128MB"])
             .args(["-c", "logging_collector=off"])

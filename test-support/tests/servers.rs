@@ -256,10 +256,27 @@ fn nats_startup_failure_panics_with_the_reason() {
 }
 
 #[test]
-fn free_ports_are_bindable() {
-    let port = free_port();
-    assert_ne!(port, 0);
-    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
+fn free_ports_are_bindable_distinct_reserved_and_outside_the_ephemeral_range() {
+    let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+    let distinct: std::collections::HashSet<_> = ports.iter().collect();
+    assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+    for &port in &ports {
+        // Outgoing connections and port-0 binds take ports from 32768 up; ours never clash.
+        assert!((20_000..32_768).contains(&port), "{port}");
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
+        // Another test process would find the port locked (flock locks are per open file,
+        // so a second open in this process stands in for it).
+        let file = std::fs::File::open(
+            std::env::temp_dir()
+                .join("nomnom-test-ports")
+                .join(port.to_string()),
+        )
+        .expect("a reservation file");
+        assert!(
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err(),
+            "port {port} is not reserved"
+        );
+    }
 }
 
 #[test]

@@ -68,9 +68,17 @@ pub struct WorkerArgs {
     /// Time to process a message before JetStream redelivers it.
     #[arg(long, env = "NOMNOM_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub ack_wait: Duration,
-    /// Deliveries before a message is dead-lettered.
-    #[arg(long, env = "NOMNOM_MAX_DELIVER", default_value_t = defaults::WORKER_MAX_DELIVER)]
+    /// Deliveries before a message failing transiently is dead-lettered; -1: never.
+    #[arg(long, env = "NOMNOM_MAX_DELIVER", default_value_t = defaults::WORKER_MAX_DELIVER, allow_negative_numbers = true)]
     pub max_deliver: i64,
+    /// Redelivery delays, comma-separated (`1s,5s,30s`): the n-th retry waits the n-th
+    /// (the last one repeats). Also the consumer's backoff for unacknowledged messages,
+    /// whose first entry then replaces ack_wait. Empty: 1s doubling up to 30s.
+    #[arg(long, env = "NOMNOM_BACKOFF", value_delimiter = ',', value_parser = parse_duration)]
+    pub backoff: Vec<Duration>,
+    /// Messages delivered and not yet acknowledged, across all replicas; -1: no limit.
+    #[arg(long, env = "NOMNOM_MAX_ACK_PENDING", default_value_t = defaults::WORKER_MAX_ACK_PENDING, allow_negative_numbers = true)]
+    pub max_ack_pending: i64,
     /// Stream for dead-lettered messages.
     #[arg(long, env = "NOMNOM_DLQ_STREAM", default_value = defaults::DLQ_STREAM)]
     pub dlq_stream: String,
@@ -94,7 +102,12 @@ pub struct WorkerConfig {
     pub batch_size: usize,
     pub batch_wait: Duration,
     pub ack_wait: Duration,
+    /// Deliveries before a message failing transiently is dead-lettered; -1: never.
+    /// Enforced by the worker, not the server (see [`WorkerConfig::consumer_config`]).
     pub max_deliver: i64,
+    /// Redelivery delays; empty: [`defaults::WORKER_RETRY_FIRST_DELAY`] doubling.
+    pub backoff: Vec<Duration>,
+    pub max_ack_pending: i64,
     pub dlq_stream: String,
     pub migrate_only: bool,
     /// Where /health, /ready and /metrics are served; `None` serves nothing.
@@ -115,6 +128,8 @@ impl Default for WorkerConfig {
             batch_wait: defaults::WORKER_BATCH_WAIT,
             ack_wait: defaults::WORKER_ACK_WAIT,
             max_deliver: defaults::WORKER_MAX_DELIVER,
+            backoff: Vec::new(),
+            max_ack_pending: defaults::WORKER_MAX_ACK_PENDING,
             dlq_stream: defaults::DLQ_STREAM.to_owned(),
             migrate_only: false,
             listen: None,
@@ -133,6 +148,8 @@ impl WorkerArgs {
             batch_wait: self.batch_wait,
             ack_wait: self.ack_wait,
             max_deliver: self.max_deliver,
+            backoff: self.backoff.clone(),
+            max_ack_pending: self.max_ack_pending,
             dlq_stream: self.dlq_stream.clone(),
             migrate_only: self.migrate_only,
             listen: Some(self.listen),
@@ -140,9 +157,80 @@ impl WorkerArgs {
     }
 }
 
+impl WorkerConfig {
+    /// Refuses settings JetStream would refuse later, or that would stall the worker.
+    pub fn validate(&self) -> Result<(), WorkerError> {
+        let invalid = |message: String| Err(WorkerError::Config(message));
+        if self.max_deliver == 0 || self.max_deliver < -1 {
+            return invalid(format!(
+                "max deliver must be at least 1, or -1 for no limit, got {}; set NOMNOM_MAX_DELIVER",
+                self.max_deliver
+            ));
+        }
+        if self.max_ack_pending != -1 && self.max_ack_pending < self.batch_size as i64 {
+            return invalid(format!(
+                "max ack pending ({}) is below the batch size ({}): batches could never fill; raise NOMNOM_MAX_ACK_PENDING or lower NOMNOM_BATCH_SIZE",
+                self.max_ack_pending, self.batch_size
+            ));
+        }
+        if self.effective_ack_wait() < Duration::from_millis(300) {
+            return invalid(format!(
+                "ack wait of {:?} is too short to process a batch; set NOMNOM_ACK_WAIT (or the first NOMNOM_BACKOFF entry) to at least 300ms",
+                self.effective_ack_wait()
+            ));
+        }
+        if self.backoff.iter().any(Duration::is_zero) {
+            return invalid("backoff delays must be above zero; fix NOMNOM_BACKOFF".into());
+        }
+        Ok(())
+    }
+
+    /// How long JetStream waits for an acknowledgement: the first backoff delay when a
+    /// schedule is given (the server replaces ack_wait with it), else ack_wait.
+    pub fn effective_ack_wait(&self) -> Duration {
+        self.backoff.first().copied().unwrap_or(self.ack_wait)
+    }
+
+    /// The delay before the redelivery that follows delivery number `delivered`.
+    pub fn retry_delay(&self, delivered: i64) -> Duration {
+        let retry = usize::try_from(delivered.max(1) - 1).unwrap_or(0);
+        match self.backoff.as_slice() {
+            [] => {
+                let factor = 1u32 << retry.min(16);
+                (defaults::WORKER_RETRY_FIRST_DELAY * factor).min(defaults::WORKER_RETRY_MAX_DELAY)
+            }
+            schedule => schedule[retry.min(schedule.len() - 1)],
+        }
+    }
+
+    /// Whether the worker gives up on a message after delivery number `delivered`.
+    pub fn is_last_delivery(&self, delivered: i64) -> bool {
+        self.max_deliver > 0 && delivered >= self.max_deliver
+    }
+
+    /// The durable consumer every replica shares. Its `max_deliver` is unlimited on
+    /// purpose: the worker counts deliveries itself and dead-letters at the limit, so a
+    /// message whose dead-lettering fails comes back instead of being dropped silently
+    /// by the server after its last delivery.
+    pub fn consumer_config(&self) -> pull::Config {
+        pull::Config {
+            durable_name: Some(self.consumer.clone()),
+            filter_subject: subject::ingest_filter(&self.stream.subject_prefix),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: -1,
+            backoff: self.backoff.clone(),
+            max_ack_pending: self.max_ack_pending,
+            ..Default::default()
+        }
+    }
+}
+
 /// Why the worker stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    #[error("{0}")]
+    Config(String),
     #[error(transparent)]
     Database(#[from] sql::ConnectError),
     #[error("migration {version} failed: {source}")]
@@ -291,6 +379,7 @@ pub async fn run<S: EntitySchema>(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
+    config.validate()?;
     let url = DatabaseUrl::parse(&config.database_url).map_err(sql::ConnectError::from)?;
     let mut conn = sql::connect(&config.database_url)?;
     migrate(&mut conn, &schema, url.kind)?;
@@ -517,19 +606,9 @@ async fn ensure_consumer(
             name: config.consumer.clone(),
             message: e.to_string(),
         })?;
+    // Create or update: changed settings (ack wait, backoff, ...) apply on restart.
     stream
-        .get_or_create_consumer(
-            &config.consumer,
-            pull::Config {
-                durable_name: Some(config.consumer.clone()),
-                filter_subject: subject::ingest_filter(&config.stream.subject_prefix),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: config.ack_wait,
-                max_deliver: config.max_deliver,
-                max_ack_pending: (config.batch_size * 4) as i64,
-                ..Default::default()
-            },
-        )
+        .create_consumer(config.consumer_config())
         .await
         .map_err(|e| WorkerError::Consumer {
             name: config.consumer.clone(),
@@ -582,6 +661,15 @@ async fn process<S: EntitySchema>(
     for (index, delivery) in deliveries.iter_mut().enumerate() {
         let outcome = match Envelope::decode(delivery.message.payload.clone()) {
             Err(err) => Outcome::DeadLetter(format!("unreadable envelope: {err}")),
+            Ok(envelope) if config.max_deliver > 0 && delivery.delivered > config.max_deliver => {
+                // Back after its last delivery without an outcome: the worker crashed or
+                // timed out on it, or could not dead-letter it. Do not try it again.
+                delivery.envelope = Some(envelope);
+                Outcome::DeadLetter(format!(
+                    "gave up after {} deliveries without an outcome (worker crashed or timed out on it, or its dead-lettering failed)",
+                    delivery.delivered - 1
+                ))
+            }
             Ok(envelope) => {
                 let result = match body_of(js, &envelope).await {
                     Err(err) => Err(Outcome::Retry(err)),
@@ -607,10 +695,9 @@ async fn process<S: EntitySchema>(
     }
 
     // A slow batch (large claim-checked bodies, say) must not outlive ack_wait.
-    if started.elapsed() > config.ack_wait / 3 {
-        for delivery in &deliveries {
-            let _ = delivery.message.ack_with(AckKind::Progress).await;
-        }
+    let progress_every = config.effective_ack_wait() / 3;
+    if started.elapsed() > progress_every {
+        report_progress(&deliveries).await;
     }
 
     // Write the parsed ones in one transaction with their status rows.
@@ -636,12 +723,21 @@ async fn process<S: EntitySchema>(
             .zip(records)
             .map(|((index, _, rows), (_, record))| (index, record, rows))
             .collect();
-        tokio::task::spawn_blocking(move || {
+        let write = tokio::task::spawn_blocking(move || {
             let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             write_batch(&*schema, &mut conn, batch)
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("writer task failed: {e}")))
+        });
+        tokio::pin!(write);
+        // A write held up (locks, a slow disk) must not outlive ack_wait either: keep
+        // telling JetStream the batch is in progress until the transaction ends.
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
+        loop {
+            tokio::select! {
+                result = &mut write => break result.unwrap_or_else(|e| Err(format!("writer task failed: {e}"))),
+                _ = heartbeat.tick() => report_progress(&deliveries).await,
+            }
+        }
     };
     match write_result {
         Ok(failed) => {
@@ -675,35 +771,46 @@ async fn process<S: EntitySchema>(
             metrics::histogram!("pipeline_end_to_end_latency_seconds").record(latency as f64 / 1e6);
         }
     }
-    let acks = futures::future::join_all(committed.iter().map(|d| d.message.double_ack())).await;
-    for (delivery, ack) in committed.iter().zip(acks) {
-        if let Err(err) = ack {
+    // Plain acks, then one flush (a PING/PONG) so they are with the server before the
+    // next fetch: one round trip per batch instead of one per message. An ack lost
+    // anyway only brings a redelivery, which the status row turns into a skip.
+    let mut failed_acks = 0;
+    for delivery in &committed {
+        if let Err(err) = delivery.message.ack().await {
+            failed_acks += 1;
             tracing::warn!(error = %err, sequence = delivery.sequence, "ack failed; the message will be redelivered and skipped");
         }
+    }
+    if !committed.is_empty()
+        && failed_acks < committed.len()
+        && let Err(err) = js.client().flush().await
+    {
+        tracing::warn!(error = %err, "acks not confirmed; unconfirmed messages will be redelivered and skipped");
     }
     metrics::counter!("worker_messages_persisted_total").increment(committed.len() as u64);
     for (delivery, outcome) in deliveries.iter().zip(outcomes) {
         match outcome {
             Outcome::Persist => {}
             Outcome::Retry(error) => {
-                if delivery.delivered >= config.max_deliver {
+                if config.is_last_delivery(delivery.delivered) {
                     dead_letter(
                         js,
                         dlq,
                         conn,
+                        config,
                         delivery,
                         &format!("gave up after {} attempts: {error}", delivery.delivered),
                     )
                     .await;
                 } else {
-                    let delay = Duration::from_millis(
-                        500 * 2u64.pow(delivery.delivered.clamp(1, 6) as u32),
-                    );
+                    let delay = config.retry_delay(delivery.delivered);
                     tracing::warn!(%error, sequence = delivery.sequence, retry_in_ms = delay.as_millis() as u64, "transient failure; retrying");
                     let _ = delivery.message.ack_with(AckKind::Nak(Some(delay))).await;
                 }
             }
-            Outcome::DeadLetter(error) => dead_letter(js, dlq, conn, delivery, &error).await,
+            Outcome::DeadLetter(error) => {
+                dead_letter(js, dlq, conn, config, delivery, &error).await;
+            }
         }
     }
     tracing::debug!(
@@ -711,6 +818,16 @@ async fn process<S: EntitySchema>(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "batch done"
     );
+}
+
+/// Tells JetStream each message of the batch is still being worked on (resets ack_wait).
+async fn report_progress(deliveries: &[Delivery]) {
+    futures::future::join_all(
+        deliveries
+            .iter()
+            .map(|d| d.message.ack_with(AckKind::Progress)),
+    )
+    .await;
 }
 
 fn status_record(
@@ -734,10 +851,17 @@ fn status_record(
     }
 }
 
-fn already_persisted(
+fn claim(
     conn: &mut AnyConnection,
-    id: uuid::Uuid,
-) -> Result<bool, status::StatusError> {
+    records: &[StatusRecord],
+) -> diesel::QueryResult<std::collections::HashSet<uuid::Uuid>> {
+    match conn {
+        AnyConnection::Postgresql(pg) => status::postgres::claim(pg, records),
+        AnyConnection::Sqlite(lite) => status::sqlite::claim(lite, records),
+    }
+}
+
+fn is_persisted(conn: &mut AnyConnection, id: uuid::Uuid) -> Result<bool, status::StatusError> {
     let record = match conn {
         AnyConnection::Postgresql(pg) => status::postgres::fetch(pg, id)?,
         AnyConnection::Sqlite(lite) => status::sqlite::fetch(lite, id)?,
@@ -764,15 +888,21 @@ fn write_batch<S: EntitySchema>(
                  items: &[(usize, StatusRecord, S::Rows)]|
      -> diesel::QueryResult<()> {
         sql::write_transaction(conn, |conn| {
+            // The status rows go first and fence the entity rows: only messages this
+            // transaction claims (not persisted before, by anyone) contribute rows.
+            let mut seen = std::collections::HashSet::with_capacity(items.len());
+            let records: Vec<StatusRecord> = items
+                .iter()
+                .filter(|(_, record, _)| seen.insert(record.message_id))
+                .map(|(_, record, _)| record.clone())
+                .collect();
+            let mut claimed = claim(conn, &records)?;
             let mut rows = S::Rows::default();
             for (_, record, item_rows) in items {
-                let done = already_persisted(conn, record.message_id)
-                    .map_err(|e| diesel::result::Error::QueryBuilderError(e.to_string().into()))?;
-                if done {
-                    continue;
+                // `remove`: a message id twice in one batch contributes its rows once.
+                if claimed.remove(&record.message_id) {
+                    schema.merge(&mut rows, item_rows.clone());
                 }
-                schema.merge(&mut rows, item_rows.clone());
-                upsert_status(conn, record)?;
             }
             schema.write(conn, &rows)
         })
@@ -806,9 +936,25 @@ async fn dead_letter(
     js: &jetstream::Context,
     dlq: &str,
     conn: &Arc<Mutex<AnyConnection>>,
+    config: &WorkerConfig,
     delivery: &Delivery,
     error: &str,
 ) {
+    if let Some(envelope) = &delivery.envelope {
+        // Another delivery of it was committed (a crash before its acknowledgement,
+        // say): it is done, not dead.
+        let id = envelope.message_id;
+        let conn = Arc::clone(conn);
+        let persisted = tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            is_persisted(&mut conn, id)
+        })
+        .await;
+        if matches!(persisted, Ok(Ok(true))) {
+            let _ = delivery.message.double_ack().await;
+            return;
+        }
+    }
     let record = status_record(
         delivery,
         None,
@@ -830,9 +976,16 @@ async fn dead_letter(
         "envelope": String::from_utf8_lossy(&delivery.message.payload),
     });
     let subject = format!("{dlq}.{}.{}", entity, record.message_id);
+    // The same delivery dead-lettered twice (its termination lost) is stored once.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("{}:{}", record.message_id, delivery.sequence).as_str(),
+    );
     let published = async {
-        js.publish(
+        js.publish_with_headers(
             subject,
+            headers,
             serde_json::to_vec(&document).unwrap_or_default().into(),
         )
         .await?
@@ -840,12 +993,12 @@ async fn dead_letter(
     }
     .await;
     if let Err(err) = published {
-        // Not acknowledged: it comes back and is dead-lettered then.
-        tracing::error!(error = %err, sequence = delivery.sequence, "dead-letter publish failed; the message will be redelivered");
-        let _ = delivery
-            .message
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-            .await;
+        // Not acknowledged: it comes back (the consumer has no delivery limit of its
+        // own) and is dead-lettered then.
+        let delay = config.retry_delay(delivery.delivered);
+        tracing::error!(error = %err, sequence = delivery.sequence, retry_in_ms = delay.as_millis() as u64, "dead-letter publish failed; the message will be redelivered");
+        metrics::counter!("worker_dlq_publish_failures_total").increment(1);
+        let _ = delivery.message.ack_with(AckKind::Nak(Some(delay))).await;
         return;
     }
     let conn = Arc::clone(conn);
@@ -879,8 +1032,93 @@ mod tests {
         assert_eq!(config.batch_wait, default.batch_wait);
         assert_eq!(config.ack_wait, default.ack_wait);
         assert_eq!(config.max_deliver, default.max_deliver);
+        assert_eq!(config.backoff, default.backoff);
+        assert_eq!(config.max_ack_pending, default.max_ack_pending);
+        default.validate().expect("the defaults are valid");
         assert_eq!(config.dlq_stream, default.dlq_stream);
         assert_eq!(config.stream, default.stream);
         assert_eq!(config.listen, defaults::WORKER_LISTEN.parse().ok());
+    }
+
+    #[test]
+    fn backoff_is_a_comma_separated_list_of_durations() {
+        let args = WorkerArgs::try_parse_from(["worker", "--backoff", "1s,250ms,1m"]).unwrap();
+        let config = args.to_config();
+        assert_eq!(
+            config.backoff,
+            [
+                Duration::from_secs(1),
+                Duration::from_millis(250),
+                Duration::from_secs(60)
+            ]
+        );
+        assert_eq!(config.effective_ack_wait(), Duration::from_secs(1));
+        assert_eq!(config.retry_delay(1), Duration::from_secs(1));
+        assert_eq!(config.retry_delay(2), Duration::from_millis(250));
+        assert_eq!(
+            config.retry_delay(9),
+            Duration::from_secs(60),
+            "the last repeats"
+        );
+        assert!(WorkerArgs::try_parse_from(["worker", "--backoff", "1s,soon"]).is_err());
+    }
+
+    #[test]
+    fn default_retry_delays_double_up_to_the_cap() {
+        let config = WorkerConfig::default();
+        let delays: Vec<u64> = (1..=8).map(|n| config.retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert!(!config.is_last_delivery(4));
+        assert!(config.is_last_delivery(5));
+        let unlimited = WorkerConfig {
+            max_deliver: -1,
+            ..WorkerConfig::default()
+        };
+        assert!(!unlimited.is_last_delivery(1_000), "-1 never gives up");
+    }
+
+    #[test]
+    fn settings_that_would_stall_the_worker_are_refused() {
+        let cases = [
+            (
+                WorkerConfig {
+                    max_ack_pending: 100,
+                    batch_size: 500,
+                    ..WorkerConfig::default()
+                },
+                "NOMNOM_MAX_ACK_PENDING",
+            ),
+            (
+                WorkerConfig {
+                    max_deliver: 0,
+                    ..WorkerConfig::default()
+                },
+                "NOMNOM_MAX_DELIVER",
+            ),
+            (
+                WorkerConfig {
+                    backoff: vec![Duration::from_millis(10)],
+                    ..WorkerConfig::default()
+                },
+                "NOMNOM_BACKOFF",
+            ),
+        ];
+        for (config, hint) in cases {
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(hint), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_server_never_drops_a_message_after_its_last_delivery() {
+        let config = WorkerConfig {
+            backoff: vec![Duration::from_secs(2)],
+            ..WorkerConfig::default()
+        };
+        let consumer = config.consumer_config();
+        assert_eq!(consumer.max_deliver, -1);
+        assert_eq!(consumer.backoff, config.backoff);
+        assert_eq!(consumer.max_ack_pending, defaults::WORKER_MAX_ACK_PENDING);
+        assert_eq!(consumer.durable_name.as_deref(), Some("workers"));
     }
 }

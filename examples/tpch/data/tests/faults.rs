@@ -4,118 +4,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{count, wait_for};
-use nomnom_test_support::{NatsServer, Postgres, free_port};
+use common::{Worker, assert_exactly_once, count, dlq_len, post_orders, wait_for};
+use nomnom_test_support::{NatsServer, Postgres};
 use serde_json::Value;
-
-struct Worker(Child, u16);
-
-impl Worker {
-    fn start(nats: &NatsServer, database_url: &str) -> Worker {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_tpch-test-worker"))
-            .env("NATS_URL", nats.url())
-            .env("DATABASE_URL", database_url)
-            .env("NOMNOM_WORKER_LISTEN", format!("127.0.0.1:{port}"))
-            .env("NOMNOM_BATCH_SIZE", "200")
-            .env("NOMNOM_ACK_WAIT", "5s")
-            .env("NOMNOM_LOG_FORMAT", "text")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the worker");
-        Worker(child, port)
-    }
-
-    fn kill(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts nats-api in-process and posts `orders` as NDJSON batches; returns line items sent.
-async fn post_orders(nats: &NatsServer, orders: &[Value]) -> i64 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("http://{}", listener.local_addr().unwrap());
-    let config = nats_api::ApiConfig {
-        nats: nomnom_runtime::NatsConfig {
-            url: nats.url(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    tokio::spawn(nats_api::serve_on(listener, config, std::future::pending()));
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while client
-        .get(format!("{api}/ready"))
-        .send()
-        .await
-        .map(|r| r.status())
-        .ok()
-        != Some(reqwest::StatusCode::OK)
-    {
-        assert!(Instant::now() < deadline, "nats-api not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let batch_key = uuid::Uuid::now_v7();
-    for (n, chunk) in orders.chunks(500).enumerate() {
-        let body: String = chunk.iter().map(|o| o.to_string() + "\n").collect();
-        let reply = client
-            .post(format!("{api}/api/ingest/batch/order"))
-            .header("content-type", "application/x-ndjson")
-            .header("idempotency-key", format!("{batch_key}-{n}"))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(reply.status(), 202);
-    }
-    orders
-        .iter()
-        .map(|o| o["lineitems"].as_array().unwrap().len() as i64)
-        .sum()
-}
-
-fn assert_exactly_once(url: &str, orders: i64, items: i64) {
-    assert_eq!(count(url, "SELECT count(*) AS n FROM orders"), orders);
-    assert_eq!(count(url, "SELECT count(*) AS n FROM lineitem"), items);
-    assert_eq!(
-        count(
-            url,
-            "SELECT count(*) AS n FROM nomnom_message_status WHERE status = 'persisted'"
-        ),
-        orders,
-        "each message recorded once"
-    );
-    assert_eq!(
-        count(
-            url,
-            "SELECT count(*) AS n FROM nomnom_message_status WHERE status <> 'persisted'"
-        ),
-        0,
-        "nothing dead-lettered"
-    );
-}
-
-async fn dlq_len(nats: &NatsServer) -> u64 {
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    match js.get_stream("MESSAGES_DLQ").await {
-        Ok(mut stream) => stream.info().await.unwrap().state.messages,
-        Err(_) => 0,
-    }
-}
 
 const ORDERS: usize = 3_000;
 
@@ -212,25 +106,6 @@ async fn two_workers_share_the_stream_exactly_once_on_sqlite() {
         2,
     )
     .await;
-}
-
-impl Worker {
-    /// SIGTERM, then the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.0.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,11 @@
 //! Helpers shared by the TPC-H end-to-end tests.
 #![allow(dead_code)]
 
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use nomnom_test_support::{NatsServer, free_port};
+use serde_json::Value;
 
 use diesel::{RunQueryDsl, sql_types::BigInt};
 use nomnom_runtime::sql::{self, AnyConnection};
@@ -47,4 +51,174 @@ pub async fn wait_for(within: Duration, what: &str, check: impl FnMut() -> bool)
         eventually(within, check).await,
         "timed out waiting for {what}"
     );
+}
+
+/// A TPC-H worker process; killed when dropped.
+pub struct Worker(pub Child, pub u16);
+
+impl Worker {
+    pub fn start(nats: &NatsServer, database_url: &str) -> Worker {
+        Worker::start_with(nats, database_url, &[])
+    }
+
+    /// Starts a worker with `settings` (environment variables) over the tests' defaults.
+    pub fn start_with(nats: &NatsServer, database_url: &str, settings: &[(&str, &str)]) -> Worker {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_tpch-test-worker"))
+            .env("NATS_URL", nats.url())
+            .env("DATABASE_URL", database_url)
+            .env("NOMNOM_WORKER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("NOMNOM_BATCH_SIZE", "200")
+            .env("NOMNOM_ACK_WAIT", "5s")
+            .env("NOMNOM_LOG_FORMAT", "text")
+            .env("RUST_LOG", "warn")
+            .envs(settings.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the worker");
+        Worker(child, port)
+    }
+
+    pub fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts nats-api in-process and posts `orders` as NDJSON batches; returns line items sent.
+pub async fn post_orders(nats: &NatsServer, orders: &[Value]) -> i64 {
+    let api = start_api(nats).await;
+    let client = reqwest::Client::new();
+    let batch_key = uuid::Uuid::now_v7();
+    for (n, chunk) in orders.chunks(500).enumerate() {
+        let body: String = chunk.iter().map(|o| o.to_string() + "\n").collect();
+        let reply = client
+            .post(format!("{api}/api/ingest/batch/order"))
+            .header("content-type", "application/x-ndjson")
+            .header("idempotency-key", format!("{batch_key}-{n}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 202);
+    }
+    orders
+        .iter()
+        .map(|o| o["lineitems"].as_array().unwrap().len() as i64)
+        .sum()
+}
+
+/// Starts nats-api in-process on a free port; returns its base URL once it is ready.
+pub async fn start_api(nats: &NatsServer) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    let config = nats_api::ApiConfig {
+        nats: nomnom_runtime::NatsConfig {
+            url: nats.url(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    tokio::spawn(nats_api::serve_on(listener, config, std::future::pending()));
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while client
+        .get(format!("{api}/ready"))
+        .send()
+        .await
+        .map(|r| r.status())
+        .ok()
+        != Some(reqwest::StatusCode::OK)
+    {
+        assert!(Instant::now() < deadline, "nats-api not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    api
+}
+
+pub fn assert_exactly_once(url: &str, orders: i64, items: i64) {
+    assert_eq!(count(url, "SELECT count(*) AS n FROM orders"), orders);
+    assert_eq!(count(url, "SELECT count(*) AS n FROM lineitem"), items);
+    assert_eq!(
+        count(
+            url,
+            "SELECT count(*) AS n FROM nomnom_message_status WHERE status = 'persisted'"
+        ),
+        orders,
+        "each message recorded once"
+    );
+    assert_eq!(
+        count(
+            url,
+            "SELECT count(*) AS n FROM nomnom_message_status WHERE status <> 'persisted'"
+        ),
+        0,
+        "nothing dead-lettered"
+    );
+}
+
+pub async fn dlq_len(nats: &NatsServer) -> u64 {
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    match js.get_stream("MESSAGES_DLQ").await {
+        Ok(mut stream) => stream.info().await.unwrap().state.messages,
+        Err(_) => 0,
+    }
+}
+
+impl Worker {
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Runs `scripts/quickstart.sh` as a newcomer would, with its state in `state`, free
+/// ports and SQLite (no `DATABASE_URL`), then `env` on top of that.
+pub fn run_quickstart(
+    state: &std::path::Path,
+    env: &[(&str, String)],
+    args: &[&str],
+) -> std::process::Output {
+    Command::new("bash")
+        .arg(nomnom_test_support::workspace_root().join("scripts/quickstart.sh"))
+        .args(args)
+        .env("NOMNOM_STATE_DIR", state)
+        .env("NOMNOM_NATS_PORT", free_port().to_string())
+        .env("NOMNOM_NATS_MONITOR_PORT", free_port().to_string())
+        .env("NOMNOM_API_PORT", free_port().to_string())
+        .env("NOMNOM_WORKER_PORT", free_port().to_string())
+        .env_remove("DATABASE_URL")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run scripts/quickstart.sh")
+}
+
+/// The quickstart removes its pid files once it has stopped what it started.
+pub fn assert_nothing_left_running(state: &std::path::Path) {
+    for name in ["nats-server", "nats-api", "tpch-worker"] {
+        assert!(
+            !state.join(format!("{name}.pid")).exists(),
+            "{name} left running"
+        );
+    }
 }

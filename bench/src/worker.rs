@@ -1,0 +1,469 @@
+//! Benchmark 3: worker throughput from a pre-filled stream of real TPC-H orders into
+//! PostgreSQL, with 1, 2 and 4 workers, against the same rows written by PostgreSQL
+//! COPY, by the worker's SQL path alone (multi-row statements), and by the naive design
+//! (one transaction per message).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use async_nats::jetstream;
+use futures::{StreamExt, stream::FuturesUnordered};
+use nomnom_runtime::{
+    Body, Envelope,
+    sql::{self, AnyConnection, Table, Value},
+    status::{self, MessageState, StatusRecord},
+    stream::{StreamSettings, ensure_stream},
+    subject::{self, EntityName},
+};
+use nomnom_test_support::{NatsServer, Postgres, PostgresOptions, free_port};
+
+use crate::Options;
+use crate::util::{Proc, Row, Verdict, binary, median, thousands, wait_until};
+
+/// Messages per transaction in the worker and in the multi-row baseline.
+const BATCH: usize = 500;
+
+/// The workload: real TPC-H orders, as the API would have published them, and the rows
+/// they become.
+pub struct Workload {
+    pub bodies: Vec<bytes::Bytes>,
+    pub orders: Vec<Vec<Value>>,
+    pub lineitems: Vec<Vec<Value>>,
+    /// Line items per message, to split `lineitems` by message.
+    pub items_per_order: Vec<usize>,
+}
+
+impl Workload {
+    pub fn generate(count: usize) -> anyhow::Result<Workload> {
+        let mut workload = Workload {
+            bodies: Vec::with_capacity(count),
+            orders: Vec::with_capacity(count),
+            lineitems: Vec::with_capacity(count * 4),
+            items_per_order: Vec::with_capacity(count),
+        };
+        let envelope = envelope_for(bytes::Bytes::new());
+        // Scale factor 0.1 holds 150,000 orders: more than any run needs.
+        for order in tpch_data::orders(0.1).take(count) {
+            let parsed =
+                tpch_worker::parse(&envelope, &order).map_err(|e| anyhow::anyhow!("{e}"))?;
+            workload.bodies.push(serde_json::to_vec(&order)?.into());
+            for row in &parsed.rows.order {
+                workload.orders.push(row.to_values());
+            }
+            workload.items_per_order.push(parsed.rows.lineitem.len());
+            for row in &parsed.rows.lineitem {
+                workload.lineitems.push(row.to_values());
+            }
+        }
+        Ok(workload)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.orders.len() + self.lineitems.len()
+    }
+}
+
+fn envelope_for(body: bytes::Bytes) -> Envelope {
+    Envelope {
+        message_id: nomnom_runtime::envelope::new_message_id(),
+        received_at: nomnom_runtime::envelope::now_micros(),
+        entity: Some(EntityName::parse("order").expect("a valid name")),
+        idempotency_key: None,
+        request_id: None,
+        content_type: "application/json".into(),
+        body: Body::Inline(body),
+    }
+}
+
+/// Publishes every body as nats-api would (an envelope per message), pipelined.
+pub async fn prefill(js: &jetstream::Context, bodies: &[bytes::Bytes]) -> anyhow::Result<()> {
+    let settings = StreamSettings::default();
+    ensure_stream(js, &settings).await?;
+    let mut pending = FuturesUnordered::new();
+    for body in bodies {
+        if pending.len() >= 1_024 {
+            pending.next().await.context("an ack")??;
+        }
+        let envelope = envelope_for(body.clone());
+        let subject = subject::message_subject(
+            &settings.subject_prefix,
+            envelope.entity.as_ref(),
+            envelope.message_id,
+        );
+        let ack = js.publish(subject, envelope.encode().payload).await?;
+        pending.push(ack.into_future());
+    }
+    while let Some(ack) = pending.next().await {
+        ack?;
+    }
+    Ok(())
+}
+
+/// A PostgreSQL server as production runs one: fsync and synchronous commits on.
+pub fn durable_postgres() -> Postgres {
+    Postgres::start_with(PostgresOptions {
+        durable: true,
+        settings: vec!["track_commit_timestamp=on".into()],
+    })
+}
+
+/// A fresh database with the TPC-H tables and the status table.
+pub fn migrated_database(pg: &Postgres, name: &str) -> anyhow::Result<String> {
+    let url = pg.create_database(name);
+    let status = std::process::Command::new(binary("tpch-worker"))
+        .arg("--migrate-only")
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .status()?;
+    if !status.success() {
+        bail!("tpch-worker --migrate-only failed");
+    }
+    Ok(url)
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// Rows in `table`; -1 if it cannot be asked. (Diesel, not the `postgres` crate: that one
+/// blocks on a runtime of its own, which cannot run inside the harness's.)
+pub fn count(conn: &mut diesel::PgConnection, table: &str) -> i64 {
+    use diesel::RunQueryDsl;
+    diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
+        .get_result::<Count>(conn)
+        .map(|c| c.n)
+        .unwrap_or(-1)
+}
+
+pub fn connect(url: &str) -> anyhow::Result<diesel::PgConnection> {
+    use diesel::Connection;
+    Ok(diesel::PgConnection::establish(url)?)
+}
+
+/// Runs `workers` worker processes on a pre-filled stream; messages/s until every
+/// message has its status row.
+async fn run_workers(
+    pg: &Postgres,
+    workload: &Workload,
+    workers: usize,
+    name: &str,
+) -> anyhow::Result<f64> {
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    prefill(&js, &workload.bodies).await?;
+    let url = migrated_database(pg, name)?;
+    let mut client = connect(&url)?;
+    let expected = workload.bodies.len() as i64;
+    let started = Instant::now();
+    let _procs: Vec<Proc> = (0..workers)
+        .map(|_| {
+            Proc::spawn(
+                &binary("tpch-worker"),
+                &[],
+                &[
+                    ("NATS_URL", nats.url()),
+                    ("DATABASE_URL", url.clone()),
+                    ("NOMNOM_WORKER_LISTEN", format!("127.0.0.1:{}", free_port())),
+                    ("NOMNOM_BATCH_SIZE", BATCH.to_string()),
+                ],
+            )
+        })
+        .collect::<anyhow::Result<_>>()?;
+    wait_until("every message persisted", Duration::from_secs(600), || {
+        count(&mut client, "nomnom_message_status") >= expected
+    })
+    .await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if count(&mut client, "orders") != workload.orders.len() as i64
+        || count(&mut client, "lineitem") != workload.lineitems.len() as i64
+    {
+        bail!("the workers wrote the wrong number of rows");
+    }
+    Ok(expected as f64 / elapsed)
+}
+
+fn columns(table: &Table) -> String {
+    table
+        .columns
+        .iter()
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn status_rows(count: usize) -> Vec<Vec<Value>> {
+    let now = nomnom_runtime::envelope::format_time(chrono::Utc::now());
+    (0..count)
+        .map(|n| {
+            vec![
+                Value::Text(uuid::Uuid::now_v7().to_string()),
+                Value::Text("order".into()),
+                Value::Text("persisted".into()),
+                Value::I32(1),
+                Value::Null,
+                Value::Text(now.clone()),
+                Value::Text(now.clone()),
+                Value::I64(n as i64 + 1),
+            ]
+        })
+        .collect()
+}
+
+/// The physical limit: the same rows (entity rows and one status row per message) by
+/// COPY, in one transaction. Rows/s.
+fn copy_baseline(url: &str, workload: &Workload) -> anyhow::Result<f64> {
+    // The `postgres` crate runs a runtime of its own: give it a thread outside ours.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| copy_on_this_thread(url, workload))
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the COPY thread panicked")))
+    })
+}
+
+fn copy_on_this_thread(url: &str, workload: &Workload) -> anyhow::Result<f64> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+    let statuses = status_rows(workload.bodies.len());
+    let started = Instant::now();
+    let mut tx = client.transaction()?;
+    for (table, rows) in [
+        (
+            format!("orders ({})", columns(&tpch_worker::database::ORDER)),
+            &workload.orders,
+        ),
+        (
+            format!("lineitem ({})", columns(&tpch_worker::database::LINEITEM)),
+            &workload.lineitems,
+        ),
+        (
+            "nomnom_message_status (message_id, entity, status, attempts, error, received_at, processed_at, stream_sequence)".to_owned(),
+            &statuses,
+        ),
+    ] {
+        let mut data = Vec::with_capacity(rows.len() * 128);
+        for row in rows {
+            sql::copy_text_row(&mut data, row);
+        }
+        let mut writer = tx.copy_in(&format!("COPY {table} FROM STDIN"))?;
+        writer.write_all(&data)?;
+        writer.finish()?;
+    }
+    tx.commit()?;
+    Ok((workload.rows() + workload.bodies.len()) as f64 / started.elapsed().as_secs_f64())
+}
+
+fn records(range: std::ops::Range<usize>) -> Vec<StatusRecord> {
+    let now = chrono::Utc::now();
+    range
+        .map(|n| StatusRecord {
+            message_id: uuid::Uuid::now_v7(),
+            entity: Some("order".into()),
+            status: MessageState::Persisted,
+            attempts: 1,
+            error: None,
+            received_at: now,
+            processed_at: now,
+            stream_sequence: Some(n as i64 + 1),
+        })
+        .collect()
+}
+
+/// Line items of messages `range`.
+fn items_of(workload: &Workload, range: std::ops::Range<usize>) -> &[Vec<Value>] {
+    let start: usize = workload.items_per_order[..range.start].iter().sum();
+    let len: usize = workload.items_per_order[range].iter().sum();
+    &workload.lineitems[start..start + len]
+}
+
+/// How entity rows reach PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SqlPath {
+    /// What the worker does: COPY into a staging table, then one `INSERT … SELECT`
+    /// (batches of [`sql::COPY_MIN_ROWS`] rows or more).
+    Worker,
+    /// Multi-row `INSERT … VALUES … ON CONFLICT` statements only (the worker's path for
+    /// small batches, and its only path before COPY).
+    Statements,
+}
+
+fn write_rows(
+    conn: &mut AnyConnection,
+    table: &Table,
+    rows: &[Vec<Value>],
+    path: SqlPath,
+) -> diesel::QueryResult<()> {
+    match path {
+        SqlPath::Worker => sql::write_rows(conn, table, rows).map(drop),
+        SqlPath::Statements => {
+            for chunk in rows.chunks(sql::COPY_MIN_ROWS - 1) {
+                sql::write_rows(conn, table, chunk)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Writes messages `range` in one transaction the way the worker does: status rows
+/// claimed in one statement, then the entity rows by `path`.
+fn write_like_the_worker(
+    conn: &mut AnyConnection,
+    workload: &Workload,
+    range: std::ops::Range<usize>,
+    path: SqlPath,
+) -> anyhow::Result<()> {
+    sql::write_transaction(conn, |conn| -> diesel::QueryResult<()> {
+        let AnyConnection::Postgresql(pg) = conn else {
+            unreachable!("benchmarks run on PostgreSQL")
+        };
+        status::postgres::claim(pg, &records(range.clone()))?;
+        let orders = &workload.orders[range.clone()];
+        write_rows(conn, &tpch_worker::database::ORDER, orders, path)?;
+        let items = items_of(workload, range);
+        write_rows(conn, &tpch_worker::database::LINEITEM, items, path)?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// The worker's SQL work alone (no NATS, no parsing), 500 messages a transaction.
+/// Rows/s, counted as for COPY.
+fn sql_path_baseline(url: &str, workload: &Workload, path: SqlPath) -> anyhow::Result<f64> {
+    let mut conn = sql::connect(url)?;
+    let started = Instant::now();
+    let total = workload.bodies.len();
+    for start in (0..total).step_by(BATCH) {
+        let range = start..(start + BATCH).min(total);
+        write_like_the_worker(&mut conn, workload, range, path)?;
+    }
+    Ok((workload.rows() + total) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The naive design: each message in its own transaction (its status row, its order,
+/// its line items). Messages/s over the first `messages`.
+fn naive_baseline(url: &str, workload: &Workload, messages: usize) -> anyhow::Result<f64> {
+    let mut conn = sql::connect(url)?;
+    let started = Instant::now();
+    for n in 0..messages {
+        write_like_the_worker(&mut conn, workload, n..n + 1, SqlPath::Worker)?;
+    }
+    Ok(messages as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Baselines of one run, all in rows/s but the naive one (messages/s).
+struct Baselines {
+    copy: f64,
+    sql_path: f64,
+    statements: f64,
+    naive: f64,
+}
+
+fn baselines(
+    pg: &Postgres,
+    workload: &Workload,
+    naive_messages: usize,
+    run: usize,
+) -> anyhow::Result<Baselines> {
+    let fresh = |name: &str| migrated_database(pg, &format!("{name}_{run}"));
+    Ok(Baselines {
+        copy: copy_baseline(&fresh("copy")?, workload)?,
+        sql_path: sql_path_baseline(&fresh("sqlpath")?, workload, SqlPath::Worker)?,
+        statements: sql_path_baseline(&fresh("statements")?, workload, SqlPath::Statements)?,
+        naive: naive_baseline(&fresh("naive")?, workload, naive_messages)?,
+    })
+}
+
+pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Result<()> {
+    let messages = if options.quick { 1_000 } else { 20_000 };
+    let naive_messages = if options.quick { 200 } else { 2_000 };
+    let worker_counts: &[usize] = if options.quick { &[1, 2] } else { &[1, 2, 4] };
+    let workload = Workload::generate(messages)?;
+    let rows_per_message = (workload.rows() + messages) as f64 / messages as f64;
+    println!(
+        "  workload: {messages} orders, {} line items ({rows_per_message:.2} rows per message with its status row)",
+        workload.lineitems.len()
+    );
+    let pg = durable_postgres();
+    let mut by_workers: Vec<Vec<f64>> = vec![Vec::new(); worker_counts.len()];
+    let mut runs = Vec::new();
+    for run in 0..options.runs {
+        // Synchronous database clients: let the runtime know this thread blocks.
+        let base = tokio::task::block_in_place(|| baselines(&pg, &workload, naive_messages, run))?;
+        let mut line = format!(
+            "  run {}: COPY {} rows/s; worker SQL path {} rows/s; multi-row statements {} rows/s; naive {} msg/s",
+            run + 1,
+            thousands(base.copy),
+            thousands(base.sql_path),
+            thousands(base.statements),
+            thousands(base.naive)
+        );
+        for (slot, workers) in worker_counts.iter().enumerate() {
+            let name = format!("workers_{workers}_{run}");
+            let rate = run_workers(&pg, &workload, *workers, &name).await?;
+            line.push_str(&format!("; {workers} worker(s) {} msg/s", thousands(rate)));
+            by_workers[slot].push(rate);
+        }
+        println!("{line}");
+        runs.push(base);
+    }
+    let pick = |f: fn(&Baselines) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    let (copy, sql_path, statements, naive) = (
+        pick(|b| b.copy),
+        pick(|b| b.sql_path),
+        pick(|b| b.statements),
+        pick(|b| b.naive),
+    );
+    let one = median(&by_workers[0]);
+    let one_rows = one * rows_per_message;
+    report.push(Row {
+        benchmark: "3. worker, 1 replica, PostgreSQL (durable)".into(),
+        measure: "rows/s vs COPY".into(),
+        figure: format!("{} rows/s ({} msg/s)", thousands(one_rows), thousands(one)),
+        baseline: format!("{} rows/s (COPY)", thousands(copy)),
+        ratio: format!("{:.2}×", one_rows / copy),
+        target: "≥ 0.8×".into(),
+        verdict: Verdict::of(one_rows / copy >= 0.8),
+    });
+    report.push(Row {
+        benchmark: "3. worker, 1 replica".into(),
+        measure: "messages/s vs naive".into(),
+        figure: format!("{} msg/s", thousands(one)),
+        baseline: format!("{} msg/s (a transaction per message)", thousands(naive)),
+        ratio: format!("{:.1}×", one / naive),
+        target: "≥ 8×".into(),
+        verdict: Verdict::of(one / naive >= 8.0),
+    });
+    report.push(Row {
+        benchmark: "3. SQL work alone, 500 messages a transaction".into(),
+        measure: "rows/s: COPY + staging upsert (kept)".into(),
+        figure: format!("{} rows/s", thousands(sql_path)),
+        baseline: format!("{} rows/s (plain COPY)", thousands(copy)),
+        ratio: format!("{:.2}×", sql_path / copy),
+        target: String::new(),
+        verdict: Verdict::Info,
+    });
+    report.push(Row {
+        benchmark: "3. SQL work alone (issue 4: COPY or multi-row?)".into(),
+        measure: "rows/s: multi-row VALUES upserts".into(),
+        figure: format!("{} rows/s", thousands(statements)),
+        baseline: format!("{} rows/s (COPY + staging upsert)", thousands(sql_path)),
+        ratio: format!("{:.2}×", statements / sql_path),
+        target: String::new(),
+        verdict: Verdict::Info,
+    });
+    for (slot, workers) in worker_counts.iter().enumerate().skip(1) {
+        let rate = median(&by_workers[slot]);
+        report.push(Row {
+            benchmark: format!("3. worker, {workers} replicas"),
+            measure: "messages/s vs 1 replica".into(),
+            figure: format!("{} msg/s", thousands(rate)),
+            baseline: format!("{} msg/s", thousands(one)),
+            ratio: format!("{:.2}×", rate / one),
+            target: "> 1× (issue 4)".into(),
+            verdict: Verdict::of(rate > one),
+        });
+    }
+    Ok(())
+}
