@@ -76,6 +76,35 @@ pub enum StreamSetupError {
     BodyStore { bucket: String, message: String },
 }
 
+impl StreamSetupError {
+    /// JetStream did not answer, or answered that it cannot serve now (no quorum in a
+    /// cluster that lost nodes, a leader election): worth retrying, unlike a refusal.
+    pub fn is_unavailable(&self) -> bool {
+        use jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind};
+        match self {
+            Self::Lookup { source, .. } => match source.kind() {
+                GetStreamErrorKind::Request => true,
+                GetStreamErrorKind::JetStream(error) => is_unavailable_code(&error),
+                _ => false,
+            },
+            Self::Create { source, .. } => match source.kind() {
+                CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => {
+                    true
+                }
+                CreateStreamErrorKind::JetStream(error) => is_unavailable_code(&error),
+                _ => false,
+            },
+            Self::Info { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// JetStream's "temporarily unavailable" answers (HTTP-like code 503).
+pub(crate) fn is_unavailable_code(error: &jetstream::Error) -> bool {
+    error.code() == 503
+}
+
 fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255

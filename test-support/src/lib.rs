@@ -10,9 +10,11 @@
 mod nats;
 mod postgres;
 mod process;
+mod proxy;
 
-pub use nats::{NatsOptions, NatsServer, nats_server_binary};
+pub use nats::{NatsCluster, NatsOptions, NatsServer, nats_server_binary};
 pub use postgres::{Postgres, PostgresOptions};
+pub use proxy::TcpProxy;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;

@@ -130,6 +130,11 @@ impl NatsServer {
         server
     }
 
+    /// The server's name (`server_name`), as JetStream reports stream leaders.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Client URL, `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
@@ -389,4 +394,122 @@ fn read_ports_file(dir: &Path, pid: u32) -> Option<(u16, u16)> {
             .next()
     };
     Some((port_of("nats")?, port_of("monitoring")?))
+}
+
+/// A JetStream cluster of real `nats-server` processes on loopback ports, routed to each
+/// other, for replicated (R3) streams. Each member is a [`NatsServer`]: stop, kill, pause
+/// and restart work per member.
+#[derive(Debug)]
+pub struct NatsCluster {
+    servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` servers and returns once they agree on a JetStream meta leader.
+    ///
+    /// # Panics
+    /// When the cluster has no meta leader within 30 s.
+    pub fn start(size: usize) -> NatsCluster {
+        static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "nomnom_{}_{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, Ordering::Relaxed)
+        );
+        let routes: Vec<u16> = (0..size).map(|_| crate::free_port()).collect();
+        let route_urls: Vec<String> = routes
+            .iter()
+            .map(|port| format!("nats-route://127.0.0.1:{port}"))
+            .collect();
+        let servers = routes
+            .iter()
+            .map(|route| {
+                NatsServer::start_with(NatsOptions {
+                    extra_config: format!(
+                        "cluster {{\n  name: {name}\n  listen: 127.0.0.1:{route}\n  routes: [{}]\n}}\n",
+                        route_urls.join(", ")
+                    ),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let cluster = NatsCluster { servers };
+        let formed = wait_until(Duration::from_secs(30), || {
+            cluster.servers.iter().all(|s| s.meta_leader().is_some())
+        });
+        assert!(
+            formed,
+            "the JetStream cluster elected no meta leader in 30 s"
+        );
+        cluster
+    }
+
+    /// Every member's client URL, comma-separated, as NATS clients take them.
+    pub fn urls(&self) -> String {
+        let urls: Vec<String> = self.servers.iter().map(NatsServer::url).collect();
+        urls.join(",")
+    }
+
+    /// Member `index`.
+    pub fn server(&mut self, index: usize) -> &mut NatsServer {
+        &mut self.servers[index]
+    }
+
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    /// The index of the member leading `stream`, as a running member reports it.
+    pub fn stream_leader(&self, stream: &str) -> Option<usize> {
+        let leader = self.servers.iter().find_map(|s| s.stream_leader(stream))?;
+        self.servers.iter().position(|s| s.name == leader)
+    }
+
+    /// Whether `stream` has a leader and all its replicas are current (caught up).
+    pub fn stream_healthy(&self, stream: &str, replicas: usize) -> bool {
+        self.servers.iter().any(|s| {
+            s.stream_cluster(stream).is_some_and(|cluster| {
+                cluster["leader"].as_str().is_some_and(|l| !l.is_empty())
+                    && cluster["replicas"].as_array().is_some_and(|peers| {
+                        peers.len() + 1 == replicas
+                            && peers.iter().all(|p| p["current"].as_bool() == Some(true))
+                    })
+            })
+        })
+    }
+}
+
+impl NatsServer {
+    fn jsz(&self, query: &str) -> Option<serde_json::Value> {
+        let (status, body) = http_get(self.monitor_port, &format!("/jsz?{query}"), POLL * 20)?;
+        if status != 200 {
+            return None;
+        }
+        serde_json::from_str(&body).ok()
+    }
+
+    fn meta_leader(&self) -> Option<String> {
+        let jsz = self.jsz("")?;
+        let leader = jsz["meta_cluster"]["leader"].as_str()?;
+        (!leader.is_empty()).then(|| leader.to_owned())
+    }
+
+    fn stream_cluster(&self, stream: &str) -> Option<serde_json::Value> {
+        let jsz = self.jsz("streams=true")?;
+        jsz["account_details"]
+            .as_array()?
+            .iter()
+            .flat_map(|account| account["stream_detail"].as_array().into_iter().flatten())
+            .find(|detail| detail["name"] == stream)
+            .map(|detail| detail["cluster"].clone())
+    }
+
+    fn stream_leader(&self, stream: &str) -> Option<String> {
+        let leader = self.stream_cluster(stream)?["leader"].as_str()?.to_owned();
+        (!leader.is_empty()).then_some(leader)
+    }
 }

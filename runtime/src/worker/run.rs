@@ -383,6 +383,7 @@ pub async fn run<S: EntitySchema>(
     let url = DatabaseUrl::parse(&config.database_url).map_err(sql::ConnectError::from)?;
     let mut conn = sql::connect(&config.database_url)?;
     migrate(&mut conn, &schema, url.kind)?;
+    warn_if_commits_are_asynchronous(&mut conn);
     if config.migrate_only {
         tracing::info!("migrations applied; exiting (--migrate-only)");
         return Ok(());
@@ -445,13 +446,15 @@ pub async fn run<S: EntitySchema>(
                 envelope: None,
             });
         }
+        if fetch_error.is_none() {
+            fetch_failures = 0;
+        }
         if deliveries.is_empty() {
             if let Some(error) = fetch_error {
                 consumer = recover_consumer(&js, &config, &mut fetch_failures, &error).await?;
             }
             continue;
         }
-        fetch_failures = 0;
         metrics::counter!("worker_messages_consumed_total").increment(deliveries.len() as u64);
         metrics::histogram!("worker_batch_size_items").record(deliveries.len() as f64);
         let redelivered = deliveries.iter().filter(|d| d.delivered > 1).count();
@@ -460,6 +463,24 @@ pub async fn run<S: EntitySchema>(
     }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Exactly-once rests on acknowledging only durable commits: with PostgreSQL's
+/// `synchronous_commit` off, a database crash can lose commits the worker has acked.
+fn warn_if_commits_are_asynchronous(conn: &mut AnyConnection) {
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        synchronous_commit: String,
+    }
+    if let AnyConnection::Postgresql(pg) = conn
+        && let Ok(setting) = diesel::sql_query("SHOW synchronous_commit").get_result::<Setting>(pg)
+        && setting.synchronous_commit == "off"
+    {
+        tracing::warn!(
+            "PostgreSQL has synchronous_commit=off: a database crash can lose rows of messages already acknowledged; set synchronous_commit=on (the default) for exactly-once"
+        );
+    }
 }
 
 /// What /ready reports.
@@ -570,9 +591,32 @@ async fn recover_consumer(
             message: error.to_owned(),
         });
     }
-    tokio::time::sleep(Duration::from_millis(200 * u64::from(*failures))).await;
-    stream::ensure_stream(js, &config.stream).await?;
-    ensure_consumer(js, config).await
+    let mut delay = Duration::from_millis(200 * u64::from(*failures));
+    loop {
+        tokio::time::sleep(delay).await;
+        // JetStream unreachable or without a quorum (a cluster that lost nodes) is not a
+        // lost stream: wait for it, logging each attempt, instead of exiting. Anything
+        // else (a refusal) ends the worker with the reason.
+        let unavailable = match stream::ensure_stream(js, &config.stream).await {
+            Err(err) if err.is_unavailable() => err.to_string(),
+            Err(err) => return Err(err.into()),
+            Ok(_) => match ensure_consumer(js, config).await {
+                Ok(consumer) => return Ok(consumer),
+                Err(WorkerError::Consumer { message, .. }) if is_unavailable_message(&message) => {
+                    message
+                }
+                Err(err) => return Err(err),
+            },
+        };
+        tracing::warn!(error = %unavailable, retry_in_ms = delay.as_millis() as u64, "JetStream unavailable; waiting for it");
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Consumer set-up errors are kept as text (see `ensure_consumer`): the request timed
+/// out, or JetStream said it is temporarily unavailable.
+fn is_unavailable_message(message: &str) -> bool {
+    message.contains("timed out") || message.contains("temporarily unavailable")
 }
 
 async fn ensure_dlq(js: &jetstream::Context, config: &WorkerConfig) -> Result<String, WorkerError> {
@@ -740,8 +784,11 @@ async fn process<S: EntitySchema>(
         }
     };
     match write_result {
-        Ok(failed) => {
-            for (index, error) in failed {
+        Ok(written) => {
+            // Redeliveries of messages already persisted (a crash between commit and
+            // ack, a replica paused past ack_wait): acknowledged, not written again.
+            metrics::counter!("worker_messages_skipped_total").increment(written.skipped as u64);
+            for (index, error) in written.refused {
                 outcomes[index] = Outcome::DeadLetter(error);
             }
         }
@@ -876,17 +923,27 @@ fn upsert_status(conn: &mut AnyConnection, record: &StatusRecord) -> diesel::Que
     }
 }
 
+/// What a committed batch did.
+#[derive(Debug, Default)]
+struct Written {
+    /// Messages the database refused (by index), with the error: to dead-letter.
+    refused: Vec<(usize, String)>,
+    /// Messages already persisted by an earlier delivery, so not written again.
+    skipped: usize,
+}
+
 /// Writes a batch in one transaction. When the data makes it fail, writes each message
-/// alone so only the bad ones are refused: returns their indexes and errors. An error
-/// for the whole batch means the database itself failed (retry later).
+/// alone so only the bad ones are refused. An error for the whole batch means the
+/// database itself failed (retry later).
 fn write_batch<S: EntitySchema>(
     schema: &S,
     conn: &mut AnyConnection,
     batch: Vec<(usize, StatusRecord, S::Rows)>,
-) -> Result<Vec<(usize, String)>, String> {
+) -> Result<Written, String> {
+    // Returns how many of `items` were already persisted (skipped).
     let write = |conn: &mut AnyConnection,
                  items: &[(usize, StatusRecord, S::Rows)]|
-     -> diesel::QueryResult<()> {
+     -> diesel::QueryResult<usize> {
         sql::write_transaction(conn, |conn| {
             // The status rows go first and fence the entity rows: only messages this
             // transaction claims (not persisted before, by anyone) contribute rows.
@@ -897,6 +954,7 @@ fn write_batch<S: EntitySchema>(
                 .map(|(_, record, _)| record.clone())
                 .collect();
             let mut claimed = claim(conn, &records)?;
+            let skipped = records.len() - claimed.len();
             let mut rows = S::Rows::default();
             for (_, record, item_rows) in items {
                 // `remove`: a message id twice in one batch contributes its rows once.
@@ -904,26 +962,35 @@ fn write_batch<S: EntitySchema>(
                     schema.merge(&mut rows, item_rows.clone());
                 }
             }
-            schema.write(conn, &rows)
+            schema.write(conn, &rows)?;
+            Ok(skipped)
         })
     };
     match write(conn, &batch) {
-        Ok(()) => Ok(Vec::new()),
+        Ok(skipped) => Ok(Written {
+            refused: Vec::new(),
+            skipped,
+        }),
         Err(err) => {
             if sql::is_transient(&err) || ping(conn).is_err() {
                 return Err(format!("database unavailable: {err}"));
             }
             tracing::warn!(error = %err, messages = batch.len(), "batch refused by the database; writing message by message");
-            let mut refused = Vec::new();
+            let mut written = Written::default();
             for item in batch {
-                if let Err(err) = write(conn, std::slice::from_ref(&item)) {
-                    if sql::is_transient(&err) || ping(conn).is_err() {
-                        return Err(format!("database unavailable: {err}"));
+                match write(conn, std::slice::from_ref(&item)) {
+                    Ok(skipped) => written.skipped += skipped,
+                    Err(err) => {
+                        if sql::is_transient(&err) || ping(conn).is_err() {
+                            return Err(format!("database unavailable: {err}"));
+                        }
+                        written
+                            .refused
+                            .push((item.0, format!("the database refused the rows: {err}")));
                     }
-                    refused.push((item.0, format!("the database refused the rows: {err}")));
                 }
             }
-            Ok(refused)
+            Ok(written)
         }
     }
 }

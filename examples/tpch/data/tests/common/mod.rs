@@ -63,9 +63,14 @@ impl Worker {
 
     /// Starts a worker with `settings` (environment variables) over the tests' defaults.
     pub fn start_with(nats: &NatsServer, database_url: &str, settings: &[(&str, &str)]) -> Worker {
+        Worker::start_on(&nats.url(), database_url, settings)
+    }
+
+    /// Like [`Worker::start_with`], for a NATS URL (a proxy, a cluster's servers).
+    pub fn start_on(nats_url: &str, database_url: &str, settings: &[(&str, &str)]) -> Worker {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_tpch-test-worker"))
-            .env("NATS_URL", nats.url())
+            .env("NATS_URL", nats_url)
             .env("DATABASE_URL", database_url)
             .env("NOMNOM_WORKER_LISTEN", format!("127.0.0.1:{port}"))
             .env("NOMNOM_BATCH_SIZE", "200")
@@ -118,15 +123,20 @@ pub async fn post_orders(nats: &NatsServer, orders: &[Value]) -> i64 {
 
 /// Starts nats-api in-process on a free port; returns its base URL once it is ready.
 pub async fn start_api(nats: &NatsServer) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("http://{}", listener.local_addr().unwrap());
-    let config = nats_api::ApiConfig {
+    start_api_with(nats_api::ApiConfig {
         nats: nomnom_runtime::NatsConfig {
             url: nats.url(),
             ..Default::default()
         },
         ..Default::default()
-    };
+    })
+    .await
+}
+
+/// Starts nats-api in-process with `config` (its listen address is ignored).
+pub async fn start_api_with(config: nats_api::ApiConfig) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(nats_api::serve_on(listener, config, std::future::pending()));
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -220,5 +230,45 @@ pub fn assert_nothing_left_running(state: &std::path::Path) {
             !state.join(format!("{name}.pid")).exists(),
             "{name} left running"
         );
+    }
+}
+
+impl Worker {
+    /// Polls `/ready` until the worker has migrated and connected.
+    pub async fn wait_ready(&self) {
+        let url = format!("http://127.0.0.1:{}/ready", self.1);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(reply) = client.get(&url).send().await
+                && reply.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "worker never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The value of counter `name` on `/metrics` (0 when not yet recorded).
+    pub async fn counter(&self, name: &str) -> u64 {
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.1))
+            .await
+            .expect("worker metrics")
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to the worker process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
     }
 }
