@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use nomnom_test_support::{NatsServer, free_port};
+use nomnom_test_support::{NatsServer, TcpProxy, free_port};
 
 struct Api {
     child: Child,
@@ -18,12 +18,16 @@ struct Api {
 
 impl Api {
     fn start(nats: &NatsServer, extra_env: &[(&str, &str)]) -> Api {
+        Api::start_on(&nats.url(), extra_env)
+    }
+
+    fn start_on(nats_url: &str, extra_env: &[(&str, &str)]) -> Api {
         let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_nats-api"));
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("NATS_URL", nats.url())
+            .env("NATS_URL", nats_url)
             .env("NOMNOM_LISTEN", format!("127.0.0.1:{port}"))
             .env("NOMNOM_LOG_FORMAT", "text")
             .env("RUST_LOG", "warn")
@@ -240,4 +244,65 @@ fn bad_configuration_fails_at_start_with_one_clear_line() {
         stderr.contains("use a number followed by ms, s, m, h or d"),
         "{stderr}"
     );
+}
+
+async fn stream_len(nats: &NatsServer) -> u64 {
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut stream = js.get_stream("MESSAGES").await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_killed_between_publish_and_reply_is_retried_into_one_message() {
+    let nats = NatsServer::start();
+    // The API reaches NATS through a proxy that can hold what NATS sends back.
+    let proxy = TcpProxy::start(nats.port());
+    let mut api = Api::start_on(&format!("nats://127.0.0.1:{}", proxy.port()), &[]);
+    proxy.hold_downstream();
+    let body = r#"{"o_orderkey": 7, "note": "retried after a crash"}"#;
+    let post = |url: String| {
+        reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "order-7-attempt")
+            .body(body)
+            .send()
+    };
+    let first = tokio::spawn(post(api.url("/api/ingest/message/order")));
+
+    // The message is stored; the stored acknowledgement is held, so no reply yet. Kill
+    // the API there.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stream_len(&nats).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the message never reached the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    api.child.kill().unwrap();
+    api.child.wait().unwrap();
+    proxy.sever();
+    let first = first.await.unwrap();
+    assert!(first.is_err(), "the client got no answer: {first:?}");
+
+    // The client retries with the same key against a restarted API: the same message,
+    // acknowledged as a duplicate, and still one message in the stream.
+    let api = Api::start(&nats, &[]);
+    let retry = post(api.url("/api/ingest/message/order")).await.unwrap();
+    assert_eq!(retry.status(), 202);
+    let reply: serde_json::Value = retry.json().await.unwrap();
+    assert_eq!(reply["duplicate"], true, "{reply}");
+    assert_eq!(stream_len(&nats).await, 1);
+    let id = reply["message_id"].as_str().unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let stored = js
+        .get_stream_no_info("MESSAGES")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&format!("messages.ingest.order.{id}"))
+        .await
+        .expect("the stored message has the id the retry was given");
+    let envelope = nomnom_runtime::Envelope::decode(stored.payload).unwrap();
+    assert_eq!(envelope.message_id.to_string(), id);
 }

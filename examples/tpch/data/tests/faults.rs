@@ -19,8 +19,14 @@ async fn worker_killed_repeatedly(url: String) {
     let orders: Vec<Value> = tpch_data::orders(0.01).take(ORDERS).collect();
     let items = post_orders(&nats, &orders).await;
 
-    // Kill the worker three times while it is writing, then let one finish.
-    for threshold in [1_000, 4_000, 7_000] {
+    // Kill the worker three times (six in the full run) while it is writing, then let
+    // one finish.
+    let thresholds: &[i64] = if common::full_reliability_run() {
+        &[1_000, 2_500, 4_000, 5_500, 7_000, 8_500]
+    } else {
+        &[1_000, 4_000, 7_000]
+    };
+    for &threshold in thresholds {
         let worker = Worker::start(&nats, &url);
         wait_for(Duration::from_secs(60), "progress", || {
             count(&url, "SELECT count(*) AS n FROM orders") >= threshold
@@ -61,14 +67,19 @@ async fn a_database_outage_loses_nothing_and_dead_letters_nothing() {
     let url = pg.create_database("outage");
     let orders: Vec<Value> = tpch_data::orders(0.002).take(ORDERS).collect();
     let _worker = Worker::start(&nats, &url);
-    let items = post_orders(&nats, &orders).await;
+    let (before, during) = orders.split_at(ORDERS / 2);
+    let mut items = post_orders(&nats, before).await;
     wait_for(Duration::from_secs(60), "progress", || {
         count(&url, "SELECT count(*) AS n FROM orders") >= 200
     })
     .await;
     pg.stop();
-    // Down for 30 s: longer than the retry delays of max_deliver attempts would last.
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Ingest goes on while the database is down.
+    items += post_orders(&nats, during).await;
+    // Down for 30 s (a minute with NOMNOM_RELIABILITY=full, as scripts/reliability.sh
+    // runs it): longer than the retry delays of max_deliver attempts would last. The
+    // sleep is the fault's length, not a synchronisation.
+    tokio::time::sleep(common::outage()).await;
     pg.restart();
     wait_for(
         Duration::from_secs(120),

@@ -272,3 +272,14 @@ impl Worker {
         assert!(status.success(), "kill -{signal}");
     }
 }
+
+/// Whether the slow, full form of the reliability scenarios runs (`scripts/reliability.sh`
+/// sets `NOMNOM_RELIABILITY=full`); CI runs the quick form.
+pub fn full_reliability_run() -> bool {
+    std::env::var("NOMNOM_RELIABILITY").is_ok_and(|v| v == "full")
+}
+
+/// How long a dependency stays down in an outage scenario.
+pub fn outage() -> Duration {
+    Duration::from_secs(if full_reliability_run() { 60 } else { 30 })
+}
