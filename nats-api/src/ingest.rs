@@ -225,9 +225,10 @@ fn byte_offset(bytes: &[u8], line: usize, column: usize) -> usize {
     (line_start + column.saturating_sub(1)).min(bytes.len())
 }
 
-/// Deepest nesting accepted: serde_json's own recursion limit, so workers can parse
-/// whatever the API accepts.
-pub const MAX_NESTING: usize = 128;
+/// Deepest nesting accepted: serde_json, which workers parse with, refuses a 128th level
+/// (its recursion limit), so the API refuses it too instead of accepting what no worker
+/// can read.
+pub const MAX_NESTING: usize = 127;
 
 /// Byte offset where arrays/objects nest deeper than `limit`, outside strings.
 fn nesting_exceeds(bytes: &[u8], limit: usize) -> Option<usize> {
@@ -285,7 +286,7 @@ fn check_json_item(bytes: &[u8]) -> Result<(), ErrorDetail<'static>> {
             ),
         });
     }
-    serde_json::from_str::<serde::de::IgnoredAny>(text)
+    serde_json::from_str::<ReadableJson>(text)
         .map(drop)
         .map_err(|e| ErrorDetail {
             code: "invalid_json",
@@ -294,6 +295,56 @@ fn check_json_item(bytes: &[u8]) -> Result<(), ErrorDetail<'static>> {
                 byte_offset(bytes, e.line(), e.column())
             ),
         })
+}
+
+/// Reads a document as the worker will (numbers included, which `IgnoredAny` skips
+/// unparsed) and keeps nothing: a number out of range such as `1e400` is refused here
+/// with a 400, not accepted and then dead-lettered.
+struct ReadableJson;
+
+impl<'de> serde::Deserialize<'de> for ReadableJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ReadableJsonVisitor)
+    }
+}
+
+struct ReadableJsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ReadableJsonVisitor {
+    type Value = ReadableJson;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<ReadableJson, E> {
+        Ok(ReadableJson)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<ReadableJson, E> {
+        Ok(ReadableJson)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<ReadableJson, E> {
+        Ok(ReadableJson)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<ReadableJson, E> {
+        Ok(ReadableJson)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<ReadableJson, E> {
+        Ok(ReadableJson)
+    }
+    fn visit_unit<E>(self) -> Result<ReadableJson, E> {
+        Ok(ReadableJson)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ReadableJson, A::Error> {
+        while seq.next_element::<ReadableJson>()?.is_some() {}
+        Ok(ReadableJson)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ReadableJson, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, ReadableJson>()?
+            .is_some()
+        {}
+        Ok(ReadableJson)
+    }
 }
 
 /// One item's outcome in a batch answer.
@@ -374,7 +425,11 @@ fn split_batch(body: &Bytes, headers: &HeaderMap) -> Result<Vec<SplitItem>, ApiE
         })?;
         return Ok(items
             .into_iter()
-            .map(|raw| (None, Ok(body.slice_ref(raw.get().as_bytes()))))
+            .map(|raw| {
+                // The array's syntax is checked; each item still gets the number checks.
+                let item = body.slice_ref(raw.get().as_bytes());
+                (None, check_json_item(&item).map(|()| item))
+            })
             .collect());
     }
     if content_type.starts_with("application/json") && !ndjson_type {
@@ -558,6 +613,10 @@ mod tests {
         assert_eq!(err.code(), "invalid_json");
         assert_eq!(check_json(b"  \n").unwrap_err().code(), "empty_body");
         assert!(check_json(br#"{"ok": [1, 2.5, "x", null]}"#).is_ok());
+        // Readable by the worker: numbers out of f64's range are refused here.
+        let err = check_json(br#"{"price": 1e400}"#).unwrap_err();
+        assert!(err.to_string().contains("number out of range"), "{err}");
+        assert!(check_json(br#"{"big": 18446744073709551616, "tiny": 1e-400}"#).is_ok());
     }
 
     #[test]

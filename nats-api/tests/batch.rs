@@ -83,6 +83,28 @@ async fn json_array_batches_are_all_or_nothing_on_syntax() {
     let empty = h.send(ndjson("/api/ingest/batch", "\n\n")).await;
     assert_eq!(empty.status, StatusCode::BAD_REQUEST);
     assert_eq!(h.stream_len().await, 3);
+
+    // Well-formed arrays still get each item checked as the worker will read it.
+    let out_of_range = h
+        .post("/api/ingest/batch", r#"[{"a":1},{"price":1e400}]"#)
+        .await;
+    assert_eq!(
+        out_of_range.status,
+        StatusCode::MULTI_STATUS,
+        "{}",
+        out_of_range.text
+    );
+    assert_eq!(out_of_range.json["accepted"], 1);
+    assert_eq!(out_of_range.json["items"][1]["status"], "rejected");
+    assert!(
+        out_of_range.json["items"][1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("number out of range"),
+        "{}",
+        out_of_range.text
+    );
+    assert_eq!(h.stream_len().await, 4);
 }
 
 #[tokio::test]

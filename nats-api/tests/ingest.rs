@@ -133,11 +133,16 @@ async fn malformed_or_empty_bodies_are_refused_with_the_position() {
     let reply = h.post("/api/ingest/message", &deep).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert!(
-        reply.error_message().contains("deeper than 128 levels"),
+        reply.error_message().contains("deeper than 127 levels"),
         "{}",
         reply.text
     );
-    let at_limit = "[".repeat(128) + &"]".repeat(128);
+    let at_limit = "[".repeat(127) + &"]".repeat(127);
+    let over_limit = "[".repeat(128) + &"]".repeat(128);
+    assert_eq!(
+        h.post("/api/ingest/message", &over_limit).await.status,
+        StatusCode::BAD_REQUEST
+    );
     assert_eq!(
         h.post("/api/ingest/message", &at_limit).await.status,
         StatusCode::ACCEPTED
@@ -314,6 +319,42 @@ async fn too_many_publishes_in_flight_get_429_with_retry_after() {
     held.await.unwrap();
     let reply = h.post("/api/ingest/message", "{}").await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "slot free again");
+}
+
+#[tokio::test]
+async fn a_full_jetstream_store_answers_507_and_loses_nothing() {
+    // The server's whole JetStream file store (not one stream's limit) runs out, as a
+    // full disk would make it.
+    let nats = NatsServer::start_with(NatsOptions {
+        max_file_store: Some(256 * 1024),
+        ..Default::default()
+    });
+    let h = Harness::start_with(nats, |_| {}).await;
+    let body = format!(r#"{{"pad":"{}"}}"#, "s".repeat(4000));
+    let mut accepted = 0u64;
+    let mut refused = None;
+    for _ in 0..200 {
+        let reply = h.post("/api/ingest/message", &body).await;
+        if reply.status == StatusCode::ACCEPTED {
+            accepted += 1;
+        } else {
+            refused = Some(reply);
+            break;
+        }
+    }
+    let refused = refused.expect("the store filled up within 200 messages");
+    assert_eq!(
+        refused.status,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "{}",
+        refused.text
+    );
+    assert!(accepted > 0);
+    assert_eq!(
+        h.stream_len().await,
+        accepted,
+        "every 202 is stored, nothing else"
+    );
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 /// Why a body could not become rows. Always permanent: the same body fails the same way.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
+#[error("{}: {message}", if path.is_empty() { "body" } else { path })]
 pub struct ParseError {
     /// JSON pointer of the value, `""` for the whole body.
     pub path: String,
@@ -98,6 +98,16 @@ pub fn optional_field<T>(
 /// A required value: present, or an error naming its path.
 pub fn required<'a>(value: Option<&'a Value>, path: &str) -> Result<&'a Value> {
     value.ok_or_else(|| ParseError::new(path, "is required"))
+}
+
+/// Every message body is one JSON object; say so instead of reporting its first field
+/// missing.
+pub fn body_object(body: &Value) -> Result<()> {
+    if body.is_object() {
+        Ok(())
+    } else {
+        Err(type_error("", "a JSON object as the message body", body))
+    }
 }
 
 fn type_error(path: &str, expected: &str, got: &Value) -> ParseError {

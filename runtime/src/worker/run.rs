@@ -720,8 +720,8 @@ async fn process<S: EntitySchema>(
                     Ok(body) => serde_json::from_slice::<Value>(&body)
                         .map_err(|e| Outcome::DeadLetter(format!("body is not JSON: {e}")))
                         .and_then(|value| {
-                            schema
-                                .parse(&envelope, &value)
+                            crate::parse::body_object(&value)
+                                .and_then(|()| schema.parse(&envelope, &value))
                                 .map_err(|e| Outcome::DeadLetter(e.to_string()))
                         }),
                 };
