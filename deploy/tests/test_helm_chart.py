@@ -51,6 +51,8 @@ VALUE_SETS: dict[str, dict] = {
         "stream": {"replicas": 3, "maxBytes": 10737418240},
         "migrations": {"job": {"enabled": True}},
     },
+    # The overlay shipped for per-component NATS users with least-privilege permissions.
+    "per-component-nats-users": yaml.safe_load((CHART / "values-nats-permissions.yaml").read_text()),
     "ingress-hpa": {
         "api": {
             "ingress": {
@@ -438,6 +440,50 @@ def test_external_nats_with_user_password_from_a_secret(rendered):
     (trigger,) = one(documents, "ScaledObject", f"{RELEASE}-worker")["spec"]["triggers"]
     assert trigger["metadata"]["natsServerMonitoringEndpoint"] == "nats.nats:8222"
     assert trigger["metadata"]["account"] == "NOMNOM"
+
+
+def permissions_conf() -> dict[str, dict]:
+    """The permission sets of deploy/nats/permissions.conf (NATS config whose values are
+    JSON), which examples/tpch/data/tests/nats_security.rs runs against a real server."""
+    text = (ROOT / "deploy" / "nats" / "permissions.conf").read_text()
+    decoder = json.JSONDecoder()
+    found = {}
+    for match in re.finditer(r"^(NOMNOM_\w+_PERMISSIONS)\s*=\s*", text, re.M):
+        found[match.group(1)], _ = decoder.raw_decode(text, match.end())
+    return found
+
+
+def test_the_helm_permissions_are_the_tested_ones():
+    users = {
+        u["user"]: u for u in VALUE_SETS["per-component-nats-users"]["nats"]["config"]["merge"]["authorization"]["users"]
+    }
+    conf = permissions_conf()
+    assert set(conf) == {"NOMNOM_API_PERMISSIONS", "NOMNOM_WORKER_PERMISSIONS"}
+    assert users["nats-api"]["permissions"] == conf["NOMNOM_API_PERMISSIONS"]
+    assert users["worker"]["permissions"] == conf["NOMNOM_WORKER_PERMISSIONS"]
+    # Least privilege, in the terms that matter: only the worker consumes and acks, only
+    # nats-api publishes ingest messages, neither may delete anything.
+    api_pub = users["nats-api"]["permissions"]["publish"]["allow"]
+    worker_pub = users["worker"]["permissions"]["publish"]["allow"]
+    assert "messages.ingest.>" in api_pub and not any(s.startswith("messages.") for s in worker_pub)
+    assert not any(".CONSUMER." in s or s.startswith("$JS.ACK") for s in api_pub)
+    assert not any(".DELETE.MESSAGES" in s or s.startswith("$JS.API.STREAM.DELETE") for s in api_pub + worker_pub)
+
+
+def test_each_component_connects_as_its_own_nats_user(rendered):
+    values = VALUE_SETS["per-component-nats-users"]
+    documents = rendered["per-component-nats-users"]
+    secrets = {"api": "nomnom-nats-api", "worker": "nomnom-nats-worker"}
+    for component, secret in secrets.items():
+        env = env_of(container(one(documents, "Deployment", f"{RELEASE}-{component}")))
+        assert env["NATS_USER"]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "user"}
+        assert env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "password"}
+    # The NATS pods take each user's password from the Secret that component reads.
+    nats_env = values["nats"]["container"]["env"]
+    for user in values["nats"]["config"]["merge"]["authorization"]["users"]:
+        (variable,) = re.fullmatch(r"<< \$(\w+) >>", user["password"]).groups()
+        component = "api" if user["user"] == "nats-api" else "worker"
+        assert nats_env[variable]["valueFrom"]["secretKeyRef"] == {"name": secrets[component], "key": "password"}
 
 
 def test_nats_dependency_disabled_and_migration_hook(rendered):

@@ -1,11 +1,10 @@
 //! NATS authentication and TLS against real nats-server processes configured that way.
 
-use std::path::Path;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use nomnom_runtime::{NatsConfig, StreamSettings, stream};
-use nomnom_test_support::{NatsOptions, NatsServer};
+use nomnom_test_support::{NatsOptions, NatsServer, TlsFiles};
 
 fn server(extra_config: String) -> NatsServer {
     NatsServer::start_with(NatsOptions {
@@ -98,47 +97,15 @@ async fn nkey() {
     .await;
 }
 
-/// A private CA, a server certificate for 127.0.0.1, and a client certificate.
-fn write_certificates(dir: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    for (name, names) in [
-        (
-            "server",
-            vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
-        ),
-        ("client", vec!["nomnom-client".to_owned()]),
-    ] {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
-    }
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-}
-
 #[tokio::test]
 async fn mutual_tls_with_a_private_ca() {
     let certs = tempfile::tempdir().unwrap();
-    let dir = certs.path();
-    write_certificates(dir);
-    let nats = server(format!(
-        "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n  timeout: 2\n}}",
-        dir.join("server.pem"),
-        dir.join("server-key.pem"),
-        dir.join("ca.pem")
-    ));
+    let files = TlsFiles::write(certs.path());
+    let nats = server(files.nats_server_block());
     let tls = NatsConfig {
-        tls_ca: Some(dir.join("ca.pem")),
-        tls_cert: Some(dir.join("client.pem")),
-        tls_key: Some(dir.join("client-key.pem")),
+        tls_ca: Some(files.ca.clone()),
+        tls_cert: Some(files.client_cert.clone()),
+        tls_key: Some(files.client_key.clone()),
         ..config(&nats)
     };
     assert_works(tls.clone()).await;

@@ -11,10 +11,12 @@ mod nats;
 mod postgres;
 mod process;
 mod proxy;
+mod tls;
 
 pub use nats::{NatsCluster, NatsOptions, NatsServer, nats_server_binary};
 pub use postgres::{Postgres, PostgresOptions};
 pub use proxy::TcpProxy;
+pub use tls::TlsFiles;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;

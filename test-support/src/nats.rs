@@ -249,6 +249,12 @@ impl NatsServer {
     }
 
     /// The last 40 lines of the server's log, for failure messages.
+    /// The server's whole log so far (for asserting what it reported, such as
+    /// permission violations).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
     pub fn log_tail(&self) -> String {
         tail(&self.log_path(), 40)
     }

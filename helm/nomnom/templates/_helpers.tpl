@@ -97,86 +97,90 @@ headless service: KEDA prefixes the consumer leader's server name (its pod name)
 {{- end }}
 {{- end }}
 
-{{/* Environment shared by nats-api and the worker: NATS connection and stream. */}}
+{{/* Environment shared by nats-api and the worker: NATS connection and stream.
+     (dict "ctx" $ "component" "api"|"worker"): each component may have its own NATS
+     user (natsAuth.workerExistingSecret), with its own permissions. */}}
 {{- define "nomnom.natsEnv" -}}
-{{- $auth := .Values.natsAuth }}
-{{- if and (not .Values.nats.enabled) .Values.externalNats.urlSecretKey }}
+{{- $ctx := .ctx }}
+{{- $auth := $ctx.Values.natsAuth }}
+{{- $secret := include "nomnom.natsSecret" . }}
+{{- if and (not $ctx.Values.nats.enabled) $ctx.Values.externalNats.urlSecretKey }}
 - name: NATS_URL
   valueFrom:
     secretKeyRef:
       name: {{ required "natsAuth.existingSecret is required with externalNats.urlSecretKey" $auth.existingSecret }}
-      key: {{ .Values.externalNats.urlSecretKey }}
+      key: {{ $ctx.Values.externalNats.urlSecretKey }}
 {{- else }}
 - name: NATS_URL
-  value: {{ include "nomnom.natsUrl" . | quote }}
+  value: {{ include "nomnom.natsUrl" $ctx | quote }}
 {{- end }}
 {{- if eq $auth.method "userPassword" }}
 - name: NATS_USER
   valueFrom:
     secretKeyRef:
-      name: {{ required "natsAuth.existingSecret is required for natsAuth.method=userPassword" $auth.existingSecret }}
+      name: {{ required "natsAuth.existingSecret is required for natsAuth.method=userPassword" $secret }}
       key: {{ $auth.keys.user }}
 - name: NATS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ $auth.existingSecret }}
+      name: {{ $secret }}
       key: {{ $auth.keys.password }}
 {{- else if eq $auth.method "token" }}
 - name: NATS_TOKEN
   valueFrom:
     secretKeyRef:
-      name: {{ required "natsAuth.existingSecret is required for natsAuth.method=token" $auth.existingSecret }}
+      name: {{ required "natsAuth.existingSecret is required for natsAuth.method=token" $secret }}
       key: {{ $auth.keys.token }}
 {{- else if eq $auth.method "nkeySeed" }}
 - name: NATS_NKEY_SEED
   valueFrom:
     secretKeyRef:
-      name: {{ required "natsAuth.existingSecret is required for natsAuth.method=nkeySeed" $auth.existingSecret }}
+      name: {{ required "natsAuth.existingSecret is required for natsAuth.method=nkeySeed" $secret }}
       key: {{ $auth.keys.nkeySeed }}
 {{- else if eq $auth.method "creds" }}
 - name: NATS_CREDS
   value: /etc/nomnom/nats-creds/{{ $auth.keys.creds }}
 {{- end }}
-{{- if .Values.natsTls.enabled }}
+{{- if $ctx.Values.natsTls.enabled }}
 - name: NATS_TLS_CA
-  value: /etc/nomnom/nats-tls/{{ .Values.natsTls.caKey }}
-{{- if .Values.natsTls.clientCertificate }}
+  value: /etc/nomnom/nats-tls/{{ $ctx.Values.natsTls.caKey }}
+{{- if $ctx.Values.natsTls.clientCertificate }}
 - name: NATS_TLS_CERT
-  value: /etc/nomnom/nats-tls/{{ .Values.natsTls.certKey }}
+  value: /etc/nomnom/nats-tls/{{ $ctx.Values.natsTls.certKey }}
 - name: NATS_TLS_KEY
-  value: /etc/nomnom/nats-tls/{{ .Values.natsTls.keyKey }}
+  value: /etc/nomnom/nats-tls/{{ $ctx.Values.natsTls.keyKey }}
 {{- end }}
-{{- if .Values.natsTls.require }}
+{{- if $ctx.Values.natsTls.require }}
 - name: NATS_REQUIRE_TLS
   value: "true"
 {{- end }}
 {{- end }}
 - name: NOMNOM_STREAM
-  value: {{ .Values.stream.name | quote }}
+  value: {{ $ctx.Values.stream.name | quote }}
 - name: NOMNOM_STREAM_REPLICAS
-  value: {{ include "nomnom.streamReplicas" . | quote }}
+  value: {{ include "nomnom.streamReplicas" $ctx | quote }}
 - name: NOMNOM_STREAM_MAX_AGE
-  value: {{ .Values.stream.maxAge | quote }}
+  value: {{ $ctx.Values.stream.maxAge | quote }}
 - name: NOMNOM_STREAM_MAX_BYTES
-  value: {{ include "nomnom.scalar" .Values.stream.maxBytes | quote }}
+  value: {{ include "nomnom.scalar" $ctx.Values.stream.maxBytes | quote }}
 - name: NOMNOM_DUPLICATE_WINDOW
-  value: {{ .Values.stream.duplicateWindow | quote }}
-{{- with .Values.stream.subjects }}
+  value: {{ $ctx.Values.stream.duplicateWindow | quote }}
+{{- with $ctx.Values.stream.subjects }}
 - name: NOMNOM_STREAM_SUBJECTS
   value: {{ . | quote }}
 {{- end }}
-{{- with .Values.stream.subjectPrefix }}
+{{- with $ctx.Values.stream.subjectPrefix }}
 - name: NOMNOM_SUBJECT_PREFIX
   value: {{ . | quote }}
 {{- end }}
-{{- with .Values.stream.bodyBucket }}
+{{- with $ctx.Values.stream.bodyBucket }}
 - name: NOMNOM_BODY_BUCKET
   value: {{ . | quote }}
 {{- end }}
 - name: NOMNOM_LOG_FORMAT
-  value: {{ .Values.logFormat | quote }}
+  value: {{ $ctx.Values.logFormat | quote }}
 - name: RUST_LOG
-  value: {{ .Values.logLevel | quote }}
+  value: {{ $ctx.Values.logLevel | quote }}
 {{- end }}
 
 {{- define "nomnom.databaseEnv" -}}
@@ -195,32 +199,45 @@ headless service: KEDA prefixes the consumer leader's server name (its pod name)
 {{- end }}
 {{- end }}
 
-{{/* Volumes for NATS credentials and TLS files, when configured. */}}
+{{/* The Secret with a component's NATS credentials: (dict "ctx" $ "component" ...). */}}
+{{- define "nomnom.natsSecret" -}}
+{{- $auth := .ctx.Values.natsAuth }}
+{{- if and (eq .component "worker") $auth.workerExistingSecret }}
+{{- $auth.workerExistingSecret }}
+{{- else }}
+{{- $auth.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes for NATS credentials and TLS files, when configured: (dict "ctx" $ "component" ...). */}}
 {{- define "nomnom.natsVolumes" -}}
-{{- if eq .Values.natsAuth.method "creds" }}
+{{- $ctx := .ctx }}
+{{- $secret := include "nomnom.natsSecret" . }}
+{{- if eq $ctx.Values.natsAuth.method "creds" }}
 - name: nats-creds
   secret:
-    secretName: {{ required "natsAuth.existingSecret is required for natsAuth.method=creds" .Values.natsAuth.existingSecret }}
+    secretName: {{ required "natsAuth.existingSecret is required for natsAuth.method=creds" $secret }}
     defaultMode: 0440
     items:
-      - key: {{ .Values.natsAuth.keys.creds }}
-        path: {{ .Values.natsAuth.keys.creds }}
+      - key: {{ $ctx.Values.natsAuth.keys.creds }}
+        path: {{ $ctx.Values.natsAuth.keys.creds }}
 {{- end }}
-{{- if .Values.natsTls.enabled }}
+{{- if $ctx.Values.natsTls.enabled }}
 - name: nats-tls
   secret:
-    secretName: {{ required "natsTls.existingSecret is required with natsTls.enabled" .Values.natsTls.existingSecret }}
+    secretName: {{ required "natsTls.existingSecret is required with natsTls.enabled" $ctx.Values.natsTls.existingSecret }}
     defaultMode: 0440
 {{- end }}
 {{- end }}
 
 {{- define "nomnom.natsVolumeMounts" -}}
-{{- if eq .Values.natsAuth.method "creds" }}
+{{- $ctx := .ctx }}
+{{- if eq $ctx.Values.natsAuth.method "creds" }}
 - name: nats-creds
   mountPath: /etc/nomnom/nats-creds
   readOnly: true
 {{- end }}
-{{- if .Values.natsTls.enabled }}
+{{- if $ctx.Values.natsTls.enabled }}
 - name: nats-tls
   mountPath: /etc/nomnom/nats-tls
   readOnly: true
