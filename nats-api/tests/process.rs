@@ -306,3 +306,43 @@ async fn an_api_killed_between_publish_and_reply_is_retried_into_one_message() {
     let envelope = nomnom_runtime::Envelope::decode(stored.payload).unwrap();
     assert_eq!(envelope.message_id.to_string(), id);
 }
+
+#[tokio::test]
+async fn a_key_revoked_in_the_file_is_refused_after_sighup_and_nothing_it_sent_is_stored() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("api-keys");
+    std::fs::write(&keys, "# ingest clients\nkey-old\nkey-kept\n").unwrap();
+    let api = Api::start(&nats, &[("NOMNOM_API_KEYS_FILE", keys.to_str().unwrap())]);
+    let client = reqwest::Client::new();
+    let post = |key: Option<&'static str>| {
+        let mut request = client
+            .post(api.url("/api/ingest/message"))
+            .header("content-type", "application/json")
+            .body("{\"n\":1}");
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post(Some("key-old")).await, 202);
+    assert_eq!(post(Some("key-kept")).await, 202);
+    assert_eq!(post(None).await, 401, "missing key");
+    assert_eq!(post(Some("key-new")).await, 401, "not yet issued");
+
+    // Revoke one key and issue another, then tell the running process.
+    std::fs::write(&keys, "key-kept\nkey-new\n").unwrap();
+    api.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while post(Some("key-new")).await != 202 {
+        assert!(Instant::now() < deadline, "the new key never took effect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(post(Some("key-old")).await, 401, "revoked");
+    assert_eq!(post(Some("key-kept")).await, 202);
+    assert_eq!(
+        stream_len(&nats).await,
+        4,
+        "only the requests that got a 202 were published"
+    );
+}
