@@ -71,6 +71,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "nats-api", version, about)]
 pub struct ApiArgs {
+    #[command(subcommand)]
+    pub command: Option<nomnom_runtime::healthcheck::Command>,
     /// Address to listen on.
     #[arg(long, env = "NOMNOM_LISTEN", default_value = defaults::API_LISTEN)]
     pub listen: SocketAddr,

@@ -1,12 +1,18 @@
 //! The `nats-api` binary: parse flags, set up logging, run until SIGTERM.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use nats_api::{ApiArgs, server::shutdown_signal};
+use nomnom_runtime::healthcheck;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let args = ApiArgs::parse();
+    if let Some(healthcheck::Command::Healthcheck { path }) = &args.command {
+        return Ok(healthcheck::exit_code(args.listen, path));
+    }
     nomnom_runtime::telemetry::init(args.log_format);
     nats_api::run(args.to_config(), shutdown_signal()).await?;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -346,3 +346,48 @@ async fn a_key_revoked_in_the_file_is_refused_after_sighup_and_nothing_it_sent_i
         "only the requests that got a 202 were published"
     );
 }
+
+/// `nats-api healthcheck [path]`, as the image's HEALTHCHECK and compose run it.
+fn healthcheck(listen_port: u16, path: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_nats-api"))
+        .env_clear()
+        .env("NOMNOM_LISTEN", format!("0.0.0.0:{listen_port}"))
+        .args(["healthcheck", path])
+        .output()
+        .expect("run nats-api healthcheck")
+}
+
+#[test]
+fn the_healthcheck_subcommand_probes_the_running_api_on_its_listen_port() {
+    let mut nats = NatsServer::start();
+    let api = Api::start(&nats, &[]);
+    for path in ["/health", "/ready"] {
+        let probe = healthcheck(api.port, path);
+        assert!(probe.status.success(), "{path}: {probe:?}");
+    }
+    // NATS gone: alive, but not ready.
+    nats.kill();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let probe = healthcheck(api.port, "/ready");
+        if !probe.status.success() {
+            let stderr = String::from_utf8_lossy(&probe.stderr);
+            assert!(stderr.starts_with("unhealthy: "), "{stderr}");
+            assert!(stderr.contains("503"), "{stderr}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/ready never failed without NATS"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(healthcheck(api.port, "/health").status.success());
+    // Nothing listening: a clear failure, not a hang.
+    let nobody = healthcheck(free_port(), "/health");
+    assert_eq!(nobody.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&nobody.stderr).contains("cannot connect"),
+        "{nobody:?}"
+    );
+}

@@ -9,6 +9,7 @@ pub mod defaults;
 pub mod dlq;
 pub mod duration;
 pub mod envelope;
+pub mod healthcheck;
 pub mod metrics;
 pub mod nats;
 pub mod parse;

@@ -44,6 +44,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, Parser)]
 #[command(about = "A nomnom worker: consumes the stream and writes rows")]
 pub struct WorkerArgs {
+    #[command(subcommand)]
+    pub command: Option<crate::healthcheck::Command>,
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
@@ -260,6 +262,9 @@ pub enum WorkerError {
 /// Entry point of a generated worker binary.
 pub fn main<S: EntitySchema>(schema: S) -> ExitCode {
     let args = WorkerArgs::parse();
+    if let Some(crate::healthcheck::Command::Healthcheck { path }) = &args.command {
+        return crate::healthcheck::exit_code(args.listen, path);
+    }
     telemetry::init(args.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -250,6 +250,16 @@ async fn the_worker_serves_health_readiness_and_metrics() {
             .status(),
         200
     );
+    // The image's HEALTHCHECK: the worker binary probes its own listen address.
+    for path in ["/health", "/ready"] {
+        let probe = Command::new(env!("CARGO_BIN_EXE_tpch-test-worker"))
+            .env_clear()
+            .env("NOMNOM_WORKER_LISTEN", format!("0.0.0.0:{}", worker.1))
+            .args(["healthcheck", path])
+            .output()
+            .unwrap();
+        assert!(probe.status.success(), "{path}: {probe:?}");
+    }
     let orders: Vec<Value> = tpch_data::orders(0.002).take(50).collect();
     post_orders(&nats, &orders).await;
     wait_for(Duration::from_secs(30), "50 orders", || {
