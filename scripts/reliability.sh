@@ -11,5 +11,5 @@ export NOMNOM_RELIABILITY=full
 # More random specs compiled by the generator fuzz test.
 export NOMNOM_FUZZ_SPECS="${NOMNOM_FUZZ_SPECS:-20}"
 exec cargo nextest run --workspace --locked --profile ci --no-fail-fast \
-  -E 'binary(crashes) | binary(cluster) | binary(faults) | binary(delivery) | binary(process) | binary(ingest) | binary(endpoints)' \
+  -E 'binary(crashes) | binary(cluster) | binary(faults) | binary(delivery) | binary(process) | binary(ingest) | binary(endpoints) | binary(fuzz)' \
   "$@"
