@@ -199,7 +199,8 @@ pub fn known_keys() -> Vec<(&'static str, &'static [&'static str])> {
 /// Every unknown key in `text`, or `None` if the YAML itself cannot be read (the typed
 /// parse then reports the syntax error).
 pub fn unknown_keys(text: &str) -> Option<Vec<Problem>> {
-    let root: Spanned<Node> = serde_saphyr::from_str(text).ok()?;
+    let root: Spanned<Node> =
+        serde_saphyr::from_str_with_options(text, crate::spec::options()).ok()?;
     let mut problems = Vec::new();
     check(&root.value, Level::File, &mut problems);
     Some(problems)

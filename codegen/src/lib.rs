@@ -46,7 +46,7 @@ pub fn load_str(file: &str, text: &str) -> Result<model::Project, LoadError> {
     // Unknown keys (all of them) and every other problem, in one report.
     let mut problems = keys::unknown_keys(text).unwrap_or_default();
     match spec::parse(text) {
-        Err(err) => problems.push(yaml_problem(&err)),
+        Err(err) => problems.push(yaml_problem(&err, text)),
         Ok(parsed) => match validate::validate(&parsed) {
             Ok(project) if problems.is_empty() => return Ok(project),
             Ok(_) => {}
@@ -64,7 +64,7 @@ pub fn load_str(file: &str, text: &str) -> Result<model::Project, LoadError> {
 
 /// A YAML syntax or shape error as a problem with its location, and a "did you mean"
 /// for misspelt keys.
-fn yaml_problem(err: &serde_saphyr::Error) -> Problem {
+fn yaml_problem(err: &serde_saphyr::Error, source: &str) -> Problem {
     let text = err.to_string();
     let first_line = text.lines().next().unwrap_or("invalid YAML").to_owned();
     let mut message = first_line
@@ -89,8 +89,23 @@ fn yaml_problem(err: &serde_saphyr::Error) -> Problem {
     );
     if let Some(location) = err.location() {
         let span = location.span();
-        let offset = span.byte_offset().unwrap_or(span.offset()) as usize;
-        let len = (span.byte_len().unwrap_or(span.len()) as usize).max(1);
+        let mut offset = span.byte_offset().unwrap_or(span.offset()) as usize;
+        let mut len = (span.byte_len().unwrap_or(span.len()) as usize).max(1);
+        // Kept inside the text: "unexpected end of input" comes one byte past its end,
+        // and miette then showed the line without the label (found by tests/fuzz.rs).
+        // Such a problem points at the last character instead.
+        if offset + len > source.len() {
+            match source.char_indices().last() {
+                Some((last, c)) if offset >= source.len() => {
+                    offset = last;
+                    len = c.len_utf8();
+                }
+                _ => {
+                    offset = offset.min(source.len());
+                    len = source.len() - offset;
+                }
+            }
+        }
         problem.span = Some(miette::SourceSpan::new(offset.into(), len));
         problem.label = if message.contains("unknown field") {
             "unknown key".into()

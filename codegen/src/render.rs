@@ -164,6 +164,8 @@ struct FieldView {
     postgres_type: String,
     sqlite_type: String,
     diesel_type: String,
+    /// The column's Rust name in the Diesel schema (see [`diesel_names`]).
+    diesel_name: String,
     nullable: bool,
     /// Statics the parse expression uses (regexes, defaults).
     statics: Vec<String>,
@@ -190,6 +192,9 @@ struct EntityView {
     key_fields: Vec<FieldView>,
     key: Vec<String>,
     primary_key: Vec<String>,
+    /// The table's Rust name in the Diesel schema, and its primary key there.
+    diesel_table: String,
+    diesel_primary_key: Vec<String>,
     unique: Vec<Vec<String>>,
     indexes: Vec<(String, Vec<String>)>,
     write_mode: &'static str,
@@ -199,6 +204,10 @@ struct EntityView {
     parent: Option<String>,
     parent_type: Option<String>,
     has_operation: bool,
+    /// Whether a description becomes a doc attribute of the model.
+    has_docs: bool,
+    /// Whether any field is read from the body (not all from the parent).
+    reads_body: bool,
     operation_tokens: Vec<String>,
     operation_create: Vec<String>,
     operation_upsert: Vec<String>,
@@ -214,7 +223,32 @@ fn rust_string(text: &str) -> String {
 /// Doc text that can neither break out of its attribute nor become a doctest.
 fn doc_text(text: &Option<String>) -> Option<String> {
     text.as_ref()
+        // A blank description made `#[doc = " "]`, which clippy's empty_docs refuses
+        // under -D warnings (found by tests/fuzz.rs): no doc at all instead.
+        .filter(|t| !t.trim().is_empty())
         .map(|t| rust_string(&format!(" {}", t.replace("```", "'''"))))
+}
+
+/// A TOML basic string for arbitrary text. Not JSON's encoding (which the template
+/// used): JSON leaves DEL (U+007F) raw, and TOML forbids it in strings, so a description
+/// holding one made a Cargo.toml that cargo refuses (found by tests/fuzz.rs).
+fn toml_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn tokens_literal(tokens: &[String]) -> String {
@@ -422,6 +456,12 @@ fn field_view(entity: &Entity, field: &Field) -> FieldView {
         .as_ref()
         .and_then(|link| link.keys.iter().find(|(child, _)| *child == field.name))
         .map(|(_, parent)| parent.clone());
+    // A field filled from the parent reads nothing from the body: its pattern and default
+    // statics were never used, which rustc's dead_code lint refuses under -D warnings
+    // (found by tests/fuzz.rs). The parent's value was checked when the parent was read.
+    if parent_key.is_some() {
+        statics.clear();
+    }
     let is_copy = !matches!(
         field.field_type,
         FieldType::String { .. } | FieldType::Text | FieldType::Decimal { .. } | FieldType::Json
@@ -473,6 +513,7 @@ fn field_view(entity: &Entity, field: &Field) -> FieldView {
         } else {
             diesel.to_owned()
         },
+        diesel_name: field.name.clone(),
         nullable: field.nullable,
         statics,
     }
@@ -490,12 +531,74 @@ fn index_name(table: &str, columns: &[String]) -> String {
     format!("{}_{hash:08x}", &name[..54])
 }
 
+/// Column names that Diesel's `table!` defines itself in a table's module.
+const DIESEL_COLUMN_NAMES: &[&str] = &[
+    "table",
+    "star",
+    "columns",
+    "dsl",
+    "all_columns",
+    "is_nullable",
+    "diesel",
+    // A `let q` inside the macro's expansion becomes a pattern matching the column.
+    "q",
+];
+
+/// Whether Diesel's `table!` needs the column under another Rust name.
+fn diesel_reserved(column: &str, table: &str) -> bool {
+    // The expansion's own parameters are named `__diesel_internal_…`.
+    column == table
+        || DIESEL_COLUMN_NAMES.contains(&column)
+        || column.starts_with("__diesel_internal")
+}
+
+/// Rust names for a table and its columns in the Diesel schema, the SQL names kept with
+/// `#[sql_name]` where they differ. Diesel's `table!` refuses a column named like its
+/// table, its own items (`star`, `table`, `columns`, …) clash with columns of those
+/// names, and a table or column named `diesel` hides the `diesel` crate from the macro:
+/// each made the generated crate fail to compile (found by tests/fuzz.rs).
+fn diesel_names(project: &Project, entity: &Entity, fields: &mut [FieldView]) -> String {
+    let taken_tables: Vec<&str> = project.entities.iter().map(|e| e.table.as_str()).collect();
+    let mut table = entity.table.clone();
+    if table == "diesel" {
+        while taken_tables.contains(&table.as_str()) {
+            table.push('_');
+        }
+    }
+    let mut used: Vec<String> = fields.iter().map(|f| f.name.clone()).collect();
+    for field in fields.iter_mut() {
+        if diesel_reserved(&field.name, &table) {
+            let mut name = field.name.clone();
+            while diesel_reserved(&name, &table) || used.contains(&name) {
+                if name.starts_with("__diesel_internal") {
+                    name.insert(0, 'c');
+                }
+                name.push('_');
+            }
+            used.push(name.clone());
+            field.diesel_name = name;
+        }
+    }
+    table
+}
+
 fn entity_view(project: &Project, entity: &Entity) -> EntityView {
     let operation = entity.operation.as_ref();
-    let fields: Vec<FieldView> = entity
+    let mut fields: Vec<FieldView> = entity
         .fields
         .iter()
         .map(|f| field_view(entity, f))
+        .collect();
+    let diesel_table = diesel_names(project, entity, &mut fields);
+    let diesel_primary_key = entity
+        .primary_key
+        .iter()
+        .map(|k| {
+            fields
+                .iter()
+                .find(|f| f.name == *k)
+                .map_or_else(|| k.clone(), |f| f.diesel_name.clone())
+        })
         .collect();
     let key_fields = entity
         .upsert_key
@@ -513,6 +616,8 @@ fn entity_view(project: &Project, entity: &Entity) -> EntityView {
         key_fields,
         key: entity.upsert_key.clone(),
         primary_key: entity.primary_key.clone(),
+        diesel_table,
+        diesel_primary_key,
         unique: {
             let mut unique = entity.unique.clone();
             if entity.upsert_key != entity.primary_key && !entity.upsert_key.is_empty() {
@@ -556,6 +661,18 @@ fn entity_view(project: &Project, entity: &Entity) -> EntityView {
             .and_then(|l| project.entity(&l.entity))
             .map(|p| p.type_name.clone()),
         has_operation: operation.is_some(),
+        // Markdown in descriptions tripped clippy's doc lints (`- [a]: b` is
+        // doc_nested_refdefs) under -D warnings (found by tests/fuzz.rs): models with
+        // docs allow those lint groups.
+        has_docs: doc_text(&entity.description).is_some()
+            || entity
+                .fields
+                .iter()
+                .any(|f| doc_text(&f.description).is_some()),
+        // A child whose fields all come from its parent read neither `body` nor `path`,
+        // and the unused parameters failed the build under -D warnings (found by
+        // tests/fuzz.rs).
+        reads_body: entity.fields.iter().any(|f| !f.from_parent),
         operation_tokens: operation
             .map(|o| o.field.tokens.iter().map(|t| rust_string(t)).collect())
             .unwrap_or_default(),
@@ -700,7 +817,26 @@ pub fn render(project: &Project, options: &RenderOptions) -> Result<Files, Rende
     context.insert("project", project);
     context.insert("entities", &entities);
     context.insert("roots", &roots);
+    // rustc's non_snake_case lint refuses `a__b` (an inner double underscore), which the
+    // spec's identifiers allow: modules and fields of such names made the crate fail
+    // under `-D warnings` (found by tests/fuzz.rs). Only such specs get the `allow`.
+    context.insert(
+        "allow_non_snake_case",
+        &project.entities.iter().any(|e| {
+            std::iter::once(&e.name)
+                .chain(e.fields.iter().map(|f| &f.name))
+                .any(|n| n.trim_matches('_').contains("__"))
+        }),
+    );
     context.insert("spec_name", &options.spec_name);
+    context.insert(
+        "cargo_description",
+        &project
+            .description
+            .as_deref()
+            .filter(|d| !d.is_empty())
+            .map(toml_string),
+    );
     context.insert(
         "discriminator",
         &project.discriminator.as_ref().map(|d| {

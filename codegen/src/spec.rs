@@ -139,5 +139,22 @@ pub struct FieldSpec {
 /// Parses the YAML. Syntax errors, type errors and unknown keys come back as
 /// serde-saphyr errors with their location.
 pub fn parse(source: &str) -> Result<SpecFile, serde_saphyr::Error> {
-    serde_saphyr::from_str(source)
+    serde_saphyr::from_str_with_options(source, options())
+}
+
+/// Deepest nesting of collections a spec may have. A spec needs about 2 levels per level
+/// of `children`, so this leaves room for 14 of them.
+pub const MAX_DEPTH: usize = 32;
+
+/// How every pass reads the YAML. serde-saphyr's default limits (64 levels, 255 nested
+/// flow collections) let a few dozen levels of `{a: {a: …}}` or `[[[…]]]` overflow a
+/// 2 MiB thread stack (a debug build's default for threads other than `main`), an
+/// abort rather than an error (found by tests/fuzz.rs).
+pub fn options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: MAX_DEPTH,
+            flow_nesting_limit: MAX_DEPTH,
+        },
+    }
 }

@@ -15,6 +15,12 @@ use crate::spec::{EntitySpec, FieldSpec, SpecFile};
 /// PostgreSQL truncates longer identifiers silently.
 pub const MAX_IDENTIFIER_BYTES: usize = 63;
 
+/// PostgreSQL's largest `VARCHAR(n)`.
+pub const MAX_VARCHAR: u32 = 10_485_760;
+
+/// Fields of one entity at most: the generated Diesel schema's table size.
+pub const MAX_FIELDS: usize = 32;
+
 /// Rust keywords (strict and reserved): not usable as field or entity names.
 const RUST_KEYWORDS: &[&str] = &[
     "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern",
@@ -69,6 +75,18 @@ fn identifier_problem(name: &Spanned<String>, what: &str) -> Option<Problem> {
             ))
         };
         return Some(problem);
+    }
+    // `_` alone is Rust's wildcard, not an identifier: a field named `_` gave
+    // `pub _: T`, which does not parse (found by tests/fuzz.rs).
+    if text == "_" {
+        return Some(
+            Problem::new(
+                "invalid_identifier",
+                format!("{what} \"_\" is not a valid identifier"),
+            )
+            .at(name, "a wildcard in Rust")
+            .help("add a letter or digit, for example \"_1\" or \"value\""),
+        );
     }
     if text.len() > MAX_IDENTIFIER_BYTES {
         return Some(
@@ -197,12 +215,22 @@ pub fn validate(spec: &SpecFile) -> Result<Project, Vec<Problem>> {
             .value
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        && project.value.len() <= 50;
+        && project.value.len() <= 50
+        // One separator at a time and none last: the crate's Rust name is the project's
+        // with `-` → `_`, plus `_worker`, and `a--b` or `a-` gave `a__b_worker` or
+        // `a__worker`, which rustc's non_snake_case lint refuses under -D warnings
+        // (found by tests/fuzz.rs).
+        && !project
+            .value
+            .as_bytes()
+            .windows(2)
+            .any(|w| matches!(w[0], b'_' | b'-') && matches!(w[1], b'_' | b'-'))
+        && !project.value.ends_with(['_', '-']);
     if !project_ok {
         v.problems.push(
             Problem::new("invalid_project", format!("project name {:?} cannot name a crate", project.value))
-                .at(project, "not of the form [a-z][a-z0-9_-]*")
-                .help("use lower-case ASCII letters, digits, '-' and '_', starting with a letter, at most 50 characters"),
+                .at(project, "not of the form [a-z][a-z0-9]*([_-][a-z0-9]+)*")
+                .help("use lower-case ASCII letters and digits, separated by single '-' or '_', starting with a letter, at most 50 characters"),
         );
     }
     if spec.entities.is_empty() {
@@ -215,6 +243,7 @@ pub fn validate(spec: &SpecFile) -> Result<Project, Vec<Problem>> {
         v.entity(entity, None);
     }
     v.check_routing(spec);
+    v.check_operation_names(spec);
     if v.problems.is_empty() {
         let discriminator = spec
             .routing
@@ -252,7 +281,23 @@ impl Validator {
             );
         }
         let type_name = to_pascal(&name);
-        if RESERVED_TYPE_NAMES.contains(&type_name.as_str()) {
+        // The Rust type name drops underscores: `__` gave no name at all and `_1` gave
+        // `1`, neither an identifier, and the generated crate did not parse (found by
+        // tests/fuzz.rs).
+        let type_name_ok = type_name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic());
+        if !type_name_ok && !name.is_empty() && identifier_problem(&spec.name, "").is_none() {
+            self.problems.push(
+                Problem::new(
+                    "invalid_identifier",
+                    format!("entity {name:?} would be the Rust type {type_name:?}, which is not an identifier"),
+                )
+                .at(&spec.name, "no letter after the underscores")
+                .help("start the entity name with a letter, for example \"e_1\""),
+            );
+        } else if RESERVED_TYPE_NAMES.contains(&type_name.as_str()) {
             self.problems.push(
                 Problem::new("reserved_identifier", format!("entity {name:?} would be the Rust type {type_name}, which the generated code uses itself"))
                     .at(&spec.name, "reserved type name")
@@ -291,6 +336,20 @@ impl Validator {
                 }
                 .help("nomnom's own tables start with nomnom_; pick another table name"),
             );
+        } else if table.starts_with("sqlite_") {
+            // SQLite reserves these names ("object name reserved for internal use"): the
+            // SQLite migration failed (found by tests/fuzz.rs).
+            let problem = Problem::new(
+                "reserved_identifier",
+                format!("table {table:?} uses the prefix sqlite_, which SQLite reserves"),
+            );
+            self.problems.push(
+                match &spec.table {
+                    Some(t) => problem.at(t, "reserved prefix"),
+                    None => problem.at(&spec.name, "reserved prefix"),
+                }
+                .help("pick another table name, with `table:` if the entity keeps its name"),
+            );
         } else if self.tables.insert(table.clone(), ()).is_some() {
             let problem = Problem::new(
                 "duplicate_table",
@@ -328,6 +387,21 @@ impl Validator {
                 Problem::new("no_fields", format!("entity {name:?} has no fields"))
                     .at(&spec.name, "no fields")
                     .help("add fields under `fields:`"),
+            );
+        }
+        // The generated Diesel schema is built with Diesel's `32-column-tables`: a wider
+        // table did not compile (found by tests/fuzz.rs).
+        if spec.fields.len() > MAX_FIELDS {
+            self.problems.push(
+                Problem::new(
+                    "too_many_fields",
+                    format!(
+                        "entity {name:?} has {} fields, more than {MAX_FIELDS}",
+                        spec.fields.len()
+                    ),
+                )
+                .at(&spec.name, "too many fields")
+                .help("split the entity, for example into a child entity, or keep rarely used values in a json field"),
             );
         }
         let field_names: Vec<&str> = spec.fields.iter().map(|f| f.name.value.as_str()).collect();
@@ -404,6 +478,39 @@ impl Validator {
             .iter()
             .map(|i| key(self, i, "indexes", false))
             .collect();
+
+        // An empty list gave `UNIQUE ()` or `CREATE INDEX … ()`, and a column named twice
+        // `PRIMARY KEY ("a", "a")`: SQL that the databases refuse, so migrations failed
+        // (found by tests/fuzz.rs).
+        let lists = std::iter::once(("primary_key", &spec.primary_key))
+            .chain(std::iter::once(("upsert_key", &spec.upsert_key)))
+            .chain(spec.unique.iter().map(|u| ("unique", u)))
+            .chain(spec.indexes.iter().map(|i| ("indexes", i)));
+        for (what, list) in lists {
+            if list.is_empty() && matches!(what, "unique" | "indexes") {
+                self.problems.push(
+                    Problem::new(
+                        "empty_key",
+                        format!("an empty list in `{what}` of {name:?}"),
+                    )
+                    .at(&spec.name, "in this entity")
+                    .help("name at least one field, or remove the empty list"),
+                );
+            }
+            let mut seen = HashSet::new();
+            for item in list {
+                if !seen.insert(item.value.as_str()) {
+                    self.problems.push(
+                        Problem::new(
+                            "duplicate_key_field",
+                            format!("`{what}` names {:?} twice", item.value),
+                        )
+                        .at(item, "named twice")
+                        .help("name each field once"),
+                    );
+                }
+            }
+        }
 
         let write = match spec.write.as_ref().map(|w| w.value.as_str()) {
             None | Some("insert") => WriteMode::Insert,
@@ -540,6 +647,16 @@ impl Validator {
                 None
             }
             Some(parent_name) => {
+                // Only a root's parser reads the operation; on a child it was ignored, and
+                // its delete-key parser referred to a parent it does not have, so the
+                // crate did not compile (found by tests/fuzz.rs).
+                if let Some(op) = &spec.operation {
+                    self.problems.push(
+                        Problem::new("misplaced_key", "`operation` is only for root entities")
+                            .at(&op.field, "on a child entity")
+                            .help("children are written with their parent's message; give the root entity the operation"),
+                    );
+                }
                 if let Some(route) = &spec.route {
                     self.problems.push(
                         Problem::new("misplaced_key", "`route` is only for root entities")
@@ -594,6 +711,15 @@ impl Validator {
                                     Problem::new("type_mismatch", format!("parent_key links {:?} to {:?}, which have different types", link.field.value, link.from.value))
                                         .at(&link.field, "types differ")
                                         .help("give the child field the same type as the parent field"),
+                                );
+                            } else if child.nullable != parent.nullable {
+                                // The child's value is the parent's: `Option<T>` and `T`
+                                // do not mix, and the crate did not compile (found by
+                                // tests/fuzz.rs).
+                                self.problems.push(
+                                    Problem::new("type_mismatch", format!("parent_key links {:?} to {:?}, but only one of them is nullable", link.field.value, link.from.value))
+                                        .at(&link.field, "nullability differs")
+                                        .help(format!("make the child field `nullable: {}` like the parent field", parent.nullable)),
                                 );
                             }
                             child.from_parent = true;
@@ -739,6 +865,23 @@ impl Validator {
                 return None;
             }
         };
+        // `max_length` of a string is its column's size, `VARCHAR(n)`, which PostgreSQL
+        // takes only for 1 <= n <= 10485760: other sizes made a migration it refuses
+        // (found by tests/fuzz.rs).
+        if let (FieldType::String { .. }, Some(max)) = (field_type, &spec.max_length)
+            && !(1..=MAX_VARCHAR).contains(&max.value)
+        {
+            self.problems.push(
+                Problem::new(
+                    "invalid_length",
+                    format!("max_length {} is not a column size", max.value),
+                )
+                .at(max, "out of range")
+                .help(format!(
+                    "a string's max_length is 1 to {MAX_VARCHAR}; use type text for longer values"
+                )),
+            );
+        }
         only(
             self,
             spec.precision.is_some() && !matches!(field_type, FieldType::Decimal { .. }),
@@ -778,6 +921,23 @@ impl Validator {
                     )
                     .at(v, "not for this type")
                     .help("`min` and `max` are for numeric types"),
+                );
+            }
+        }
+        // `.nan` and `.inf` are YAML numbers, but the bounds become Rust float literals
+        // (`Some(NaN)` did not compile) and a NaN bound compares false with everything
+        // (found by tests/fuzz.rs).
+        for (key, value) in [("min", &spec.min), ("max", &spec.max)] {
+            if let Some(v) = value
+                && !v.value.is_finite()
+            {
+                self.problems.push(
+                    Problem::new(
+                        "invalid_bound",
+                        format!("`{key}` {} is not a finite number", v.value),
+                    )
+                    .at(v, "not finite")
+                    .help(format!("remove `{key}` to leave that side unbounded")),
                 );
             }
         }
@@ -879,6 +1039,42 @@ impl Validator {
             description: spec.description.clone(),
             from_parent: false,
         })
+    }
+
+    /// An entity `x` with an operation also gets the Rust names `x_upserts`,
+    /// `x_deletes` and `X_UPSERT`; an entity of one of those names made them twice and the
+    /// crate did not compile (found by tests/fuzz.rs).
+    fn check_operation_names(&mut self, spec: &SpecFile) {
+        fn find<'a>(entities: &'a [EntitySpec], name: &str) -> Option<&'a EntitySpec> {
+            entities.iter().find_map(|e| {
+                (e.name.value == name)
+                    .then_some(e)
+                    .or_else(|| find(&e.children, name))
+            })
+        }
+        let names: HashSet<&str> = self.entities.iter().map(|e| e.name.as_str()).collect();
+        let mut problems = Vec::new();
+        for entity in self.entities.iter().filter(|e| e.operation.is_some()) {
+            for suffix in ["_upserts", "_deletes", "_upsert"] {
+                let taken = format!("{}{suffix}", entity.name);
+                if !names.contains(taken.as_str()) {
+                    continue;
+                }
+                let mut problem = Problem::new(
+                    "identifier_collision",
+                    format!(
+                        "entity {taken:?} has a name the generated code uses for the operations of entity {:?}",
+                        entity.name
+                    ),
+                )
+                .help("rename this entity; its table can keep any name with `table:`");
+                if let Some(at) = find(&spec.entities, &taken) {
+                    problem = problem.at(&at.name, "collides with generated names");
+                }
+                problems.push(problem);
+            }
+        }
+        self.problems.extend(problems);
     }
 
     fn check_routing(&mut self, spec: &SpecFile) {
