@@ -963,7 +963,10 @@ impl Validator {
                     .at(pattern, "not for this type")
                     .help("`pattern` is for string and text"),
                 );
-            } else if let Err(e) = regex_syntax::Parser::new().parse(&pattern.value) {
+            } else if let Err(e) = regex::Regex::new(&pattern.value) {
+                // Compiled, not only parsed, with the crate and limits the generated worker
+                // uses: a pattern too big to compile would panic the worker on its first
+                // message instead of failing here.
                 self.problems.push(
                     Problem::new(
                         "invalid_pattern",
