@@ -6,6 +6,11 @@ use clap::Parser;
 use nats_api::{ApiArgs, server::shutdown_signal};
 use nomnom_runtime::healthcheck;
 
+// glibc's malloc was ~20% of nats-api's CPU under batch load (perf); mimalloc spends
+// less on the per-message allocations (and far less than musl's, in the static image).
+#[global_allocator]
+static ALLOCATOR: nomnom_runtime::worker::Allocator = nomnom_runtime::worker::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let args = ApiArgs::parse();

@@ -1,5 +1,8 @@
 //! The generated TPC-H worker's `main`, as a binary of this crate so its tests can run
-//! (and kill) it as a process: the generated `main.rs` is this same one line.
+//! (and kill) it as a process: the same lines as the generated `main.rs`.
+
+#[global_allocator]
+static ALLOCATOR: nomnom_runtime::worker::Allocator = nomnom_runtime::worker::Allocator;
 
 fn main() -> std::process::ExitCode {
     nomnom_runtime::worker::main(tpch_worker::Schema)
