@@ -270,14 +270,22 @@ fn check_json_item(bytes: &[u8]) -> Result<(), ErrorDetail<'static>> {
             message: "the body is empty; send a JSON document".into(),
         });
     }
-    // serde_json skips the contents of ignored strings without checking their UTF-8.
-    let text = std::str::from_utf8(bytes).map_err(|e| ErrorDetail {
-        code: "invalid_json",
-        message: format!(
-            "the body is not valid UTF-8 (byte offset {}); JSON must be UTF-8",
-            e.valid_up_to()
-        ),
-    })?;
+    // One pass for a good document (the ingest hot path). Only when it fails do the
+    // slower scans run, to name the cause as precisely as possible: invalid UTF-8 first
+    // (ReadableJson visits every string and key, so serde_json checks their UTF-8 too),
+    // then nesting (serde_json's recursion limit), then what serde_json says.
+    let Err(e) = serde_json::from_slice::<ReadableJson>(bytes) else {
+        return Ok(());
+    };
+    if let Err(utf8) = std::str::from_utf8(bytes) {
+        return Err(ErrorDetail {
+            code: "invalid_json",
+            message: format!(
+                "the body is not valid UTF-8 (byte offset {}); JSON must be UTF-8",
+                utf8.valid_up_to()
+            ),
+        });
+    }
     if let Some(offset) = nesting_exceeds(bytes, MAX_NESTING) {
         return Err(ErrorDetail {
             code: "invalid_json",
@@ -286,15 +294,13 @@ fn check_json_item(bytes: &[u8]) -> Result<(), ErrorDetail<'static>> {
             ),
         });
     }
-    serde_json::from_str::<ReadableJson>(text)
-        .map(drop)
-        .map_err(|e| ErrorDetail {
-            code: "invalid_json",
-            message: format!(
-                "the body is not valid JSON: {e} (byte offset {})",
-                byte_offset(bytes, e.line(), e.column())
-            ),
-        })
+    Err(ErrorDetail {
+        code: "invalid_json",
+        message: format!(
+            "the body is not valid JSON: {e} (byte offset {})",
+            byte_offset(bytes, e.line(), e.column())
+        ),
+    })
 }
 
 /// Reads a document as the worker will (numbers included, which `IgnoredAny` skips
@@ -339,10 +345,7 @@ impl<'de> serde::de::Visitor<'de> for ReadableJsonVisitor {
         Ok(ReadableJson)
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ReadableJson, A::Error> {
-        while map
-            .next_entry::<serde::de::IgnoredAny, ReadableJson>()?
-            .is_some()
-        {}
+        while map.next_entry::<ReadableJson, ReadableJson>()?.is_some() {}
         Ok(ReadableJson)
     }
 }
@@ -617,6 +620,11 @@ mod tests {
         let err = check_json(br#"{"price": 1e400}"#).unwrap_err();
         assert!(err.to_string().contains("number out of range"), "{err}");
         assert!(check_json(br#"{"big": 18446744073709551616, "tiny": 1e-400}"#).is_ok());
+        // Checked in one pass: invalid UTF-8 in a key or a value is still found and named.
+        for bad in [&b"{\"k\xff\": 1}"[..], &b"[\"ok\", \"\xc3\"]"[..]] {
+            let err = check_json(bad).unwrap_err();
+            assert!(err.to_string().contains("not valid UTF-8"), "{err}");
+        }
     }
 
     #[test]
