@@ -9,7 +9,7 @@ use nomnom_runtime::healthcheck;
 // glibc's malloc was ~20% of nats-api's CPU under batch load (perf); mimalloc spends
 // less on the per-message allocations (and far less than musl's, in the static image).
 #[global_allocator]
-static ALLOCATOR: nomnom_runtime::worker::Allocator = nomnom_runtime::worker::Allocator;
+static ALLOCATOR: nomnom_runtime::Allocator = nomnom_runtime::Allocator;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {

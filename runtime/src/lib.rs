@@ -24,3 +24,9 @@ pub use envelope::{Body, BodyRef, Envelope, IdempotencyKey};
 pub use nats::NatsConfig;
 pub use stream::StreamSettings;
 pub use subject::EntityName;
+
+/// The global allocator of nats-api and of every generated worker (`#[global_allocator]`
+/// in their `main.rs`): mimalloc, which spends less CPU on the per-message allocations
+/// than glibc's malloc, and far less than musl's in the static images. Re-exported so
+/// generated crates need no dependency of their own.
+pub use mimalloc::MiMalloc as Allocator;

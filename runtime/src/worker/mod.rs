@@ -50,9 +50,3 @@ pub struct Parsed<R> {
 
 mod run;
 pub use run::{WorkerArgs, WorkerConfig, WorkerError, main, migrate, run};
-
-/// The allocator generated worker binaries install (`#[global_allocator]` in their
-/// `main.rs`): mimalloc, which spends less CPU on the per-message allocations than glibc's
-/// malloc, and far less than musl's in the static images. Re-exported so generated crates
-/// need no dependency of their own.
-pub use mimalloc::MiMalloc as Allocator;

@@ -4,7 +4,7 @@
 
 // The runtime's allocator (mimalloc): less CPU per message than the system's malloc.
 #[global_allocator]
-static ALLOCATOR: nomnom_runtime::worker::Allocator = nomnom_runtime::worker::Allocator;
+static ALLOCATOR: nomnom_runtime::Allocator = nomnom_runtime::Allocator;
 
 fn main() -> std::process::ExitCode {
     nomnom_runtime::worker::main(tpch_worker::Schema)
