@@ -17,10 +17,11 @@
 //! A failing case is shrunk and printed as YAML; proptest also records its seed in
 //! `tests/fuzz.proptest-regressions`, replayed first on later runs.
 
+mod common;
+
 use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, RunQueryDsl, sqlite::SqliteConnection};
@@ -609,23 +610,14 @@ fn arbitrary_text_never_panics() {
 // Property B: structured specs
 // ---------------------------------------------------------------------------------------
 
-const TYPES: &[&str] = &[
-    "string",
-    "text",
-    "bool",
-    "i16",
-    "i32",
-    "i64",
-    "f32",
-    "f64",
-    "decimal",
-    "date",
-    "time",
-    "timestamptz",
-    "timestamp",
-    "uuid",
-    "json",
-];
+/// Every type the spec accepts (the model's own list), and one it does not.
+fn field_types() -> Vec<&'static str> {
+    nomnom_codegen::model::FieldType::NAMES
+        .iter()
+        .copied()
+        .chain(["timestamp"])
+        .collect()
+}
 
 /// Names that mean something to Rust, the generated code, Diesel or SQL.
 const NAMES: &[&str] = &[
@@ -793,7 +785,7 @@ fn field() -> BoxedStrategy<FieldSpec> {
     (
         (
             ident(),
-            select(TYPES),
+            select(field_types()),
             prop::option::weighted(0.4, any::<bool>()),
             prop::option::weighted(0.2, pointer()),
             prop::option::weighted(0.2, text()),
@@ -1534,13 +1526,6 @@ fn inputs_that_made_uncompilable_crates_are_refused() {
     }
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
-}
-
 #[test]
 fn random_valid_specs_compile() {
     let wanted = env_number("NOMNOM_FUZZ_SPECS", 2) as usize;
@@ -1588,7 +1573,7 @@ fn random_valid_specs_compile() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let runtime = workspace_root().join("runtime");
+    let runtime = common::runtime_dir();
     let mut members = Vec::new();
     for (i, (_, yaml)) in specs.iter().enumerate() {
         let project = load_str("fuzz.yaml", yaml).unwrap();
@@ -1598,47 +1583,11 @@ fn random_valid_specs_compile() {
         )
         .unwrap();
         let member = format!("spec{i}");
-        for (path, contents) in files {
-            let target = dir.path().join(&member).join(path);
-            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-            std::fs::write(target, contents).unwrap();
-        }
+        common::write_crate(dir.path(), &member, &files);
         std::fs::write(dir.path().join(&member).join("entities.yaml"), yaml).unwrap();
-        members.push(format!("{member:?}"));
+        members.push(member);
     }
-    std::fs::write(
-        dir.path().join("Cargo.toml"),
-        format!(
-            "[workspace]\nresolver = \"3\"\nmembers = [{}]\n",
-            members.join(", ")
-        ),
-    )
-    .unwrap();
-    // The workspace's lock file and target dir, as in generate.rs: dependencies are
-    // built once.
-    std::fs::copy(
-        workspace_root().join("Cargo.lock"),
-        dir.path().join("Cargo.lock"),
-    )
-    .unwrap();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let output = Command::new(env!("CARGO"))
-        .args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--keep-going",
-            "--quiet",
-            "--",
-            "-D",
-            "warnings",
-        ])
-        .env("CARGO_TARGET_DIR", target)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let output = common::clippy_workspace(dir.path(), &members);
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let mut message = String::from("generated crates do not compile cleanly\n");

@@ -2,22 +2,17 @@
 //! snapshot beside the fixture, and every fixture's crate is compiled (clippy, warnings
 //! are errors) against the real runtime.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::{clippy_workspace, runtime_dir, workspace_root, write_crate};
 use nomnom_codegen::render::{Databases, RenderOptions, RuntimeDependency, render};
 
 const FIXTURES: &[&str] = &["flat", "all_types", "nested", "operations", "routed"];
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
 }
 
 fn generate(fixture: &str, runtime: RuntimeDependency) -> nomnom_codegen::render::Files {
@@ -75,51 +70,17 @@ fn user_text_cannot_escape_into_code() {
 #[test]
 fn every_fixture_compiles_without_warnings() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = workspace_root().join("runtime");
+    let runtime = runtime_dir();
     let mut members = Vec::new();
     for fixture in FIXTURES {
         let files = generate(
             fixture,
             RuntimeDependency::Path(runtime.display().to_string()),
         );
-        for (path, contents) in files {
-            let target = dir.path().join(fixture).join(path);
-            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-            std::fs::write(target, contents).unwrap();
-        }
-        members.push(format!("{fixture:?}"));
+        write_crate(dir.path(), fixture, &files);
+        members.push((*fixture).to_owned());
     }
-    std::fs::write(
-        dir.path().join("Cargo.toml"),
-        format!(
-            "[workspace]\nresolver = \"3\"\nmembers = [{}]\n",
-            members.join(", ")
-        ),
-    )
-    .unwrap();
-    // Same dependency versions and target dir as this workspace: nothing is rebuilt twice.
-    std::fs::copy(
-        workspace_root().join("Cargo.lock"),
-        dir.path().join("Cargo.lock"),
-    )
-    .unwrap();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let output = Command::new(env!("CARGO"))
-        .args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--quiet",
-            "--",
-            "-D",
-            "warnings",
-        ])
-        .env("CARGO_TARGET_DIR", target)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let output = clippy_workspace(dir.path(), &members);
     assert!(
         output.status.success(),
         "generated crates do not compile cleanly:\n{}",
