@@ -444,7 +444,7 @@ def test_external_nats_with_user_password_from_a_secret(rendered):
 
 def permissions_conf() -> dict[str, dict]:
     """The permission sets of deploy/nats/permissions.conf (NATS config whose values are
-    JSON), which examples/tpch/data/tests/nats_security.rs runs against a real server."""
+    JSON), which system-tests/tests/nats_security.rs runs against a real server."""
     text = (ROOT / "deploy" / "nats" / "permissions.conf").read_text()
     decoder = json.JSONDecoder()
     found = {}

@@ -9,16 +9,16 @@ use axum::{
 };
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, stream::FuturesOrdered};
+use futures::{StreamExt, future::BoxFuture, stream::FuturesOrdered};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use nomnom_runtime::{EntityName, IdempotencyKey, envelope, envelope::format_time};
+use nomnom_runtime::{EntityName, Envelope, IdempotencyKey, envelope, envelope::format_time};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::{
     error::{ApiError, ErrorDetail},
-    publish::{Accepted, PendingAck, envelope_for},
+    publish::{Accepted, envelope_for},
     state::AppState,
 };
 
@@ -50,21 +50,14 @@ impl From<&Accepted> for AcceptedResponse {
     }
 }
 
+/// `POST /api/ingest/message` and `POST /api/ingest/message/{entity}`.
 pub async fn message(
     State(state): State<AppState>,
+    entity: Option<Path<String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    ingest_one(state, None, headers, body).await
-}
-
-pub async fn message_for_entity(
-    State(state): State<AppState>,
-    Path(entity): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    ingest_one(state, Some(entity), headers, body).await
+    ingest_one(state, entity.map(|Path(e)| e), headers, body).await
 }
 
 async fn ingest_one(
@@ -378,21 +371,14 @@ pub struct BatchResponse {
     pub items: Vec<BatchItem>,
 }
 
+/// `POST /api/ingest/batch` and `POST /api/ingest/batch/{entity}`.
 pub async fn batch(
     State(state): State<AppState>,
+    entity: Option<Path<String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    ingest_batch(state, None, headers, body).await
-}
-
-pub async fn batch_for_entity(
-    State(state): State<AppState>,
-    Path(entity): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    ingest_batch(state, Some(entity), headers, body).await
+    ingest_batch(state, entity.map(|Path(e)| e), headers, body).await
 }
 
 /// One batch item: its NDJSON line (if any) and its bytes, or why it is not JSON.
@@ -476,49 +462,12 @@ async fn ingest_batch(
         )));
     }
     metrics::histogram!("ingest_batch_size_items").record(items.len() as f64);
-
-    let mut results: Vec<BatchItem> = items
-        .iter()
-        .enumerate()
-        .map(|(index, (line, _))| BatchItem {
-            index,
-            line: *line,
-            status: "rejected",
-            message_id: None,
-            duplicate: false,
-            error: None,
-        })
-        .collect();
-
-    // Pipelined: send while earlier acknowledgements are outstanding, but keep at most
-    // WINDOW of this request's in flight so one batch cannot take the whole budget.
-    const WINDOW: usize = 1024;
-    let mut pending: FuturesOrdered<_> = FuturesOrdered::new();
-    let finish = |index: usize, pending: PendingAck| async move { (index, pending.wait().await) };
-    let record =
-        |results: &mut Vec<BatchItem>, index: usize, outcome: Result<Accepted, ApiError>| {
-            let item = &mut results[index];
-            match outcome {
-                Ok(accepted) => {
-                    item.status = "accepted";
-                    item.message_id = Some(accepted.message_id);
-                    item.duplicate = accepted.duplicate;
-                }
-                Err(err) => {
-                    item.status = if err.is_retryable() {
-                        "failed"
-                    } else {
-                        "rejected"
-                    };
-                    item.error = Some(err.detail());
-                }
-            }
-        };
+    let mut batch = PipelinedBatch::new(&items);
     for (index, (_, item)) in items.into_iter().enumerate() {
         let bytes = match item {
             Ok(bytes) => bytes,
             Err(detail) => {
-                results[index].error = Some(detail);
+                batch.results[index].error = Some(detail);
                 continue;
             }
         };
@@ -530,32 +479,93 @@ async fn ingest_batch(
             request.clone(),
             received_at,
         );
+        batch.publish(&state, index, envelope).await;
+    }
+    Ok(batch_response(batch.finish().await, received_at))
+}
+
+/// A batch being published: sends go out while earlier acknowledgements are
+/// outstanding, but at most [`PipelinedBatch::WINDOW`] of this request's are in flight,
+/// so one batch cannot take the whole in-flight budget.
+struct PipelinedBatch {
+    results: Vec<BatchItem>,
+    /// Acknowledgements awaited, oldest first, each with its item's index.
+    pending: FuturesOrdered<BoxFuture<'static, (usize, Result<Accepted, ApiError>)>>,
+}
+
+impl PipelinedBatch {
+    const WINDOW: usize = 1024;
+
+    /// Every item starts `rejected`, until its publish says otherwise.
+    fn new(items: &[SplitItem]) -> Self {
+        let results = items
+            .iter()
+            .enumerate()
+            .map(|(index, (line, _))| BatchItem {
+                index,
+                line: *line,
+                status: "rejected",
+                message_id: None,
+                duplicate: false,
+                error: None,
+            })
+            .collect();
+        Self {
+            results,
+            pending: FuturesOrdered::new(),
+        }
+    }
+
+    async fn publish(&mut self, state: &AppState, index: usize, envelope: Envelope) {
         let message_id = envelope.message_id;
         let mut sent = state.publisher.send(envelope.clone()).await;
         // Over the global in-flight limit: wait for one of our own acks, then retry once.
-        if matches!(sent, Err(ApiError::Overloaded)) && !pending.is_empty() {
-            if let Some((done, outcome)) = pending.next().await {
-                record(&mut results, done, outcome);
-            }
+        if matches!(sent, Err(ApiError::Overloaded)) && !self.pending.is_empty() {
+            self.settle_one().await;
             sent = state.publisher.send(envelope).await;
         }
         match sent {
-            Ok(ack) => pending.push_back(finish(index, ack)),
+            Ok(ack) => self
+                .pending
+                .push_back(Box::pin(async move { (index, ack.wait().await) })),
             Err(err) => {
-                results[index].message_id = Some(message_id);
-                record(&mut results, index, Err(err));
+                self.results[index].message_id = Some(message_id);
+                self.record(index, Err(err));
             }
         }
-        if pending.len() >= WINDOW
-            && let Some((done, outcome)) = pending.next().await
-        {
-            record(&mut results, done, outcome);
+        if self.pending.len() >= Self::WINDOW {
+            self.settle_one().await;
         }
     }
-    while let Some((done, outcome)) = pending.next().await {
-        record(&mut results, done, outcome);
+
+    /// Waits for the oldest outstanding acknowledgement.
+    async fn settle_one(&mut self) {
+        if let Some((index, outcome)) = self.pending.next().await {
+            self.record(index, outcome);
+        }
     }
-    Ok(batch_response(results, received_at))
+
+    async fn finish(mut self) -> Vec<BatchItem> {
+        while !self.pending.is_empty() {
+            self.settle_one().await;
+        }
+        self.results
+    }
+
+    fn record(&mut self, index: usize, outcome: Result<Accepted, ApiError>) {
+        let item = &mut self.results[index];
+        match outcome {
+            Ok(accepted) => {
+                item.status = "accepted";
+                item.message_id = Some(accepted.message_id);
+                item.duplicate = accepted.duplicate;
+            }
+            Err(err) => {
+                item.status = outcome_of(&err);
+                item.error = Some(err.detail());
+            }
+        }
+    }
 }
 
 fn batch_response(items: Vec<BatchItem>, received_at: DateTime<Utc>) -> Response {

@@ -37,12 +37,9 @@ pub fn app(state: AppState) -> Router {
     let request_id = HeaderName::from_static(ingest::REQUEST_ID_HEADER);
     let api = Router::new()
         .route("/api/ingest/message", post(ingest::message))
-        .route(
-            "/api/ingest/message/{entity}",
-            post(ingest::message_for_entity),
-        )
+        .route("/api/ingest/message/{entity}", post(ingest::message))
         .route("/api/ingest/batch", post(ingest::batch))
-        .route("/api/ingest/batch/{entity}", post(ingest::batch_for_entity))
+        .route("/api/ingest/batch/{entity}", post(ingest::batch))
         .route("/api/ingest/status/{id}", get(status::lookup))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
