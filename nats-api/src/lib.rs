@@ -40,6 +40,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/ingest/message/{entity}", post(ingest::message))
         .route("/api/ingest/batch", post(ingest::batch))
         .route("/api/ingest/batch/{entity}", post(ingest::batch))
+        .route("/api/ingest/status", get(status::lookup_by_key))
         .route("/api/ingest/status/{id}", get(status::lookup))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

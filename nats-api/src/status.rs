@@ -1,4 +1,5 @@
-//! `GET /api/ingest/status/{id}`: what happened to a message.
+//! `GET /api/ingest/status/{id}` and `GET /api/ingest/status?idempotency_key=<key>`: what
+//! happened to a message, by its id or by the key the client sent it with.
 //!
 //! The status table (written by workers) is the truth for processed messages. A message
 //! with no row yet is looked up in the stream: found means accepted and waiting
@@ -6,10 +7,10 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{Path, Query, State},
 };
-use nomnom_runtime::{envelope::format_time, status::StatusRecord};
-use serde::Serialize;
+use nomnom_runtime::{IdempotencyKey, envelope::format_time, status::StatusRecord};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{error::ApiError, state::AppState};
@@ -50,6 +51,7 @@ impl From<StatusRecord> for StatusResponse {
     }
 }
 
+/// `GET /api/ingest/status/{id}`.
 pub async fn lookup(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -60,6 +62,36 @@ pub async fn lookup(
             format!("{id:?} is not a message id; ids are UUIDs like 0190d6f2-4c1e-7a3b-8f00-123456789abc"),
         )
     })?;
+    status_of(&state, message_id).await
+}
+
+/// The query of a lookup by idempotency key.
+#[derive(Debug, Deserialize)]
+pub struct KeyQuery {
+    idempotency_key: Option<String>,
+}
+
+/// `GET /api/ingest/status?idempotency_key=<key>`: a key always maps to the same message
+/// id (UUIDv5), so the lookup needs no index of keys. Batch item `i` sent with key `K`
+/// has the key `K#i`.
+pub async fn lookup_by_key(
+    State(state): State<AppState>,
+    Query(query): Query<KeyQuery>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    let text = query.idempotency_key.ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_idempotency_key",
+            "name the message: GET /api/ingest/status/<message id>, or /api/ingest/status?idempotency_key=<key>",
+        )
+    })?;
+    let key = IdempotencyKey::parse(&text).map_err(|err| {
+        ApiError::bad_request("invalid_idempotency_key", format!("{text:?}: {err}"))
+    })?;
+    status_of(&state, key.message_id()).await
+}
+
+/// The status table first; a message with no row yet is looked up in the stream.
+async fn status_of(state: &AppState, message_id: Uuid) -> Result<Json<StatusResponse>, ApiError> {
     if let Some(store) = &state.status {
         match store.fetch(message_id).await {
             Ok(Some(record)) => return Ok(Json(record.into())),

@@ -13,6 +13,13 @@ fn get(uri: &str) -> Request<Body> {
     Request::get(uri).body(Body::empty()).unwrap()
 }
 
+fn with_key(mut request: Request<Body>, key: &str) -> Request<Body> {
+    request
+        .headers_mut()
+        .insert("idempotency-key", key.parse().unwrap());
+    request
+}
+
 /// The status lifecycle as a client sees it, with the worker's writes done the way a
 /// worker does them (same table, same code).
 async fn status_lifecycle(database_url: String) {
@@ -55,6 +62,46 @@ async fn status_lifecycle(database_url: String) {
     assert_eq!(persisted.json["status"], "persisted", "{}", persisted.text);
     assert_eq!(persisted.json["attempts"], 1);
     assert_eq!(persisted.json["stream_sequence"], 1);
+
+    // By the client's idempotency key: a single message, and item 1 of a batch (`K#1`).
+    let keyed = h
+        .send(with_key(
+            post("/api/ingest/message/order", r#"{"o":2}"#),
+            "order-2",
+        ))
+        .await;
+    let by_key = h
+        .send(get("/api/ingest/status?idempotency_key=order-2"))
+        .await;
+    assert_eq!(by_key.status, StatusCode::OK, "{}", by_key.text);
+    assert_eq!(by_key.json["message_id"], keyed.json["message_id"]);
+    assert_eq!(by_key.json["status"], "pending");
+    let batch = h
+        .send(with_key(
+            post("/api/ingest/batch/order", r#"[{"o":3},{"o":4}]"#),
+            "b-7",
+        ))
+        .await;
+    let item = h
+        .send(get("/api/ingest/status?idempotency_key=b-7%231"))
+        .await;
+    assert_eq!(item.status, StatusCode::OK, "{}", item.text);
+    assert_eq!(
+        item.json["message_id"],
+        batch.json["items"][1]["message_id"]
+    );
+    let unknown_key = h
+        .send(get("/api/ingest/status?idempotency_key=never-sent"))
+        .await;
+    assert_eq!(unknown_key.status, StatusCode::NOT_FOUND);
+    let no_key = h.send(get("/api/ingest/status")).await;
+    assert_eq!(no_key.status, StatusCode::BAD_REQUEST);
+    assert_eq!(no_key.error_code(), "missing_idempotency_key");
+    assert!(no_key.error_message().contains("idempotency_key=<key>"));
+    let bad_key = h
+        .send(get("/api/ingest/status?idempotency_key=has%20space"))
+        .await;
+    assert_eq!(bad_key.error_code(), "invalid_idempotency_key");
 
     let dead = Uuid::now_v7();
     store
@@ -225,6 +272,7 @@ async fn probes_metrics_and_openapi_answer() {
         "/api/ingest/message/{entity}",
         "/api/ingest/batch",
         "/api/ingest/batch/{entity}",
+        "/api/ingest/status",
         "/api/ingest/status/{id}",
         "/health",
         "/ready",
@@ -235,7 +283,7 @@ async fn probes_metrics_and_openapi_answer() {
     }
     assert_eq!(
         paths.len(),
-        9,
+        10,
         "openapi.json documents a route the app lacks"
     );
 }
