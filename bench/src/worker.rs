@@ -49,11 +49,13 @@ impl Workload {
                 tpch_worker::parse(&envelope, &order).map_err(|e| anyhow::anyhow!("{e}"))?;
             workload.bodies.push(serde_json::to_vec(&order)?.into());
             for row in &parsed.rows.order {
-                workload.orders.push(row.to_values());
+                workload.orders.push(nomnom_runtime::row::Row::values(row));
             }
             workload.items_per_order.push(parsed.rows.lineitem.len());
             for row in &parsed.rows.lineitem {
-                workload.lineitems.push(row.to_values());
+                workload
+                    .lineitems
+                    .push(nomnom_runtime::row::Row::values(row));
             }
         }
         Ok(workload)

@@ -9,7 +9,9 @@ pub mod keys;
 pub mod model;
 pub mod render;
 pub mod spec;
+pub mod types;
 pub mod validate;
+pub mod view;
 pub mod write;
 
 use std::path::Path;

@@ -13,6 +13,7 @@ pub mod healthcheck;
 pub mod metrics;
 pub mod nats;
 pub mod parse;
+pub mod row;
 pub mod sql;
 pub mod status;
 pub mod stream;

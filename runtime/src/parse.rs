@@ -1,6 +1,7 @@
 //! Typed reading of message bodies, for generated parsers: every error names the JSON
 //! path of the offending value, so a dead-lettered message says exactly what was wrong.
 
+use std::ops::{Bound, RangeBounds};
 use std::sync::LazyLock;
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
@@ -122,40 +123,36 @@ fn type_error(path: &str, expected: &str, got: &Value) -> ParseError {
     ParseError::new(path, format!("expected {expected}, got {kind}"))
 }
 
-/// Inclusive numeric bounds from the spec.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Bounds {
-    pub min: Option<f64>,
-    pub max: Option<f64>,
+/// Checks `value` against the spec's `min` and `max`, given as a range: `1..`, `0..=7`,
+/// `..=1.0`. An excluded end means "less than" (or "greater than").
+fn check_range<T: PartialOrd + std::fmt::Display>(
+    path: &str,
+    value: T,
+    range: &impl RangeBounds<T>,
+) -> Result<()> {
+    let message = match (range.start_bound(), range.end_bound()) {
+        (Bound::Included(min), _) if value < *min => format!("must be at least {min}, got {value}"),
+        (Bound::Excluded(min), _) if value <= *min => {
+            format!("must be greater than {min}, got {value}")
+        }
+        (_, Bound::Included(max)) if value > *max => format!("must be at most {max}, got {value}"),
+        (_, Bound::Excluded(max)) if value >= *max => {
+            format!("must be less than {max}, got {value}")
+        }
+        _ => return Ok(()),
+    };
+    Err(ParseError::new(path, message))
 }
 
-fn check_bounds(path: &str, value: f64, bounds: Bounds) -> Result<()> {
-    if let Some(min) = bounds.min
-        && value < min
-    {
-        return Err(ParseError::new(
-            path,
-            format!("must be at least {min}, got {value}"),
-        ));
-    }
-    if let Some(max) = bounds.max
-        && value > max
-    {
-        return Err(ParseError::new(
-            path,
-            format!("must be at most {max}, got {value}"),
-        ));
-    }
-    Ok(())
-}
-
-/// An integer of the column's width. Integral JSON numbers only (no 1.5, no "1").
-pub fn integer<T: TryFrom<i64>>(value: &Value, path: &str, bounds: Bounds) -> Result<T> {
-    let number = value.as_i64().ok_or_else(|| match value {
+/// The JSON number as an `i64`: integral JSON numbers only (no 1.5, no "1").
+fn integer_value(value: &Value, path: &str) -> Result<i64> {
+    value.as_i64().ok_or_else(|| match value {
         Value::Number(_) => ParseError::new(path, "expected an integer in range"),
         other => type_error(path, "an integer", other),
-    })?;
-    check_bounds(path, number as f64, bounds)?;
+    })
+}
+
+fn narrow<T: TryFrom<i64>>(number: i64, path: &str) -> Result<T> {
     T::try_from(number).map_err(|_| {
         ParseError::new(
             path,
@@ -164,17 +161,56 @@ pub fn integer<T: TryFrom<i64>>(value: &Value, path: &str, bounds: Bounds) -> Re
     })
 }
 
-pub fn float(value: &Value, path: &str, bounds: Bounds) -> Result<f64> {
-    let number = value
+/// An integer of the column's width. Integral JSON numbers only (no 1.5, no "1").
+pub fn integer<T: TryFrom<i64>>(value: &Value, path: &str) -> Result<T> {
+    narrow(integer_value(value, path)?, path)
+}
+
+/// An integer of the column's width within `range` (the spec's `min` and `max`, in the
+/// column's type). The range is checked before the width, so a value too large for the
+/// column and above `max` says it is above `max`.
+pub fn integer_in<T>(value: &Value, path: &str, range: impl RangeBounds<T>) -> Result<T>
+where
+    T: TryFrom<i64> + Into<i64> + Copy,
+{
+    let number = integer_value(value, path)?;
+    let wide = (map_bound(range.start_bound()), map_bound(range.end_bound()));
+    check_range(path, number, &wide)?;
+    narrow(number, path)
+}
+
+fn map_bound<T: Into<i64> + Copy>(bound: Bound<&T>) -> Bound<i64> {
+    match bound {
+        Bound::Included(b) => Bound::Included((*b).into()),
+        Bound::Excluded(b) => Bound::Excluded((*b).into()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+pub fn float(value: &Value, path: &str) -> Result<f64> {
+    value
         .as_f64()
-        .ok_or_else(|| type_error(path, "a number", value))?;
-    check_bounds(path, number, bounds)?;
+        .ok_or_else(|| type_error(path, "a number", value))
+}
+
+/// A float within `range` (the spec's `min` and `max`).
+pub fn float_in(value: &Value, path: &str, range: impl RangeBounds<f64>) -> Result<f64> {
+    let number = float(value, path)?;
+    check_range(path, number, &range)?;
     Ok(number)
 }
 
 /// `f32` columns: refuses values that overflow it.
-pub fn float32(value: &Value, path: &str, bounds: Bounds) -> Result<f32> {
-    let number = float(value, path, bounds)?;
+pub fn float32(value: &Value, path: &str) -> Result<f32> {
+    narrow_f32(float(value, path)?, path)
+}
+
+/// An `f32` within `range`, checked on the JSON number before narrowing it.
+pub fn float32_in(value: &Value, path: &str, range: impl RangeBounds<f64>) -> Result<f32> {
+    narrow_f32(float_in(value, path, range)?, path)
+}
+
+fn narrow_f32(number: f64, path: &str) -> Result<f32> {
     if number.is_finite() && number.abs() > f64::from(f32::MAX) {
         return Err(ParseError::new(path, "does not fit a 32-bit float"));
     }
@@ -187,7 +223,7 @@ pub fn boolean(value: &Value, path: &str) -> Result<bool> {
         .ok_or_else(|| type_error(path, "true or false", value))
 }
 
-/// String checks from the spec.
+/// String checks from the spec; unset fields check nothing.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TextRules {
     pub min_length: Option<u32>,
@@ -196,8 +232,12 @@ pub struct TextRules {
     pub allowed: &'static [&'static str],
 }
 
-/// A string, checked for length (in characters), pattern and allowed values.
-pub fn text(value: &Value, path: &str, rules: TextRules) -> Result<String> {
+/// A string (without NUL characters, which databases refuse).
+pub fn text(value: &Value, path: &str) -> Result<String> {
+    text_str(value, path).map(str::to_owned)
+}
+
+fn text_str<'a>(value: &'a Value, path: &str) -> Result<&'a str> {
     let text = value
         .as_str()
         .ok_or_else(|| type_error(path, "a string", value))?;
@@ -207,6 +247,12 @@ pub fn text(value: &Value, path: &str, rules: TextRules) -> Result<String> {
             "contains a NUL character, which databases refuse",
         ));
     }
+    Ok(text)
+}
+
+/// A string, checked for length (in characters), pattern and allowed values.
+pub fn text_with(value: &Value, path: &str, rules: TextRules) -> Result<String> {
+    let text = text_str(value, path)?;
     let length = text.chars().count();
     if let Some(max) = rules.max_length
         && length > max as usize
@@ -244,13 +290,7 @@ pub fn text(value: &Value, path: &str, rules: TextRules) -> Result<String> {
 /// An exact decimal with at most `precision` digits, `scale` of them after the point.
 /// Accepts JSON strings ("12.50") and numbers (12.5); returns the canonical text, with
 /// exactly `scale` digits after the point ("12.50").
-pub fn decimal(
-    value: &Value,
-    path: &str,
-    precision: u32,
-    scale: u32,
-    bounds: Bounds,
-) -> Result<String> {
+pub fn decimal(value: &Value, path: &str, precision: u32, scale: u32) -> Result<String> {
     let raw = match value {
         Value::String(s) => s.trim().to_owned(),
         Value::Number(n) => n.to_string(),
@@ -310,13 +350,22 @@ pub fn decimal(
         fraction,
         width = scale as usize
     );
-    if bounds.min.is_some() || bounds.max.is_some() {
-        check_bounds(
-            path,
-            canonical.parse::<f64>().map_err(|_| invalid())?,
-            bounds,
-        )?;
-    }
+    Ok(canonical)
+}
+
+/// A decimal within `range` (the spec's `min` and `max`), compared as a float.
+pub fn decimal_in(
+    value: &Value,
+    path: &str,
+    precision: u32,
+    scale: u32,
+    range: impl RangeBounds<f64>,
+) -> Result<String> {
+    let canonical = decimal(value, path, precision, scale)?;
+    let number = canonical
+        .parse::<f64>()
+        .map_err(|_| ParseError::new(path, format!("{canonical:?} is not a decimal number")))?;
+    check_range(path, number, &range)?;
     Ok(canonical)
 }
 
@@ -374,40 +423,54 @@ mod tests {
 
     #[test]
     fn integers_check_type_range_and_width() {
-        let b = Bounds {
-            min: Some(1.0),
-            max: None,
-        };
-        assert_eq!(integer::<i64>(&json!(5), "/k", b), Ok(5));
+        assert_eq!(integer_in::<i64>(&json!(5), "/k", 1..), Ok(5));
         assert_eq!(
-            integer::<i64>(&json!(0), "/k", b).unwrap_err().to_string(),
+            integer_in::<i64>(&json!(0), "/k", 1..)
+                .unwrap_err()
+                .to_string(),
             "/k: must be at least 1, got 0"
         );
         assert_eq!(
-            integer::<i64>(&json!("5"), "/k", b).unwrap_err().message,
+            integer_in::<i64>(&json!("5"), "/k", 1..)
+                .unwrap_err()
+                .message,
             "expected an integer, got a string"
         );
         assert!(
-            integer::<i16>(&json!(70000), "/k", Bounds::default())
+            integer::<i16>(&json!(70000), "/k")
                 .unwrap_err()
                 .message
                 .contains("does not fit")
         );
-        assert!(integer::<i64>(&json!(1.5), "/k", Bounds::default()).is_err());
+        // The range is checked before the width.
+        assert_eq!(
+            integer_in::<i16>(&json!(70000), "/k", ..=7)
+                .unwrap_err()
+                .message,
+            "must be at most 7, got 70000"
+        );
+        assert_eq!(
+            integer_in::<i16>(
+                &json!(5),
+                "/k",
+                (Bound::Excluded(i16::MAX), Bound::Unbounded)
+            )
+            .unwrap_err()
+            .message,
+            "must be greater than 32767, got 5"
+        );
+        assert!(integer::<i64>(&json!(1.5), "/k").is_err());
     }
 
     #[test]
     fn decimals_are_exact_and_canonical() {
-        let d = |v: Value| decimal(&v, "/p", 15, 2, Bounds::default());
+        let d = |v: Value| decimal(&v, "/p", 15, 2);
         assert_eq!(d(json!("172799.49")).unwrap(), "172799.49");
         assert_eq!(d(json!(172799.49)).unwrap(), "172799.49");
         assert_eq!(d(json!("0012.5")).unwrap(), "12.50");
         assert_eq!(d(json!(17)).unwrap(), "17.00");
         assert_eq!(d(json!("-0.00")).unwrap(), "0.00");
-        assert_eq!(
-            decimal(&json!("42"), "/p", 5, 0, Bounds::default()).unwrap(),
-            "42"
-        );
+        assert_eq!(decimal(&json!("42"), "/p", 5, 0).unwrap(), "42");
         assert!(
             d(json!("1.005"))
                 .unwrap_err()
@@ -423,18 +486,15 @@ mod tests {
         assert!(d(json!("1e5")).unwrap_err().message.contains("exponent"));
         assert!(d(json!("abc")).is_err());
         assert!(d(json!(".")).is_err());
-        assert!(
-            decimal(
-                &json!("-1"),
-                "/p",
-                15,
-                2,
-                Bounds {
-                    min: Some(0.0),
-                    max: None
-                }
-            )
-            .is_err()
+        assert_eq!(
+            decimal_in(&json!("-1"), "/p", 15, 2, 0.0..)
+                .unwrap_err()
+                .message,
+            "must be at least 0, got -1"
+        );
+        assert_eq!(
+            decimal_in(&json!("0.5"), "/p", 15, 2, 0.0..=1.0).unwrap(),
+            "0.50"
         );
     }
 
@@ -448,11 +508,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            text(&json!("Clerk#000000951"), "/c", rules).unwrap(),
+            text_with(&json!("Clerk#000000951"), "/c", rules).unwrap(),
             "Clerk#000000951"
         );
         assert!(
-            text(&json!("Clerk#1"), "/c", rules)
+            text_with(&json!("Clerk#1"), "/c", rules)
                 .unwrap_err()
                 .message
                 .contains("does not match")
@@ -462,17 +522,19 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            text(&json!("X"), "/s", allowed).unwrap_err().to_string(),
+            text_with(&json!("X"), "/s", allowed)
+                .unwrap_err()
+                .to_string(),
             "/s: \"X\" is not one of O, F"
         );
         assert!(
-            text(&json!("a\u{0}b"), "/s", TextRules::default())
+            text(&json!("a\u{0}b"), "/s")
                 .unwrap_err()
                 .message
                 .contains("NUL")
         );
         assert!(
-            text(
+            text_with(
                 &json!("ééé"),
                 "/s",
                 TextRules {
@@ -497,15 +559,9 @@ mod tests {
     #[test]
     fn fields_name_their_full_path_only_on_error() {
         let body = json!({"a": {"n": 5, "s": "x"}});
-        let n: i64 = field(&body, "/items/2", &["a", "n"], |v, at| {
-            integer(v, at, Bounds::default())
-        })
-        .unwrap();
+        let n: i64 = field(&body, "/items/2", &["a", "n"], integer).unwrap();
         assert_eq!(n, 5);
-        let err = field(&body, "/items/2", &["a", "s"], |v, at| {
-            integer::<i64>(v, at, Bounds::default())
-        })
-        .unwrap_err();
+        let err = field(&body, "/items/2", &["a", "s"], integer::<i64>).unwrap_err();
         assert_eq!(err.path, "/items/2/a/s");
         assert_eq!(
             field(&body, "", &["b"], boolean).unwrap_err().to_string(),
@@ -513,6 +569,22 @@ mod tests {
         );
         assert_eq!(optional_field(&body, "", &["b"], boolean), Ok(None));
         assert_eq!(field_or(&body, "", &["b"], &json!(true), boolean), Ok(true));
+    }
+
+    #[test]
+    fn floats_check_their_range_before_narrowing() {
+        assert_eq!(float_in(&json!(0.5), "/f", 0.0..=1.0), Ok(0.5));
+        assert_eq!(
+            float_in(&json!(1.5), "/f", ..=1.0).unwrap_err().message,
+            "must be at most 1, got 1.5"
+        );
+        assert!(float32(&json!(1e300), "/f").is_err());
+        assert!(
+            float32_in(&json!(1e300), "/f", ..=1.0)
+                .unwrap_err()
+                .message
+                .starts_with("must be at most 1, got 1000")
+        );
     }
 
     #[test]

@@ -12,94 +12,59 @@ use crate::models::Customer;
 pub fn parse(body: &Value, path: &str) -> Result<Customer, ParseError> {
     Ok(Customer {
         c_custkey: p::field(body, path, &["c_custkey"], |v, at| {
-            p::integer::<i64>(
-                v,
-                at,
-                p::Bounds {
-                    min: Some(1.0),
-                    max: None,
-                },
-            )
+            p::integer_in::<i64>(v, at, 1..)
         })?,
         c_name: p::field(body, path, &["c_name"], |v, at| {
-            p::text(
+            p::text_with(
                 v,
                 at,
                 p::TextRules {
-                    min_length: None,
                     max_length: Some(25),
-                    pattern: None,
-                    allowed: &[],
+                    ..Default::default()
                 },
             )
         })?,
         c_address: p::field(body, path, &["c_address"], |v, at| {
-            p::text(
+            p::text_with(
                 v,
                 at,
                 p::TextRules {
-                    min_length: None,
                     max_length: Some(40),
-                    pattern: None,
-                    allowed: &[],
+                    ..Default::default()
                 },
             )
         })?,
         c_nationkey: p::field(body, path, &["c_nationkey"], |v, at| {
-            p::integer::<i32>(
-                v,
-                at,
-                p::Bounds {
-                    min: Some(0.0),
-                    max: None,
-                },
-            )
+            p::integer_in::<i32>(v, at, 0..)
         })?,
         c_phone: p::field(body, path, &["c_phone"], |v, at| {
-            p::text(
+            p::text_with(
                 v,
                 at,
                 p::TextRules {
-                    min_length: None,
                     max_length: Some(15),
-                    pattern: None,
-                    allowed: &[],
+                    ..Default::default()
                 },
             )
         })?,
-        c_acctbal: p::field(body, path, &["c_acctbal"], |v, at| {
-            p::decimal(
-                v,
-                at,
-                15,
-                2,
-                p::Bounds {
-                    min: None,
-                    max: None,
-                },
-            )
-        })?,
+        c_acctbal: p::field(body, path, &["c_acctbal"], |v, at| p::decimal(v, at, 15, 2))?,
         c_mktsegment: p::field(body, path, &["c_mktsegment"], |v, at| {
-            p::text(
+            p::text_with(
                 v,
                 at,
                 p::TextRules {
-                    min_length: None,
                     max_length: Some(10),
-                    pattern: None,
-                    allowed: &[],
+                    ..Default::default()
                 },
             )
         })?,
         c_comment: p::field(body, path, &["c_comment"], |v, at| {
-            p::text(
+            p::text_with(
                 v,
                 at,
                 p::TextRules {
-                    min_length: None,
                     max_length: Some(117),
-                    pattern: None,
-                    allowed: &[],
+                    ..Default::default()
                 },
             )
         })?,

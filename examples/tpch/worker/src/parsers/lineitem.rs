@@ -17,104 +17,45 @@ pub fn parse(
     Ok(Lineitem {
         l_orderkey: parent.o_orderkey,
         l_partkey: p::field(body, path, &["l_partkey"], |v, at| {
-            p::integer::<i64>(
-                v,
-                at,
-                p::Bounds {
-                    min: Some(1.0),
-                    max: None,
-                },
-            )
+            p::integer_in::<i64>(v, at, 1..)
         })?,
         l_suppkey: p::field(body, path, &["l_suppkey"], |v, at| {
-            p::integer::<i64>(
-                v,
-                at,
-                p::Bounds {
-                    min: Some(1.0),
-                    max: None,
-                },
-            )
+            p::integer_in::<i64>(v, at, 1..)
         })?,
         l_linenumber: p::field(body, path, &["l_linenumber"], |v, at| {
-            p::integer::<i32>(
-                v,
-                at,
-                p::Bounds {
-                    min: Some(1.0),
-                    max: Some(7.0),
-                },
-            )
+            p::integer_in::<i32>(v, at, 1..=7)
         })?,
         l_quantity: p::field(body, path, &["l_quantity"], |v, at| {
-            p::decimal(
-                v,
-                at,
-                15,
-                2,
-                p::Bounds {
-                    min: Some(0.0),
-                    max: None,
-                },
-            )
+            p::decimal_in(v, at, 15, 2, 0.0..)
         })?,
         l_extendedprice: p::field(body, path, &["l_extendedprice"], |v, at| {
-            p::decimal(
-                v,
-                at,
-                15,
-                2,
-                p::Bounds {
-                    min: Some(0.0),
-                    max: None,
-                },
-            )
+            p::decimal_in(v, at, 15, 2, 0.0..)
         })?,
         l_discount: p::field(body, path, &["l_discount"], |v, at| {
-            p::decimal(
-                v,
-                at,
-                15,
-                2,
-                p::Bounds {
-                    min: Some(0.0),
-                    max: Some(1.0),
-                },
-            )
+            p::decimal_in(v, at, 15, 2, 0.0..=1.0)
         })?,
         l_tax: p::field(body, path, &["l_tax"], |v, at| {
-            p::decimal(
-                v,
-                at,
-                15,
-                2,
-                p::Bounds {
-                    min: Some(0.0),
-                    max: Some(1.0),
-                },
-            )
+            p::decimal_in(v, at, 15, 2, 0.0..=1.0)
         })?,
         l_returnflag: p::field(body, path, &["l_returnflag"], |v, at| {
-            p::text(
+            p::text_with(
                 v,
                 at,
                 p::TextRules {
-                    min_length: None,
                     max_length: Some(1),
-                    pattern: None,
                     allowed: &["R", "A", "N"],
+                    ..Default::default()
                 },
             )
         })?,
         l_linestatus: p::field(body, path, &["l_linestatus"], |v, at| {
-            p::text(
+            p::text_with(
                 v,
                 at,
                 p::TextRules {
-                    min_length: None,
                     max_length: Some(1),
-                    pattern: None,
                     allowed: &["O", "F"],
+                    ..Default::default()
                 },
             )
         })?,
@@ -122,38 +63,32 @@ pub fn parse(
         l_commitdate: p::field(body, path, &["l_commitdate"], p::date)?,
         l_receiptdate: p::field(body, path, &["l_receiptdate"], p::date)?,
         l_shipinstruct: p::field(body, path, &["l_shipinstruct"], |v, at| {
-            p::text(
+            p::text_with(
                 v,
                 at,
                 p::TextRules {
-                    min_length: None,
                     max_length: Some(25),
-                    pattern: None,
-                    allowed: &[],
+                    ..Default::default()
                 },
             )
         })?,
         l_shipmode: p::field(body, path, &["l_shipmode"], |v, at| {
-            p::text(
+            p::text_with(
                 v,
                 at,
                 p::TextRules {
-                    min_length: None,
                     max_length: Some(10),
-                    pattern: None,
-                    allowed: &[],
+                    ..Default::default()
                 },
             )
         })?,
         l_comment: p::field(body, path, &["l_comment"], |v, at| {
-            p::text(
+            p::text_with(
                 v,
                 at,
                 p::TextRules {
-                    min_length: None,
                     max_length: Some(44),
-                    pattern: None,
-                    allowed: &[],
+                    ..Default::default()
                 },
             )
         })?,

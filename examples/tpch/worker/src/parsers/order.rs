@@ -16,93 +16,55 @@ static ORDER_O_CLERK_PATTERN: std::sync::LazyLock<regex::Regex> = std::sync::Laz
 pub fn parse(body: &Value, path: &str) -> Result<Order, ParseError> {
     Ok(Order {
         o_orderkey: p::field(body, path, &["o_orderkey"], |v, at| {
-            p::integer::<i64>(
-                v,
-                at,
-                p::Bounds {
-                    min: Some(1.0),
-                    max: None,
-                },
-            )
+            p::integer_in::<i64>(v, at, 1..)
         })?,
         o_custkey: p::field(body, path, &["o_custkey"], |v, at| {
-            p::integer::<i64>(
-                v,
-                at,
-                p::Bounds {
-                    min: Some(1.0),
-                    max: None,
-                },
-            )
+            p::integer_in::<i64>(v, at, 1..)
         })?,
         o_orderstatus: p::field(body, path, &["o_orderstatus"], |v, at| {
-            p::text(
+            p::text_with(
                 v,
                 at,
                 p::TextRules {
-                    min_length: None,
                     max_length: Some(1),
-                    pattern: None,
                     allowed: &["O", "F", "P"],
+                    ..Default::default()
                 },
             )
         })?,
         o_totalprice: p::field(body, path, &["o_totalprice"], |v, at| {
-            p::decimal(
-                v,
-                at,
-                15,
-                2,
-                p::Bounds {
-                    min: Some(0.0),
-                    max: None,
-                },
-            )
+            p::decimal_in(v, at, 15, 2, 0.0..)
         })?,
         o_orderdate: p::field(body, path, &["o_orderdate"], p::date)?,
         o_orderpriority: p::field(body, path, &["o_orderpriority"], |v, at| {
-            p::text(
+            p::text_with(
                 v,
                 at,
                 p::TextRules {
-                    min_length: None,
                     max_length: Some(15),
-                    pattern: None,
-                    allowed: &[],
+                    ..Default::default()
                 },
             )
         })?,
         o_clerk: p::field(body, path, &["o_clerk"], |v, at| {
-            p::text(
+            p::text_with(
                 v,
                 at,
                 p::TextRules {
-                    min_length: None,
                     max_length: Some(15),
                     pattern: Some(&ORDER_O_CLERK_PATTERN),
-                    allowed: &[],
+                    ..Default::default()
                 },
             )
         })?,
-        o_shippriority: p::field(body, path, &["o_shippriority"], |v, at| {
-            p::integer::<i32>(
-                v,
-                at,
-                p::Bounds {
-                    min: None,
-                    max: None,
-                },
-            )
-        })?,
+        o_shippriority: p::field(body, path, &["o_shippriority"], p::integer::<i32>)?,
         o_comment: p::field(body, path, &["o_comment"], |v, at| {
-            p::text(
+            p::text_with(
                 v,
                 at,
                 p::TextRules {
-                    min_length: None,
                     max_length: Some(79),
-                    pattern: None,
-                    allowed: &[],
+                    ..Default::default()
                 },
             )
         })?,

@@ -1,0 +1,256 @@
+//! The rules of one field: its type, the keys that apply to that type, its bounds,
+//! pattern, default and source.
+
+use serde_saphyr::Spanned;
+
+use super::MAX_VARCHAR;
+use super::names::{identifier_problem, parse_pointer};
+use super::problem::{FieldRule, Rule};
+use crate::diagnostics::{Problem, did_you_mean};
+use crate::model::{Checks, Field, FieldType, Pointer};
+use crate::spec::FieldSpec;
+
+/// Checks a field and builds it; `None` when it cannot be built (its problems are in
+/// `problems`).
+pub fn field(spec: &FieldSpec, problems: &mut Vec<Problem>) -> Option<Field> {
+    let name = identifier_problem(&spec.name, "field name");
+    let name_ok = name.is_none();
+    problems.extend(name);
+    let field_type = field_type(spec, problems)?;
+    problems.extend(max_length(spec, field_type));
+    problems.extend(misplaced_keys(spec, field_type));
+    problems.extend(bounds(spec));
+    problems.extend(pattern(spec, field_type));
+    problems.extend(allowed(spec, field_type));
+    let source = source(spec).map_err(|p| problems.push(p)).ok();
+    problems.extend(default(spec, field_type));
+    let source = source.filter(|_| name_ok)?;
+    Some(Field {
+        name: spec.name.value.clone(),
+        field_type,
+        nullable: spec.nullable.as_ref().is_some_and(|n| n.value),
+        source,
+        default: spec.default.as_ref().map(|d| d.value.clone()),
+        checks: checks(spec),
+        description: spec.description.clone(),
+        from_parent: false,
+    })
+}
+
+fn checks(spec: &FieldSpec) -> Checks {
+    let value = |v: &Option<Spanned<u32>>| v.as_ref().map(|v| v.value);
+    Checks {
+        min: spec.min.as_ref().map(|m| m.value),
+        max: spec.max.as_ref().map(|m| m.value),
+        min_length: value(&spec.min_length),
+        max_length: value(&spec.max_length),
+        pattern: spec.pattern.as_ref().map(|p| p.value.clone()),
+        allowed: spec.allowed.iter().map(|a| a.value.clone()).collect(),
+    }
+}
+
+/// The field's type, from its name in the spec.
+fn field_type(spec: &FieldSpec, problems: &mut Vec<Problem>) -> Option<FieldType> {
+    Some(match spec.field_type.value.as_str() {
+        "string" => FieldType::String {
+            max_length: spec.max_length.as_ref().map(|m| m.value),
+        },
+        "text" => FieldType::Text,
+        "bool" => FieldType::Bool,
+        "i16" => FieldType::I16,
+        "i32" => FieldType::I32,
+        "i64" => FieldType::I64,
+        "f32" => FieldType::F32,
+        "f64" => FieldType::F64,
+        "decimal" => decimal(spec, problems),
+        "date" => FieldType::Date,
+        "time" => FieldType::Time,
+        "timestamptz" | "timestamp" => FieldType::Timestamptz,
+        "uuid" => FieldType::Uuid,
+        "json" => FieldType::Json,
+        other => {
+            let rule = FieldRule::UnknownType {
+                name: other.to_owned(),
+                suggestion: did_you_mean(other, FieldType::NAMES.iter().copied())
+                    .map(str::to_owned),
+            };
+            problems.push(rule.at(&spec.field_type));
+            return None;
+        }
+    })
+}
+
+/// A decimal needs a precision and a scale that PostgreSQL accepts.
+fn decimal(spec: &FieldSpec, problems: &mut Vec<Problem>) -> FieldType {
+    let (precision, scale) = match (&spec.precision, &spec.scale) {
+        (Some(p), Some(s)) => (p.value, s.value),
+        _ => {
+            let rule = FieldRule::MissingPrecision {
+                field: spec.name.value.clone(),
+            };
+            problems.push(rule.at(&spec.field_type));
+            (1, 0)
+        }
+    };
+    if !(1..=1000).contains(&precision) || scale > precision {
+        let rule = FieldRule::InvalidPrecision { precision, scale };
+        problems.push(match &spec.precision {
+            Some(at) => rule.at(at),
+            None => rule.at(&spec.field_type),
+        });
+    }
+    FieldType::Decimal { precision, scale }
+}
+
+/// `max_length` of a string is its column's size, `VARCHAR(n)`, which PostgreSQL takes
+/// only for 1 <= n <= 10485760: other sizes made a migration it refuses (found by
+/// tests/fuzz.rs).
+fn max_length(spec: &FieldSpec, field_type: FieldType) -> Option<Problem> {
+    let max = spec.max_length.as_ref()?;
+    (matches!(field_type, FieldType::String { .. }) && !(1..=MAX_VARCHAR).contains(&max.value))
+        .then(|| {
+            FieldRule::InvalidLength {
+                max_length: max.value,
+            }
+            .at(max)
+        })
+}
+
+/// Keys the field's type has no use for.
+fn misplaced_keys(spec: &FieldSpec, field_type: FieldType) -> Vec<Problem> {
+    let type_name = &spec.field_type.value;
+    let decimal = matches!(field_type, FieldType::Decimal { .. });
+    let textual = field_type.is_textual();
+    let mut problems = Vec::new();
+    for (key, value, applies, types) in [
+        ("precision", &spec.precision, decimal, "decimal"),
+        ("scale", &spec.scale, decimal, "decimal"),
+        ("max_length", &spec.max_length, textual, "string and text"),
+        ("min_length", &spec.min_length, textual, "string and text"),
+    ] {
+        if let Some(value) = value.as_ref().filter(|_| !applies) {
+            let rule = FieldRule::NotForType {
+                key,
+                type_name: type_name.clone(),
+                types,
+            };
+            problems.push(rule.at(value));
+        }
+    }
+    for (key, value) in [("min", &spec.min), ("max", &spec.max)] {
+        if let Some(value) = value.as_ref().filter(|_| !field_type.is_numeric()) {
+            let rule = FieldRule::BoundNotForType {
+                key,
+                type_name: type_name.clone(),
+            };
+            problems.push(rule.at(value));
+        }
+    }
+    problems
+}
+
+/// `.nan` and `.inf` are YAML numbers, but the bounds become Rust float literals
+/// (`Some(NaN)` did not compile) and a NaN bound compares false with everything (found
+/// by tests/fuzz.rs). And `min` above `max` lets no value pass.
+fn bounds(spec: &FieldSpec) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (key, value) in [("min", &spec.min), ("max", &spec.max)] {
+        if let Some(v) = value.as_ref().filter(|v| !v.value.is_finite()) {
+            problems.push(
+                FieldRule::NonFiniteBound {
+                    key,
+                    value: v.value,
+                }
+                .at(v),
+            );
+        }
+    }
+    if let (Some(min), Some(max)) = (&spec.min, &spec.max)
+        && min.value > max.value
+    {
+        let rule = FieldRule::EmptyRange {
+            min: min.value,
+            max: max.value,
+        };
+        problems.push(rule.at(min));
+    }
+    problems
+}
+
+/// A pattern is for text, and must compile with the crate and limits the generated
+/// worker uses: a pattern too big to compile would panic the worker on its first
+/// message instead of failing here.
+fn pattern(spec: &FieldSpec, field_type: FieldType) -> Option<Problem> {
+    let pattern = spec.pattern.as_ref()?;
+    if !field_type.is_textual() {
+        return Some(not_for_type("pattern", spec, pattern));
+    }
+    let error = regex::Regex::new(&pattern.value).err()?;
+    let rule = FieldRule::InvalidPattern {
+        pattern: pattern.value.clone(),
+        reason: error
+            .to_string()
+            .lines()
+            .last()
+            .unwrap_or("check the syntax")
+            .to_owned(),
+    };
+    Some(rule.at(pattern))
+}
+
+/// `enum` (allowed values) is for text.
+fn allowed(spec: &FieldSpec, field_type: FieldType) -> Option<Problem> {
+    let first = spec.allowed.first()?;
+    (!field_type.is_textual()).then(|| not_for_type("enum", spec, first))
+}
+
+fn not_for_type<T>(key: &'static str, spec: &FieldSpec, at: &Spanned<T>) -> Problem {
+    FieldRule::NotForType {
+        key,
+        type_name: spec.field_type.value.clone(),
+        types: "string and text",
+    }
+    .at(at)
+}
+
+/// Where the value is in the body: `source`, or the field's name.
+fn source(spec: &FieldSpec) -> Result<Pointer, Problem> {
+    match &spec.source {
+        Some(s) => parse_pointer(s),
+        None => Ok(Pointer {
+            text: format!("/{}", spec.name.value.replace('~', "~0").replace('/', "~1")),
+            tokens: vec![spec.name.value.clone()],
+        }),
+    }
+}
+
+fn default(spec: &FieldSpec, field_type: FieldType) -> Option<Problem> {
+    let default = spec.default.as_ref()?;
+    (!default_fits(&default.value, field_type)).then(|| {
+        FieldRule::InvalidDefault {
+            value: default.value.to_string(),
+            type_name: spec.field_type.value.clone(),
+        }
+        .at(default)
+    })
+}
+
+fn default_fits(value: &serde_json::Value, field_type: FieldType) -> bool {
+    use serde_json::Value;
+    match (field_type, value) {
+        (_, Value::Null) => true,
+        (FieldType::Bool, Value::Bool(_)) => true,
+        (FieldType::I16 | FieldType::I32 | FieldType::I64, Value::Number(n)) => {
+            n.is_i64() || n.is_u64()
+        }
+        (FieldType::F32 | FieldType::F64, Value::Number(_)) => true,
+        (FieldType::Decimal { .. }, Value::Number(_) | Value::String(_)) => true,
+        (FieldType::String { .. } | FieldType::Text, Value::String(_)) => true,
+        (
+            FieldType::Date | FieldType::Time | FieldType::Timestamptz | FieldType::Uuid,
+            Value::String(_),
+        ) => true,
+        (FieldType::Json, _) => true,
+        _ => false,
+    }
+}

@@ -1,0 +1,665 @@
+//! Every problem the validator finds, typed: one variant per rule, grouped by what it is
+//! about. Each says its code, message (`Display`), label and help, and becomes a miette
+//! [`Problem`] placed where the spec wrote the value.
+
+use std::fmt::{self, Display};
+
+use serde_saphyr::Spanned;
+
+use crate::diagnostics::Problem;
+use crate::validate::{MAX_FIELDS, MAX_IDENTIFIER_BYTES, MAX_VARCHAR};
+
+/// A rule's side of a diagnostic.
+pub trait Rule: Display {
+    /// The code, without the `nomnom::` prefix.
+    fn code(&self) -> &'static str;
+    /// The text beside the place in the spec.
+    fn label(&self) -> String;
+    fn help(&self) -> Option<String>;
+
+    /// The diagnostic, pointing at where `value` was written.
+    fn at<T>(&self, value: &Spanned<T>) -> Problem {
+        self.place(Some(value))
+    }
+
+    /// The diagnostic, pointing at `value` when there is one.
+    fn place<T>(&self, value: Option<&Spanned<T>>) -> Problem {
+        let mut problem = Problem::new(self.code(), self.to_string());
+        if let Some(value) = value {
+            problem = problem.at(value, self.label());
+        }
+        if let Some(help) = self.help() {
+            problem = problem.help(help);
+        }
+        problem
+    }
+
+    /// The diagnostic of a problem of the whole spec, at no place.
+    fn unplaced(&self) -> Problem {
+        self.place::<()>(None)
+    }
+}
+
+/// "did you mean …?" before `rest`, or `rest` alone.
+fn suggest(suggestion: &Option<String>, rest: &str) -> String {
+    match suggestion {
+        Some(s) => format!("did you mean {s:?}? {rest}"),
+        None => rest.to_owned(),
+    }
+}
+
+/// Names: identifiers, the project, entities, tables, routes and JSON pointers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Naming {
+    /// `what` is "field name", "entity name", "table name".
+    BadCharacters {
+        what: String,
+        text: String,
+        suggestion: String,
+    },
+    Wildcard {
+        what: String,
+    },
+    TooLong {
+        what: String,
+        text: String,
+    },
+    RustKeyword {
+        what: String,
+        text: String,
+    },
+    UnsupportedVersion {
+        version: String,
+    },
+    InvalidProject {
+        name: String,
+    },
+    NoEntities,
+    DuplicateEntity {
+        name: String,
+    },
+    TypeNotIdentifier {
+        name: String,
+        type_name: String,
+    },
+    ReservedTypeName {
+        name: String,
+        type_name: String,
+    },
+    TypeNameCollision {
+        name: String,
+        type_name: String,
+    },
+    NomnomTablePrefix {
+        table: String,
+    },
+    SqliteTablePrefix {
+        table: String,
+    },
+    DuplicateTable {
+        table: String,
+    },
+    OperationNameCollision {
+        taken: String,
+        entity: String,
+    },
+    AmbiguousRoute {
+        route: String,
+    },
+    InvalidRoute {
+        route: String,
+    },
+    NotAPointer {
+        raw: String,
+    },
+    PointerEscape {
+        raw: String,
+    },
+}
+
+impl Display for Naming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Naming::*;
+        match self {
+            BadCharacters { what, text, .. } => {
+                write!(f, "{what} {text:?} is not a valid identifier")
+            }
+            Wildcard { what } => write!(f, "{what} \"_\" is not a valid identifier"),
+            TooLong { what, text } => {
+                write!(
+                    f,
+                    "{what} {text:?} is longer than {MAX_IDENTIFIER_BYTES} bytes"
+                )
+            }
+            RustKeyword { what, text } => write!(f, "{what} {text:?} is a Rust keyword"),
+            UnsupportedVersion { version } => write!(f, "spec version {version} is not supported"),
+            InvalidProject { name } => write!(f, "project name {name:?} cannot name a crate"),
+            NoEntities => write!(f, "the spec has no entities"),
+            DuplicateEntity { name } => write!(f, "entity {name:?} is defined twice"),
+            TypeNotIdentifier { name, type_name } => write!(
+                f,
+                "entity {name:?} would be the Rust type {type_name:?}, which is not an identifier"
+            ),
+            ReservedTypeName { name, type_name } => write!(
+                f,
+                "entity {name:?} would be the Rust type {type_name}, which the generated code uses itself"
+            ),
+            TypeNameCollision { name, type_name } => write!(
+                f,
+                "entity {name:?} becomes the Rust type {type_name}, like another entity"
+            ),
+            NomnomTablePrefix { table } => {
+                write!(f, "table {table:?} uses the reserved prefix nomnom_")
+            }
+            SqliteTablePrefix { table } => write!(
+                f,
+                "table {table:?} uses the prefix sqlite_, which SQLite reserves"
+            ),
+            DuplicateTable { table } => write!(f, "table {table:?} is used by two entities"),
+            OperationNameCollision { taken, entity } => write!(
+                f,
+                "entity {taken:?} has a name the generated code uses for the operations of entity {entity:?}"
+            ),
+            AmbiguousRoute { route } => write!(f, "route {route:?} selects two entities"),
+            InvalidRoute { route } => {
+                write!(f, "route {route:?} cannot be sent as an entity hint")
+            }
+            NotAPointer { raw } => write!(f, "{raw:?} is not a JSON pointer"),
+            PointerEscape { raw } => write!(f, "{raw:?} has a '~' not followed by 0 or 1"),
+        }
+    }
+}
+
+impl Rule for Naming {
+    fn code(&self) -> &'static str {
+        use Naming::*;
+        match self {
+            BadCharacters { .. } | Wildcard { .. } | TypeNotIdentifier { .. } => {
+                "invalid_identifier"
+            }
+            TooLong { .. } => "identifier_too_long",
+            RustKeyword { .. }
+            | ReservedTypeName { .. }
+            | NomnomTablePrefix { .. }
+            | SqliteTablePrefix { .. } => "reserved_identifier",
+            UnsupportedVersion { .. } => "unsupported_version",
+            InvalidProject { .. } => "invalid_project",
+            NoEntities => "no_entities",
+            DuplicateEntity { .. } => "duplicate_entity",
+            TypeNameCollision { .. } | OperationNameCollision { .. } => "identifier_collision",
+            DuplicateTable { .. } => "duplicate_table",
+            AmbiguousRoute { .. } => "ambiguous_route",
+            InvalidRoute { .. } => "invalid_route",
+            NotAPointer { .. } | PointerEscape { .. } => "invalid_pointer",
+        }
+    }
+
+    fn label(&self) -> String {
+        use Naming::*;
+        match self {
+            BadCharacters { .. } => "not of the form [a-z_][a-z0-9_]*",
+            Wildcard { .. } => "a wildcard in Rust",
+            TooLong { text, .. } => return format!("{} bytes", text.len()),
+            RustKeyword { .. } => "reserved in Rust",
+            UnsupportedVersion { .. } => "unknown version",
+            InvalidProject { .. } => "not of the form [a-z][a-z0-9]*([_-][a-z0-9]+)*",
+            NoEntities => "",
+            DuplicateEntity { .. } => "second definition",
+            TypeNotIdentifier { .. } => "no letter after the underscores",
+            ReservedTypeName { .. } => "reserved type name",
+            TypeNameCollision { .. } => "collides after case conversion",
+            NomnomTablePrefix { .. } | SqliteTablePrefix { .. } => "reserved prefix",
+            DuplicateTable { .. } => "already used",
+            OperationNameCollision { .. } => "collides with generated names",
+            AmbiguousRoute { .. } => "second entity with this route",
+            InvalidRoute { .. } => "not of the form [A-Za-z0-9_-]{1,64}",
+            NotAPointer { .. } => "must start with '/'",
+            PointerEscape { .. } => "bad escape",
+        }
+        .to_owned()
+    }
+
+    fn help(&self) -> Option<String> {
+        use Naming::*;
+        Some(match self {
+            BadCharacters { text, suggestion, .. } if suggestion.is_empty() || suggestion == text => "use lower-case ASCII letters, digits and underscores, starting with a letter or underscore".to_owned(),
+            BadCharacters { suggestion, .. } => format!("use lower-case ASCII letters, digits and underscores, for example {suggestion:?}"),
+            Wildcard { .. } => "add a letter or digit, for example \"_1\" or \"value\"".to_owned(),
+            TooLong { .. } => "PostgreSQL would silently truncate it; choose a shorter name".to_owned(),
+            RustKeyword { text, .. } => format!("choose another name, for example \"{text}_value\"; a field can still read the body's \"{text}\" with `source: /{text}`"),
+            UnsupportedVersion { .. } => "this nomnom reads `version: 1`".to_owned(),
+            InvalidProject { .. } => "use lower-case ASCII letters and digits, separated by single '-' or '_', starting with a letter, at most 50 characters".to_owned(),
+            NoEntities => "add at least one entity under `entities:`".to_owned(),
+            DuplicateEntity { .. } => "entity names must be unique across the spec, children included".to_owned(),
+            TypeNotIdentifier { .. } => "start the entity name with a letter, for example \"e_1\"".to_owned(),
+            ReservedTypeName { .. } => "choose another entity name; its table can keep any name with `table:`".to_owned(),
+            TypeNameCollision { .. } => "rename one of them so that their PascalCase forms differ".to_owned(),
+            NomnomTablePrefix { .. } => "nomnom's own tables start with nomnom_; pick another table name".to_owned(),
+            SqliteTablePrefix { .. } => "pick another table name, with `table:` if the entity keeps its name".to_owned(),
+            DuplicateTable { .. } => "give one of them another `table:`".to_owned(),
+            OperationNameCollision { .. } => "rename this entity; its table can keep any name with `table:`".to_owned(),
+            AmbiguousRoute { .. } => "give each root entity its own `route`".to_owned(),
+            InvalidRoute { .. } => "the API's entity hint allows letters, digits, '_' and '-'; \"_\" alone is reserved".to_owned(),
+            NotAPointer { .. } => "write the path of the value in the message body, for example /order/id".to_owned(),
+            PointerEscape { .. } => "write ~0 for '~' and ~1 for '/'".to_owned(),
+        })
+    }
+}
+
+/// An entity's fields and keys, and how it is written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Keys {
+    DuplicateField {
+        field: String,
+        entity: String,
+    },
+    NoFields {
+        entity: String,
+    },
+    TooManyFields {
+        entity: String,
+        count: usize,
+    },
+    /// `what` is the key's spec key: "primary_key", "upsert_key", "unique", "indexes".
+    KeyNotAField {
+        what: String,
+        field: String,
+        entity: String,
+        suggestion: Option<String>,
+    },
+    NullableKey {
+        what: String,
+        field: String,
+    },
+    UnsuitableKey {
+        what: String,
+        field: String,
+    },
+    MissingPrimaryKey {
+        entity: String,
+    },
+    EmptyKey {
+        what: String,
+        entity: String,
+    },
+    DuplicateKeyField {
+        what: String,
+        field: String,
+    },
+    UnknownWriteMode {
+        mode: String,
+        suggestion: Option<String>,
+    },
+    WriteModeWithoutKey {
+        entity: String,
+        mode: String,
+    },
+}
+
+impl Display for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Keys::*;
+        match self {
+            DuplicateField { field, entity } => {
+                write!(f, "field {field:?} is defined twice in {entity:?}")
+            }
+            NoFields { entity } => write!(f, "entity {entity:?} has no fields"),
+            TooManyFields { entity, count } => {
+                write!(
+                    f,
+                    "entity {entity:?} has {count} fields, more than {MAX_FIELDS}"
+                )
+            }
+            KeyNotAField {
+                what,
+                field,
+                entity,
+                ..
+            } => {
+                write!(
+                    f,
+                    "{what} names {field:?}, which is not a field of {entity:?}"
+                )
+            }
+            NullableKey { what, field } => write!(f, "{what} field {field:?} is nullable"),
+            UnsuitableKey { what, field } => write!(
+                f,
+                "{what} field {field:?} cannot be a key (its type compares inexactly)"
+            ),
+            MissingPrimaryKey { entity } => write!(f, "entity {entity:?} has no primary_key"),
+            EmptyKey { what, entity } => write!(f, "an empty list in `{what}` of {entity:?}"),
+            DuplicateKeyField { what, field } => write!(f, "`{what}` names {field:?} twice"),
+            UnknownWriteMode { mode, .. } => write!(f, "write mode {mode:?} is unknown"),
+            WriteModeWithoutKey { entity, mode } => {
+                write!(
+                    f,
+                    "entity {entity:?} uses write mode {mode:?} without a key"
+                )
+            }
+        }
+    }
+}
+
+impl Rule for Keys {
+    fn code(&self) -> &'static str {
+        use Keys::*;
+        match self {
+            DuplicateField { .. } => "duplicate_field",
+            NoFields { .. } => "no_fields",
+            TooManyFields { .. } => "too_many_fields",
+            KeyNotAField { .. } => "unknown_field",
+            NullableKey { .. } => "nullable_key",
+            UnsuitableKey { .. } => "unsuitable_key",
+            MissingPrimaryKey { .. } => "missing_primary_key",
+            EmptyKey { .. } => "empty_key",
+            DuplicateKeyField { .. } => "duplicate_key_field",
+            UnknownWriteMode { .. } => "invalid_write_mode",
+            WriteModeWithoutKey { .. } => "missing_key",
+        }
+    }
+
+    fn label(&self) -> String {
+        use Keys::*;
+        match self {
+            DuplicateField { .. } => "second definition",
+            NoFields { .. } => "no fields",
+            TooManyFields { .. } => "too many fields",
+            KeyNotAField { .. } => "no such field",
+            NullableKey { .. } => "nullable",
+            UnsuitableKey { .. } => "not a key type",
+            MissingPrimaryKey { .. } => "no primary key",
+            EmptyKey { .. } => "in this entity",
+            DuplicateKeyField { .. } => "named twice",
+            UnknownWriteMode { .. } => "unknown mode",
+            WriteModeWithoutKey { .. } => "needs primary_key or upsert_key",
+        }
+        .to_owned()
+    }
+
+    fn help(&self) -> Option<String> {
+        use Keys::*;
+        Some(match self {
+            DuplicateField { .. } => return None,
+            NoFields { .. } => "add fields under `fields:`".to_owned(),
+            TooManyFields { .. } => "split the entity, for example into a child entity, or keep rarely used values in a json field".to_owned(),
+            KeyNotAField { suggestion, .. } => return suggestion.as_ref().map(|s| format!("did you mean {s:?}?")),
+            NullableKey { .. } => "key fields must be `nullable: false`".to_owned(),
+            UnsuitableKey { .. } => "use an integer, string, uuid, date or decimal field".to_owned(),
+            MissingPrimaryKey { .. } => "name the fields that identify a row, e.g. `primary_key: [id]`; for append-only events add an id field (uuid) to the payload".to_owned(),
+            EmptyKey { .. } => "name at least one field, or remove the empty list".to_owned(),
+            DuplicateKeyField { .. } => "name each field once".to_owned(),
+            UnknownWriteMode { suggestion, .. } => suggest(suggestion, "modes: insert, upsert, ignore_duplicates"),
+            WriteModeWithoutKey { .. } => "add `primary_key: [..]` (or `upsert_key: [..]`) naming the fields that identify a row".to_owned(),
+        })
+    }
+}
+
+/// Operations, and the links between roots and children.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Links {
+    UnknownOperation {
+        operation: String,
+    },
+    OperationWithoutKey {
+        entity: String,
+    },
+    AmbiguousOperation {
+        value: String,
+    },
+    SourceOnRoot,
+    ParentKeyOnRoot,
+    OperationOnChild,
+    RouteOnChild,
+    MissingSource {
+        entity: String,
+    },
+    MissingParentKey {
+        entity: String,
+    },
+    ParentKeyNotAField {
+        field: String,
+        entity: String,
+    },
+    ParentKeyFromNotAField {
+        from: String,
+        parent: String,
+    },
+    ParentKeyTypes {
+        field: String,
+        from: String,
+    },
+    ParentKeyNullability {
+        field: String,
+        from: String,
+        parent_nullable: bool,
+    },
+}
+
+impl Display for Links {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Links::*;
+        match self {
+            UnknownOperation { operation } => {
+                write!(f, "default operation {operation:?} is unknown")
+            }
+            OperationWithoutKey { entity } => write!(
+                f,
+                "entity {entity:?} reads operations but has no key to upsert or delete by"
+            ),
+            AmbiguousOperation { value } => {
+                write!(f, "operation value {value:?} means two operations")
+            }
+            SourceOnRoot => write!(f, "`source` is only for child entities"),
+            ParentKeyOnRoot => write!(f, "`parent_key` is only for child entities"),
+            OperationOnChild => write!(f, "`operation` is only for root entities"),
+            RouteOnChild => write!(f, "`route` is only for root entities"),
+            MissingSource { entity } => write!(f, "child entity {entity:?} has no `source`"),
+            MissingParentKey { entity } => {
+                write!(f, "child entity {entity:?} has no `parent_key`")
+            }
+            ParentKeyNotAField { field, entity } => {
+                write!(f, "parent_key field {field:?} is not a field of {entity:?}")
+            }
+            ParentKeyFromNotAField { from, parent } => write!(
+                f,
+                "parent_key from {from:?} is not a field of the parent {parent:?}"
+            ),
+            ParentKeyTypes { field, from } => write!(
+                f,
+                "parent_key links {field:?} to {from:?}, which have different types"
+            ),
+            ParentKeyNullability { field, from, .. } => write!(
+                f,
+                "parent_key links {field:?} to {from:?}, but only one of them is nullable"
+            ),
+        }
+    }
+}
+
+impl Rule for Links {
+    fn code(&self) -> &'static str {
+        use Links::*;
+        match self {
+            UnknownOperation { .. } => "invalid_operation",
+            OperationWithoutKey { .. } => "missing_key",
+            AmbiguousOperation { .. } => "ambiguous_operation",
+            SourceOnRoot | ParentKeyOnRoot | OperationOnChild | RouteOnChild => "misplaced_key",
+            MissingSource { .. } => "missing_source",
+            MissingParentKey { .. } => "missing_parent_key",
+            ParentKeyNotAField { .. } | ParentKeyFromNotAField { .. } => "unknown_field",
+            ParentKeyTypes { .. } | ParentKeyNullability { .. } => "type_mismatch",
+        }
+    }
+
+    fn label(&self) -> String {
+        use Links::*;
+        match self {
+            UnknownOperation { .. } => "unknown operation",
+            OperationWithoutKey { .. } => "operations need a key",
+            AmbiguousOperation { .. } => "ambiguous values",
+            SourceOnRoot | ParentKeyOnRoot => "on a root entity",
+            OperationOnChild | RouteOnChild => "on a child entity",
+            MissingSource { .. } => "where are its rows?",
+            MissingParentKey { .. } => "not linked to its parent",
+            ParentKeyNotAField { .. } => "no such field",
+            ParentKeyFromNotAField { .. } => "no such parent field",
+            ParentKeyTypes { .. } => "types differ",
+            ParentKeyNullability { .. } => "nullability differs",
+        }
+        .to_owned()
+    }
+
+    fn help(&self) -> Option<String> {
+        use Links::*;
+        Some(match self {
+            UnknownOperation { .. } => "use create, upsert or delete".to_owned(),
+            OperationWithoutKey { .. } => "add `primary_key: [..]` naming the fields that identify a row".to_owned(),
+            AmbiguousOperation { .. } => "each value may appear in only one of create, upsert, delete".to_owned(),
+            SourceOnRoot => "move this entity under its parent's `children:`, or remove `source`".to_owned(),
+            ParentKeyOnRoot => "move this entity under its parent's `children:`".to_owned(),
+            OperationOnChild => "children are written with their parent's message; give the root entity the operation".to_owned(),
+            RouteOnChild => "children arrive inside their parent's message".to_owned(),
+            MissingSource { .. } => "add `source: /<array field>` naming the array in the parent's body".to_owned(),
+            MissingParentKey { .. } => "add `parent_key: [{field: <child field>, from: <parent field>}]`".to_owned(),
+            ParentKeyNotAField { .. } | ParentKeyFromNotAField { .. } => return None,
+            ParentKeyTypes { .. } => "give the child field the same type as the parent field".to_owned(),
+            ParentKeyNullability { parent_nullable, .. } => format!("make the child field `nullable: {parent_nullable}` like the parent field"),
+        })
+    }
+}
+
+/// One field: its type and the rules that check its values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldRule {
+    UnknownType {
+        name: String,
+        suggestion: Option<String>,
+    },
+    MissingPrecision {
+        field: String,
+    },
+    InvalidPrecision {
+        precision: u32,
+        scale: u32,
+    },
+    InvalidLength {
+        max_length: u32,
+    },
+    /// A key of the field that its type has no use for; `types` are those it is for.
+    NotForType {
+        key: &'static str,
+        type_name: String,
+        types: &'static str,
+    },
+    /// `min` or `max` on a type that is not numeric.
+    BoundNotForType {
+        key: &'static str,
+        type_name: String,
+    },
+    NonFiniteBound {
+        key: &'static str,
+        value: f64,
+    },
+    EmptyRange {
+        min: f64,
+        max: f64,
+    },
+    InvalidPattern {
+        pattern: String,
+        reason: String,
+    },
+    InvalidDefault {
+        value: String,
+        type_name: String,
+    },
+}
+
+impl Display for FieldRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use FieldRule::*;
+        match self {
+            UnknownType { name, .. } => write!(f, "type {name:?} is unknown"),
+            MissingPrecision { field } => {
+                write!(f, "decimal field {field:?} needs `precision` and `scale`")
+            }
+            InvalidPrecision { precision, scale } => write!(
+                f,
+                "decimal({precision}, {scale}) is not a valid decimal type"
+            ),
+            InvalidLength { max_length } => {
+                write!(f, "max_length {max_length} is not a column size")
+            }
+            NotForType { key, type_name, .. } | BoundNotForType { key, type_name } => {
+                write!(f, "`{key}` does not apply to type {type_name}")
+            }
+            NonFiniteBound { key, value } => write!(f, "`{key}` {value} is not a finite number"),
+            EmptyRange { min, max } => write!(f, "min {min} is greater than max {max}"),
+            InvalidPattern { pattern, .. } => {
+                write!(f, "pattern {pattern:?} is not a valid regular expression")
+            }
+            InvalidDefault { value, type_name } => {
+                write!(f, "default {value} does not fit type {type_name}")
+            }
+        }
+    }
+}
+
+impl Rule for FieldRule {
+    fn code(&self) -> &'static str {
+        use FieldRule::*;
+        match self {
+            UnknownType { .. } => "unknown_type",
+            MissingPrecision { .. } => "missing_precision",
+            InvalidPrecision { .. } => "invalid_precision",
+            InvalidLength { .. } => "invalid_length",
+            NotForType { .. } | BoundNotForType { .. } => "misplaced_key",
+            NonFiniteBound { .. } => "invalid_bound",
+            EmptyRange { .. } => "empty_range",
+            InvalidPattern { .. } => "invalid_pattern",
+            InvalidDefault { .. } => "invalid_default",
+        }
+    }
+
+    fn label(&self) -> String {
+        use FieldRule::*;
+        match self {
+            UnknownType { .. } => "unknown type",
+            MissingPrecision { .. } => "decimal without precision",
+            InvalidPrecision { .. } | InvalidLength { .. } => "out of range",
+            NotForType { .. } | BoundNotForType { .. } => "not for this type",
+            NonFiniteBound { .. } => "not finite",
+            EmptyRange { .. } => "min",
+            InvalidPattern { .. } => "invalid regex",
+            InvalidDefault { .. } => "wrong type",
+        }
+        .to_owned()
+    }
+
+    fn help(&self) -> Option<String> {
+        use FieldRule::*;
+        Some(match self {
+            UnknownType { suggestion, .. } => suggest(
+                suggestion,
+                &format!("types: {}", crate::model::FieldType::NAMES.join(", ")),
+            ),
+            MissingPrecision { .. } => {
+                "for example `precision: 15` and `scale: 2` for money".to_owned()
+            }
+            InvalidPrecision { .. } => {
+                "precision must be 1 to 1000 and scale at most precision".to_owned()
+            }
+            InvalidLength { .. } => format!(
+                "a string's max_length is 1 to {MAX_VARCHAR}; use type text for longer values"
+            ),
+            NotForType { key, types, .. } => format!("`{key}` is for {types}"),
+            BoundNotForType { .. } => "`min` and `max` are for numeric types".to_owned(),
+            NonFiniteBound { key, .. } => format!("remove `{key}` to leave that side unbounded"),
+            EmptyRange { .. } => "no value could pass; swap them".to_owned(),
+            InvalidPattern { reason, .. } => reason.clone(),
+            InvalidDefault { .. } => {
+                "write a default of the field's type (decimals, dates, times and uuids as strings)"
+                    .to_owned()
+            }
+        })
+    }
+}
