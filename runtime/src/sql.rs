@@ -110,6 +110,24 @@ fn placeholder(kind: DatabaseKind, index: usize, column_type: ColumnType) -> Str
     }
 }
 
+/// `rows` parenthesised lists of placeholders, one per column type: `($1, $2), ($3, $4)`.
+pub(crate) fn value_lists(kind: DatabaseKind, column_types: &[ColumnType], rows: usize) -> String {
+    let mut index = 0;
+    let lists: Vec<String> = (0..rows)
+        .map(|_| {
+            let values: Vec<String> = column_types
+                .iter()
+                .map(|column_type| {
+                    index += 1;
+                    placeholder(kind, index, *column_type)
+                })
+                .collect();
+            format!("({})", values.join(", "))
+        })
+        .collect();
+    lists.join(", ")
+}
+
 /// The INSERT statement for `rows` rows.
 fn insert_sql(kind: DatabaseKind, table: &Table, rows: usize) -> String {
     let columns: Vec<String> = table.columns.iter().map(|c| quote(c.name)).collect();
@@ -118,21 +136,8 @@ fn insert_sql(kind: DatabaseKind, table: &Table, rows: usize) -> String {
         quote(table.name),
         columns.join(", ")
     );
-    let mut index = 1;
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for (i, column) in table.columns.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&placeholder(kind, index, column.column_type));
-            index += 1;
-        }
-        sql.push(')');
-    }
+    let types: Vec<ColumnType> = table.columns.iter().map(|c| c.column_type).collect();
+    sql.push_str(&value_lists(kind, &types, rows));
     sql.push_str(&conflict_clause(table));
     sql
 }
@@ -276,21 +281,7 @@ fn delete_sql(kind: DatabaseKind, table: &Table, rows: usize) -> String {
         quote(table.name),
         key.join(", ")
     );
-    let mut index = 1;
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for (i, column_type) in key_types.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&placeholder(kind, index, *column_type));
-            index += 1;
-        }
-        sql.push(')');
-    }
+    sql.push_str(&value_lists(kind, &key_types, rows));
     sql.push(')');
     sql
 }

@@ -106,14 +106,12 @@ const CLAIM_CHUNK: usize = 1_000;
 
 /// The multi-row upsert of `rows` records; `returning` lists the ids it wrote.
 fn upsert_sql(kind: DatabaseKind, rows: usize, returning: bool) -> String {
-    let mut sql = format!("INSERT INTO {TABLE} ({COLUMNS}) VALUES ");
-    for row in 0..rows {
-        let values: Vec<String> = (1..=8).map(|n| kind.placeholder(row * 8 + n)).collect();
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("({})", values.join(", ")));
-    }
+    // Text: placeholders without PostgreSQL casts (the binds carry the types).
+    let types = [crate::sql::ColumnType::Text; 8];
+    let mut sql = format!(
+        "INSERT INTO {TABLE} ({COLUMNS}) VALUES {}",
+        crate::sql::value_lists(kind, &types, rows)
+    );
     sql.push(' ');
     sql.push_str(UPSERT_SET);
     if returning {
