@@ -101,7 +101,7 @@ impl Database {
         }
     }
 
-    /// Runs `work` on the connection off the async runtime; `None` if the task panicked.
+    /// Runs `work` on the connection off the async runtime; `Err` if the task panicked.
     pub(super) async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut AnyConnection) -> T + Send + 'static,
