@@ -149,14 +149,28 @@ pub enum DlqError {
     },
     #[error("cannot store dead letter of message {id}: {source}")]
     Store { id: Uuid, source: PublishError },
-    #[error("cannot open the dead-letter stream {stream}: {message}")]
-    Stream { stream: String, message: String },
-    #[error("cannot read dead letter {sequence}: {message}")]
-    Read { sequence: u64, message: String },
-    #[error("dead letter {sequence} is not a nomnom dead letter: {message}")]
-    Malformed { sequence: u64, message: String },
-    #[error("cannot republish message {id}: {message}")]
-    Publish { id: Uuid, message: String },
+    #[error("cannot open the dead-letter stream {stream}: {source}")]
+    Stream {
+        stream: String,
+        source: async_nats::Error,
+    },
+    #[error("cannot read dead letter {sequence}: {source}")]
+    Read {
+        sequence: u64,
+        source: async_nats::Error,
+    },
+    #[error("dead letter {sequence} is not a nomnom dead letter: {source}")]
+    Malformed {
+        sequence: u64,
+        source: serde_json::Error,
+    },
+    #[error("cannot republish message {id}: the stored envelope is unreadable: {source}")]
+    Unreadable {
+        id: Uuid,
+        source: crate::envelope::DecodeError,
+    },
+    #[error("cannot republish message {id}: {source}")]
+    Publish { id: Uuid, source: PublishError },
 }
 
 /// The subject prefix dead letters of `dlq_stream` are published under.
@@ -170,18 +184,18 @@ pub async fn list(
     dlq_stream: &str,
     filter: &Filter,
 ) -> Result<Vec<DeadLetter>, DlqError> {
-    let stream_error = |message: String| DlqError::Stream {
+    let stream_error = |source: async_nats::Error| DlqError::Stream {
         stream: dlq_stream.to_owned(),
-        message,
+        source,
     };
     let mut stream = js
         .get_stream(dlq_stream)
         .await
-        .map_err(|e| stream_error(e.to_string()))?;
+        .map_err(|e| stream_error(e.into()))?;
     let state = stream
         .info()
         .await
-        .map_err(|e| stream_error(e.to_string()))?
+        .map_err(|e| stream_error(e.into()))?
         .state
         .clone();
     let mut letters = Vec::new();
@@ -196,15 +210,12 @@ pub async fn list(
             Err(e) => {
                 return Err(DlqError::Read {
                     sequence,
-                    message: e.to_string(),
+                    source: e.into(),
                 });
             }
         };
-        let mut letter: DeadLetter =
-            serde_json::from_slice(&message.payload).map_err(|e| DlqError::Malformed {
-                sequence,
-                message: e.to_string(),
-            })?;
+        let mut letter: DeadLetter = serde_json::from_slice(&message.payload)
+            .map_err(|source| DlqError::Malformed { sequence, source })?;
         letter.dlq_sequence = sequence;
         if filter.matches(&letter) {
             letters.push(letter);
@@ -227,15 +238,13 @@ pub async fn replay(
         .await
         .map_err(|e| DlqError::Stream {
             stream: dlq_stream.to_owned(),
-            message: e.to_string(),
+            source: e.into(),
         })?;
     for letter in &letters {
-        let publish_error = |message: String| DlqError::Publish {
-            id: letter.message_id,
-            message,
-        };
+        let id = letter.message_id;
+        let publish_error = |source| DlqError::Publish { id, source };
         let envelope = Envelope::decode(letter.envelope.clone().into_bytes().into())
-            .map_err(|e| publish_error(format!("the stored envelope is unreadable: {e}")))?;
+            .map_err(|source| DlqError::Unreadable { id, source })?;
         let subject = subject::message_subject(
             &settings.subject_prefix,
             envelope.entity.as_ref(),
@@ -243,16 +252,16 @@ pub async fn replay(
         );
         js.publish(subject, letter.envelope.clone().into_bytes().into())
             .await
-            .map_err(|e| publish_error(e.to_string()))?
+            .map_err(publish_error)?
             .await
-            .map_err(|e| publish_error(e.to_string()))?;
+            .map_err(publish_error)?;
         // Removed only once the replay is stored: a failure leaves it to replay again.
         stream
             .delete_message(letter.dlq_sequence)
             .await
             .map_err(|e| DlqError::Read {
                 sequence: letter.dlq_sequence,
-                message: e.to_string(),
+                source: e.into(),
             })?;
     }
     Ok(letters.len())
