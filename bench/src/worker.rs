@@ -317,10 +317,7 @@ fn write_like_the_worker(
     path: SqlPath,
 ) -> anyhow::Result<()> {
     sql::write_transaction(conn, |conn| -> diesel::QueryResult<()> {
-        let AnyConnection::Postgresql(pg) = conn else {
-            unreachable!("benchmarks run on PostgreSQL")
-        };
-        status::postgres::claim(pg, &records(range.clone()))?;
+        status::claim(conn, &records(range.clone()))?;
         let orders = &workload.orders[range.clone()];
         write_rows(conn, &tpch_worker::database::ORDER, orders, path)?;
         let items = items_of(workload, range);

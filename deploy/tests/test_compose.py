@@ -114,7 +114,7 @@ def test_environment_variables_are_ones_the_binaries_read(compose: dict, api_env
     "name, listen_key, constant, router",
     [
         ("nats-api", "NOMNOM_LISTEN", "API_LISTEN", "nats-api/src/lib.rs"),
-        ("worker", "NOMNOM_WORKER_LISTEN", "WORKER_LISTEN", "runtime/src/worker/run.rs"),
+        ("worker", "NOMNOM_WORKER_LISTEN", "WORKER_LISTEN", "runtime/src/worker/health.rs"),
     ],
 )
 def test_health_checks_probe_the_real_endpoint_on_the_listen_port(

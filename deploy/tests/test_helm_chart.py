@@ -317,7 +317,7 @@ def test_probes_hit_the_real_health_endpoints_on_the_listen_ports(rendered, name
     documents = rendered[name]
     cases = [
         (f"{RELEASE}-api", "NOMNOM_LISTEN", "API_LISTEN", "nats-api/src/lib.rs"),
-        (f"{RELEASE}-worker", "NOMNOM_WORKER_LISTEN", "WORKER_LISTEN", "runtime/src/worker/run.rs"),
+        (f"{RELEASE}-worker", "NOMNOM_WORKER_LISTEN", "WORKER_LISTEN", "runtime/src/worker/health.rs"),
     ]
     for deployment, listen, constant, router in cases:
         c = container(one(documents, "Deployment", deployment))
@@ -503,9 +503,9 @@ def test_nats_dependency_disabled_and_migration_hook(rendered):
     assert c["image"] == worker["image"]
     assert set(env_of(c)) >= {"DATABASE_URL"} and "NATS_URL" not in env_of(c), "migrations need no NATS"
     # --migrate-only is a real flag of the worker, and migrations take the advisory lock.
-    run = (ROOT / "runtime/src/worker/run.rs").read_text()
-    assert re.search(r"#\[arg\(long\)\]\s*pub migrate_only: bool", run)
-    assert "pg_advisory_xact_lock" in run
+    flags = (ROOT / "runtime/src/worker/config.rs").read_text()
+    assert re.search(r"#\[arg\(long\)\]\s*pub migrate_only: bool", flags)
+    assert "pg_advisory_xact_lock" in (ROOT / "runtime/src/worker/migrate.rs").read_text()
 
 
 def test_ingress_and_autoscalers(rendered):

@@ -87,7 +87,7 @@ IMAGES = [
         ROOT,
         "tpch-worker",
         "WORKER_LISTEN",
-        "runtime/src/worker/run.rs",
+        "runtime/src/worker/health.rs",
     ),
 ]
 

@@ -63,10 +63,6 @@ impl Default for ApiConfig {
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    duration::parse(text).map_err(|e| e.to_string())
-}
-
 /// nats-api: accepts JSON over HTTP and stores it durably in NATS JetStream.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "nats-api", version, about)]
@@ -90,19 +86,19 @@ pub struct ApiArgs {
     #[arg(long, env = "NOMNOM_MAX_BATCH_ITEMS", default_value_t = defaults::API_MAX_BATCH_ITEMS)]
     pub max_batch_items: usize,
     /// Bound on one publish before answering 503.
-    #[arg(long, env = "NOMNOM_PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "NOMNOM_PUBLISH_TIMEOUT", default_value = "5s", value_parser = duration::parse)]
     pub publish_timeout: Duration,
     /// Publishes awaiting JetStream's acknowledgement at once (429 beyond).
     #[arg(long, env = "NOMNOM_MAX_IN_FLIGHT", default_value_t = defaults::API_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
     /// Time a client has to send its request headers.
-    #[arg(long, env = "NOMNOM_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "NOMNOM_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration::parse)]
     pub header_read_timeout: Duration,
     /// Time a client has to send its request body.
-    #[arg(long, env = "NOMNOM_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "NOMNOM_BODY_READ_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
     pub body_read_timeout: Duration,
     /// How long SIGTERM waits for in-flight requests.
-    #[arg(long, env = "NOMNOM_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
+    #[arg(long, env = "NOMNOM_SHUTDOWN_GRACE", default_value = "25s", value_parser = duration::parse)]
     pub shutdown_grace: Duration,
     /// Comma-separated API keys; when set (or --api-keys-file is), requests need `Authorization: Bearer <key>`.
     #[arg(

@@ -6,10 +6,6 @@ use std::time::Duration;
 
 use crate::{defaults, duration, nats::NatsConfig, stream::StreamSettings};
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    duration::parse(text).map_err(|e| e.to_string())
-}
-
 /// How to reach NATS.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
@@ -48,10 +44,10 @@ pub struct NatsArgs {
     #[arg(long = "nats-require-tls", env = "NATS_REQUIRE_TLS")]
     pub require_tls: bool,
     /// Connection timeout.
-    #[arg(long = "nats-connect-timeout", env = "NATS_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long = "nats-connect-timeout", env = "NATS_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration::parse)]
     pub connect_timeout: Duration,
     /// Timeout of JetStream API requests.
-    #[arg(long = "nats-request-timeout", env = "NATS_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long = "nats-request-timeout", env = "NATS_REQUEST_TIMEOUT", default_value = "5s", value_parser = duration::parse)]
     pub request_timeout: Duration,
 }
 
@@ -88,10 +84,10 @@ pub struct StreamArgs {
     #[arg(long = "subject-prefix", env = "NOMNOM_SUBJECT_PREFIX", default_value = defaults::INGEST_SUBJECT_PREFIX)]
     pub subject_prefix: String,
     /// JetStream duplicate window for Idempotency-Key retries.
-    #[arg(long = "duplicate-window", env = "NOMNOM_DUPLICATE_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    #[arg(long = "duplicate-window", env = "NOMNOM_DUPLICATE_WINDOW", default_value = "2m", value_parser = duration::parse)]
     pub duplicate_window: Duration,
     /// How long messages are kept in the stream.
-    #[arg(long = "stream-max-age", env = "NOMNOM_STREAM_MAX_AGE", default_value = "7d", value_parser = parse_duration)]
+    #[arg(long = "stream-max-age", env = "NOMNOM_STREAM_MAX_AGE", default_value = "7d", value_parser = duration::parse)]
     pub max_age: Duration,
     /// Stream size limit in bytes (-1: unlimited). When full, ingest answers 507.
     #[arg(long = "stream-max-bytes", env = "NOMNOM_STREAM_MAX_BYTES", default_value_t = defaults::STREAM_MAX_BYTES, allow_hyphen_values = true)]

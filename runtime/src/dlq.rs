@@ -1,15 +1,25 @@
-//! The dead-letter stream: what workers write there, and listing and replaying it.
+//! The dead-letter stream: creating it, what workers write there (built and read as one
+//! [`DeadLetter`] type), and listing and replaying it.
 //!
 //! A dead-lettered message is a JSON document on `<dlq stream, lower-case>.<entity>.<id>`
 //! holding the original envelope, the error, the attempts and the source sequence.
 //! Replaying republishes the original envelope (same message id) to the ingest subject and
 //! removes the dead letter; the worker's status table makes replays idempotent.
 
-use async_nats::jetstream::{self, stream::DirectGetErrorKind};
+use async_nats::jetstream::{
+    self,
+    context::{CreateStreamError, PublishError},
+    stream::{Config as StreamConfig, DirectGetErrorKind, DiscardPolicy, StorageType},
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Envelope, StreamSettings, subject};
+use crate::{
+    Envelope, StreamSettings,
+    envelope::format_time,
+    status::{MessageState, StatusRecord},
+    subject,
+};
 
 /// One dead letter.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -23,9 +33,91 @@ pub struct DeadLetter {
     pub dead_lettered_at: String,
     /// The original envelope, as published by nats-api.
     pub envelope: String,
-    /// Sequence of this dead letter in the dead-letter stream.
-    #[serde(skip_deserializing, default)]
+    /// Sequence of this dead letter in the dead-letter stream: set when read back, not
+    /// part of what workers publish.
+    #[serde(skip_deserializing, default, skip_serializing_if = "is_unset")]
     pub dlq_sequence: u64,
+}
+
+fn is_unset(sequence: &u64) -> bool {
+    *sequence == 0
+}
+
+impl DeadLetter {
+    /// The dead letter of a delivery whose `dead_lettered` status row is `record`;
+    /// `payload` is the delivered stream message (the envelope as nats-api published it).
+    pub fn new(record: &StatusRecord, stream_sequence: u64, payload: &[u8]) -> Self {
+        debug_assert_eq!(record.status, MessageState::DeadLettered);
+        Self {
+            message_id: record.message_id,
+            entity: record.entity.clone(),
+            error: record.error.clone().unwrap_or_default(),
+            attempts: i64::from(record.attempts),
+            stream_sequence,
+            received_at: format_time(record.received_at),
+            dead_lettered_at: format_time(record.processed_at),
+            envelope: String::from_utf8_lossy(payload).into_owned(),
+            dlq_sequence: 0,
+        }
+    }
+}
+
+/// Where a worker publishes dead letters.
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    js: jetstream::Context,
+    prefix: String,
+}
+
+impl DeadLetters {
+    /// Creates the dead-letter stream `dlq_stream` if it does not exist.
+    pub async fn ensure(
+        js: jetstream::Context,
+        dlq_stream: &str,
+        replicas: usize,
+    ) -> Result<Self, DlqError> {
+        let prefix = subject_prefix(dlq_stream);
+        js.get_or_create_stream(StreamConfig {
+            name: dlq_stream.to_owned(),
+            subjects: vec![format!("{prefix}.>")],
+            storage: StorageType::File,
+            discard: DiscardPolicy::New,
+            num_replicas: replicas,
+            // Listing and replaying read single dead letters.
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|source| DlqError::Create {
+            stream: dlq_stream.to_owned(),
+            source,
+        })?;
+        Ok(Self { js, prefix })
+    }
+
+    /// Publishes `letter` and waits for JetStream to store it. The same delivery
+    /// dead-lettered twice (its termination lost) is stored once.
+    pub async fn publish(&self, letter: &DeadLetter) -> Result<(), DlqError> {
+        let entity = letter.entity.as_deref().unwrap_or(subject::NO_ENTITY_TOKEN);
+        let subject = format!("{}.{entity}.{}", self.prefix, letter.message_id);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{}:{}", letter.message_id, letter.stream_sequence).as_str(),
+        );
+        let payload = serde_json::to_vec(letter).unwrap_or_default();
+        let store = |source| DlqError::Store {
+            id: letter.message_id,
+            source,
+        };
+        self.js
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(store)?
+            .await
+            .map_err(store)?;
+        Ok(())
+    }
 }
 
 /// Which dead letters to act on.
@@ -45,17 +137,40 @@ impl Filter {
     }
 }
 
-/// Why the dead-letter stream could not be read or replayed.
+/// Why the dead-letter stream could not be created, written, read or replayed.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
-    #[error("cannot open the dead-letter stream {stream}: {message}")]
-    Stream { stream: String, message: String },
-    #[error("cannot read dead letter {sequence}: {message}")]
-    Read { sequence: u64, message: String },
-    #[error("dead letter {sequence} is not a nomnom dead letter: {message}")]
-    Malformed { sequence: u64, message: String },
-    #[error("cannot republish message {id}: {message}")]
-    Publish { id: Uuid, message: String },
+    #[error(
+        "cannot create the dead-letter stream {stream}: {source}; check NOMNOM_DLQ_STREAM and the NATS permissions"
+    )]
+    Create {
+        stream: String,
+        source: CreateStreamError,
+    },
+    #[error("cannot store dead letter of message {id}: {source}")]
+    Store { id: Uuid, source: PublishError },
+    #[error("cannot open the dead-letter stream {stream}: {source}")]
+    Stream {
+        stream: String,
+        source: async_nats::Error,
+    },
+    #[error("cannot read dead letter {sequence}: {source}")]
+    Read {
+        sequence: u64,
+        source: async_nats::Error,
+    },
+    #[error("dead letter {sequence} is not a nomnom dead letter: {source}")]
+    Malformed {
+        sequence: u64,
+        source: serde_json::Error,
+    },
+    #[error("cannot republish message {id}: the stored envelope is unreadable: {source}")]
+    Unreadable {
+        id: Uuid,
+        source: crate::envelope::DecodeError,
+    },
+    #[error("cannot republish message {id}: {source}")]
+    Publish { id: Uuid, source: PublishError },
 }
 
 /// The subject prefix dead letters of `dlq_stream` are published under.
@@ -69,18 +184,18 @@ pub async fn list(
     dlq_stream: &str,
     filter: &Filter,
 ) -> Result<Vec<DeadLetter>, DlqError> {
-    let stream_error = |message: String| DlqError::Stream {
+    let stream_error = |source: async_nats::Error| DlqError::Stream {
         stream: dlq_stream.to_owned(),
-        message,
+        source,
     };
     let mut stream = js
         .get_stream(dlq_stream)
         .await
-        .map_err(|e| stream_error(e.to_string()))?;
+        .map_err(|e| stream_error(e.into()))?;
     let state = stream
         .info()
         .await
-        .map_err(|e| stream_error(e.to_string()))?
+        .map_err(|e| stream_error(e.into()))?
         .state
         .clone();
     let mut letters = Vec::new();
@@ -95,15 +210,12 @@ pub async fn list(
             Err(e) => {
                 return Err(DlqError::Read {
                     sequence,
-                    message: e.to_string(),
+                    source: e.into(),
                 });
             }
         };
-        let mut letter: DeadLetter =
-            serde_json::from_slice(&message.payload).map_err(|e| DlqError::Malformed {
-                sequence,
-                message: e.to_string(),
-            })?;
+        let mut letter: DeadLetter = serde_json::from_slice(&message.payload)
+            .map_err(|source| DlqError::Malformed { sequence, source })?;
         letter.dlq_sequence = sequence;
         if filter.matches(&letter) {
             letters.push(letter);
@@ -126,15 +238,13 @@ pub async fn replay(
         .await
         .map_err(|e| DlqError::Stream {
             stream: dlq_stream.to_owned(),
-            message: e.to_string(),
+            source: e.into(),
         })?;
     for letter in &letters {
-        let publish_error = |message: String| DlqError::Publish {
-            id: letter.message_id,
-            message,
-        };
+        let id = letter.message_id;
+        let publish_error = |source| DlqError::Publish { id, source };
         let envelope = Envelope::decode(letter.envelope.clone().into_bytes().into())
-            .map_err(|e| publish_error(format!("the stored envelope is unreadable: {e}")))?;
+            .map_err(|source| DlqError::Unreadable { id, source })?;
         let subject = subject::message_subject(
             &settings.subject_prefix,
             envelope.entity.as_ref(),
@@ -142,16 +252,16 @@ pub async fn replay(
         );
         js.publish(subject, letter.envelope.clone().into_bytes().into())
             .await
-            .map_err(|e| publish_error(e.to_string()))?
+            .map_err(publish_error)?
             .await
-            .map_err(|e| publish_error(e.to_string()))?;
+            .map_err(publish_error)?;
         // Removed only once the replay is stored: a failure leaves it to replay again.
         stream
             .delete_message(letter.dlq_sequence)
             .await
             .map_err(|e| DlqError::Read {
                 sequence: letter.dlq_sequence,
-                message: e.to_string(),
+                source: e.into(),
             })?;
     }
     Ok(letters.len())

@@ -11,10 +11,13 @@ use diesel::{
     prelude::*,
     query_builder::BoxedSqlQuery,
     sql_types::{BigInt, Bool, Double, Float, Integer, Nullable, SmallInt, Text},
-    sqlite::{Sqlite, SqliteConnection},
 };
 
-use crate::db::{DatabaseKind, DatabaseUrl};
+/// Connections live in [`crate::db`]; re-exported here for generated code.
+pub use crate::db::{
+    AnyConnection, ConnectError, connect, is_transient, run_script, write_transaction,
+};
+use crate::db::{DatabaseKind, with_backend};
 
 /// Column types, as the spec names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,102 +96,48 @@ pub enum Value {
     Text(String),
 }
 
-/// A database connection of either backend.
-#[derive(diesel::MultiConnection)]
-pub enum AnyConnection {
-    Postgresql(PgConnection),
-    Sqlite(SqliteConnection),
-}
-
-impl std::fmt::Debug for AnyConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Postgresql(_) => "AnyConnection::Postgresql",
-            Self::Sqlite(_) => "AnyConnection::Sqlite",
-        })
-    }
-}
-
-/// Why a connection could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error(transparent)]
-    Url(#[from] crate::db::DatabaseUrlError),
-    #[error("cannot connect to {url}: {source}; check DATABASE_URL and that the database is up")]
-    Connection {
-        url: String,
-        source: ConnectionError,
-    },
-}
-
-/// Opens a connection for a `DATABASE_URL`. SQLite gets WAL mode and a busy timeout, so a
-/// reader (the API's status lookups) does not block the writer.
-pub fn connect(url: &str) -> Result<AnyConnection, ConnectError> {
-    let parsed = DatabaseUrl::parse(url)?;
-    let fail = |source| ConnectError::Connection {
-        url: parsed.redacted(),
-        source,
-    };
-    Ok(match parsed.kind {
-        DatabaseKind::Postgres => AnyConnection::Postgresql(
-            PgConnection::establish(&parsed.connection_string).map_err(fail)?,
-        ),
-        DatabaseKind::Sqlite => {
-            let mut conn = SqliteConnection::establish(&parsed.connection_string).map_err(fail)?;
-            // busy_timeout first: even switching to WAL waits for other connections' locks.
-            conn.batch_execute("PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
-                .map_err(|e| fail(ConnectionError::CouldntSetupConfiguration(e)))?;
-            AnyConnection::Sqlite(conn)
-        }
-    })
-}
-
-/// Most bind parameters in one statement: PostgreSQL allows 65,535, SQLite 32,766.
-const POSTGRES_MAX_BINDS: usize = 65_535;
-const SQLITE_MAX_BINDS: usize = 32_766;
-
 fn quote(identifier: &str) -> String {
     // Identifiers are validated by the generator ([a-z_][a-z0-9_]*); quoting makes SQL
     // keywords (order, user, …) usable as names.
     format!("\"{identifier}\"")
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Postgres,
-    Sqlite,
-}
-
-fn placeholder(backend: Backend, index: usize, column_type: ColumnType) -> String {
-    match backend {
-        Backend::Postgres => format!("${index}{}", column_type.postgres_cast()),
-        Backend::Sqlite => "?".to_owned(),
+/// The `index`-th placeholder, with PostgreSQL's cast for text-carried types.
+fn placeholder(kind: DatabaseKind, index: usize, column_type: ColumnType) -> String {
+    match kind {
+        DatabaseKind::Postgres => format!("${index}{}", column_type.postgres_cast()),
+        DatabaseKind::Sqlite => kind.placeholder(index),
     }
 }
 
+/// `rows` parenthesised lists of placeholders, one per column type: `($1, $2), ($3, $4)`.
+pub(crate) fn value_lists(kind: DatabaseKind, column_types: &[ColumnType], rows: usize) -> String {
+    let mut index = 0;
+    let lists: Vec<String> = (0..rows)
+        .map(|_| {
+            let values: Vec<String> = column_types
+                .iter()
+                .map(|column_type| {
+                    index += 1;
+                    placeholder(kind, index, *column_type)
+                })
+                .collect();
+            format!("({})", values.join(", "))
+        })
+        .collect();
+    lists.join(", ")
+}
+
 /// The INSERT statement for `rows` rows.
-fn insert_sql(backend: Backend, table: &Table, rows: usize) -> String {
+fn insert_sql(kind: DatabaseKind, table: &Table, rows: usize) -> String {
     let columns: Vec<String> = table.columns.iter().map(|c| quote(c.name)).collect();
     let mut sql = format!(
         "INSERT INTO {} ({}) VALUES ",
         quote(table.name),
         columns.join(", ")
     );
-    let mut index = 1;
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for (i, column) in table.columns.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&placeholder(backend, index, column.column_type));
-            index += 1;
-        }
-        sql.push(')');
-    }
+    let types: Vec<ColumnType> = table.columns.iter().map(|c| c.column_type).collect();
+    sql.push_str(&value_lists(kind, &types, rows));
     sql.push_str(&conflict_clause(table));
     sql
 }
@@ -314,7 +263,7 @@ fn copy_write(pg: &mut PgConnection, table: &Table, rows: &[&Vec<Value>]) -> Que
 }
 
 /// The DELETE statement for `rows` keys.
-fn delete_sql(backend: Backend, table: &Table, rows: usize) -> String {
+fn delete_sql(kind: DatabaseKind, table: &Table, rows: usize) -> String {
     let key_types: Vec<ColumnType> = table
         .key
         .iter()
@@ -332,21 +281,7 @@ fn delete_sql(backend: Backend, table: &Table, rows: usize) -> String {
         quote(table.name),
         key.join(", ")
     );
-    let mut index = 1;
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for (i, column_type) in key_types.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&placeholder(backend, index, *column_type));
-            index += 1;
-        }
-        sql.push(')');
-    }
+    sql.push_str(&value_lists(kind, &key_types, rows));
     sql.push(')');
     sql
 }
@@ -373,46 +308,20 @@ macro_rules! bind_value {
     }};
 }
 
-fn run_postgres(
-    conn: &mut PgConnection,
-    sql: String,
-    binds: &[(ColumnType, &Value)],
-) -> QueryResult<usize> {
-    let mut query: BoxedSqlQuery<'_, Pg, _> = diesel::sql_query(sql).into_boxed();
-    for (column_type, value) in binds {
-        query = bind_value!(query, *column_type, *value);
-    }
-    query.execute(conn)
-}
-
-fn run_sqlite(
-    conn: &mut SqliteConnection,
-    sql: String,
-    binds: &[(ColumnType, &Value)],
-) -> QueryResult<usize> {
-    let mut query: BoxedSqlQuery<'_, Sqlite, _> = diesel::sql_query(sql).into_boxed();
-    for (column_type, value) in binds {
-        query = bind_value!(query, *column_type, *value);
-    }
-    query.execute(conn)
-}
-
+/// Runs one statement with typed binds, on either backend.
 fn execute(
     conn: &mut AnyConnection,
-    sql_for: impl Fn(Backend) -> String,
+    sql_for: impl Fn(DatabaseKind) -> String,
     binds: &[(ColumnType, &Value)],
 ) -> QueryResult<usize> {
-    match conn {
-        AnyConnection::Postgresql(pg) => run_postgres(pg, sql_for(Backend::Postgres), binds),
-        AnyConnection::Sqlite(lite) => run_sqlite(lite, sql_for(Backend::Sqlite), binds),
-    }
-}
-
-fn max_binds(conn: &AnyConnection) -> usize {
-    match conn {
-        AnyConnection::Postgresql(_) => POSTGRES_MAX_BINDS,
-        AnyConnection::Sqlite(_) => SQLITE_MAX_BINDS,
-    }
+    with_backend!(conn, c => {
+        let mut query: BoxedSqlQuery<'_, dialect::Backend, _> =
+            diesel::sql_query(sql_for(dialect::KIND)).into_boxed();
+        for (column_type, value) in binds {
+            query = bind_value!(query, *column_type, *value);
+        }
+        query.execute(c)
+    })
 }
 
 /// Indexes of the key columns of `table`.
@@ -466,18 +375,14 @@ pub fn write_rows(
     {
         return copy_write(pg, table, &rows);
     }
-    let per_statement = (max_binds(conn) / table.columns.len().max(1)).max(1);
+    let per_statement = (conn.kind().max_binds() / table.columns.len().max(1)).max(1);
     let mut affected = 0;
     for chunk in rows.chunks(per_statement) {
         let binds: Vec<(ColumnType, &Value)> = chunk
             .iter()
             .flat_map(|row| table.columns.iter().map(|c| c.column_type).zip(row.iter()))
             .collect();
-        affected += execute(
-            conn,
-            |backend| insert_sql(backend, table, chunk.len()),
-            &binds,
-        )?;
+        affected += execute(conn, |kind| insert_sql(kind, table, chunk.len()), &binds)?;
     }
     Ok(affected)
 }
@@ -495,87 +400,16 @@ pub fn delete_rows(
         .iter()
         .map(|p| table.columns[*p].column_type)
         .collect();
-    let per_statement = (max_binds(conn) / key_types.len().max(1)).max(1);
+    let per_statement = (conn.kind().max_binds() / key_types.len().max(1)).max(1);
     let mut affected = 0;
     for chunk in keys.chunks(per_statement) {
         let binds: Vec<(ColumnType, &Value)> = chunk
             .iter()
             .flat_map(|row| key_types.iter().copied().zip(row.iter()))
             .collect();
-        affected += execute(
-            conn,
-            |backend| delete_sql(backend, table, chunk.len()),
-            &binds,
-        )?;
+        affected += execute(conn, |kind| delete_sql(kind, table, chunk.len()), &binds)?;
     }
     Ok(affected)
-}
-
-/// Runs `work` in a write transaction. On SQLite it begins with `BEGIN IMMEDIATE`, so the
-/// writer lock is taken up front (waiting on `busy_timeout`) instead of failing with
-/// "database is locked" when a deferred transaction tries to upgrade.
-pub fn write_transaction<T, E>(
-    conn: &mut AnyConnection,
-    work: impl FnOnce(&mut AnyConnection) -> Result<T, E>,
-) -> Result<T, E>
-where
-    E: From<diesel::result::Error>,
-{
-    match conn {
-        AnyConnection::Postgresql(_) => conn.transaction(work),
-        AnyConnection::Sqlite(_) => {
-            run_script(conn, "BEGIN IMMEDIATE")?;
-            match work(conn) {
-                Ok(value) => match run_script(conn, "COMMIT") {
-                    Ok(()) => Ok(value),
-                    Err(err) => {
-                        let _ = run_script(conn, "ROLLBACK");
-                        Err(err.into())
-                    }
-                },
-                Err(err) => {
-                    let _ = run_script(conn, "ROLLBACK");
-                    Err(err)
-                }
-            }
-        }
-    }
-}
-
-/// Whether a database error is about contention or the connection, not the data: the
-/// same write may succeed when retried.
-pub fn is_transient(err: &diesel::result::Error) -> bool {
-    use diesel::result::{DatabaseErrorKind, Error};
-    if let Error::DatabaseError(
-        DatabaseErrorKind::SerializationFailure
-        | DatabaseErrorKind::ClosedConnection
-        | DatabaseErrorKind::UnableToSendCommand,
-        _,
-    ) = err
-    {
-        return true;
-    }
-    let text = err.to_string().to_lowercase();
-    [
-        "database is locked",
-        "database table is locked",
-        "database is busy",
-        "deadlock detected",
-        "could not obtain lock",
-        "connection",
-        "terminating",
-        "shutting down",
-    ]
-    .iter()
-    .any(|fragment| text.contains(fragment))
-}
-
-/// Runs a migration's SQL text (several statements).
-pub fn run_script(conn: &mut AnyConnection, sql: &str) -> QueryResult<()> {
-    match conn {
-        AnyConnection::Postgresql(pg) => pg.batch_execute(sql),
-        AnyConnection::Sqlite(lite) => lite.batch_execute(sql),
-    }
 }
 
 #[cfg(test)]
@@ -606,12 +440,12 @@ mod tests {
             write: WriteMode::Upsert,
         };
         assert_eq!(
-            insert_sql(Backend::Postgres, &table, 2),
+            insert_sql(DatabaseKind::Postgres, &table, 2),
             "INSERT INTO \"orders\" (\"id\", \"price\", \"order\") VALUES ($1, $2::numeric, $3), ($4, $5::numeric, $6) \
              ON CONFLICT (\"id\") DO UPDATE SET \"price\" = excluded.\"price\", \"order\" = excluded.\"order\""
         );
         assert_eq!(
-            delete_sql(Backend::Sqlite, &table, 2),
+            delete_sql(DatabaseKind::Sqlite, &table, 2),
             "DELETE FROM \"orders\" WHERE (\"id\") IN ((?), (?))"
         );
     }

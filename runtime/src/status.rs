@@ -1,23 +1,25 @@
 //! The status table: one row per message, written by workers in the same transaction as
 //! the message's entity rows, and read by nats-api's status endpoint.
 //!
-//! The SQL here is the only definition of the table, for both PostgreSQL and SQLite, and
-//! is tested against both.
+//! The SQL here is the only definition of the table, written once for PostgreSQL and
+//! SQLite over [`db::dialect`](crate::db::dialect), and tested against both.
 
 use std::time::Duration;
+
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use diesel::{
     pg::PgConnection,
     prelude::*,
-    r2d2::{ConnectionManager, Pool},
-    sql_types::{BigInt, Integer, Nullable, Text, Timestamptz, TimestamptzSqlite},
+    r2d2::{ManageConnection, Pool, PoolError, R2D2Connection},
+    sql_types::{BigInt, Integer, Nullable, Text},
     sqlite::SqliteConnection,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::db::{DatabaseKind, DatabaseUrl, DatabaseUrlError};
+use crate::db::{self, AnyConnection, DatabaseKind, DatabaseUrl, DatabaseUrlError, with_backend};
 
 /// What a worker did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +87,11 @@ pub const SQLITE_DDL: &str = "CREATE TABLE IF NOT EXISTS nomnom_message_status (
     stream_sequence BIGINT
 )";
 
+const TABLE: &str = "nomnom_message_status";
+
+const COLUMNS: &str =
+    "message_id, entity, status, attempts, error, received_at, processed_at, stream_sequence";
+
 /// A `persisted` row is final: nothing overwrites it (a late dead-letter of a message
 /// another worker already committed, say). Everything else may be updated (a replayed
 /// dead letter that now persists).
@@ -97,35 +104,21 @@ const UPSERT_SET: &str = "ON CONFLICT (message_id) DO UPDATE SET entity = exclud
 /// far under both databases' limits.
 const CLAIM_CHUNK: usize = 1_000;
 
-/// The multi-row claim statement for `rows` records, with numbered (`$n`) or plain (`?`)
-/// placeholders.
-fn claim_sql(rows: usize, numbered: bool) -> String {
-    let mut sql = format!("INSERT INTO nomnom_message_status ({COLUMNS}) VALUES ");
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for column in 0..8 {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            if numbered {
-                sql.push_str(&format!("${}", row * 8 + column + 1));
-            } else {
-                sql.push('?');
-            }
-        }
-        sql.push(')');
-    }
+/// The multi-row upsert of `rows` records; `returning` lists the ids it wrote.
+fn upsert_sql(kind: DatabaseKind, rows: usize, returning: bool) -> String {
+    // Text: placeholders without PostgreSQL casts (the binds carry the types).
+    let types = [crate::sql::ColumnType::Text; 8];
+    let mut sql = format!(
+        "INSERT INTO {TABLE} ({COLUMNS}) VALUES {}",
+        crate::sql::value_lists(kind, &types, rows)
+    );
     sql.push(' ');
     sql.push_str(UPSERT_SET);
-    sql.push_str(" RETURNING message_id");
+    if returning {
+        sql.push_str(" RETURNING message_id");
+    }
     sql
 }
-
-const COLUMNS: &str =
-    "message_id, entity, status, attempts, error, received_at, processed_at, stream_sequence";
 
 /// Why the status table could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -135,254 +128,185 @@ pub enum StatusError {
     #[error(
         "cannot connect to the status database: {0}; check DATABASE_URL and that the database is up"
     )]
-    Connect(String),
+    Connect(#[from] PoolError),
     #[error("status database query failed: {0}")]
     Query(#[from] diesel::result::Error),
     #[error("status row for {0} holds an unknown status {1:?}")]
     UnknownState(String, String),
     #[error("status database task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
 }
 
-/// Whether `err` says the status table does not exist (PostgreSQL or SQLite wording).
-fn is_missing_table(err: &diesel::result::Error) -> bool {
-    let text = err.to_string();
-    text.contains("nomnom_message_status")
-        && (text.contains("does not exist") || text.contains("no such table"))
+fn state(id: Uuid, text: &str) -> Result<MessageState, StatusError> {
+    MessageState::parse(text).ok_or_else(|| StatusError::UnknownState(id.to_string(), text.into()))
 }
 
-fn state(id: &str, text: &str) -> Result<MessageState, StatusError> {
-    MessageState::parse(text).ok_or_else(|| StatusError::UnknownState(id.into(), text.into()))
+/// Creates the table if it does not exist (inside the caller's transaction, if any).
+pub fn create_table(conn: &mut AnyConnection) -> QueryResult<()> {
+    db::run_script(
+        conn,
+        match conn.kind() {
+            DatabaseKind::Postgres => POSTGRES_DDL,
+            DatabaseKind::Sqlite => SQLITE_DDL,
+        },
+    )
 }
 
-/// Reads and writes on PostgreSQL connections (the caller owns the transaction).
-pub mod postgres {
-    use super::*;
-
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = diesel::sql_types::Uuid)]
-        message_id: Uuid,
-        #[diesel(sql_type = Nullable<Text>)]
-        entity: Option<String>,
-        #[diesel(sql_type = Text)]
-        status: String,
-        #[diesel(sql_type = Integer)]
-        attempts: i32,
-        #[diesel(sql_type = Nullable<Text>)]
-        error: Option<String>,
-        #[diesel(sql_type = Timestamptz)]
-        received_at: DateTime<Utc>,
-        #[diesel(sql_type = Timestamptz)]
-        processed_at: DateTime<Utc>,
-        #[diesel(sql_type = Nullable<BigInt>)]
-        stream_sequence: Option<i64>,
-    }
-
-    pub fn create_table(conn: &mut PgConnection) -> QueryResult<()> {
-        diesel::sql_query(POSTGRES_DDL).execute(conn).map(drop)
-    }
-
-    pub fn upsert(conn: &mut PgConnection, record: &StatusRecord) -> QueryResult<()> {
-        diesel::sql_query(format!(
-            "INSERT INTO nomnom_message_status ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) {UPSERT_SET}"
-        ))
-        .bind::<diesel::sql_types::Uuid, _>(record.message_id)
-        .bind::<Nullable<Text>, _>(record.entity.as_deref())
-        .bind::<Text, _>(record.status.as_str())
-        .bind::<Integer, _>(record.attempts)
-        .bind::<Nullable<Text>, _>(record.error.as_deref())
-        .bind::<Timestamptz, _>(record.received_at)
-        .bind::<Timestamptz, _>(record.processed_at)
-        .bind::<Nullable<BigInt>, _>(record.stream_sequence)
-        .execute(conn)
-        .map(drop)
-    }
-
-    /// Writes `persisted` status rows for `records` (distinct ids) and returns the ids
-    /// this transaction claimed: those not already persisted. A concurrent transaction
-    /// claiming the same id (a redelivery to a second worker) makes this one wait on the
-    /// row and then see it persisted, so only one of them writes the entity rows.
-    pub fn claim(
-        conn: &mut PgConnection,
-        records: &[StatusRecord],
-    ) -> QueryResult<std::collections::HashSet<Uuid>> {
+/// Upserts `records` (distinct ids) in one statement; with `returning`, returns the ids
+/// written (those not persisted before).
+fn upsert_chunk(
+    conn: &mut AnyConnection,
+    records: &[StatusRecord],
+    returning: bool,
+) -> QueryResult<Vec<Uuid>> {
+    let sql = upsert_sql(conn.kind(), records.len(), returning);
+    with_backend!(conn, c => {
         #[derive(QueryableByName)]
         struct Claimed {
-            #[diesel(sql_type = diesel::sql_types::Uuid)]
-            message_id: Uuid,
+            #[diesel(sql_type = dialect::UuidSql)]
+            message_id: dialect::UuidValue,
         }
-        let mut claimed = std::collections::HashSet::with_capacity(records.len());
-        for chunk in records.chunks(CLAIM_CHUNK) {
-            let mut query =
-                diesel::sql_query(claim_sql(chunk.len(), true)).into_boxed::<diesel::pg::Pg>();
-            for record in chunk {
-                query = query
-                    .bind::<diesel::sql_types::Uuid, _>(record.message_id)
-                    .bind::<Nullable<Text>, _>(record.entity.clone())
-                    .bind::<Text, _>(record.status.as_str())
-                    .bind::<Integer, _>(record.attempts)
-                    .bind::<Nullable<Text>, _>(record.error.clone())
-                    .bind::<Timestamptz, _>(record.received_at)
-                    .bind::<Timestamptz, _>(record.processed_at)
-                    .bind::<Nullable<BigInt>, _>(record.stream_sequence);
-            }
-            claimed.extend(
-                query
-                    .load::<Claimed>(conn)?
-                    .into_iter()
-                    .map(|c| c.message_id),
-            );
+        let mut query = diesel::sql_query(sql).into_boxed::<dialect::Backend>();
+        for record in records {
+            query = query
+                .bind::<dialect::UuidSql, _>(dialect::uuid(record.message_id))
+                .bind::<Nullable<Text>, _>(record.entity.clone())
+                .bind::<Text, _>(record.status.as_str())
+                .bind::<Integer, _>(record.attempts)
+                .bind::<Nullable<Text>, _>(record.error.clone())
+                .bind::<dialect::TimeSql, _>(record.received_at)
+                .bind::<dialect::TimeSql, _>(record.processed_at)
+                .bind::<Nullable<BigInt>, _>(record.stream_sequence);
         }
-        Ok(claimed)
-    }
-
-    pub fn fetch(
-        conn: &mut PgConnection,
-        message_id: Uuid,
-    ) -> Result<Option<StatusRecord>, StatusError> {
-        let row: Option<Row> = diesel::sql_query(format!(
-            "SELECT {COLUMNS} FROM nomnom_message_status WHERE message_id = $1"
-        ))
-        .bind::<diesel::sql_types::Uuid, _>(message_id)
-        .get_result(conn)
-        .optional()?;
-        row.map(|r| {
-            Ok(StatusRecord {
-                status: state(&r.message_id.to_string(), &r.status)?,
-                message_id: r.message_id,
-                entity: r.entity,
-                attempts: r.attempts,
-                error: r.error,
-                received_at: r.received_at,
-                processed_at: r.processed_at,
-                stream_sequence: r.stream_sequence,
-            })
-        })
-        .transpose()
-    }
+        if !returning {
+            return query.execute(c).map(|_| Vec::new());
+        }
+        query
+            .load::<Claimed>(c)?
+            .into_iter()
+            .map(|row| dialect::read_uuid(row.message_id))
+            .collect()
+    })
 }
 
-/// Reads and writes on SQLite connections (the caller owns the transaction).
-pub mod sqlite {
-    use super::*;
+/// Writes (or overwrites, unless persisted) one status row, in the caller's transaction.
+pub fn upsert(conn: &mut AnyConnection, record: &StatusRecord) -> QueryResult<()> {
+    upsert_chunk(conn, std::slice::from_ref(record), false).map(drop)
+}
 
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = Text)]
-        message_id: String,
-        #[diesel(sql_type = Nullable<Text>)]
-        entity: Option<String>,
-        #[diesel(sql_type = Text)]
-        status: String,
-        #[diesel(sql_type = Integer)]
-        attempts: i32,
-        #[diesel(sql_type = Nullable<Text>)]
-        error: Option<String>,
-        #[diesel(sql_type = TimestamptzSqlite)]
-        received_at: DateTime<Utc>,
-        #[diesel(sql_type = TimestamptzSqlite)]
-        processed_at: DateTime<Utc>,
-        #[diesel(sql_type = Nullable<BigInt>)]
-        stream_sequence: Option<i64>,
+/// Writes `persisted` status rows for `records` (distinct ids) and returns the ids this
+/// transaction claimed: those not already persisted. On PostgreSQL a concurrent
+/// transaction claiming the same id (a redelivery to a second worker) makes this one wait
+/// on the row and then see it persisted; SQLite serialises writers (`BEGIN IMMEDIATE`).
+/// Either way only one of them writes the entity rows.
+pub fn claim(conn: &mut AnyConnection, records: &[StatusRecord]) -> QueryResult<HashSet<Uuid>> {
+    let mut claimed = HashSet::with_capacity(records.len());
+    for chunk in records.chunks(CLAIM_CHUNK) {
+        claimed.extend(upsert_chunk(conn, chunk, true)?);
     }
+    Ok(claimed)
+}
 
-    pub fn create_table(conn: &mut SqliteConnection) -> QueryResult<()> {
-        diesel::sql_query(SQLITE_DDL).execute(conn).map(drop)
-    }
-
-    pub fn upsert(conn: &mut SqliteConnection, record: &StatusRecord) -> QueryResult<()> {
-        diesel::sql_query(format!(
-            "INSERT INTO nomnom_message_status ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) {UPSERT_SET}"
-        ))
-        .bind::<Text, _>(record.message_id.as_hyphenated().to_string())
-        .bind::<Nullable<Text>, _>(record.entity.as_deref())
-        .bind::<Text, _>(record.status.as_str())
-        .bind::<Integer, _>(record.attempts)
-        .bind::<Nullable<Text>, _>(record.error.as_deref())
-        .bind::<TimestamptzSqlite, _>(record.received_at)
-        .bind::<TimestamptzSqlite, _>(record.processed_at)
-        .bind::<Nullable<BigInt>, _>(record.stream_sequence)
-        .execute(conn)
-        .map(drop)
-    }
-
-    /// Writes `persisted` status rows for `records` (distinct ids) and returns the ids
-    /// this transaction claimed: those not already persisted. SQLite serialises writers
-    /// (`BEGIN IMMEDIATE`), so no other transaction can claim one meanwhile.
-    pub fn claim(
-        conn: &mut SqliteConnection,
-        records: &[StatusRecord],
-    ) -> QueryResult<std::collections::HashSet<Uuid>> {
+/// The status row of `message_id`, if any.
+pub fn fetch(
+    conn: &mut AnyConnection,
+    message_id: Uuid,
+) -> Result<Option<StatusRecord>, StatusError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM {TABLE} WHERE message_id = {}",
+        conn.kind().placeholder(1)
+    );
+    let row = with_backend!(conn, c => {
         #[derive(QueryableByName)]
-        struct Claimed {
+        struct Row {
             #[diesel(sql_type = Text)]
-            message_id: String,
+            status: String,
+            #[diesel(sql_type = Nullable<Text>)]
+            entity: Option<String>,
+            #[diesel(sql_type = Integer)]
+            attempts: i32,
+            #[diesel(sql_type = Nullable<Text>)]
+            error: Option<String>,
+            #[diesel(sql_type = dialect::TimeSql)]
+            received_at: DateTime<Utc>,
+            #[diesel(sql_type = dialect::TimeSql)]
+            processed_at: DateTime<Utc>,
+            #[diesel(sql_type = Nullable<BigInt>)]
+            stream_sequence: Option<i64>,
         }
-        let mut claimed = std::collections::HashSet::with_capacity(records.len());
-        for chunk in records.chunks(CLAIM_CHUNK) {
-            let mut query = diesel::sql_query(claim_sql(chunk.len(), false))
-                .into_boxed::<diesel::sqlite::Sqlite>();
-            for record in chunk {
-                query = query
-                    .bind::<Text, _>(record.message_id.as_hyphenated().to_string())
-                    .bind::<Nullable<Text>, _>(record.entity.clone())
-                    .bind::<Text, _>(record.status.as_str())
-                    .bind::<Integer, _>(record.attempts)
-                    .bind::<Nullable<Text>, _>(record.error.clone())
-                    .bind::<TimestamptzSqlite, _>(record.received_at)
-                    .bind::<TimestamptzSqlite, _>(record.processed_at)
-                    .bind::<Nullable<BigInt>, _>(record.stream_sequence);
-            }
-            for row in query.load::<Claimed>(conn)? {
-                let id = Uuid::parse_str(&row.message_id)
-                    .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))?;
-                claimed.insert(id);
-            }
-        }
-        Ok(claimed)
-    }
-
-    pub fn fetch(
-        conn: &mut SqliteConnection,
-        message_id: Uuid,
-    ) -> Result<Option<StatusRecord>, StatusError> {
-        let row: Option<Row> = diesel::sql_query(format!(
-            "SELECT {COLUMNS} FROM nomnom_message_status WHERE message_id = ?"
-        ))
-        .bind::<Text, _>(message_id.as_hyphenated().to_string())
-        .get_result(conn)
-        .optional()?;
-        row.map(|r| {
-            Ok(StatusRecord {
-                status: state(&r.message_id, &r.status)?,
+        diesel::sql_query(sql)
+            .bind::<dialect::UuidSql, _>(dialect::uuid(message_id))
+            .get_result::<Row>(c)
+            .optional()?
+            .map(|r| (r.status, StatusRecord {
                 message_id,
                 entity: r.entity,
+                status: MessageState::Persisted,
                 attempts: r.attempts,
                 error: r.error,
                 received_at: r.received_at,
                 processed_at: r.processed_at,
                 stream_sequence: r.stream_sequence,
-            })
+            }))
+    });
+    row.map(|(text, record)| {
+        Ok(StatusRecord {
+            status: state(message_id, &text)?,
+            ..record
         })
-        .transpose()
+    })
+    .transpose()
+}
+
+/// Whether the status table exists (asked of the catalog).
+pub fn table_exists(conn: &mut AnyConnection) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let sql = conn.kind().table_exists_sql(TABLE);
+    let count = with_backend!(conn, c => diesel::sql_query(sql).get_result::<Count>(c))?;
+    Ok(count.n > 0)
+}
+
+/// Opens pool connections without the worker's SQLite pragmas: readers only.
+#[derive(Debug)]
+struct Manager(DatabaseUrl);
+
+impl ManageConnection for Manager {
+    type Connection = AnyConnection;
+    type Error = ConnectionError;
+
+    fn connect(&self) -> Result<AnyConnection, Self::Error> {
+        let url = &self.0.connection_string;
+        Ok(match self.0.kind {
+            DatabaseKind::Postgres => AnyConnection::Postgresql(PgConnection::establish(url)?),
+            DatabaseKind::Sqlite => AnyConnection::Sqlite(SqliteConnection::establish(url)?),
+        })
+    }
+
+    fn is_valid(&self, conn: &mut AnyConnection) -> Result<(), Self::Error> {
+        conn.ping()
+            .map_err(ConnectionError::CouldntSetupConfiguration)
+    }
+
+    fn has_broken(&self, conn: &mut AnyConnection) -> bool {
+        conn.is_broken()
     }
 }
 
 /// A small connection pool over the status table, for services that only read it (and
 /// for tests that write it the way a worker does). Blocking work runs off the async runtime.
 #[derive(Clone)]
-pub enum StatusStore {
-    Postgres(Pool<ConnectionManager<PgConnection>>),
-    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+pub struct StatusStore {
+    kind: DatabaseKind,
+    pool: Pool<Manager>,
 }
 
 impl std::fmt::Debug for StatusStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Postgres(_) => f.write_str("StatusStore::Postgres"),
-            Self::Sqlite(_) => f.write_str("StatusStore::Sqlite"),
-        }
+        write!(f, "StatusStore::{:?}", self.kind)
     }
 }
 
@@ -391,97 +315,50 @@ impl StatusStore {
     /// only makes lookups fail (503), not the service.
     pub fn open(url: &str, max_connections: u32) -> Result<Self, StatusError> {
         let url = DatabaseUrl::parse(url)?;
-        let timeout = Duration::from_secs(2);
-        Ok(match url.kind {
-            DatabaseKind::Postgres => Self::Postgres(
-                Pool::builder()
-                    .max_size(max_connections)
-                    .min_idle(Some(0))
-                    .connection_timeout(timeout)
-                    .build_unchecked(ConnectionManager::new(url.connection_string)),
-            ),
-            DatabaseKind::Sqlite => Self::Sqlite(
-                Pool::builder()
-                    .max_size(max_connections)
-                    .min_idle(Some(0))
-                    .connection_timeout(timeout)
-                    .build_unchecked(ConnectionManager::new(url.connection_string)),
-            ),
+        Ok(Self {
+            kind: url.kind,
+            pool: Pool::builder()
+                .max_size(max_connections)
+                .min_idle(Some(0))
+                .connection_timeout(Duration::from_secs(2))
+                .build_unchecked(Manager(url)),
         })
     }
 
+    /// Runs `work` on a pooled connection, off the async runtime.
     async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Self) -> Result<T, StatusError> + Send + 'static,
+        work: impl FnOnce(&mut AnyConnection) -> Result<T, StatusError> + Send + 'static,
     ) -> Result<T, StatusError> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || work(&store))
-            .await
-            .map_err(|e| StatusError::Task(e.to_string()))?
-    }
-
-    fn connect_error(e: diesel::r2d2::PoolError) -> StatusError {
-        StatusError::Connect(e.to_string())
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || work(&mut *pool.get()?)).await?
     }
 
     /// Creates the table if it does not exist.
     pub async fn create_table(&self) -> Result<(), StatusError> {
-        self.run(|store| match store {
-            Self::Postgres(pool) => Ok(postgres::create_table(
-                &mut *pool.get().map_err(Self::connect_error)?,
-            )?),
-            Self::Sqlite(pool) => Ok(sqlite::create_table(
-                &mut *pool.get().map_err(Self::connect_error)?,
-            )?),
-        })
-        .await
+        self.run(|conn| Ok(create_table(conn)?)).await
     }
 
     /// The recorded outcome of a message, if a worker recorded one. A missing table (no
     /// worker has started yet) means nothing is recorded.
     pub async fn fetch(&self, message_id: Uuid) -> Result<Option<StatusRecord>, StatusError> {
-        let result = self
-            .run(move |store| match store {
-                Self::Postgres(pool) => {
-                    postgres::fetch(&mut *pool.get().map_err(Self::connect_error)?, message_id)
-                }
-                Self::Sqlite(pool) => {
-                    sqlite::fetch(&mut *pool.get().map_err(Self::connect_error)?, message_id)
-                }
-            })
-            .await;
-        match result {
-            Err(StatusError::Query(err)) if is_missing_table(&err) => Ok(None),
+        self.run(move |conn| match fetch(conn, message_id) {
+            Err(StatusError::Query(err)) if !table_exists(conn)? => {
+                tracing::debug!(error = %err, "no status table yet");
+                Ok(None)
+            }
             other => other,
-        }
+        })
+        .await
     }
 
     /// Writes (or overwrites) one status row in its own transaction.
     pub async fn upsert(&self, record: StatusRecord) -> Result<(), StatusError> {
-        self.run(move |store| match store {
-            Self::Postgres(pool) => Ok(postgres::upsert(
-                &mut *pool.get().map_err(Self::connect_error)?,
-                &record,
-            )?),
-            Self::Sqlite(pool) => Ok(sqlite::upsert(
-                &mut *pool.get().map_err(Self::connect_error)?,
-                &record,
-            )?),
-        })
-        .await
+        self.run(move |conn| Ok(upsert(conn, &record)?)).await
     }
 
     /// Whether the database answers a trivial query.
     pub async fn ping(&self) -> Result<(), StatusError> {
-        self.run(|store| {
-            match store {
-                Self::Postgres(pool) => diesel::sql_query("SELECT 1")
-                    .execute(&mut *pool.get().map_err(Self::connect_error)?)?,
-                Self::Sqlite(pool) => diesel::sql_query("SELECT 1")
-                    .execute(&mut *pool.get().map_err(Self::connect_error)?)?,
-            };
-            Ok(())
-        })
-        .await
+        self.run(|conn| Ok(db::ping(conn)?)).await
     }
 }

@@ -1,7 +1,8 @@
 //! The status table on real PostgreSQL and SQLite: the same records read back the same.
 
 use chrono::{DateTime, Utc};
-use nomnom_runtime::status::{MessageState, StatusRecord, StatusStore};
+use nomnom_runtime::db::AnyConnection;
+use nomnom_runtime::status::{self, MessageState, StatusRecord, StatusStore};
 use nomnom_test_support::Postgres;
 use uuid::Uuid;
 
@@ -125,16 +126,13 @@ async fn claims_skip_persisted_messages_on_postgres() {
         ..persisted(Uuid::now_v7())
     };
     store.upsert(dead.clone()).await.unwrap();
-    let mut conn = diesel::PgConnection::establish(&url).unwrap();
-    let claimed =
-        nomnom_runtime::status::postgres::claim(&mut conn, &[persisted(dead.message_id)]).unwrap();
+    let mut conn = AnyConnection::Postgresql(diesel::PgConnection::establish(&url).unwrap());
+    let claimed = status::claim(&mut conn, &[persisted(dead.message_id)]).unwrap();
     assert!(
         claimed.contains(&dead.message_id),
         "a dead letter replayed can persist"
     );
-    check_claims(&mut |records| {
-        nomnom_runtime::status::postgres::claim(&mut conn, records).unwrap()
-    });
+    check_claims(&mut |records| status::claim(&mut conn, records).unwrap());
 }
 
 #[tokio::test]
@@ -150,14 +148,14 @@ async fn claims_skip_persisted_messages_on_sqlite() {
         ..persisted(Uuid::now_v7())
     };
     store.upsert(dead.clone()).await.unwrap();
-    let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
-    let claimed =
-        nomnom_runtime::status::sqlite::claim(&mut conn, &[persisted(dead.message_id)]).unwrap();
+    let mut conn =
+        AnyConnection::Sqlite(diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap());
+    let claimed = status::claim(&mut conn, &[persisted(dead.message_id)]).unwrap();
     assert!(
         claimed.contains(&dead.message_id),
         "a dead letter replayed can persist"
     );
-    check_claims(&mut |records| nomnom_runtime::status::sqlite::claim(&mut conn, records).unwrap());
+    check_claims(&mut |records| status::claim(&mut conn, records).unwrap());
 }
 
 #[tokio::test]

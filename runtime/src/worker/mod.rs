@@ -1,13 +1,44 @@
-//! The contract between a generated worker crate and the shared worker runtime.
+//! The contract between a generated worker crate and the shared worker runtime, and the
+//! worker itself.
 //!
 //! Generated code implements [`EntitySchema`]: how to turn a message body into rows, how
 //! to write rows, and which migrations create the tables. Everything else (consuming,
-//! batching, transactions with the status table, acks, dead-lettering) is the runtime's.
+//! batching, transactions with the status table, acks, dead-lettering) is the runtime's:
+//! a [`Worker`] takes batches from the durable consumer and runs each through
+//! decode → parse → write → settle (see `batch.rs`).
 
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use clap::Parser;
 use diesel::QueryResult;
 use serde_json::Value;
 
-use crate::{Envelope, db::DatabaseKind, parse::ParseError, sql::AnyConnection};
+use crate::{
+    Envelope,
+    db::{self, DatabaseKind, DatabaseUrl},
+    dlq::{DeadLetters, DlqError},
+    parse::ParseError,
+    sql::AnyConnection,
+    stream, telemetry,
+};
+
+mod batch;
+mod config;
+mod consumer;
+mod health;
+mod migrate;
+mod write;
+
+pub use config::{WorkerArgs, WorkerConfig};
+pub use consumer::ConsumerSetupError;
+pub use migrate::migrate;
+
+use consumer::Consumer;
+use health::{Database, Health};
 
 /// One migration of the generated schema.
 #[derive(Debug, Clone, Copy)]
@@ -48,5 +79,164 @@ pub struct Parsed<R> {
     pub rows: R,
 }
 
-mod run;
-pub use run::{WorkerArgs, WorkerConfig, WorkerError, main, migrate, run};
+/// Why the worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Database(#[from] db::ConnectError),
+    #[error("migration {version} failed: {source}")]
+    Migration {
+        version: String,
+        source: diesel::result::Error,
+    },
+    #[error(transparent)]
+    Nats(#[from] crate::nats::NatsConnectError),
+    #[error(transparent)]
+    Stream(#[from] stream::StreamSetupError),
+    #[error(transparent)]
+    DeadLetters(#[from] DlqError),
+    #[error("cannot set up the consumer {name}: {source}")]
+    Consumer {
+        name: String,
+        source: ConsumerSetupError,
+    },
+    #[error(
+        "the consumer {name} keeps failing ({source}) and could not be recreated; check the stream and NATS permissions"
+    )]
+    ConsumerLost {
+        name: String,
+        source: async_nats::Error,
+    },
+    #[error(
+        "cannot serve health endpoints on {addr}: {source}; set NOMNOM_WORKER_LISTEN to a free address"
+    )]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Entry point of a generated worker binary.
+pub fn main<S: EntitySchema>(schema: S) -> ExitCode {
+    let args = WorkerArgs::parse();
+    if let Some(crate::healthcheck::Command::Healthcheck { path }) = &args.command {
+        return crate::healthcheck::exit_code(args.listen, path);
+    }
+    telemetry::init(args.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(schema, args.to_config(), shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "worker stopped");
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+}
+
+/// Runs the worker until `shutdown` resolves; the batch in hand is finished first.
+pub async fn run<S: EntitySchema>(
+    schema: S,
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    config.validate()?;
+    match Worker::start(schema, config).await? {
+        Some(worker) => worker.run(shutdown).await,
+        None => Ok(()),
+    }
+}
+
+/// A running worker: everything a batch needs.
+struct Worker<S: EntitySchema> {
+    schema: Arc<S>,
+    db: Database,
+    js: jetstream::Context,
+    dead_letters: DeadLetters,
+    consumer: Consumer,
+    config: WorkerConfig,
+    health: Arc<Health>,
+}
+
+impl<S: EntitySchema> Worker<S> {
+    /// Connects, migrates, and sets up the streams, the consumer and the health
+    /// endpoints. `None` with `--migrate-only`, once the migrations are applied.
+    async fn start(schema: S, config: WorkerConfig) -> Result<Option<Self>, WorkerError> {
+        let url = DatabaseUrl::parse(&config.database_url).map_err(db::ConnectError::from)?;
+        let mut conn = db::connect(&config.database_url)?;
+        migrate(&mut conn, &schema, url.kind)?;
+        migrate::warn_if_commits_are_asynchronous(&mut conn);
+        if config.migrate_only {
+            tracing::info!("migrations applied; exiting (--migrate-only)");
+            return Ok(None);
+        }
+        let js = jetstream::new(config.nats.connect().await?);
+        stream::ensure_stream(&js, &config.stream).await?;
+        let dead_letters =
+            DeadLetters::ensure(js.clone(), &config.dlq_stream, config.stream.replicas).await?;
+        let consumer = Consumer::ensure(js.clone(), &config).await?;
+        tracing::info!(consumer = %config.consumer, stream = %config.stream.name, database = %url.redacted(), "worker started");
+        let health = Arc::new(Health::default());
+        health.set_database_ok(true);
+        if let Some(listen) = config.listen {
+            health::serve(listen, Arc::clone(&health), js.client()).await?;
+        }
+        Ok(Some(Self {
+            schema: Arc::new(schema),
+            db: Database::new(conn, config.database_url.clone()),
+            js,
+            dead_letters,
+            consumer,
+            config,
+            health,
+        }))
+    }
+
+    /// Takes and processes batches until `shutdown` resolves.
+    async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+        tokio::pin!(shutdown);
+        loop {
+            if !self.health.database_ok() {
+                // Fetching now would only burn deliveries: wait for the database first.
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = self.db.wait_until_reachable(&self.health) => {},
+                }
+            }
+            let wait = self.config.batch_wait.max(Duration::from_millis(10));
+            let fetched = tokio::select! {
+                () = &mut shutdown => break,
+                fetched = self.consumer.fetch(self.config.batch_size, wait) => fetched,
+            };
+            let messages = self.consumer.receive(fetched).await?;
+            if !messages.is_empty() {
+                self.process(messages).await;
+            }
+        }
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}

@@ -1,11 +1,6 @@
 //! Which database a `DATABASE_URL` names.
 
-/// The database backends nomnom writes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DatabaseKind {
-    Postgres,
-    Sqlite,
-}
+use super::DatabaseKind;
 
 /// A `DATABASE_URL` understood by nomnom.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,44 @@
+//! The databases nomnom writes to: which one a `DATABASE_URL` names, connecting, the
+//! PostgreSQL/SQLite dispatch, transactions, and what a failed statement means.
+//!
+//! [`DatabaseKind`] is the one "which database" type; an [`AnyConnection`] says its own
+//! with [`AnyConnection::kind`]. Code that must run on both backends is written once with
+//! [`with_backend!`] and the [`dialect`] of the connection in hand.
+
+mod connection;
+pub mod dialect;
+mod error;
+mod url;
+
+pub use connection::{
+    AnyConnection, ConnectError, connect, ping, probe, run_script, write_transaction,
+};
+pub use error::{ErrorClass, classify, is_transient};
+pub use url::{DatabaseUrl, DatabaseUrlError, redact_password};
+
+/// The database backends nomnom writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Postgres,
+    Sqlite,
+}
+
+/// Runs `$body` once per backend with `$c` bound to the backend's own connection and
+/// `dialect` to its module in [`dialect`], so SQL for both databases is written once.
+macro_rules! with_backend {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::db::AnyConnection::Postgresql($c) => {
+                #[allow(unused_imports)]
+                use $crate::db::dialect::postgres as dialect;
+                $body
+            }
+            $crate::db::AnyConnection::Sqlite($c) => {
+                #[allow(unused_imports)]
+                use $crate::db::dialect::sqlite as dialect;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_backend;

@@ -1,0 +1,364 @@
+//! One batch, in four phases: decode (the envelope), parse (the body, into rows), write
+//! (one transaction with the status rows) and settle (ack, nak or dead-letter each
+//! message). Only committed messages are acknowledged. A message whose status row already
+//! says `persisted` (a redelivery after a crash between commit and acknowledgement) is
+//! acknowledged without writing again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, context::ObjectStoreError, object_store::GetError};
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+
+use super::write::{Pending, WriteError, Written, write_batch};
+use super::{EntitySchema, Parsed, Worker};
+use crate::{
+    Body, Envelope,
+    dlq::DeadLetter,
+    status::{self, MessageState, StatusRecord},
+};
+
+/// One delivered message and what the worker made of it so far.
+struct Delivery<R> {
+    message: jetstream::Message,
+    sequence: u64,
+    delivered: i64,
+    envelope: Option<Envelope>,
+    /// The parsed rows, until they are handed to the writer.
+    parsed: Option<Parsed<R>>,
+    outcome: Outcome,
+}
+
+/// What becomes of a message.
+enum Outcome {
+    /// Written (or to be written): acknowledge.
+    Persist,
+    /// Refused for good: dead-letter.
+    DeadLetter(String),
+    /// Failed for now: redeliver later.
+    Retry(String),
+}
+
+/// Why a claim-checked body could not be fetched (retried: the store may come back).
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("cannot open body bucket {bucket}: {source}")]
+    Bucket {
+        bucket: String,
+        source: ObjectStoreError,
+    },
+    #[error("cannot fetch body {object}: {source}")]
+    Get { object: String, source: GetError },
+    #[error("cannot read body {object}: {source}")]
+    Read {
+        object: String,
+        source: std::io::Error,
+    },
+}
+
+impl<R> Delivery<R> {
+    fn new(message: jetstream::Message) -> Self {
+        let (sequence, delivered) = message
+            .info()
+            .map(|i| (i.stream_sequence, i.delivered))
+            .unwrap_or((0, 1));
+        Self {
+            message,
+            sequence,
+            delivered,
+            envelope: None,
+            parsed: None,
+            outcome: Outcome::Persist,
+        }
+    }
+
+    fn status_record(
+        &self,
+        entity: Option<&str>,
+        state: MessageState,
+        error: Option<String>,
+    ) -> StatusRecord {
+        let envelope = self.envelope.as_ref();
+        StatusRecord {
+            message_id: envelope.map_or_else(uuid::Uuid::nil, |e| e.message_id),
+            entity: entity
+                .map(str::to_owned)
+                .or_else(|| envelope.and_then(|e| e.entity.as_ref().map(|n| n.to_string()))),
+            status: state,
+            attempts: self.delivered as i32,
+            error,
+            received_at: envelope.map_or_else(chrono::Utc::now, |e| e.received_at),
+            processed_at: chrono::Utc::now(),
+            stream_sequence: Some(self.sequence as i64),
+        }
+    }
+}
+
+impl<S: EntitySchema> Worker<S> {
+    /// Runs one fetched batch through decode → parse → write → settle.
+    pub(super) async fn process(&self, messages: Vec<jetstream::Message>) {
+        let started = Instant::now();
+        let mut batch: Vec<Delivery<S::Rows>> = messages.into_iter().map(Delivery::new).collect();
+        metrics::counter!("worker_messages_consumed_total").increment(batch.len() as u64);
+        metrics::histogram!("worker_batch_size_items").record(batch.len() as f64);
+        let redelivered = batch.iter().filter(|d| d.delivered > 1).count();
+        metrics::counter!("worker_redeliveries_total").increment(redelivered as u64);
+        for delivery in &mut batch {
+            self.decode(delivery);
+            self.parse(delivery).await;
+        }
+        // A slow batch (large claim-checked bodies, say) must not outlive ack_wait.
+        if started.elapsed() > self.progress_every() {
+            report_progress(&batch).await;
+        }
+        self.write(&mut batch).await;
+        self.settle(&batch).await;
+        tracing::debug!(
+            messages = batch.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch done"
+        );
+    }
+
+    /// How often a batch in hand tells JetStream it is still being worked on.
+    fn progress_every(&self) -> Duration {
+        self.config.effective_ack_wait() / 3
+    }
+
+    /// Reads the envelope; refuses a message back after its last delivery.
+    fn decode(&self, delivery: &mut Delivery<S::Rows>) {
+        match Envelope::decode(delivery.message.payload.clone()) {
+            Err(err) => {
+                delivery.outcome = Outcome::DeadLetter(format!("unreadable envelope: {err}"));
+            }
+            Ok(envelope) => {
+                if self.config.max_deliver > 0 && delivery.delivered > self.config.max_deliver {
+                    // Back after its last delivery without an outcome: the worker crashed
+                    // or timed out on it, or could not dead-letter it. Do not try again.
+                    delivery.outcome = Outcome::DeadLetter(format!(
+                        "gave up after {} deliveries without an outcome (worker crashed or timed out on it, or its dead-lettering failed)",
+                        delivery.delivered - 1
+                    ));
+                }
+                delivery.envelope = Some(envelope);
+            }
+        }
+    }
+
+    /// Fetches the body if it is claim-checked, and parses it into rows.
+    async fn parse(&self, delivery: &mut Delivery<S::Rows>) {
+        let (Outcome::Persist, Some(envelope)) = (&delivery.outcome, &delivery.envelope) else {
+            return;
+        };
+        let parsed = match body_of(&self.js, envelope).await {
+            Err(err) => Err(Outcome::Retry(err.to_string())),
+            Ok(body) => serde_json::from_slice::<Value>(&body)
+                .map_err(|e| format!("body is not JSON: {e}"))
+                .and_then(|value| {
+                    crate::parse::body_object(&value)
+                        .and_then(|()| self.schema.parse(envelope, &value))
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(Outcome::DeadLetter),
+        };
+        match parsed {
+            Ok(parsed) => delivery.parsed = Some(parsed),
+            Err(outcome) => delivery.outcome = outcome,
+        }
+    }
+
+    /// Writes the parsed messages in one transaction with their status rows; marks the
+    /// refused ones for the dead-letter stream, or all for a retry if the database failed.
+    async fn write(&self, batch: &mut [Delivery<S::Rows>]) {
+        let pending: Vec<Pending<S::Rows>> = batch
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(index, delivery)| {
+                let parsed = delivery.parsed.take()?;
+                let record =
+                    delivery.status_record(Some(parsed.entity), MessageState::Persisted, None);
+                Some(Pending {
+                    index,
+                    record,
+                    rows: parsed.rows,
+                })
+            })
+            .collect();
+        match self.commit(pending, batch).await {
+            Ok(written) => {
+                // Redeliveries of messages already persisted (a crash between commit and
+                // ack, a replica paused past ack_wait): acknowledged, not written again.
+                metrics::counter!("worker_messages_skipped_total")
+                    .increment(written.skipped as u64);
+                for (index, err) in written.refused {
+                    batch[index].outcome =
+                        Outcome::DeadLetter(format!("the database refused the rows: {err}"));
+                }
+            }
+            Err(error) => {
+                // The database is down: retry later, and stop fetching until it is back.
+                self.health.set_database_ok(false);
+                let error = error.to_string();
+                for delivery in batch.iter_mut() {
+                    if matches!(delivery.outcome, Outcome::Persist) {
+                        delivery.outcome = Outcome::Retry(error.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the write transaction off the async runtime. A write held up (locks, a slow
+    /// disk) must not outlive ack_wait: it keeps telling JetStream the batch is in
+    /// progress until the transaction ends.
+    async fn commit(
+        &self,
+        pending: Vec<Pending<S::Rows>>,
+        batch: &[Delivery<S::Rows>],
+    ) -> Result<Written, WriteError> {
+        let schema = Arc::clone(&self.schema);
+        let write = self
+            .db
+            .run(move |conn| write_batch(&*schema, conn, &pending));
+        tokio::pin!(write);
+        let every = self.progress_every();
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                result = &mut write => return result?,
+                _ = heartbeat.tick() => report_progress(batch).await,
+            }
+        }
+    }
+
+    /// Acknowledges the committed messages, then retries or dead-letters the rest.
+    async fn settle(&self, batch: &[Delivery<S::Rows>]) {
+        self.acknowledge(batch).await;
+        for delivery in batch {
+            match &delivery.outcome {
+                Outcome::Persist => {}
+                Outcome::Retry(error) => self.retry(delivery, error).await,
+                Outcome::DeadLetter(error) => self.dead_letter(delivery, error).await,
+            }
+        }
+    }
+
+    /// Plain acks of the committed messages, then one flush (a PING/PONG) so they are
+    /// with the server before the next fetch: one round trip per batch instead of one
+    /// per message. An ack lost anyway only brings a redelivery, which the status row
+    /// turns into a skip.
+    async fn acknowledge(&self, batch: &[Delivery<S::Rows>]) {
+        let committed: Vec<&Delivery<S::Rows>> = batch
+            .iter()
+            .filter(|d| matches!(d.outcome, Outcome::Persist))
+            .collect();
+        let now = chrono::Utc::now();
+        for envelope in committed.iter().filter_map(|d| d.envelope.as_ref()) {
+            let latency = (now - envelope.received_at).num_microseconds().unwrap_or(0);
+            metrics::histogram!("pipeline_end_to_end_latency_seconds").record(latency as f64 / 1e6);
+        }
+        let mut failed_acks = 0;
+        for delivery in &committed {
+            if let Err(err) = delivery.message.ack().await {
+                failed_acks += 1;
+                tracing::warn!(error = %err, sequence = delivery.sequence, "ack failed; the message will be redelivered and skipped");
+            }
+        }
+        if !committed.is_empty()
+            && failed_acks < committed.len()
+            && let Err(err) = self.js.client().flush().await
+        {
+            tracing::warn!(error = %err, "acks not confirmed; unconfirmed messages will be redelivered and skipped");
+        }
+        metrics::counter!("worker_messages_persisted_total").increment(committed.len() as u64);
+    }
+
+    /// A transient failure: redeliver after the backoff delay, or give up at the limit.
+    async fn retry(&self, delivery: &Delivery<S::Rows>, error: &str) {
+        if self.config.is_last_delivery(delivery.delivered) {
+            let error = format!("gave up after {} attempts: {error}", delivery.delivered);
+            self.dead_letter(delivery, &error).await;
+        } else {
+            let delay = self.config.retry_delay(delivery.delivered);
+            tracing::warn!(%error, sequence = delivery.sequence, retry_in_ms = delay.as_millis() as u64, "transient failure; retrying");
+            let _ = delivery.message.ack_with(AckKind::Nak(Some(delay))).await;
+        }
+    }
+
+    /// Copies the message to the dead-letter stream, records it, and terminates it. If
+    /// the copy is refused, the message is nak'ed instead: it comes back (the consumer has
+    /// no delivery limit of its own) and is dead-lettered then.
+    async fn dead_letter(&self, delivery: &Delivery<S::Rows>, error: &str) {
+        if self.persisted_elsewhere(delivery).await {
+            let _ = delivery.message.double_ack().await;
+            return;
+        }
+        let record =
+            delivery.status_record(None, MessageState::DeadLettered, Some(error.to_owned()));
+        let letter = DeadLetter::new(&record, delivery.sequence, &delivery.message.payload);
+        if let Err(err) = self.dead_letters.publish(&letter).await {
+            let delay = self.config.retry_delay(delivery.delivered);
+            tracing::error!(error = %err, sequence = delivery.sequence, retry_in_ms = delay.as_millis() as u64, "dead-letter publish failed; the message will be redelivered");
+            metrics::counter!("worker_dlq_publish_failures_total").increment(1);
+            let _ = delivery.message.ack_with(AckKind::Nak(Some(delay))).await;
+            return;
+        }
+        let stored = self.db.run(move |conn| status::upsert(conn, &record)).await;
+        if !matches!(stored, Ok(Ok(()))) {
+            tracing::warn!(
+                sequence = delivery.sequence,
+                "dead-lettered, but its status row could not be written"
+            );
+        }
+        metrics::counter!("worker_dlq_messages_total").increment(1);
+        tracing::warn!(error, sequence = delivery.sequence, "message dead-lettered");
+        let _ = delivery.message.ack_with(AckKind::Term).await;
+    }
+
+    /// Whether another delivery of this message was committed (a crash before its
+    /// acknowledgement, say): then it is done, not dead.
+    async fn persisted_elsewhere(&self, delivery: &Delivery<S::Rows>) -> bool {
+        let Some(id) = delivery.envelope.as_ref().map(|e| e.message_id) else {
+            return false;
+        };
+        let record = self.db.run(move |conn| status::fetch(conn, id)).await;
+        matches!(record, Ok(Ok(Some(r))) if r.status == MessageState::Persisted)
+    }
+}
+
+/// Tells JetStream each message of the batch is still being worked on (resets ack_wait).
+async fn report_progress<R>(batch: &[Delivery<R>]) {
+    futures::future::join_all(batch.iter().map(|d| d.message.ack_with(AckKind::Progress))).await;
+}
+
+/// The body of a message: inline, or fetched from the Object Store by reference.
+async fn body_of(js: &jetstream::Context, envelope: &Envelope) -> Result<bytes::Bytes, BodyError> {
+    let reference = match &envelope.body {
+        Body::Inline(bytes) => return Ok(bytes.clone()),
+        Body::Stored(reference) => reference,
+    };
+    let store = js
+        .get_object_store(&reference.bucket)
+        .await
+        .map_err(|source| BodyError::Bucket {
+            bucket: reference.bucket.clone(),
+            source,
+        })?;
+    let mut object = store
+        .get(&reference.object)
+        .await
+        .map_err(|source| BodyError::Get {
+            object: reference.object.clone(),
+            source,
+        })?;
+    let mut bytes = Vec::with_capacity(reference.size as usize);
+    object
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|source| BodyError::Read {
+            object: reference.object.clone(),
+            source,
+        })?;
+    Ok(bytes.into())
+}
