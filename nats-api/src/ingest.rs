@@ -50,6 +50,25 @@ impl From<&Accepted> for AcceptedResponse {
     }
 }
 
+/// What a request's URL and headers say about the message(s) in its body.
+struct RequestMeta {
+    received_at: DateTime<Utc>,
+    entity: Option<EntityName>,
+    key: Option<IdempotencyKey>,
+    request_id: Option<String>,
+}
+
+impl RequestMeta {
+    fn read(path_entity: Option<&str>, headers: &HeaderMap) -> Result<Self, ApiError> {
+        Ok(Self {
+            received_at: envelope::now_micros(),
+            entity: entity_hint(path_entity, headers)?,
+            key: idempotency_key(headers)?,
+            request_id: request_id(headers),
+        })
+    }
+}
+
 /// `POST /api/ingest/message` and `POST /api/ingest/message/{entity}`.
 pub async fn message(
     State(state): State<AppState>,
@@ -57,21 +76,16 @@ pub async fn message(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    ingest_one(state, entity.map(|Path(e)| e), headers, body).await
-}
-
-async fn ingest_one(
-    state: AppState,
-    path_entity: Option<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let received_at = envelope::now_micros();
-    let entity = entity_hint(path_entity.as_deref(), &headers)?;
-    let key = idempotency_key(&headers)?;
+    let meta = RequestMeta::read(entity.as_ref().map(|Path(e)| e.as_str()), &headers)?;
     let bytes = read_body(body, &headers, state.config.max_body_bytes).await?;
     check_json(&bytes).inspect_err(|_| count("message", "rejected"))?;
-    let envelope = envelope_for(bytes, entity, key, request_id(&headers), received_at);
+    let envelope = envelope_for(
+        bytes,
+        meta.entity,
+        meta.key,
+        meta.request_id,
+        meta.received_at,
+    );
     let accepted = state
         .publisher
         .publish(envelope)
@@ -371,16 +385,6 @@ pub struct BatchResponse {
     pub items: Vec<BatchItem>,
 }
 
-/// `POST /api/ingest/batch` and `POST /api/ingest/batch/{entity}`.
-pub async fn batch(
-    State(state): State<AppState>,
-    entity: Option<Path<String>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    ingest_batch(state, entity.map(|Path(e)| e), headers, body).await
-}
-
 /// One batch item: its NDJSON line (if any) and its bytes, or why it is not JSON.
 type SplitItem = (Option<usize>, Result<Bytes, ErrorDetail<'static>>);
 
@@ -442,16 +446,14 @@ fn split_batch(body: &Bytes, headers: &HeaderMap) -> Result<Vec<SplitItem>, ApiE
     Ok(items)
 }
 
-async fn ingest_batch(
-    state: AppState,
-    path_entity: Option<String>,
+/// `POST /api/ingest/batch` and `POST /api/ingest/batch/{entity}`.
+pub async fn batch(
+    State(state): State<AppState>,
+    entity: Option<Path<String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let received_at = envelope::now_micros();
-    let entity = entity_hint(path_entity.as_deref(), &headers)?;
-    let key = idempotency_key(&headers)?;
-    let request = request_id(&headers);
+    let meta = RequestMeta::read(entity.as_ref().map(|Path(e)| e.as_str()), &headers)?;
     let bytes = read_body(body, &headers, state.config.max_batch_bytes).await?;
     let items = split_batch(&bytes, &headers)?;
     if items.len() > state.config.max_batch_items {
@@ -471,17 +473,17 @@ async fn ingest_batch(
                 continue;
             }
         };
-        let item_key = key.as_ref().map(|k| k.for_batch_item(index));
+        let item_key = meta.key.as_ref().map(|k| k.for_batch_item(index));
         let envelope = envelope_for(
             bytes,
-            entity.clone(),
+            meta.entity.clone(),
             item_key,
-            request.clone(),
-            received_at,
+            meta.request_id.clone(),
+            meta.received_at,
         );
         batch.publish(&state, index, envelope).await;
     }
-    Ok(batch_response(batch.finish().await, received_at))
+    Ok(batch_response(batch.finish().await, meta.received_at))
 }
 
 /// A batch being published: sends go out while earlier acknowledgements are
