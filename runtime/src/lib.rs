@@ -3,6 +3,8 @@
 //!
 //! Only this crate defines the wire format (see [`envelope`]).
 
+pub mod apply;
+pub mod change;
 pub mod cli;
 pub mod db;
 pub mod defaults;

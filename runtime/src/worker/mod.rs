@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use clap::Parser;
-use diesel::QueryResult;
 use serde_json::Value;
 
 use crate::{
     Envelope,
+    change::Change,
     db::{self, DatabaseKind, DatabaseUrl},
     dlq::{DeadLetters, DlqError},
     parse::ParseError,
@@ -52,20 +52,12 @@ pub struct Migration {
 
 /// What a generated worker knows about its entities.
 pub trait EntitySchema: Send + Sync + 'static {
-    /// Rows of every entity, accumulated over messages and written together.
-    type Rows: Default + Clone + Send + 'static;
-
     /// The project name from the spec.
     fn project(&self) -> &'static str;
 
-    /// Routes and parses one message body. Errors are permanent (dead-letter).
-    fn parse(&self, envelope: &Envelope, body: &Value) -> Result<Parsed<Self::Rows>, ParseError>;
-
-    /// Adds `more` to `rows`, so a batch is written with one statement per table.
-    fn merge(&self, rows: &mut Self::Rows, more: Self::Rows);
-
-    /// Writes rows (deletes first, children after parents) inside the caller's transaction.
-    fn write(&self, conn: &mut AnyConnection, rows: &Self::Rows) -> QueryResult<()>;
+    /// Routes and parses one message body into its change. Errors are permanent
+    /// (dead-letter).
+    fn parse(&self, envelope: &Envelope, body: &Value) -> Result<Parsed, ParseError>;
 
     /// Migrations creating the entity tables on `kind`, oldest first.
     fn migrations(&self, kind: DatabaseKind) -> &'static [Migration];
@@ -73,10 +65,11 @@ pub trait EntitySchema: Send + Sync + 'static {
 
 /// A parsed message.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Parsed<R> {
+pub struct Parsed {
     /// The entity the message was routed to.
     pub entity: &'static str,
-    pub rows: R,
+    /// What the message does to that entity's row.
+    pub change: Change,
 }
 
 /// Why the worker stopped.
