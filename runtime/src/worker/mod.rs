@@ -22,7 +22,6 @@ use crate::{
     db::{self, DatabaseKind, DatabaseUrl},
     dlq::{DeadLetters, DlqError},
     parse::ParseError,
-    sql::AnyConnection,
     stream, telemetry,
 };
 
@@ -31,7 +30,7 @@ mod config;
 mod consumer;
 mod health;
 mod migrate;
-mod write;
+pub mod write;
 
 pub use config::{WorkerArgs, WorkerConfig};
 pub use consumer::ConsumerSetupError;
