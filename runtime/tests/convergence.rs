@@ -1,0 +1,613 @@
+//! Keyed changes converge to stream order: random operation sequences on a small key
+//! space, cut into random batches, some nak'd and redelivered after newer ones, some
+//! delivered twice, written by one to three concurrent workers through the worker's own
+//! write path, on real PostgreSQL and SQLite. The final tables must equal a model that
+//! applies the messages one by one in stream order.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use diesel::{RunQueryDsl, sql_types::Text};
+use nomnom_runtime::{
+    change::{Change, Child, Entity, Op},
+    db,
+    sql::{AnyConnection, Column, ColumnType, Table, Value, WriteMode},
+    status::{MessageState, StatusRecord},
+    worker::write::{Pending, write_batch},
+};
+use nomnom_test_support::Postgres;
+use proptest::prelude::*;
+
+const fn column(name: &'static str, column_type: ColumnType) -> Column {
+    Column { name, column_type }
+}
+
+static NOTE: Entity = Entity {
+    table: Table {
+        name: "note",
+        columns: &[
+            column("item_id", ColumnType::I64),
+            column("part_no", ColumnType::I32),
+            column("k", ColumnType::I32),
+            column("text", ColumnType::Text),
+        ],
+        key: &["item_id", "part_no", "k"],
+        write: WriteMode::Upsert,
+    },
+    versioned: false,
+    children: &[],
+};
+
+static PART: Entity = Entity {
+    table: Table {
+        name: "part",
+        columns: &[
+            column("item_id", ColumnType::I64),
+            column("no", ColumnType::I32),
+            column("label", ColumnType::Text),
+        ],
+        key: &["item_id", "no"],
+        write: WriteMode::Upsert,
+    },
+    versioned: false,
+    children: &[Child {
+        entity: &NOTE,
+        parent_key: &[("item_id", "item_id"), ("part_no", "no")],
+    }],
+};
+
+/// Creates are upserts here (`write: upsert`); children are upserted too, so a child left
+/// behind by a replaced parent would survive silently.
+static ITEM: Entity = Entity {
+    table: Table {
+        name: "item",
+        columns: &[
+            column("id", ColumnType::I64),
+            column("name", ColumnType::Text),
+            column("n", ColumnType::I64),
+            column("nomnom_seq", ColumnType::I64),
+        ],
+        key: &["id"],
+        write: WriteMode::Upsert,
+    },
+    versioned: false,
+    children: &[Child {
+        entity: &PART,
+        parent_key: &[("item_id", "id")],
+    }],
+};
+
+/// A source with its own order: `v` is the version field.
+static DOC: Entity = Entity {
+    table: Table {
+        name: "doc",
+        columns: &[
+            column("id", ColumnType::I64),
+            column("body", ColumnType::Text),
+            column("v", ColumnType::I64),
+            column("nomnom_seq", ColumnType::I64),
+            column("nomnom_version", ColumnType::I64),
+        ],
+        key: &["id"],
+        write: WriteMode::Upsert,
+    },
+    versioned: true,
+    children: &[],
+};
+
+const POSTGRES_DDL: &str = "
+    CREATE TABLE item (id BIGINT PRIMARY KEY, name TEXT, n BIGINT, nomnom_seq BIGINT NOT NULL);
+    CREATE TABLE part (item_id BIGINT NOT NULL, no INTEGER NOT NULL, label TEXT, PRIMARY KEY (item_id, no));
+    CREATE TABLE note (item_id BIGINT NOT NULL, part_no INTEGER NOT NULL, k INTEGER NOT NULL, text TEXT,
+        PRIMARY KEY (item_id, part_no, k));
+    CREATE TABLE doc (id BIGINT PRIMARY KEY, body TEXT, v BIGINT NOT NULL, nomnom_seq BIGINT NOT NULL,
+        nomnom_version BIGINT NOT NULL);";
+
+const SQLITE_DDL: &str = "
+    CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT, n INTEGER, nomnom_seq INTEGER NOT NULL);
+    CREATE TABLE part (item_id INTEGER NOT NULL, no INTEGER NOT NULL, label TEXT, PRIMARY KEY (item_id, no));
+    CREATE TABLE note (item_id INTEGER NOT NULL, part_no INTEGER NOT NULL, k INTEGER NOT NULL, text TEXT,
+        PRIMARY KEY (item_id, part_no, k));
+    CREATE TABLE doc (id INTEGER PRIMARY KEY, body TEXT, v INTEGER NOT NULL, nomnom_seq INTEGER NOT NULL,
+        nomnom_version INTEGER NOT NULL);";
+
+/// A part with its notes, as a message carries it.
+type Parts = BTreeMap<i32, (String, BTreeMap<i32, String>)>;
+
+/// One message of the generated sequence.
+#[derive(Debug, Clone)]
+enum Message {
+    Item {
+        op: Op,
+        id: i64,
+        name: Option<String>,
+        n: Option<i64>,
+        parts: Parts,
+    },
+    Doc {
+        op: Op,
+        id: i64,
+        body: Option<String>,
+        v: i64,
+    },
+}
+
+fn op(patches: bool) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => Just(Op::Create),
+        2 => Just(Op::Upsert),
+        if patches { 2 } else { 0 } => Just(Op::Patch),
+        2 => Just(Op::Delete),
+    ]
+}
+
+fn word() -> impl Strategy<Value = String> {
+    prop::sample::select(vec!["a", "b", "c", "d"]).prop_map(str::to_owned)
+}
+
+fn parts() -> impl Strategy<Value = Parts> {
+    prop::collection::btree_map(
+        1..4i32,
+        (word(), prop::collection::btree_map(1..3i32, word(), 0..3)),
+        0..3,
+    )
+}
+
+fn message(patches: bool) -> impl Strategy<Value = Message> {
+    prop_oneof![
+        3 => (op(patches), 1..4i64, prop::option::of(word()), prop::option::of(0..9i64), parts()).prop_map(
+            |(op, id, name, n, parts)| Message::Item { op, id, name, n, parts }
+        ),
+        1 => (op(patches), 1..3i64, prop::option::of(word()), 0..4i64)
+            .prop_map(|(op, id, body, v)| Message::Doc { op, id, body, v }),
+    ]
+}
+
+impl Message {
+    /// The change a generated parser would make of this message.
+    fn change(&self) -> Change {
+        match self {
+            Message::Item {
+                op,
+                id,
+                name,
+                n,
+                parts,
+            } => {
+                let text = |t: &Option<String>| t.clone().map_or(Value::Null, Value::Text);
+                let int = |n: &Option<i64>| n.map_or(Value::Null, Value::I64);
+                let values = match op {
+                    // A patch sets what the body has: `None` fields are absent.
+                    Op::Patch => vec![
+                        Some(Value::I64(*id)),
+                        name.clone().map(Value::Text),
+                        n.map(Value::I64),
+                    ],
+                    Op::Delete => vec![Some(Value::I64(*id)), None, None],
+                    _ => vec![Some(Value::I64(*id)), Some(text(name)), Some(int(n))],
+                };
+                let mut change = Change {
+                    entity: &ITEM,
+                    op: *op,
+                    values,
+                    version: None,
+                    children: Vec::new(),
+                };
+                if matches!(op, Op::Create | Op::Upsert) {
+                    for (no, (label, notes)) in parts {
+                        change.push_child(
+                            &PART,
+                            vec![Value::I64(*id), Value::I32(*no), Value::Text(label.clone())],
+                        );
+                        for (k, text) in notes {
+                            change.push_child(
+                                &NOTE,
+                                vec![
+                                    Value::I64(*id),
+                                    Value::I32(*no),
+                                    Value::I32(*k),
+                                    Value::Text(text.clone()),
+                                ],
+                            );
+                        }
+                    }
+                }
+                change
+            }
+            Message::Doc { op, id, body, v } => {
+                let values = match op {
+                    Op::Patch => vec![
+                        Some(Value::I64(*id)),
+                        body.clone().map(Value::Text),
+                        Some(Value::I64(*v)),
+                    ],
+                    Op::Delete => vec![Some(Value::I64(*id)), None, Some(Value::I64(*v))],
+                    _ => vec![
+                        Some(Value::I64(*id)),
+                        Some(body.clone().map_or(Value::Null, Value::Text)),
+                        Some(Value::I64(*v)),
+                    ],
+                };
+                Change {
+                    entity: &DOC,
+                    op: *op,
+                    values,
+                    version: Some(*v),
+                    children: Vec::new(),
+                }
+            }
+        }
+    }
+}
+
+/// The tables as text lines, sorted: what the model and the database must agree on.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tables {
+    items: Vec<String>,
+    parts: Vec<String>,
+    notes: Vec<String>,
+    docs: Vec<String>,
+}
+
+/// Applies the messages one by one in stream order (sequence = position + 1).
+fn model(messages: &[Message]) -> Tables {
+    struct ItemRow {
+        name: Option<String>,
+        n: Option<i64>,
+        parts: Parts,
+    }
+    // Per key: the live row, and the guard (version, sequence) of the last applied change,
+    // which a delete leaves behind.
+    let mut items: BTreeMap<i64, (Option<ItemRow>, i64)> = BTreeMap::new();
+    let mut docs: BTreeMap<i64, (Option<Option<String>>, (i64, i64), i64)> = BTreeMap::new();
+    for (index, message) in messages.iter().enumerate() {
+        let seq = index as i64 + 1;
+        match message.clone() {
+            Message::Item {
+                op,
+                id,
+                name,
+                n,
+                parts,
+            } => {
+                let slot = items.entry(id).or_insert((None, 0));
+                match op {
+                    Op::Create | Op::Upsert => slot.0 = Some(ItemRow { name, n, parts }),
+                    Op::Patch => match &mut slot.0 {
+                        Some(row) => {
+                            if name.is_some() {
+                                row.name = name;
+                            }
+                            if n.is_some() {
+                                row.n = n;
+                            }
+                        }
+                        None => continue,
+                    },
+                    Op::Delete => slot.0 = None,
+                }
+                slot.1 = seq;
+            }
+            Message::Doc { op, id, body, v } => {
+                let slot = docs.entry(id).or_insert((None, (i64::MIN, 0), 0));
+                if (v, seq) <= slot.1 {
+                    continue; // older than what the row reflects
+                }
+                match op {
+                    Op::Create | Op::Upsert => slot.0 = Some(body),
+                    Op::Patch => match &mut slot.0 {
+                        Some(current) => {
+                            if body.is_some() {
+                                *current = body;
+                            }
+                        }
+                        None => continue,
+                    },
+                    Op::Delete => slot.0 = None,
+                }
+                slot.1 = (v, seq);
+                slot.2 = v;
+            }
+        }
+    }
+    let mut tables = Tables::default();
+    for (id, (row, seq)) in &items {
+        let Some(row) = row else { continue };
+        tables
+            .items
+            .push(format!("{id}|{}|{}|{seq}", opt(&row.name), opt(&row.n)));
+        for (no, (label, notes)) in &row.parts {
+            tables.parts.push(format!("{id}|{no}|{label}"));
+            for (k, text) in notes {
+                tables.notes.push(format!("{id}|{no}|{k}|{text}"));
+            }
+        }
+    }
+    for (id, (row, (version, seq), v)) in &docs {
+        if let Some(body) = row {
+            tables
+                .docs
+                .push(format!("{id}|{}|{v}|{seq}|{version}", opt(body)));
+        }
+    }
+    tables.sort();
+    tables
+}
+
+fn opt<T: std::fmt::Display>(value: &Option<T>) -> String {
+    value.as_ref().map_or("NULL".to_owned(), ToString::to_string)
+}
+
+impl Tables {
+    fn sort(&mut self) {
+        self.items.sort();
+        self.parts.sort();
+        self.notes.sort();
+        self.docs.sort();
+    }
+
+    fn read(conn: &mut AnyConnection) -> Self {
+        let text = |column: &str| format!("COALESCE(CAST({column} AS TEXT), 'NULL')");
+        let mut tables = Tables {
+            items: lines(
+                conn,
+                &format!(
+                    "SELECT {} || '|' || {} || '|' || {} || '|' || {} AS line FROM item",
+                    text("id"),
+                    text("name"),
+                    text("n"),
+                    text("nomnom_seq")
+                ),
+            ),
+            parts: lines(
+                conn,
+                &format!(
+                    "SELECT {} || '|' || {} || '|' || {} AS line FROM part",
+                    text("item_id"),
+                    text("no"),
+                    text("label")
+                ),
+            ),
+            notes: lines(
+                conn,
+                &format!(
+                    "SELECT {} || '|' || {} || '|' || {} || '|' || {} AS line FROM note",
+                    text("item_id"),
+                    text("part_no"),
+                    text("k"),
+                    text("text")
+                ),
+            ),
+            docs: lines(
+                conn,
+                &format!(
+                    "SELECT {} || '|' || {} || '|' || {} || '|' || {} || '|' || {} AS line FROM doc",
+                    text("id"),
+                    text("body"),
+                    text("v"),
+                    text("nomnom_seq"),
+                    text("nomnom_version")
+                ),
+            ),
+        };
+        tables.sort();
+        tables
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Line {
+    #[diesel(sql_type = Text)]
+    line: String,
+}
+
+fn lines(conn: &mut AnyConnection, sql: &str) -> Vec<String> {
+    let rows: Vec<Line> = match conn {
+        AnyConnection::Postgresql(pg) => diesel::sql_query(sql).load(pg),
+        AnyConnection::Sqlite(lite) => diesel::sql_query(sql).load(lite),
+    }
+    .unwrap();
+    rows.into_iter().map(|r| r.line).collect()
+}
+
+/// What happens to one delivery of a batch.
+#[derive(Debug, Clone, Copy)]
+enum Fate {
+    /// Written and acknowledged.
+    Ack,
+    /// Nak'd before writing (a transient failure): redelivered after what is queued.
+    Nak,
+    /// Written, but the ack is lost: redelivered after what is queued.
+    LostAck,
+}
+
+fn fate(reorder: bool) -> impl Strategy<Value = Fate> {
+    prop_oneof![
+        4 => Just(Fate::Ack),
+        if reorder { 2 } else { 0 } => Just(Fate::Nak),
+        1 => Just(Fate::LostAck),
+    ]
+}
+
+/// A generated scenario: the messages, where batches end, what befalls each delivery.
+#[derive(Debug, Clone)]
+struct Scenario {
+    messages: Vec<Message>,
+    cuts: Vec<bool>,
+    fates: Vec<Fate>,
+    workers: usize,
+}
+
+/// With `patches`, messages are delivered in stream order (one worker, no naks; lost acks
+/// and any batching): a patch depends on the row before it, see docs/operations.md.
+fn scenario(patches: bool) -> impl Strategy<Value = Scenario> {
+    let reorder = !patches;
+    prop::collection::vec(message(patches), 1..28).prop_flat_map(move |messages| {
+        let len = messages.len();
+        (
+            Just(messages),
+            prop::collection::vec(prop::bool::weighted(0.3), len),
+            prop::collection::vec(fate(reorder), 3 * len),
+            1..=if reorder { 3usize } else { 1 },
+        )
+            .prop_map(|(messages, cuts, fates, workers)| Scenario {
+                messages,
+                cuts,
+                fates,
+                workers,
+            })
+    })
+}
+
+fn pending(index: usize, message: &Message) -> Pending {
+    let seq = index as i64 + 1;
+    let now = chrono::Utc::now();
+    Pending {
+        index,
+        record: StatusRecord {
+            message_id: uuid::Uuid::from_u128(seq as u128),
+            entity: Some("item".into()),
+            status: MessageState::Persisted,
+            attempts: 1,
+            error: None,
+            received_at: now,
+            processed_at: now,
+            stream_sequence: Some(seq),
+        },
+        change: message.change(),
+    }
+}
+
+/// Runs a scenario through `workers` concurrent writers; returns the final tables.
+fn run(scenario: &Scenario, connect: &(dyn Fn() -> AnyConnection + Sync)) -> Tables {
+    let mut batches: VecDeque<Vec<usize>> = VecDeque::new();
+    let mut current = Vec::new();
+    for (index, cut) in scenario.cuts.iter().enumerate() {
+        current.push(index);
+        if *cut {
+            batches.push_back(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        batches.push_back(current);
+    }
+    let queue = Mutex::new(batches);
+    let in_flight = AtomicUsize::new(0);
+    let deliveries = AtomicUsize::new(0);
+    let messages = Arc::new(scenario.messages.clone());
+    std::thread::scope(|scope| {
+        for _ in 0..scenario.workers {
+            scope.spawn(|| {
+                let mut conn = connect();
+                loop {
+                    let batch = {
+                        let mut queue = queue.lock().unwrap();
+                        let batch = queue.pop_front();
+                        if batch.is_some() {
+                            in_flight.fetch_add(1, Ordering::SeqCst);
+                        }
+                        batch
+                    };
+                    let Some(batch) = batch else {
+                        if in_flight.load(Ordering::SeqCst) == 0 {
+                            return;
+                        }
+                        std::thread::yield_now();
+                        continue;
+                    };
+                    let delivery = deliveries.fetch_add(1, Ordering::SeqCst);
+                    // Past the generated fates, every delivery succeeds: the run ends.
+                    let fate = scenario.fates.get(delivery).copied().unwrap_or(Fate::Ack);
+                    let redeliver = match fate {
+                        Fate::Nak => true,
+                        Fate::Ack | Fate::LostAck => {
+                            let pending: Vec<Pending> =
+                                batch.iter().map(|i| pending(*i, &messages[*i])).collect();
+                            let written = write_batch(&mut conn, &pending)
+                                .unwrap_or_else(|e| panic!("write failed: {e}"));
+                            assert!(
+                                written.refused.is_empty(),
+                                "refused: {:?}",
+                                written.refused
+                            );
+                            matches!(fate, Fate::LostAck)
+                        }
+                    };
+                    if redeliver {
+                        queue.lock().unwrap().push_back(batch);
+                    }
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    Tables::read(&mut connect())
+}
+
+/// Cases per property: `PROPTEST_CASES` if set, else 40 (a few seconds per database).
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(40)
+}
+
+fn reset(conn: &mut AnyConnection) {
+    db::run_script(
+        conn,
+        "DELETE FROM note; DELETE FROM part; DELETE FROM item; DELETE FROM doc; \
+         DELETE FROM nomnom_tombstones; DELETE FROM nomnom_message_status;",
+    )
+    .unwrap();
+}
+
+fn setup(conn: &mut AnyConnection, ddl: &str) {
+    db::run_script(conn, ddl).unwrap();
+    db::run_script(conn, nomnom_runtime::apply::TOMBSTONES_DDL).unwrap();
+    nomnom_runtime::status::create_table(conn).unwrap();
+}
+
+#[test]
+fn keyed_changes_converge_to_stream_order_on_postgres() {
+    let postgres = Postgres::start();
+    let url = postgres.create_database("convergence");
+    let connect = || db::connect(&url).unwrap();
+    setup(&mut connect(), POSTGRES_DDL);
+    let config = ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(scenario in scenario(false))| {
+        reset(&mut connect());
+        prop_assert_eq!(run(&scenario, &connect), model(&scenario.messages));
+    });
+    proptest!(config, |(scenario in scenario(true))| {
+        reset(&mut connect());
+        prop_assert_eq!(run(&scenario, &connect), model(&scenario.messages));
+    });
+}
+
+#[test]
+fn keyed_changes_converge_to_stream_order_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("convergence.db").display());
+    let connect = || db::connect(&url).unwrap();
+    setup(&mut connect(), SQLITE_DDL);
+    let config = ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(scenario in scenario(false))| {
+        reset(&mut connect());
+        prop_assert_eq!(run(&scenario, &connect), model(&scenario.messages));
+    });
+    proptest!(config, |(scenario in scenario(true))| {
+        reset(&mut connect());
+        prop_assert_eq!(run(&scenario, &connect), model(&scenario.messages));
+    });
+}
