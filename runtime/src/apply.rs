@@ -41,6 +41,25 @@ pub const TOMBSTONES_DDL: &str = "CREATE TABLE IF NOT EXISTS nomnom_tombstones (
     PRIMARY KEY (entity, key)
 )";
 
+/// Deletes tombstones older than `retention`; returns how many.
+pub fn prune_tombstones(
+    conn: &mut AnyConnection,
+    retention: std::time::Duration,
+) -> QueryResult<usize> {
+    let retention = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+    let before = Value::I64(chrono::Utc::now().timestamp().saturating_sub(retention));
+    sql::execute(
+        conn,
+        |kind| {
+            format!(
+                "DELETE FROM {TOMBSTONES} WHERE deleted_at < {}",
+                kind.placeholder(1)
+            )
+        },
+        &[(ColumnType::I64, &before)],
+    )
+}
+
 /// What became of one change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -58,7 +77,10 @@ pub fn apply(conn: &mut AnyConnection, changes: &[(i64, &Change)]) -> QueryResul
     let mut outcomes = vec![Outcome::Applied; changes.len()];
     let mut groups: Vec<(&'static Entity, Vec<usize>)> = Vec::new();
     for (index, (_, change)) in changes.iter().enumerate() {
-        match groups.iter_mut().find(|(e, _)| e.table.name == change.entity.table.name) {
+        match groups
+            .iter_mut()
+            .find(|(e, _)| e.table.name == change.entity.table.name)
+        {
             Some((_, members)) => members.push(index),
             None => groups.push((change.entity, vec![index])),
         }
@@ -94,7 +116,14 @@ impl<'a> Keyed<'a> {
     fn new(index: usize, seq: i64, change: &'a Change) -> Self {
         let key: Vec<Value> = key_positions(&change.entity.table)
             .iter()
-            .map(|p| change.values.get(*p).cloned().flatten().unwrap_or(Value::Null))
+            .map(|p| {
+                change
+                    .values
+                    .get(*p)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or(Value::Null)
+            })
             .collect();
         let key_text = key_text(&key);
         Self {
@@ -146,13 +175,20 @@ fn lock_id(table: &str, key_text: &str) -> i64 {
 
 /// Takes a transaction-scoped advisory lock per key (PostgreSQL), in ascending order so
 /// two replicas locking overlapping keys cannot deadlock. Released at commit.
-fn lock_keys(conn: &mut AnyConnection, keyed: &[(&'static Entity, Vec<Keyed<'_>>)]) -> QueryResult<()> {
+fn lock_keys(
+    conn: &mut AnyConnection,
+    keyed: &[(&'static Entity, Vec<Keyed<'_>>)],
+) -> QueryResult<()> {
     let AnyConnection::Postgresql(pg) = conn else {
         return Ok(());
     };
     let mut ids: Vec<i64> = keyed
         .iter()
-        .flat_map(|(entity, items)| items.iter().map(|i| lock_id(entity.table.name, &i.key_text)))
+        .flat_map(|(entity, items)| {
+            items
+                .iter()
+                .map(|i| lock_id(entity.table.name, &i.key_text))
+        })
         .collect();
     ids.sort_unstable();
     ids.dedup();
@@ -262,7 +298,10 @@ impl KeyState {
 }
 
 fn full(values: &[Option<Value>]) -> Vec<Value> {
-    values.iter().map(|v| v.clone().unwrap_or(Value::Null)).collect()
+    values
+        .iter()
+        .map(|v| v.clone().unwrap_or(Value::Null))
+        .collect()
 }
 
 fn merge(row: &mut [Value], patch: &[Option<Value>]) {
@@ -351,7 +390,9 @@ fn read_guards(
         let offset = chunk_index * per_statement;
         let mut types = vec![ColumnType::I64];
         types.extend(&key_types);
-        let names: Vec<String> = (0..key_types.len()).map(|i| format!("nomnom_k{i}")).collect();
+        let names: Vec<String> = (0..key_types.len())
+            .map(|i| format!("nomnom_k{i}"))
+            .collect();
         let on: Vec<String> = table
             .key
             .iter()
@@ -369,7 +410,9 @@ fn read_guards(
                 on.join(" AND ")
             )
         };
-        let indexes: Vec<Value> = (0..chunk.len()).map(|i| Value::I64((offset + i) as i64)).collect();
+        let indexes: Vec<Value> = (0..chunk.len())
+            .map(|i| Value::I64((offset + i) as i64))
+            .collect();
         let mut binds: Vec<(ColumnType, &Value)> = Vec::with_capacity(chunk.len() * types.len());
         for (i, item) in chunk.iter().enumerate() {
             binds.push((ColumnType::I64, &indexes[i]));
@@ -395,7 +438,8 @@ fn read_guards(
         .collect();
     for chunk in texts.chunks(conn.kind().max_binds() - 1) {
         let sql = |kind: DatabaseKind| {
-            let placeholders: Vec<String> = (0..chunk.len()).map(|i| kind.placeholder(i + 2)).collect();
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| kind.placeholder(i + 2)).collect();
             format!(
                 "SELECT key, seq, version FROM {TOMBSTONES} WHERE entity = {} AND key IN ({})",
                 kind.placeholder(1),
@@ -463,14 +507,24 @@ fn write_plan(
     for (state, guard) in states.iter().filter_map(|s| s.row.as_ref().zip(s.guard)) {
         rows.push(with_guard(entity, &state.0, guard));
         for group in &state.1 {
-            match children.iter_mut().find(|c| c.entity.table.name == group.entity.table.name) {
+            match children
+                .iter_mut()
+                .find(|c| c.entity.table.name == group.entity.table.name)
+            {
                 Some(all) => all.rows.extend(group.rows.iter().cloned()),
                 None => children.push(group.clone()),
             }
         }
     }
     // Upsert: the fold has decided which row wins; a key that exists takes it whole.
-    sql::write_rows(conn, &Table { write: WriteMode::Upsert, ..*table }, &rows)?;
+    sql::write_rows(
+        conn,
+        &Table {
+            write: WriteMode::Upsert,
+            ..*table
+        },
+        &rows,
+    )?;
     for group in &children {
         sql::write_rows(conn, &group.entity.table, &group.rows)?;
     }
@@ -478,10 +532,21 @@ fn write_plan(
     // the rows above, so a key created earlier in this batch exists too).
     let conflicts: Vec<Vec<Value>> = states
         .iter()
-        .filter_map(|s| s.conflict.as_ref().map(|row| with_guard(entity, row, (None, 0))))
+        .filter_map(|s| {
+            s.conflict
+                .as_ref()
+                .map(|row| with_guard(entity, row, (None, 0)))
+        })
         .collect();
     if !conflicts.is_empty() {
-        sql::write_rows(conn, &Table { write: WriteMode::Insert, ..*table }, &conflicts)?;
+        sql::write_rows(
+            conn,
+            &Table {
+                write: WriteMode::Insert,
+                ..*table
+            },
+            &conflicts,
+        )?;
     }
     for (key, state) in keys.iter().zip(states) {
         if let (Some(patch), Some(guard), true) = (&state.patch, state.guard, state.live) {
@@ -526,15 +591,33 @@ fn write_tombstones(
                 Value::I64(now),
             ]);
         } else if state.live && state.stored == Stored::Deleted {
-            revived.push(vec![Value::Text(name.to_owned()), Value::Text(key.key_text.clone())]);
+            revived.push(vec![
+                Value::Text(name.to_owned()),
+                Value::Text(key.key_text.clone()),
+            ]);
         }
     }
     const COLUMNS: &[sql::Column] = &[
-        sql::Column { name: "entity", column_type: ColumnType::Text },
-        sql::Column { name: "key", column_type: ColumnType::Text },
-        sql::Column { name: "seq", column_type: ColumnType::I64 },
-        sql::Column { name: "version", column_type: ColumnType::I64 },
-        sql::Column { name: "deleted_at", column_type: ColumnType::I64 },
+        sql::Column {
+            name: "entity",
+            column_type: ColumnType::Text,
+        },
+        sql::Column {
+            name: "key",
+            column_type: ColumnType::Text,
+        },
+        sql::Column {
+            name: "seq",
+            column_type: ColumnType::I64,
+        },
+        sql::Column {
+            name: "version",
+            column_type: ColumnType::I64,
+        },
+        sql::Column {
+            name: "deleted_at",
+            column_type: ColumnType::I64,
+        },
     ];
     let tombstones = Table {
         name: TOMBSTONES,
@@ -561,11 +644,21 @@ fn patch_row(
         .iter()
         .zip(patch)
         .filter(|(column, value)| value.is_some() && !table.key.contains(&column.name))
-        .map(|(column, value)| (column.name, column.column_type, value.clone().unwrap_or(Value::Null)))
+        .map(|(column, value)| {
+            (
+                column.name,
+                column.column_type,
+                value.clone().unwrap_or(Value::Null),
+            )
+        })
         .collect();
     sets.push((SEQUENCE_COLUMN, ColumnType::I64, Value::I64(seq)));
     if entity.versioned {
-        sets.push((VERSION_COLUMN, ColumnType::I64, Value::I64(version.unwrap_or(0))));
+        sets.push((
+            VERSION_COLUMN,
+            ColumnType::I64,
+            Value::I64(version.unwrap_or(0)),
+        ));
     }
     let key_types = key_types(table);
     let sql = |kind: DatabaseKind| {

@@ -290,8 +290,8 @@ fn delete_sql(kind: DatabaseKind, table: &Table, rows: usize) -> String {
 /// `Value::Null`).
 macro_rules! bind_value {
     ($query:expr, $column_type:expr, $value:expr) => {{
-        use $crate::sql::{ColumnType, Value};
         use diesel::sql_types::{BigInt, Bool, Double, Float, Integer, Nullable, SmallInt, Text};
+        use $crate::sql::{ColumnType, Value};
         let query = $query;
         match ($column_type, $value) {
             (ColumnType::Bool, Value::Bool(v)) => query.bind::<Bool, _>(*v),

@@ -68,7 +68,7 @@ impl MessageState {
             Self::SkippedMissing,
         ]
         .into_iter()
-            .find(|s| s.as_str() == text)
+        .find(|s| s.as_str() == text)
     }
 }
 
