@@ -229,10 +229,11 @@ pub fn claim(conn: &mut AnyConnection, records: &[StatusRecord]) -> QueryResult<
     Ok(claimed)
 }
 
-/// Marks claimed messages as skipped (`state`), with why, in the caller's transaction.
-pub fn mark_skipped(
+/// Sets the state (and error) of claimed messages, in the caller's transaction: skipped
+/// ones, and earlier patches whose outcome a later batch revised.
+pub fn mark(
     conn: &mut AnyConnection,
-    skipped: &[(Uuid, MessageState, String)],
+    marks: &[(Uuid, MessageState, Option<String>)],
 ) -> QueryResult<()> {
     let kind = conn.kind();
     let sql = format!(
@@ -241,10 +242,10 @@ pub fn mark_skipped(
         kind.placeholder(2),
         kind.placeholder(3)
     );
-    for (id, state, why) in skipped {
+    for (id, state, why) in marks {
         with_backend!(&mut *conn, c => diesel::sql_query(sql.as_str())
             .bind::<Text, _>(state.as_str())
-            .bind::<Text, _>(why.as_str())
+            .bind::<Nullable<Text>, _>(why.as_deref())
             .bind::<dialect::UuidSql, _>(dialect::uuid(*id))
             .execute(c))?;
     }

@@ -248,11 +248,16 @@ impl<S: EntitySchema> Worker<S> {
         let retention = self.config.tombstone_retention;
         match self
             .db
-            .run(move |conn| crate::apply::prune_tombstones(conn, retention))
+            .run(move |conn| crate::apply::prune(conn, retention))
             .await
         {
             Ok(Ok(0)) => {}
-            Ok(Ok(pruned)) => tracing::info!(pruned, "tombstones past their retention deleted"),
+            Ok(Ok(pruned)) => {
+                tracing::info!(
+                    pruned,
+                    "tombstones and logged patches past their retention deleted"
+                );
+            }
             Ok(Err(err)) => tracing::warn!(error = %err, "cannot prune tombstones; retrying later"),
             Err(err) => tracing::warn!(error = %err, "cannot prune tombstones; retrying later"),
         }

@@ -3,8 +3,10 @@
 
 use std::collections::HashSet;
 
+use uuid::Uuid;
+
 use crate::{
-    apply::{self, Outcome},
+    apply::{self, Outcome, Sequenced},
     change::Change,
     db::{self, AnyConnection, ErrorClass},
     status::{self, MessageState, StatusRecord},
@@ -125,33 +127,48 @@ fn write(conn: &mut AnyConnection, items: &[Pending]) -> diesel::QueryResult<Com
             .iter()
             .filter(|item| claimed.remove(&item.record.message_id))
             .collect();
-        let changes: Vec<(i64, &Change)> = mine
+        let changes: Vec<Sequenced<'_>> = mine
             .iter()
-            .map(|item| (item.record.stream_sequence.unwrap_or(0), &item.change))
-            .collect();
-        let outcomes = apply::apply(conn, &changes)?;
-        let skips: Vec<_> = mine
-            .iter()
-            .zip(outcomes)
-            .filter_map(|(item, outcome)| {
-                let (state, why) = match outcome {
-                    Outcome::Applied => return None,
-                    Outcome::Stale => (
-                        MessageState::SkippedStale,
-                        "skipped: its row already reflects a newer message",
-                    ),
-                    Outcome::Missing => (
-                        MessageState::SkippedMissing,
-                        "skipped: a patch of a row that does not exist",
-                    ),
-                };
-                Some((item.record.message_id, state, why.to_owned()))
+            .map(|item| Sequenced {
+                seq: item.record.stream_sequence.unwrap_or(0),
+                message_id: item.record.message_id,
+                change: &item.change,
             })
             .collect();
-        status::mark_skipped(conn, &skips)?;
-        Ok(Committed {
-            skipped,
-            stale: skips.len(),
-        })
+        let applied = apply::apply(conn, &changes)?;
+        let mut marks: Vec<(Uuid, MessageState, Option<String>)> = mine
+            .iter()
+            .zip(&applied.outcomes)
+            .filter(|(_, outcome)| **outcome != Outcome::Applied)
+            .map(|(item, outcome)| status_of(item.record.message_id, *outcome))
+            .collect();
+        let stale = marks.len();
+        // Earlier patches this batch revised: a late create under a logged patch (now
+        // applied), a late delete under an applied one (now missing).
+        marks.extend(
+            applied
+                .revised
+                .iter()
+                .map(|(id, outcome)| status_of(*id, *outcome)),
+        );
+        status::mark(conn, &marks)?;
+        Ok(Committed { skipped, stale })
     })
+}
+
+/// The status row of a message with `outcome`.
+fn status_of(id: Uuid, outcome: Outcome) -> (Uuid, MessageState, Option<String>) {
+    match outcome {
+        Outcome::Applied => (id, MessageState::Persisted, None),
+        Outcome::Stale => (
+            id,
+            MessageState::SkippedStale,
+            Some("skipped: its row already reflects a newer create, upsert or delete".into()),
+        ),
+        Outcome::Missing => (
+            id,
+            MessageState::SkippedMissing,
+            Some("skipped: a patch of a row that does not exist".into()),
+        ),
+    }
 }
