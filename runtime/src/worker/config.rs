@@ -57,8 +57,8 @@ pub struct WorkerArgs {
     /// Stream for dead-lettered messages.
     #[arg(long, env = "NOMNOM_DLQ_STREAM", default_value = defaults::DLQ_STREAM)]
     pub dlq_stream: String,
-    /// How long a deleted key's tombstone is kept: an older create or upsert of the key
-    /// arriving within it (a redelivery, a replayed dead letter) is skipped as stale.
+    /// How long deleted keys' tombstones and logged patches are kept: within it, an older
+    /// message arriving late (a redelivery, a replayed dead letter) still finds them.
     #[arg(long, env = "NOMNOM_TOMBSTONE_RETENTION", default_value = "7d", value_parser = duration::parse)]
     pub tombstone_retention: Duration,
     /// Run the migrations and exit.
