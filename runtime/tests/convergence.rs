@@ -546,7 +546,7 @@ fn run(scenario: &Scenario, connect: &(dyn Fn() -> AnyConnection + Sync)) -> Tab
                         Fate::Ack | Fate::LostAck => {
                             let pending: Vec<Pending> =
                                 batch.iter().map(|i| pending(*i, &messages[*i])).collect();
-                            let written = write_batch(&mut conn, &pending)
+                            let written = write_batch(&mut conn, &pending, 0)
                                 .unwrap_or_else(|e| panic!("write failed: {e}"));
                             assert!(written.refused.is_empty(), "refused: {:?}", written.refused);
                             matches!(fate, Fate::LostAck)
@@ -593,6 +593,7 @@ fn setup(conn: &mut AnyConnection, ddl: &str) {
     db::run_script(conn, ddl).unwrap();
     db::run_script(conn, nomnom_runtime::apply::TOMBSTONES_DDL).unwrap();
     db::run_script(conn, nomnom_runtime::apply::PATCHES_DDL).unwrap();
+    db::run_script(conn, nomnom_runtime::apply::STREAMS_DDL).unwrap();
     nomnom_runtime::status::create_table(conn).unwrap();
 }
 
@@ -652,13 +653,13 @@ fn star_star_unstar_in_one_batch_leaves_no_star() {
         .enumerate()
         .map(|(i, m)| pending(i, m))
         .collect();
-    write_batch(&mut conn, &batch).unwrap();
+    write_batch(&mut conn, &batch, 0).unwrap();
     assert_eq!(Tables::read(&mut conn), Tables::default());
     // The first star again, as a new message with its old sequence (a replica that
     // held it): older than the tombstone, so skipped.
     let mut late = pending(0, &messages[0]);
     late.record.message_id = uuid::Uuid::from_u128(99);
-    let written = write_batch(&mut conn, &[late]).unwrap();
+    let written = write_batch(&mut conn, &[late], 0).unwrap();
     assert_eq!(written.stale, 1);
     assert_eq!(Tables::read(&mut conn), Tables::default());
 }
@@ -686,4 +687,38 @@ fn tombstones_past_their_retention_are_pruned() {
     let week = std::time::Duration::from_secs(7 * day as u64);
     assert_eq!(nomnom_runtime::apply::prune(&mut conn, week).unwrap(), 1);
     assert_eq!(nomnom_runtime::apply::prune(&mut conn, week).unwrap(), 0);
+}
+
+/// A stream deleted and created again restarts at sequence 1: its messages still order
+/// after everything the old one delivered.
+#[test]
+fn a_recreated_stream_orders_after_the_old_one() {
+    use nomnom_runtime::apply::{SEQUENCES_PER_STREAM, sequence_base};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("streams.db").display());
+    let mut conn = db::connect(&url).unwrap();
+    setup(&mut conn, SQLITE_DDL);
+    let old = sequence_base(&mut conn, "MESSAGES", 1_000).unwrap();
+    let new = sequence_base(&mut conn, "MESSAGES", 2_000).unwrap();
+    assert_eq!((old, new), (0, SEQUENCES_PER_STREAM));
+    assert_eq!(
+        sequence_base(&mut conn, "MESSAGES", 2_000).unwrap(),
+        new,
+        "stable"
+    );
+
+    let item = |op| Message::Item {
+        op,
+        id: 1,
+        name: Some("x".into()),
+        n: None,
+        parts: Parts::new(),
+    };
+    // Sequence 5 of the old stream, then sequence 1 (index 0) of the new one.
+    let mut created = pending(4, &item(Op::Upsert));
+    created.record.message_id = uuid::Uuid::from_u128(1_000);
+    write_batch(&mut conn, &[created], old).unwrap();
+    let written = write_batch(&mut conn, &[pending(0, &item(Op::Delete))], new).unwrap();
+    assert_eq!(written.stale, 0);
+    assert_eq!(Tables::read(&mut conn), Tables::default());
 }

@@ -29,7 +29,10 @@ use uuid::Uuid;
 use crate::change::{Change, Entity};
 use crate::sql::{AnyConnection, Value};
 
-pub use store::{PATCHES, PATCHES_DDL, TOMBSTONES, TOMBSTONES_DDL, prune};
+pub use store::{
+    PATCHES, PATCHES_DDL, SEQUENCES_PER_STREAM, STREAMS, STREAMS_DDL, TOMBSTONES, TOMBSTONES_DDL,
+    prune, sequence_base,
+};
 
 use fold::KeyState;
 
@@ -48,7 +51,8 @@ pub enum Outcome {
 /// One change to apply.
 #[derive(Debug, Clone, Copy)]
 pub struct Sequenced<'a> {
-    /// The message's stream sequence.
+    /// The message's guard sequence: its stream sequence, plus the base of its stream's
+    /// incarnation ([`sequence_base`]).
     pub seq: i64,
     pub message_id: Uuid,
     pub change: &'a Change,

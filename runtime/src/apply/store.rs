@@ -164,6 +164,58 @@ pub const PATCHES_DDL: &str = "CREATE TABLE IF NOT EXISTS nomnom_patches (
     PRIMARY KEY (entity, key, seq)
 )";
 
+/// The incarnations of the stream the workers have consumed, by creation time (a stream
+/// deleted and created again restarts its sequences at 1).
+pub const STREAMS: &str = "nomnom_streams";
+
+/// The incarnation table (both databases); `created` in microseconds since 1970.
+pub const STREAMS_DDL: &str = "CREATE TABLE IF NOT EXISTS nomnom_streams (
+    created BIGINT PRIMARY KEY NOT NULL,
+    stream TEXT NOT NULL
+)";
+
+/// Sequences of one stream incarnation: the `n`-th incarnation (from 0) guards with
+/// `n × SEQUENCES_PER_STREAM + stream sequence`, so a stream created again (the same
+/// name, or another) orders after everything before it.
+pub const SEQUENCES_PER_STREAM: i64 = 10_000_000_000_000;
+
+/// The guard sequence of message 0 of the stream `stream` created at `created` (µs
+/// since 1970): records the incarnation, then counts the older ones. Its own
+/// transaction.
+pub fn sequence_base(conn: &mut AnyConnection, stream: &str, created: i64) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let created = Value::I64(created);
+    let stream = Value::Text(stream.to_owned());
+    let older = crate::db::write_transaction(conn, |conn| {
+        sql::execute(
+            conn,
+            |kind| {
+                format!(
+                    "INSERT INTO {STREAMS} (created, stream) VALUES ({}, {}) ON CONFLICT (created) DO NOTHING",
+                    kind.placeholder(1),
+                    kind.placeholder(2)
+                )
+            },
+            &[(ColumnType::I64, &created), (ColumnType::Text, &stream)],
+        )?;
+        load::<Count>(
+            conn,
+            |kind| {
+                format!(
+                    "SELECT count(*) AS n FROM {STREAMS} WHERE created < {}",
+                    kind.placeholder(1)
+                )
+            },
+            &[(ColumnType::I64, &created)],
+        )
+    })?;
+    Ok(older.first().map_or(0, |c| c.n) * SEQUENCES_PER_STREAM)
+}
+
 /// Deletes tombstones and logged patches older than `retention`; returns how many.
 pub fn prune(conn: &mut AnyConnection, retention: std::time::Duration) -> QueryResult<usize> {
     let retention = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);

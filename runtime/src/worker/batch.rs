@@ -4,6 +4,7 @@
 //! says `persisted` (a redelivery after a crash between commit and acknowledgement) is
 //! acknowledged without writing again.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, context::ObjectStoreError, object_store::GetError};
@@ -218,7 +219,15 @@ impl<S: EntitySchema> Worker<S> {
         pending: Vec<Pending>,
         batch: &[Delivery],
     ) -> Result<Written, WriteError> {
-        let write = self.db.run(move |conn| write_batch(conn, &pending));
+        let created = self.consumer.stream_created();
+        let stream = self.config.stream.name.clone();
+        let bases = Arc::clone(&self.sequence_bases);
+        let write = self.db.run(move |conn| {
+            let base = bases
+                .base(conn, &stream, created)
+                .map_err(WriteError::Unavailable)?;
+            write_batch(conn, &pending, base)
+        });
         tokio::pin!(write);
         let every = self.progress_every();
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);

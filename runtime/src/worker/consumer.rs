@@ -52,6 +52,9 @@ pub(super) struct Consumer {
     js: jetstream::Context,
     config: WorkerConfig,
     inner: PullConsumer<pull::Config>,
+    /// When the stream was created (µs since 1970): which incarnation its sequences
+    /// belong to.
+    stream_created: i64,
     /// Fetches failed in a row.
     failures: u32,
 }
@@ -61,18 +64,25 @@ impl Consumer {
         js: jetstream::Context,
         config: &WorkerConfig,
     ) -> Result<Self, WorkerError> {
-        let inner = create(&js, config)
-            .await
-            .map_err(|source| WorkerError::Consumer {
-                name: config.consumer.clone(),
-                source,
-            })?;
+        let (inner, stream_created) =
+            create(&js, config)
+                .await
+                .map_err(|source| WorkerError::Consumer {
+                    name: config.consumer.clone(),
+                    source,
+                })?;
         Ok(Self {
             js,
             config: config.clone(),
             inner,
+            stream_created,
             failures: 0,
         })
+    }
+
+    /// When the stream the consumer reads was created (µs since 1970).
+    pub(super) fn stream_created(&self) -> i64 {
+        self.stream_created
     }
 
     /// Asks for up to `max` messages, waiting up to `wait` for them.
@@ -149,7 +159,7 @@ impl Consumer {
 
     async fn recreate(&mut self) -> Result<(), WorkerError> {
         stream::ensure_stream(&self.js, &self.config.stream).await?;
-        self.inner =
+        (self.inner, self.stream_created) =
             create(&self.js, &self.config)
                 .await
                 .map_err(|source| WorkerError::Consumer {
@@ -161,11 +171,16 @@ impl Consumer {
 }
 
 /// Creates or updates the consumer: changed settings (ack wait, backoff, ...) apply on
-/// restart.
+/// restart. Also returns when the stream was created (µs since 1970).
 async fn create(
     js: &jetstream::Context,
     config: &WorkerConfig,
-) -> Result<PullConsumer<pull::Config>, ConsumerSetupError> {
+) -> Result<(PullConsumer<pull::Config>, i64), ConsumerSetupError> {
     let stream = js.get_stream(&config.stream.name).await?;
-    Ok(stream.create_consumer(config.consumer_config()).await?)
+    let created = stream.cached_info().created.unix_timestamp_nanos() / 1_000;
+    let created = i64::try_from(created).unwrap_or(i64::MAX);
+    Ok((
+        stream.create_consumer(config.consumer_config()).await?,
+        created,
+    ))
 }

@@ -34,6 +34,7 @@ pub fn migrate<S: EntitySchema>(
         db::run_script(conn, MIGRATIONS_TABLE)?;
         db::run_script(conn, crate::apply::TOMBSTONES_DDL)?;
         db::run_script(conn, crate::apply::PATCHES_DDL)?;
+        db::run_script(conn, crate::apply::STREAMS_DDL)?;
         status::create_table(conn)
     })
     .map_err(fail("status"))?;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use clap::Parser;
+use diesel::QueryResult;
 use serde_json::Value;
 
 use crate::{
@@ -22,6 +23,7 @@ use crate::{
     db::{self, DatabaseKind, DatabaseUrl},
     dlq::{DeadLetters, DlqError},
     parse::ParseError,
+    sql::AnyConnection,
     stream, telemetry,
 };
 
@@ -172,6 +174,8 @@ struct Worker<S: EntitySchema> {
     js: jetstream::Context,
     dead_letters: DeadLetters,
     consumer: Consumer,
+    /// The guard sequence base of each stream incarnation seen.
+    sequence_bases: Arc<SequenceBases>,
     config: WorkerConfig,
     health: Arc<Health>,
 }
@@ -205,6 +209,7 @@ impl<S: EntitySchema> Worker<S> {
             js,
             dead_letters,
             consumer,
+            sequence_bases: Arc::default(),
             config,
             health,
         }))
@@ -261,5 +266,22 @@ impl<S: EntitySchema> Worker<S> {
             Ok(Err(err)) => tracing::warn!(error = %err, "cannot prune tombstones; retrying later"),
             Err(err) => tracing::warn!(error = %err, "cannot prune tombstones; retrying later"),
         }
+    }
+}
+
+/// The sequence base of each stream incarnation (see [`crate::apply::sequence_base`]),
+/// asked of the database once per incarnation.
+#[derive(Debug, Default)]
+struct SequenceBases(std::sync::Mutex<Vec<(i64, i64)>>);
+
+impl SequenceBases {
+    fn base(&self, conn: &mut AnyConnection, stream: &str, created: i64) -> QueryResult<i64> {
+        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, base)) = known.iter().find(|(c, _)| *c == created) {
+            return Ok(*base);
+        }
+        let base = crate::apply::sequence_base(conn, stream, created)?;
+        known.push((created, base));
+        Ok(base)
     }
 }

@@ -17,7 +17,8 @@ use crate::{
 pub struct Pending {
     /// Where the message is in its batch.
     pub index: usize,
-    /// Its status row; `stream_sequence` orders its change against others of its key.
+    /// Its status row; `stream_sequence` (with the batch's base) orders its change
+    /// against others of its key.
     pub record: StatusRecord,
     pub change: Change,
 }
@@ -51,8 +52,14 @@ pub enum WriteError {
 
 /// Writes a batch in one transaction. When it fails and the database is fine, writes
 /// each message alone so only the messages whose rows the database refuses are refused.
-pub fn write_batch(conn: &mut AnyConnection, batch: &[Pending]) -> Result<Written, WriteError> {
-    let err = match write(conn, batch) {
+/// `base` is the sequence base of the stream incarnation the batch comes from
+/// ([`apply::sequence_base`]).
+pub fn write_batch(
+    conn: &mut AnyConnection,
+    batch: &[Pending],
+    base: i64,
+) -> Result<Written, WriteError> {
+    let err = match write(conn, batch, base) {
         Ok(done) => {
             return Ok(Written {
                 refused: Vec::new(),
@@ -65,7 +72,7 @@ pub fn write_batch(conn: &mut AnyConnection, batch: &[Pending]) -> Result<Writte
     tracing::warn!(error = %err, messages = batch.len(), "batch refused by the database; writing message by message");
     let mut written = Written::default();
     for item in batch {
-        match write_alone(conn, item)? {
+        match write_alone(conn, item, base)? {
             Ok(done) => {
                 written.skipped += done.skipped;
                 written.stale += done.stale;
@@ -82,11 +89,12 @@ pub fn write_batch(conn: &mut AnyConnection, batch: &[Pending]) -> Result<Writte
 fn write_alone(
     conn: &mut AnyConnection,
     item: &Pending,
+    base: i64,
 ) -> Result<diesel::QueryResult<Committed>, WriteError> {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let err = match write(conn, std::slice::from_ref(item)) {
+        let err = match write(conn, std::slice::from_ref(item), base) {
             Ok(done) => return Ok(Ok(done)),
             Err(err) => database_at_fault(conn, err)?,
         };
@@ -110,7 +118,7 @@ fn database_at_fault(
 }
 
 /// One write transaction: status rows, then the changes of the messages it claimed.
-fn write(conn: &mut AnyConnection, items: &[Pending]) -> diesel::QueryResult<Committed> {
+fn write(conn: &mut AnyConnection, items: &[Pending], base: i64) -> diesel::QueryResult<Committed> {
     db::write_transaction(conn, |conn| {
         // The status rows go first and fence the changes: only messages this transaction
         // claims (not persisted before, by anyone) are applied.
@@ -130,7 +138,7 @@ fn write(conn: &mut AnyConnection, items: &[Pending]) -> diesel::QueryResult<Com
         let changes: Vec<Sequenced<'_>> = mine
             .iter()
             .map(|item| Sequenced {
-                seq: item.record.stream_sequence.unwrap_or(0),
+                seq: base + item.record.stream_sequence.unwrap_or(0),
                 message_id: item.record.message_id,
                 change: &item.change,
             })
