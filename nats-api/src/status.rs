@@ -19,7 +19,8 @@ use crate::{error::ApiError, state::AppState};
 #[derive(Debug, Serialize)]
 pub struct StatusResponse {
     pub message_id: Uuid,
-    /// `persisted`, `dead_lettered` (recorded by a worker); `pending` (in the
+    /// `persisted`, `dead_lettered`, `skipped_stale`, `skipped_missing` (recorded by a
+    /// worker); `pending` (in the
     /// stream, not processed yet); `accepted` (in the stream; no database configured, so
     /// processing is not tracked).
     pub status: &'static str,

@@ -170,7 +170,14 @@ mod tests {
         assert!(day(1).into_version() < day(2).into_version());
         assert_eq!(chrono::NaiveDate::default().into_version(), 0);
         let at = day(1).and_hms_opt(0, 0, 1).unwrap().and_utc();
-        assert!(at.into_version() > day(1).and_hms_opt(0, 0, 0).unwrap().and_utc().into_version());
+        assert!(
+            at.into_version()
+                > day(1)
+                    .and_hms_opt(0, 0, 0)
+                    .unwrap()
+                    .and_utc()
+                    .into_version()
+        );
         assert_eq!(7i16.into_version(), 7);
     }
 }

@@ -61,6 +61,8 @@ pub const WORKER_CONSUMER: &str = "workers";
 pub const WORKER_BATCH_SIZE: usize = 500;
 /// Longest wait to fill a batch.
 pub const WORKER_BATCH_WAIT: Duration = Duration::from_millis(100);
+/// How long tombstones of deleted keys are kept (see docs/operations.md).
+pub const WORKER_TOMBSTONE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Time to process a message before JetStream redelivers it.
 pub const WORKER_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Deliveries before a message that keeps failing is dead-lettered.

@@ -10,7 +10,7 @@ use diesel::{
     pg::{Pg, PgConnection},
     prelude::*,
     query_builder::BoxedSqlQuery,
-    sql_types::{BigInt, Bool, Double, Float, Integer, Nullable, SmallInt, Text},
+    sql_types::Integer,
 };
 
 /// Connections live in [`crate::db`]; re-exported here for generated code.
@@ -103,7 +103,7 @@ fn quote(identifier: &str) -> String {
 }
 
 /// The `index`-th placeholder, with PostgreSQL's cast for text-carried types.
-fn placeholder(kind: DatabaseKind, index: usize, column_type: ColumnType) -> String {
+pub(crate) fn placeholder(kind: DatabaseKind, index: usize, column_type: ColumnType) -> String {
     match kind {
         DatabaseKind::Postgres => format!("${index}{}", column_type.postgres_cast()),
         DatabaseKind::Sqlite => kind.placeholder(index),
@@ -286,8 +286,12 @@ fn delete_sql(kind: DatabaseKind, table: &Table, rows: usize) -> String {
     sql
 }
 
+/// Binds `$value` to `$query` as the SQL type of `$column_type` (NULL of that type for
+/// `Value::Null`).
 macro_rules! bind_value {
     ($query:expr, $column_type:expr, $value:expr) => {{
+        use diesel::sql_types::{BigInt, Bool, Double, Float, Integer, Nullable, SmallInt, Text};
+        use $crate::sql::{ColumnType, Value};
         let query = $query;
         match ($column_type, $value) {
             (ColumnType::Bool, Value::Bool(v)) => query.bind::<Bool, _>(*v),
@@ -307,9 +311,10 @@ macro_rules! bind_value {
         }
     }};
 }
+pub(crate) use bind_value;
 
 /// Runs one statement with typed binds, on either backend.
-fn execute(
+pub(crate) fn execute(
     conn: &mut AnyConnection,
     sql_for: impl Fn(DatabaseKind) -> String,
     binds: &[(ColumnType, &Value)],

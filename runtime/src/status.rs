@@ -32,6 +32,11 @@ pub enum MessageState {
     /// Reserved for recording transient failures; workers do not write it yet (a
     /// database that is down cannot record it anyway).
     Retrying,
+    /// Not applied: its row already reflected a newer message (a later stream sequence,
+    /// or a higher version). Final, like `persisted`.
+    SkippedStale,
+    /// Not applied: a patch of a row that does not exist. Final, like `persisted`.
+    SkippedMissing,
 }
 
 impl MessageState {
@@ -40,13 +45,30 @@ impl MessageState {
             Self::Persisted => "persisted",
             Self::DeadLettered => "dead_lettered",
             Self::Retrying => "retrying",
+            Self::SkippedStale => "skipped_stale",
+            Self::SkippedMissing => "skipped_missing",
         }
     }
 
+    /// Whether the message is done with: nothing overwrites the row, and a redelivery
+    /// is acknowledged without being written again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Persisted | Self::SkippedStale | Self::SkippedMissing
+        )
+    }
+
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Persisted, Self::DeadLettered, Self::Retrying]
-            .into_iter()
-            .find(|s| s.as_str() == text)
+        [
+            Self::Persisted,
+            Self::DeadLettered,
+            Self::Retrying,
+            Self::SkippedStale,
+            Self::SkippedMissing,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
     }
 }
 
@@ -92,13 +114,13 @@ const TABLE: &str = "nomnom_message_status";
 const COLUMNS: &str =
     "message_id, entity, status, attempts, error, received_at, processed_at, stream_sequence";
 
-/// A `persisted` row is final: nothing overwrites it (a late dead-letter of a message
+/// A `persisted` (or skipped) row is final: nothing overwrites it (a late dead-letter of a message
 /// another worker already committed, say). Everything else may be updated (a replayed
 /// dead letter that now persists).
 const UPSERT_SET: &str = "ON CONFLICT (message_id) DO UPDATE SET entity = excluded.entity, \
      status = excluded.status, attempts = excluded.attempts, error = excluded.error, \
      processed_at = excluded.processed_at, stream_sequence = excluded.stream_sequence \
-     WHERE nomnom_message_status.status <> 'persisted'";
+     WHERE nomnom_message_status.status NOT IN ('persisted', 'skipped_stale', 'skipped_missing')";
 
 /// Status rows per statement when claiming: 8 bind parameters each keeps a statement
 /// far under both databases' limits.
@@ -205,6 +227,29 @@ pub fn claim(conn: &mut AnyConnection, records: &[StatusRecord]) -> QueryResult<
         claimed.extend(upsert_chunk(conn, chunk, true)?);
     }
     Ok(claimed)
+}
+
+/// Sets the state (and error) of claimed messages, in the caller's transaction: skipped
+/// ones, and earlier patches whose outcome a later batch revised.
+pub fn mark(
+    conn: &mut AnyConnection,
+    marks: &[(Uuid, MessageState, Option<String>)],
+) -> QueryResult<()> {
+    let kind = conn.kind();
+    let sql = format!(
+        "UPDATE {TABLE} SET status = {}, error = {} WHERE message_id = {}",
+        kind.placeholder(1),
+        kind.placeholder(2),
+        kind.placeholder(3)
+    );
+    for (id, state, why) in marks {
+        with_backend!(&mut *conn, c => diesel::sql_query(sql.as_str())
+            .bind::<Text, _>(state.as_str())
+            .bind::<Nullable<Text>, _>(why.as_deref())
+            .bind::<dialect::UuidSql, _>(dialect::uuid(*id))
+            .execute(c))?;
+    }
+    Ok(())
 }
 
 /// The status row of `message_id`, if any.

@@ -4,7 +4,6 @@
 //! says `persisted` (a redelivery after a crash between commit and acknowledgement) is
 //! acknowledged without writing again.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, context::ObjectStoreError, object_store::GetError};
@@ -20,13 +19,13 @@ use crate::{
 };
 
 /// One delivered message and what the worker made of it so far.
-struct Delivery<R> {
+struct Delivery {
     message: jetstream::Message,
     sequence: u64,
     delivered: i64,
     envelope: Option<Envelope>,
     /// The parsed rows, until they are handed to the writer.
-    parsed: Option<Parsed<R>>,
+    parsed: Option<Parsed>,
     outcome: Outcome,
 }
 
@@ -57,7 +56,7 @@ enum BodyError {
     },
 }
 
-impl<R> Delivery<R> {
+impl Delivery {
     fn new(message: jetstream::Message) -> Self {
         let (sequence, delivered) = message
             .info()
@@ -99,7 +98,7 @@ impl<S: EntitySchema> Worker<S> {
     /// Runs one fetched batch through decode → parse → write → settle.
     pub(super) async fn process(&self, messages: Vec<jetstream::Message>) {
         let started = Instant::now();
-        let mut batch: Vec<Delivery<S::Rows>> = messages.into_iter().map(Delivery::new).collect();
+        let mut batch: Vec<Delivery> = messages.into_iter().map(Delivery::new).collect();
         metrics::counter!("worker_messages_consumed_total").increment(batch.len() as u64);
         metrics::histogram!("worker_batch_size_items").record(batch.len() as f64);
         let redelivered = batch.iter().filter(|d| d.delivered > 1).count();
@@ -127,7 +126,7 @@ impl<S: EntitySchema> Worker<S> {
     }
 
     /// Reads the envelope; refuses a message back after its last delivery.
-    fn decode(&self, delivery: &mut Delivery<S::Rows>) {
+    fn decode(&self, delivery: &mut Delivery) {
         match Envelope::decode(delivery.message.payload.clone()) {
             Err(err) => {
                 delivery.outcome = Outcome::DeadLetter(format!("unreadable envelope: {err}"));
@@ -147,7 +146,7 @@ impl<S: EntitySchema> Worker<S> {
     }
 
     /// Fetches the body if it is claim-checked, and parses it into rows.
-    async fn parse(&self, delivery: &mut Delivery<S::Rows>) {
+    async fn parse(&self, delivery: &mut Delivery) {
         let (Outcome::Persist, Some(envelope)) = (&delivery.outcome, &delivery.envelope) else {
             return;
         };
@@ -170,8 +169,8 @@ impl<S: EntitySchema> Worker<S> {
 
     /// Writes the parsed messages in one transaction with their status rows; marks the
     /// refused ones for the dead-letter stream, or all for a retry if the database failed.
-    async fn write(&self, batch: &mut [Delivery<S::Rows>]) {
-        let pending: Vec<Pending<S::Rows>> = batch
+    async fn write(&self, batch: &mut [Delivery]) {
+        let pending: Vec<Pending> = batch
             .iter_mut()
             .enumerate()
             .filter_map(|(index, delivery)| {
@@ -181,7 +180,7 @@ impl<S: EntitySchema> Worker<S> {
                 Some(Pending {
                     index,
                     record,
-                    rows: parsed.rows,
+                    change: parsed.change,
                 })
             })
             .collect();
@@ -191,6 +190,8 @@ impl<S: EntitySchema> Worker<S> {
                 // ack, a replica paused past ack_wait): acknowledged, not written again.
                 metrics::counter!("worker_messages_skipped_total")
                     .increment(written.skipped as u64);
+                // Older than their rows, or patches of missing rows: recorded, not errors.
+                metrics::counter!("worker_messages_stale_total").increment(written.stale as u64);
                 for (index, err) in written.refused {
                     batch[index].outcome =
                         Outcome::DeadLetter(format!("the database refused the rows: {err}"));
@@ -214,13 +215,10 @@ impl<S: EntitySchema> Worker<S> {
     /// progress until the transaction ends.
     async fn commit(
         &self,
-        pending: Vec<Pending<S::Rows>>,
-        batch: &[Delivery<S::Rows>],
+        pending: Vec<Pending>,
+        batch: &[Delivery],
     ) -> Result<Written, WriteError> {
-        let schema = Arc::clone(&self.schema);
-        let write = self
-            .db
-            .run(move |conn| write_batch(&*schema, conn, &pending));
+        let write = self.db.run(move |conn| write_batch(conn, &pending));
         tokio::pin!(write);
         let every = self.progress_every();
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -233,7 +231,7 @@ impl<S: EntitySchema> Worker<S> {
     }
 
     /// Acknowledges the committed messages, then retries or dead-letters the rest.
-    async fn settle(&self, batch: &[Delivery<S::Rows>]) {
+    async fn settle(&self, batch: &[Delivery]) {
         self.acknowledge(batch).await;
         for delivery in batch {
             match &delivery.outcome {
@@ -248,8 +246,8 @@ impl<S: EntitySchema> Worker<S> {
     /// with the server before the next fetch: one round trip per batch instead of one
     /// per message. An ack lost anyway only brings a redelivery, which the status row
     /// turns into a skip.
-    async fn acknowledge(&self, batch: &[Delivery<S::Rows>]) {
-        let committed: Vec<&Delivery<S::Rows>> = batch
+    async fn acknowledge(&self, batch: &[Delivery]) {
+        let committed: Vec<&Delivery> = batch
             .iter()
             .filter(|d| matches!(d.outcome, Outcome::Persist))
             .collect();
@@ -275,7 +273,7 @@ impl<S: EntitySchema> Worker<S> {
     }
 
     /// A transient failure: redeliver after the backoff delay, or give up at the limit.
-    async fn retry(&self, delivery: &Delivery<S::Rows>, error: &str) {
+    async fn retry(&self, delivery: &Delivery, error: &str) {
         if self.config.is_last_delivery(delivery.delivered) {
             let error = format!("gave up after {} attempts: {error}", delivery.delivered);
             self.dead_letter(delivery, &error).await;
@@ -289,7 +287,7 @@ impl<S: EntitySchema> Worker<S> {
     /// Copies the message to the dead-letter stream, records it, and terminates it. If
     /// the copy is refused, the message is nak'ed instead: it comes back (the consumer has
     /// no delivery limit of its own) and is dead-lettered then.
-    async fn dead_letter(&self, delivery: &Delivery<S::Rows>, error: &str) {
+    async fn dead_letter(&self, delivery: &Delivery, error: &str) {
         if self.persisted_elsewhere(delivery).await {
             let _ = delivery.message.double_ack().await;
             return;
@@ -318,17 +316,17 @@ impl<S: EntitySchema> Worker<S> {
 
     /// Whether another delivery of this message was committed (a crash before its
     /// acknowledgement, say): then it is done, not dead.
-    async fn persisted_elsewhere(&self, delivery: &Delivery<S::Rows>) -> bool {
+    async fn persisted_elsewhere(&self, delivery: &Delivery) -> bool {
         let Some(id) = delivery.envelope.as_ref().map(|e| e.message_id) else {
             return false;
         };
         let record = self.db.run(move |conn| status::fetch(conn, id)).await;
-        matches!(record, Ok(Ok(Some(r))) if r.status == MessageState::Persisted)
+        matches!(record, Ok(Ok(Some(r))) if r.status.is_final())
     }
 }
 
 /// Tells JetStream each message of the batch is still being worked on (resets ack_wait).
-async fn report_progress<R>(batch: &[Delivery<R>]) {
+async fn report_progress(batch: &[Delivery]) {
     futures::future::join_all(batch.iter().map(|d| d.message.ack_with(AckKind::Progress))).await;
 }
 

@@ -57,6 +57,10 @@ pub struct WorkerArgs {
     /// Stream for dead-lettered messages.
     #[arg(long, env = "NOMNOM_DLQ_STREAM", default_value = defaults::DLQ_STREAM)]
     pub dlq_stream: String,
+    /// How long deleted keys' tombstones and logged patches are kept: within it, an older
+    /// message arriving late (a redelivery, a replayed dead letter) still finds them.
+    #[arg(long, env = "NOMNOM_TOMBSTONE_RETENTION", default_value = "7d", value_parser = duration::parse)]
+    pub tombstone_retention: Duration,
     /// Run the migrations and exit.
     #[arg(long)]
     pub migrate_only: bool,
@@ -84,6 +88,8 @@ pub struct WorkerConfig {
     pub backoff: Vec<Duration>,
     pub max_ack_pending: i64,
     pub dlq_stream: String,
+    /// How long tombstones of deleted keys are kept.
+    pub tombstone_retention: Duration,
     pub migrate_only: bool,
     /// Where /health, /ready and /metrics are served; `None` serves nothing.
     pub listen: Option<std::net::SocketAddr>,
@@ -106,6 +112,7 @@ impl Default for WorkerConfig {
             backoff: Vec::new(),
             max_ack_pending: defaults::WORKER_MAX_ACK_PENDING,
             dlq_stream: defaults::DLQ_STREAM.to_owned(),
+            tombstone_retention: defaults::WORKER_TOMBSTONE_RETENTION,
             migrate_only: false,
             listen: None,
         }
@@ -126,6 +133,7 @@ impl WorkerArgs {
             backoff: self.backoff.clone(),
             max_ack_pending: self.max_ack_pending,
             dlq_stream: self.dlq_stream.clone(),
+            tombstone_retention: self.tombstone_retention,
             migrate_only: self.migrate_only,
             listen: Some(self.listen),
         }
@@ -219,6 +227,7 @@ mod tests {
         assert_eq!(config.max_ack_pending, default.max_ack_pending);
         default.validate().expect("the defaults are valid");
         assert_eq!(config.dlq_stream, default.dlq_stream);
+        assert_eq!(config.tombstone_retention, default.tombstone_retention);
         assert_eq!(config.stream, default.stream);
         assert_eq!(config.listen, defaults::WORKER_LISTEN.parse().ok());
     }

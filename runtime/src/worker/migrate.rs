@@ -1,4 +1,4 @@
-//! Migrations: the status table and the schema's own, applied once across replicas.
+//! Migrations: the status, tombstone and patch log tables and the schema's own, applied once across replicas.
 
 use diesel::{Connection, RunQueryDsl};
 
@@ -32,6 +32,8 @@ pub fn migrate<S: EntitySchema>(
     conn.transaction(|conn| {
         lock_migrations(conn)?;
         db::run_script(conn, MIGRATIONS_TABLE)?;
+        db::run_script(conn, crate::apply::TOMBSTONES_DDL)?;
+        db::run_script(conn, crate::apply::PATCHES_DDL)?;
         status::create_table(conn)
     })
     .map_err(fail("status"))?;

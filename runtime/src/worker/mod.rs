@@ -22,7 +22,6 @@ use crate::{
     db::{self, DatabaseKind, DatabaseUrl},
     dlq::{DeadLetters, DlqError},
     parse::ParseError,
-    sql::AnyConnection,
     stream, telemetry,
 };
 
@@ -31,7 +30,7 @@ mod config;
 mod consumer;
 mod health;
 mod migrate;
-mod write;
+pub mod write;
 
 pub use config::{WorkerArgs, WorkerConfig};
 pub use consumer::ConsumerSetupError;
@@ -163,6 +162,9 @@ pub async fn run<S: EntitySchema>(
     }
 }
 
+/// How often a worker deletes tombstones past their retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// A running worker: everything a batch needs.
 struct Worker<S: EntitySchema> {
     schema: Arc<S>,
@@ -211,6 +213,7 @@ impl<S: EntitySchema> Worker<S> {
     /// Takes and processes batches until `shutdown` resolves.
     async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
         tokio::pin!(shutdown);
+        let mut last_prune: Option<std::time::Instant> = None;
         loop {
             if !self.health.database_ok() {
                 // Fetching now would only burn deliveries: wait for the database first.
@@ -228,8 +231,35 @@ impl<S: EntitySchema> Worker<S> {
             if !messages.is_empty() {
                 self.process(messages).await;
             }
+            if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                last_prune = Some(std::time::Instant::now());
+                self.prune_tombstones().await;
+            }
         }
         tracing::info!("worker stopped");
         Ok(())
+    }
+}
+
+impl<S: EntitySchema> Worker<S> {
+    /// Deletes tombstones past their retention. A failure is logged and tried again at
+    /// the next round: tombstones kept longer only cost space.
+    async fn prune_tombstones(&self) {
+        let retention = self.config.tombstone_retention;
+        match self
+            .db
+            .run(move |conn| crate::apply::prune(conn, retention))
+            .await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(pruned)) => {
+                tracing::info!(
+                    pruned,
+                    "tombstones and logged patches past their retention deleted"
+                );
+            }
+            Ok(Err(err)) => tracing::warn!(error = %err, "cannot prune tombstones; retrying later"),
+            Err(err) => tracing::warn!(error = %err, "cannot prune tombstones; retrying later"),
+        }
     }
 }

@@ -3,32 +3,46 @@
 
 use std::collections::HashSet;
 
-use super::EntitySchema;
+use uuid::Uuid;
+
 use crate::{
+    apply::{self, Outcome, Sequenced},
+    change::Change,
     db::{self, AnyConnection, ErrorClass},
-    status::{self, StatusRecord},
+    status::{self, MessageState, StatusRecord},
 };
 
 /// One message's part of a write.
-pub(super) struct Pending<R> {
+#[derive(Debug)]
+pub struct Pending {
     /// Where the message is in its batch.
     pub index: usize,
+    /// Its status row; `stream_sequence` orders its change against others of its key.
     pub record: StatusRecord,
-    pub rows: R,
+    pub change: Change,
 }
 
 /// What a committed batch did.
 #[derive(Debug, Default)]
-pub(super) struct Written {
+pub struct Written {
     /// Messages the database refused (by index in the batch), with the error.
     pub refused: Vec<(usize, diesel::result::Error)>,
     /// Messages already persisted by an earlier delivery, so not written again.
     pub skipped: usize,
+    /// Messages skipped as older than their rows (or patches of missing rows).
+    pub stale: usize,
+}
+
+/// What one write transaction did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Committed {
+    skipped: usize,
+    stale: usize,
 }
 
 /// Why nothing of a batch could be written: retry it later.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum WriteError {
+pub enum WriteError {
     #[error("database unavailable: {0}")]
     Unavailable(#[source] diesel::result::Error),
     #[error("writer task failed: {0}")]
@@ -37,16 +51,13 @@ pub(super) enum WriteError {
 
 /// Writes a batch in one transaction. When it fails and the database is fine, writes
 /// each message alone so only the messages whose rows the database refuses are refused.
-pub(super) fn write_batch<S: EntitySchema>(
-    schema: &S,
-    conn: &mut AnyConnection,
-    batch: &[Pending<S::Rows>],
-) -> Result<Written, WriteError> {
-    let err = match write(schema, conn, batch) {
-        Ok(skipped) => {
+pub fn write_batch(conn: &mut AnyConnection, batch: &[Pending]) -> Result<Written, WriteError> {
+    let err = match write(conn, batch) {
+        Ok(done) => {
             return Ok(Written {
                 refused: Vec::new(),
-                skipped,
+                skipped: done.skipped,
+                stale: done.stale,
             });
         }
         Err(err) => database_at_fault(conn, err)?,
@@ -54,8 +65,11 @@ pub(super) fn write_batch<S: EntitySchema>(
     tracing::warn!(error = %err, messages = batch.len(), "batch refused by the database; writing message by message");
     let mut written = Written::default();
     for item in batch {
-        match write_alone(schema, conn, item)? {
-            Ok(skipped) => written.skipped += skipped,
+        match write_alone(conn, item)? {
+            Ok(done) => {
+                written.skipped += done.skipped;
+                written.stale += done.stale;
+            }
             Err(err) => written.refused.push((item.index, err)),
         }
     }
@@ -65,16 +79,15 @@ pub(super) fn write_batch<S: EntitySchema>(
 /// Writes one message in its own transaction. Its rows are at fault only if the database
 /// refuses them by a data error, or twice while taking other writes: a deadlock or a
 /// lock timeout (errors without a kind of their own) passes on the second try.
-fn write_alone<S: EntitySchema>(
-    schema: &S,
+fn write_alone(
     conn: &mut AnyConnection,
-    item: &Pending<S::Rows>,
-) -> Result<diesel::QueryResult<usize>, WriteError> {
+    item: &Pending,
+) -> Result<diesel::QueryResult<Committed>, WriteError> {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let err = match write(schema, conn, std::slice::from_ref(item)) {
-            Ok(skipped) => return Ok(Ok(skipped)),
+        let err = match write(conn, std::slice::from_ref(item)) {
+            Ok(done) => return Ok(Ok(done)),
             Err(err) => database_at_fault(conn, err)?,
         };
         if db::classify(&err) == ErrorClass::Data || attempts == 2 {
@@ -96,15 +109,11 @@ fn database_at_fault(
     }
 }
 
-/// One write transaction; returns how many of `items` were already persisted (skipped).
-fn write<S: EntitySchema>(
-    schema: &S,
-    conn: &mut AnyConnection,
-    items: &[Pending<S::Rows>],
-) -> diesel::QueryResult<usize> {
+/// One write transaction: status rows, then the changes of the messages it claimed.
+fn write(conn: &mut AnyConnection, items: &[Pending]) -> diesel::QueryResult<Committed> {
     db::write_transaction(conn, |conn| {
-        // The status rows go first and fence the entity rows: only messages this
-        // transaction claims (not persisted before, by anyone) contribute rows.
+        // The status rows go first and fence the changes: only messages this transaction
+        // claims (not persisted before, by anyone) are applied.
         let mut seen = HashSet::with_capacity(items.len());
         let records: Vec<StatusRecord> = items
             .iter()
@@ -113,14 +122,53 @@ fn write<S: EntitySchema>(
             .collect();
         let mut claimed = status::claim(conn, &records)?;
         let skipped = records.len() - claimed.len();
-        let mut rows = S::Rows::default();
-        for item in items {
-            // `remove`: a message id twice in one batch contributes its rows once.
-            if claimed.remove(&item.record.message_id) {
-                schema.merge(&mut rows, item.rows.clone());
-            }
-        }
-        schema.write(conn, &rows)?;
-        Ok(skipped)
+        // `remove`: a message id twice in one batch is applied once.
+        let mine: Vec<&Pending> = items
+            .iter()
+            .filter(|item| claimed.remove(&item.record.message_id))
+            .collect();
+        let changes: Vec<Sequenced<'_>> = mine
+            .iter()
+            .map(|item| Sequenced {
+                seq: item.record.stream_sequence.unwrap_or(0),
+                message_id: item.record.message_id,
+                change: &item.change,
+            })
+            .collect();
+        let applied = apply::apply(conn, &changes)?;
+        let mut marks: Vec<(Uuid, MessageState, Option<String>)> = mine
+            .iter()
+            .zip(&applied.outcomes)
+            .filter(|(_, outcome)| **outcome != Outcome::Applied)
+            .map(|(item, outcome)| status_of(item.record.message_id, *outcome))
+            .collect();
+        let stale = marks.len();
+        // Earlier patches this batch revised: a late create under a logged patch (now
+        // applied), a late delete under an applied one (now missing).
+        marks.extend(
+            applied
+                .revised
+                .iter()
+                .map(|(id, outcome)| status_of(*id, *outcome)),
+        );
+        status::mark(conn, &marks)?;
+        Ok(Committed { skipped, stale })
     })
+}
+
+/// The status row of a message with `outcome`.
+fn status_of(id: Uuid, outcome: Outcome) -> (Uuid, MessageState, Option<String>) {
+    match outcome {
+        Outcome::Applied => (id, MessageState::Persisted, None),
+        Outcome::Stale => (
+            id,
+            MessageState::SkippedStale,
+            Some("skipped: its row already reflects a newer create, upsert or delete".into()),
+        ),
+        Outcome::Missing => (
+            id,
+            MessageState::SkippedMissing,
+            Some("skipped: a patch of a row that does not exist".into()),
+        ),
+    }
 }
