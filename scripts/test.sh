@@ -12,9 +12,12 @@ scripts/install-deps.sh
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "==> generated TPC-H worker is up to date (nomnom generate --check)"
-cargo run --quiet --locked -p nomnom-codegen -- generate --check \
-  --entities examples/tpch/entities.yaml --output examples/tpch/worker --runtime-path ../../../runtime
+echo "==> generated example workers are up to date (nomnom generate --check)"
+for example in tpch github; do
+  cargo run --quiet --locked -p nomnom-codegen -- generate --check \
+    --entities "examples/$example/entities.yaml" --output "examples/$example/worker" \
+    --runtime-path ../../../runtime
+done
 
 echo "==> deployment files (compose, Dockerfiles, Helm chart) checked statically"
 .tools/venv/bin/python -m pytest -q -p no:cacheprovider deploy/tests

@@ -28,6 +28,7 @@ const BATCH: usize = 500;
 /// they become.
 pub struct Workload {
     pub bodies: Vec<bytes::Bytes>,
+    /// Rows of the orders table, the stream sequence (`nomnom_seq`) last.
     pub orders: Vec<Vec<Value>>,
     pub lineitems: Vec<Vec<Value>>,
     /// Line items per message, to split `lineitems` by message.
@@ -44,19 +45,23 @@ impl Workload {
         };
         let envelope = envelope_for(bytes::Bytes::new());
         // Scale factor 0.1 holds 150,000 orders: more than any run needs.
-        for order in tpch_data::orders(0.1).take(count) {
-            let parsed =
-                tpch_worker::parse(&envelope, &order).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (n, order) in tpch_data::orders(0.1).take(count).enumerate() {
+            let change = tpch_worker::parse(&envelope, &order)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .change;
             workload.bodies.push(serde_json::to_vec(&order)?.into());
-            for row in &parsed.rows.order {
-                workload.orders.push(nomnom_runtime::row::Row::values(row));
-            }
-            workload.items_per_order.push(parsed.rows.lineitem.len());
-            for row in &parsed.rows.lineitem {
-                workload
-                    .lineitems
-                    .push(nomnom_runtime::row::Row::values(row));
-            }
+            // A created row has every value; the stream sequence (the message's, as if
+            // the stream held only these) comes last, as in the table.
+            let mut row: Vec<Value> = change.values.into_iter().flatten().collect();
+            row.push(Value::I64(n as i64 + 1));
+            workload.orders.push(row);
+            let items: Vec<Vec<Value>> = change
+                .children
+                .into_iter()
+                .flat_map(|group| group.rows)
+                .collect();
+            workload.items_per_order.push(items.len());
+            workload.lineitems.extend(items);
         }
         Ok(workload)
     }
@@ -233,11 +238,11 @@ fn copy_on_this_thread(url: &str, workload: &Workload) -> anyhow::Result<f64> {
     let mut tx = client.transaction()?;
     for (table, rows) in [
         (
-            format!("orders ({})", columns(&tpch_worker::database::ORDER)),
+            format!("orders ({})", columns(&tpch_worker::database::ORDER.table)),
             &workload.orders,
         ),
         (
-            format!("lineitem ({})", columns(&tpch_worker::database::LINEITEM)),
+            format!("lineitem ({})", columns(&tpch_worker::database::LINEITEM.table)),
             &workload.lineitems,
         ),
         (
@@ -319,9 +324,9 @@ fn write_like_the_worker(
     sql::write_transaction(conn, |conn| -> diesel::QueryResult<()> {
         status::claim(conn, &records(range.clone()))?;
         let orders = &workload.orders[range.clone()];
-        write_rows(conn, &tpch_worker::database::ORDER, orders, path)?;
+        write_rows(conn, &tpch_worker::database::ORDER.table, orders, path)?;
         let items = items_of(workload, range);
-        write_rows(conn, &tpch_worker::database::LINEITEM, items, path)?;
+        write_rows(conn, &tpch_worker::database::LINEITEM.table, items, path)?;
         Ok(())
     })?;
     Ok(())

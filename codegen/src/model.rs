@@ -1,6 +1,7 @@
 //! Stage 3: the typed intermediate form the templates render. Everything here has been
 //! validated: identifiers are safe in Rust and SQL, references resolve, types fit.
 
+use nomnom_runtime::change::{SEQUENCE_COLUMN, VERSION_COLUMN};
 use serde::Serialize;
 
 /// A validated project.
@@ -38,6 +39,7 @@ pub enum WriteMode {
 pub enum OperationKind {
     Create,
     Upsert,
+    Patch,
     Delete,
 }
 
@@ -46,6 +48,7 @@ pub struct Operation {
     pub field: Pointer,
     pub create: Vec<String>,
     pub upsert: Vec<String>,
+    pub patch: Vec<String>,
     pub delete: Vec<String>,
     pub default: OperationKind,
 }
@@ -76,6 +79,8 @@ pub struct Entity {
     pub unique: Vec<Vec<String>>,
     pub indexes: Vec<Vec<String>>,
     pub operation: Option<Operation>,
+    /// Root entities only: the field whose value orders the row's versions.
+    pub version: Option<String>,
     pub fields: Vec<Field>,
     pub parent: Option<ParentLink>,
     /// Names of direct children.
@@ -128,6 +133,15 @@ impl FieldType {
         )
     }
 
+    /// Whether a field of this type can be an entity's `version`: it orders exactly and
+    /// converts to an integer (`nomnom_runtime::change::IntoVersion`).
+    pub fn can_version(self) -> bool {
+        matches!(
+            self,
+            Self::I16 | Self::I32 | Self::I64 | Self::Date | Self::Timestamptz
+        )
+    }
+
     pub fn is_textual(self) -> bool {
         matches!(self, Self::String { .. } | Self::Text)
     }
@@ -168,6 +182,16 @@ impl Project {
 }
 
 impl Entity {
+    /// Columns of the table that nomnom fills itself (the stream sequence, and the
+    /// version as a number): a root's guard against older messages.
+    pub fn guard_columns(&self) -> &'static [&'static str] {
+        match (self.parent.is_some(), self.version.is_some()) {
+            (true, _) => &[],
+            (false, false) => &[SEQUENCE_COLUMN],
+            (false, true) => &[SEQUENCE_COLUMN, VERSION_COLUMN],
+        }
+    }
+
     pub fn field(&self, name: &str) -> Option<&Field> {
         self.fields.iter().find(|f| f.name == name)
     }

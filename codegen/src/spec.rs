@@ -57,9 +57,13 @@ pub struct EntitySpec {
     pub unique: Vec<Vec<S<String>>>,
     #[serde(default)]
     pub indexes: Vec<Vec<S<String>>>,
-    /// Per-message operation (create / upsert / delete) read from the body.
+    /// Per-message operation (create / upsert / patch / delete) read from the body.
     #[serde(default)]
     pub operation: Option<OperationSpec>,
+    /// Root entities only: a field (integer, date or timestamp) whose larger value wins
+    /// over a smaller one, whatever the order the messages arrive in.
+    #[serde(default)]
+    pub version: Option<S<String>>,
     pub fields: Vec<FieldSpec>,
     #[serde(default)]
     pub children: Vec<EntitySpec>,
@@ -89,10 +93,14 @@ pub struct OperationSpec {
     /// Values meaning "upsert"; default `["upsert", "u", "update"]`.
     #[serde(default)]
     pub upsert: Vec<S<String>>,
+    /// Values meaning "patch" (set the fields the body has); default `["patch", "p"]`.
+    #[serde(default)]
+    pub patch: Vec<S<String>>,
     /// Values meaning "delete"; default `["delete", "d"]`.
     #[serde(default)]
     pub delete: Vec<S<String>>,
-    /// Operation when the field is absent: `create` (default), `upsert` or `delete`.
+    /// Operation when the field is absent: `create` (default), `upsert`, `patch` or
+    /// `delete`.
     #[serde(default)]
     pub default: Option<S<String>>,
 }

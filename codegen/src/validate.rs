@@ -44,7 +44,6 @@ pub fn validate(spec: &SpecFile) -> Result<Project, Vec<Problem>> {
         v.entity(entity, None);
     }
     v.check_routing(spec);
-    v.check_operation_names(spec);
     if !v.problems.is_empty() {
         return Err(v.problems);
     }
@@ -99,13 +98,19 @@ impl Validator {
         let name = spec.name.value.clone();
         let type_name = self.check_entity_name(spec);
         let table = self.check_table(spec);
-        let mut fields = self.fields(spec);
+        let guard = match (parent, &spec.version) {
+            (Some(_), _) => 0,
+            (None, None) => 1,
+            (None, Some(_)) => 2,
+        };
+        let mut fields = self.fields(spec, guard);
         let keys = self.keys(spec, &fields);
         let write = self.write_mode(spec, &keys.upsert_key);
         let operation = spec
             .operation
             .as_ref()
             .and_then(|op| self.operation(&name, op, &keys.upsert_key));
+        let version = self.version(spec, &fields, parent.is_none());
         let parent_link = match parent {
             None => {
                 self.check_root(spec);
@@ -129,6 +134,7 @@ impl Validator {
             unique: keys.unique,
             indexes: keys.indexes,
             operation,
+            version,
             fields,
             parent: parent_link,
             children: spec.children.iter().map(|c| c.name.value.clone()).collect(),
@@ -216,9 +222,9 @@ impl Validator {
         table
     }
 
-    /// The entity's fields: each checked, none twice, at least one, at most
-    /// [`MAX_FIELDS`].
-    fn fields(&mut self, spec: &EntitySpec) -> Vec<Field> {
+    /// The entity's fields: each checked, none twice, at least one, and with the
+    /// columns nomnom adds to a root's table (`guard` of them), at most [`MAX_FIELDS`].
+    fn fields(&mut self, spec: &EntitySpec, guard: usize) -> Vec<Field> {
         let name = &spec.name.value;
         let mut fields = Vec::new();
         let mut seen = HashSet::new();
@@ -240,11 +246,13 @@ impl Validator {
             self.report(rule.at(&spec.name));
         }
         // The generated Diesel schema is built with Diesel's `32-column-tables`: a wider
-        // table did not compile (found by tests/fuzz.rs).
-        if spec.fields.len() > MAX_FIELDS {
+        // table did not compile (found by tests/fuzz.rs). A root's table also holds the
+        // guard columns.
+        if spec.fields.len() + guard > MAX_FIELDS {
             let rule = Keys::TooManyFields {
                 entity: name.clone(),
                 count: spec.fields.len(),
+                guard,
             };
             self.report(rule.at(&spec.name));
         }
@@ -402,6 +410,7 @@ impl Validator {
         let default = match op.default.as_ref().map(|d| d.value.as_str()) {
             None | Some("create") => OperationKind::Create,
             Some("upsert") => OperationKind::Upsert,
+            Some("patch") => OperationKind::Patch,
             Some("delete") => OperationKind::Delete,
             Some(other) => {
                 let rule = Links::UnknownOperation {
@@ -421,12 +430,14 @@ impl Validator {
             field,
             create: operation_values(&op.create, &["create", "c", "insert"]),
             upsert: operation_values(&op.upsert, &["upsert", "u", "update"]),
+            patch: operation_values(&op.patch, &["patch", "p"]),
             delete: operation_values(&op.delete, &["delete", "d"]),
             default,
         };
         let mut all = HashSet::new();
         let values = (operation.create.iter())
             .chain(&operation.upsert)
+            .chain(&operation.patch)
             .chain(&operation.delete);
         for value in values.filter(|v| !all.insert(v.as_str())) {
             let rule = Links::AmbiguousOperation {
@@ -435,6 +446,36 @@ impl Validator {
             self.report(rule.at(&op.field));
         }
         Some(operation)
+    }
+
+    /// A root's version: a non-nullable field of a type that orders exactly and converts
+    /// to an integer.
+    fn version(&mut self, spec: &EntitySpec, fields: &[Field], root: bool) -> Option<String> {
+        let written = spec.version.as_ref()?;
+        let name = written.value.clone();
+        let rule = if !root {
+            Links::VersionOnChild
+        } else {
+            match fields.iter().find(|f| f.name == name) {
+                None => Links::VersionNotAField {
+                    suggestion: did_you_mean(&name, field_names(spec)).map(str::to_owned),
+                    field: name,
+                    entity: spec.name.value.clone(),
+                },
+                Some(f) if !f.field_type.can_version() => Links::VersionType {
+                    field: name,
+                    type_name: spec
+                        .fields
+                        .iter()
+                        .find(|s| s.name.value == f.name)
+                        .map_or_else(String::new, |s| s.field_type.value.clone()),
+                },
+                Some(f) if f.nullable => Links::NullableVersion { field: name },
+                Some(_) => return Some(name),
+            }
+        };
+        self.report(rule.at(written));
+        None
     }
 
     /// Keys only children have.
@@ -543,37 +584,6 @@ impl Validator {
             self.report(Naming::InvalidRoute { route }.at(written));
         }
         written.value.clone()
-    }
-
-    /// An entity `x` with an operation also gets the Rust names `x_upserts` and
-    /// `x_deletes` (and had `X_UPSERT` before typed rows; the rule still refuses `x_upsert`
-    /// so that the specs it accepts do not change); an entity of one of those names made
-    /// them twice and the crate did not compile (found by tests/fuzz.rs).
-    fn check_operation_names(&mut self, spec: &SpecFile) {
-        fn find<'a>(entities: &'a [EntitySpec], name: &str) -> Option<&'a EntitySpec> {
-            entities.iter().find_map(|e| {
-                (e.name.value == name)
-                    .then_some(e)
-                    .or_else(|| find(&e.children, name))
-            })
-        }
-        let names: HashSet<&str> = self.entities.iter().map(|e| e.name.as_str()).collect();
-        let mut problems = Vec::new();
-        for entity in self.entities.iter().filter(|e| e.operation.is_some()) {
-            for suffix in ["_upserts", "_deletes", "_upsert"] {
-                let taken = format!("{}{suffix}", entity.name);
-                if !names.contains(taken.as_str()) {
-                    continue;
-                }
-                let at = find(&spec.entities, &taken).map(|e| &e.name);
-                let rule = Naming::OperationNameCollision {
-                    taken,
-                    entity: entity.name.clone(),
-                };
-                problems.push(rule.place(at));
-            }
-        }
-        self.problems.extend(problems);
     }
 
     fn check_routing(&mut self, spec: &SpecFile) {

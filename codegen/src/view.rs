@@ -32,6 +32,11 @@ pub struct FieldView {
     pub nullable: bool,
     /// Statics the parse expression uses (regexes, defaults).
     pub statics: Vec<String>,
+    /// Expression (in parser scope) producing the column's `Option<sql::Value>` in a
+    /// patch: `None` when the body lacks the field, else the value read as `parse` does
+    /// without the default (a JSON null is a value: SQL `NULL`, or an error for a
+    /// non-nullable field).
+    pub patch: String,
 }
 
 /// A child entity, as its parent's parser reads it.
@@ -39,6 +44,10 @@ pub struct FieldView {
 pub struct ChildView {
     pub name: String,
     pub type_name: String,
+    /// Name of its `Entity` static.
+    pub const_name: String,
+    /// (child column, parent column) pairs.
+    pub parent_key: Vec<(String, String)>,
     /// Rust string literals of the JSON pointer tokens of its rows' array.
     pub tokens: Vec<String>,
     pub source: String,
@@ -57,9 +66,20 @@ pub struct OperationView {
     pub tokens: Vec<String>,
     pub create: Vec<String>,
     pub upsert: Vec<String>,
+    pub patch: Vec<String>,
     pub delete: Vec<String>,
-    /// `create`, `upsert` or `delete`.
+    /// Every value, for the error naming them.
+    pub all: Vec<String>,
+    /// The variant of `nomnom_runtime::change::Op` when the body has no operation.
     pub default: &'static str,
+}
+
+/// A column nomnom fills itself: its name and the `nomnom_runtime::change` constant
+/// naming it.
+#[derive(Debug, Serialize)]
+pub struct GuardView {
+    pub name: &'static str,
+    pub constant: &'static str,
 }
 
 /// The routing field of the body: its pointer as written, and its tokens as literals.
@@ -73,7 +93,7 @@ pub struct DiscriminatorView {
 pub struct EntityView {
     pub name: String,
     pub type_name: String,
-    /// Name of the `Table` constant.
+    /// Name of the `Entity` static.
     pub const_name: String,
     pub table: String,
     pub doc: Option<String>,
@@ -94,6 +114,15 @@ pub struct EntityView {
     pub parent: Option<String>,
     pub parent_type: Option<String>,
     pub operation: Option<OperationView>,
+    /// The version field, of a root entity that has one.
+    pub version: Option<FieldView>,
+    /// The columns nomnom adds after the fields (a root's guard).
+    pub guard: Vec<GuardView>,
+    /// Per field, the expression of its `Option<sql::Value>` in a patch: the key and
+    /// the version read as in a full parse, the other fields only if the body has them.
+    pub patch_values: Vec<String>,
+    /// Per field, its `Option<sql::Value>` in a delete: the key's values, `None` else.
+    pub delete_values: Vec<String>,
     /// Whether a description becomes a doc attribute of the model.
     pub has_docs: bool,
     /// Whether any field is read from the body (not all from the parent).
@@ -265,10 +294,29 @@ fn reader(field: &Field, statics: &mut Statics) -> String {
     }
 }
 
+/// The field's JSON pointer tokens as a Rust slice expression.
+fn tokens(field: &Field) -> String {
+    format!("&[{}]", literals(&field.source.tokens).join(", "))
+}
+
+/// The expression reading a field of a patch: only when the body has it (JSON null
+/// included), and then without the default.
+fn patch_expression(field: &Field, reader: &str) -> String {
+    let tokens = tokens(field);
+    let read = if field.nullable {
+        format!("p::optional_field(body, path, {tokens}, {reader})?")
+    } else {
+        format!("p::field(body, path, {tokens}, {reader})?")
+    };
+    format!(
+        "match body.pointer({}) {{ None => None, Some(_) => Some(sql::Value::from({read})) }}",
+        rust_string(&field.source.text)
+    )
+}
+
 /// The expression reading a field from the body: required, nullable or defaulted.
-fn parse_expression(field: &Field, statics: &mut Statics) -> String {
-    let reader = reader(field, statics);
-    let tokens = format!("&[{}]", literals(&field.source.tokens).join(", "));
+fn parse_expression(field: &Field, reader: &str, statics: &mut Statics) -> String {
+    let tokens = tokens(field);
     // Defaults live in statics; the JSON path is only built when a value is refused.
     let default = field.default.as_ref().map(|default| {
         statics.lazy(
@@ -309,9 +357,15 @@ fn field_view(entity: &Entity, field: &Field) -> FieldView {
     // A field filled from the parent reads nothing from the body, so it has no statics
     // (unused, they failed rustc's dead_code lint under -D warnings; found by
     // tests/fuzz.rs). The parent's value was checked when the parent was read.
-    let parse = match parent_field {
-        Some(parent_field) => format!("parent.{parent_field}{clone}"),
-        None => parse_expression(field, &mut statics),
+    let (parse, patch) = match parent_field {
+        Some(parent_field) => (format!("parent.{parent_field}{clone}"), String::new()),
+        None => {
+            let reader = reader(field, &mut statics);
+            (
+                parse_expression(field, &reader, &mut statics),
+                patch_expression(field, &reader),
+            )
+        }
     };
     let optional = |t: &str| {
         if field.nullable {
@@ -337,6 +391,7 @@ fn field_view(entity: &Entity, field: &Field) -> FieldView {
         diesel_name: field.name.clone(),
         nullable: field.nullable,
         statics: statics.items,
+        patch,
     }
 }
 
@@ -404,17 +459,65 @@ fn diesel_names(project: &Project, entity: &Entity, fields: &mut [FieldView]) ->
 }
 
 fn operation_view(operation: &Operation) -> OperationView {
+    let all: Vec<String> = [
+        &operation.create,
+        &operation.upsert,
+        &operation.patch,
+        &operation.delete,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect();
     OperationView {
         tokens: literals(&operation.field.tokens),
         create: literals(&operation.create),
         upsert: literals(&operation.upsert),
+        patch: literals(&operation.patch),
         delete: literals(&operation.delete),
+        all: literals(&all),
         default: match operation.default {
-            OperationKind::Create => "create",
-            OperationKind::Upsert => "upsert",
-            OperationKind::Delete => "delete",
+            OperationKind::Create => "Create",
+            OperationKind::Upsert => "Upsert",
+            OperationKind::Patch => "Patch",
+            OperationKind::Delete => "Delete",
         },
     }
+}
+
+fn guard_views(entity: &Entity) -> Vec<GuardView> {
+    entity
+        .guard_columns()
+        .iter()
+        .map(|&name| GuardView {
+            name,
+            constant: if name == nomnom_runtime::change::SEQUENCE_COLUMN {
+                "SEQUENCE_COLUMN"
+            } else {
+                "VERSION_COLUMN"
+            },
+        })
+        .collect()
+}
+
+/// The values of a patch and of a delete (see [`EntityView::patch_values`]).
+fn operation_values(entity: &Entity, fields: &[FieldView]) -> (Vec<String>, Vec<String>) {
+    fields
+        .iter()
+        .map(|f| {
+            if entity.upsert_key.contains(&f.name) {
+                let key = format!("Some(sql::Value::from({}))", f.parse);
+                (key.clone(), key)
+            } else if entity.version.as_ref() == Some(&f.name) {
+                (
+                    "Some(sql::Value::from(version))".to_owned(),
+                    "None".to_owned(),
+                )
+            } else {
+                (f.patch.clone(), "None".to_owned())
+            }
+        })
+        .unzip()
 }
 
 fn child_views(project: &Project, entity: &Entity) -> Vec<ChildView> {
@@ -427,6 +530,8 @@ fn child_views(project: &Project, entity: &Entity) -> Vec<ChildView> {
             ChildView {
                 name: child.name.clone(),
                 type_name: child.type_name.clone(),
+                const_name: child.name.to_uppercase(),
+                parent_key: link.keys.clone(),
                 tokens: literals(&link.source.tokens),
                 source: link.source.text.clone(),
             }
@@ -456,6 +561,10 @@ pub fn entity_view(project: &Project, entity: &Entity) -> EntityView {
         .map(|f| field_view(entity, f))
         .collect();
     let diesel_table = diesel_names(project, entity, &mut fields);
+    let (patch_values, delete_values) = operation_values(entity, &fields);
+    let version = (entity.version.as_ref())
+        .and_then(|v| fields.iter().find(|f| f.name == *v))
+        .cloned();
     let mut unique = entity.unique.clone();
     if entity.upsert_key != entity.primary_key && !entity.upsert_key.is_empty() {
         unique.push(entity.upsert_key.clone());
@@ -498,6 +607,10 @@ pub fn entity_view(project: &Project, entity: &Entity) -> EntityView {
             .and_then(|l| project.entity(&l.entity))
             .map(|p| p.type_name.clone()),
         operation: entity.operation.as_ref().map(operation_view),
+        version,
+        guard: guard_views(entity),
+        patch_values,
+        delete_values,
         // Markdown in descriptions tripped clippy's doc lints (`- [a]: b` is
         // doc_nested_refdefs) under -D warnings (found by tests/fuzz.rs): models with
         // docs allow those lint groups.

@@ -34,6 +34,7 @@ diagnostics_snapshot!(yaml_syntax_errors_have_line_and_column, "yaml_syntax.yaml
 diagnostics_snapshot!(every_problem_is_reported_at_once, "many_problems.yaml");
 diagnostics_snapshot!(hostile_names_never_reach_rust_or_sql, "hostile_names.yaml");
 diagnostics_snapshot!(children_must_link_to_their_parent, "children.yaml");
+diagnostics_snapshot!(versions_patches_and_reserved_columns, "versions.yaml");
 diagnostics_snapshot!(
     unknown_keys_and_other_problems_are_reported_together,
     "unknown_and_semantic.yaml"

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{clippy_workspace, runtime_dir, workspace_root, write_crate};
+use common::{cargo_workspace, clippy_workspace, runtime_dir, workspace_root, write_crate};
 use nomnom_codegen::render::{Databases, RenderOptions, RuntimeDependency, render};
 
 const FIXTURES: &[&str] = &["flat", "all_types", "nested", "operations", "routed"];
@@ -84,6 +84,37 @@ fn every_fixture_compiles_without_warnings() {
     assert!(
         output.status.success(),
         "generated crates do not compile cleanly:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The parsers of the `operations` fixture, run: what each operation puts in its change
+/// (tests/fixtures/operations/behaviour.rs, compiled as a test of the generated crate).
+#[test]
+fn operations_parse_into_their_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime_dir();
+    let files = generate(
+        "operations",
+        RuntimeDependency::Path(runtime.display().to_string()),
+    );
+    write_crate(dir.path(), "operations", &files);
+    let tests = dir.path().join("operations/tests");
+    std::fs::create_dir_all(&tests).unwrap();
+    std::fs::copy(
+        fixtures_dir().join("operations/behaviour.rs"),
+        tests.join("behaviour.rs"),
+    )
+    .unwrap();
+    let output = cargo_workspace(
+        dir.path(),
+        &["operations".to_owned()],
+        &["test", "--quiet", "--test", "behaviour"],
+    );
+    assert!(
+        output.status.success(),
+        "the operations parsers misbehave:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
 }

@@ -1,50 +1,17 @@
-//! Typed rows for generated workers: a row type knows its table and turns itself into
-//! the values of that table's columns, so generated code writes `row::write(conn,
-//! &rows.order)` and never lines values up with columns by hand. The SQL itself is in
-//! [`crate::sql`].
+//! Typed rows for generated workers: a model turns itself into the values of its
+//! table's columns (the columns the parser fills, in table order), so generated code
+//! never lines values up with columns by hand. What is written where is the
+//! [`crate::change::Entity`]'s; the SQL itself is in [`crate::sql`].
 
 use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, Utc};
-use diesel::QueryResult;
 
-use crate::sql::{self, AnyConnection, Table, Value, WriteMode};
+use crate::sql::Value;
 
 /// A row of one table.
 pub trait Row {
-    /// The table the row is written to, in the table's write mode.
-    const TABLE: Table;
-
-    /// The row's values, one per column of [`Row::TABLE`], in the same order.
+    /// The row's values, one per column of its table that the parser fills, in the
+    /// table's order.
     fn values(&self) -> Vec<Value>;
-}
-
-/// Writes `rows` in their table's write mode (see [`sql::write_rows`]). Runs inside the
-/// caller's transaction; returns the rows affected.
-pub fn write<R: Row>(conn: &mut AnyConnection, rows: &[R]) -> QueryResult<usize> {
-    write_to(conn, &R::TABLE, rows)
-}
-
-/// Writes `rows` as upserts, whatever their table's write mode: rows of messages that
-/// ask for an upsert.
-pub fn upsert<R: Row>(conn: &mut AnyConnection, rows: &[R]) -> QueryResult<usize> {
-    let table = Table {
-        write: WriteMode::Upsert,
-        ..R::TABLE
-    };
-    write_to(conn, &table, rows)
-}
-
-/// Deletes the rows of `R`'s table whose keys are given, each in the order of the
-/// table's key columns (see [`sql::delete_rows`]).
-pub fn delete<R: Row>(conn: &mut AnyConnection, keys: &[Vec<Value>]) -> QueryResult<usize> {
-    sql::delete_rows(conn, &R::TABLE, keys)
-}
-
-fn write_to<R: Row>(conn: &mut AnyConnection, table: &Table, rows: &[R]) -> QueryResult<usize> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let values: Vec<Vec<Value>> = rows.iter().map(Row::values).collect();
-    sql::write_rows(conn, table, &values)
 }
 
 // Column values from the Rust types of generated models. Decimals are canonical text
@@ -117,7 +84,6 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sql::{Column, ColumnType};
 
     struct Item {
         id: i64,
@@ -125,22 +91,6 @@ mod tests {
     }
 
     impl Row for Item {
-        const TABLE: Table = Table {
-            name: "item",
-            columns: &[
-                Column {
-                    name: "id",
-                    column_type: ColumnType::I64,
-                },
-                Column {
-                    name: "name",
-                    column_type: ColumnType::Text,
-                },
-            ],
-            key: &["id"],
-            write: WriteMode::Insert,
-        };
-
         fn values(&self) -> Vec<Value> {
             vec![self.id.into(), self.name.clone().into()]
         }
@@ -170,32 +120,6 @@ mod tests {
         assert_eq!(
             Value::from(&serde_json::json!({"a": [1]})),
             Value::Text("{\"a\":[1]}".into())
-        );
-    }
-
-    #[test]
-    fn rows_round_trip_through_sqlite() {
-        use diesel::Connection;
-        let mut conn =
-            AnyConnection::Sqlite(diesel::SqliteConnection::establish(":memory:").unwrap());
-        sql::run_script(
-            &mut conn,
-            "CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT)",
-        )
-        .unwrap();
-        let rows = [
-            Item { id: 1, name: None },
-            Item {
-                id: 2,
-                name: Some("b".into()),
-            },
-        ];
-        assert_eq!(write(&mut conn, &rows).unwrap(), 2);
-        assert_eq!(write::<Item>(&mut conn, &[]).unwrap(), 0);
-        assert_eq!(upsert(&mut conn, &rows[1..]).unwrap(), 1);
-        assert_eq!(
-            delete::<Item>(&mut conn, &[vec![Value::I64(1)]]).unwrap(),
-            1
         );
     }
 }

@@ -70,7 +70,11 @@ impl Pipeline {
             worker: None,
         };
         for _ in 0..300 {
-            if let Ok(reply) = pipeline.client.get(format!("{}/ready", pipeline.api)).send().await
+            if let Ok(reply) = pipeline
+                .client
+                .get(format!("{}/ready", pipeline.api))
+                .send()
+                .await
                 && reply.status() == 200
             {
                 return pipeline;
@@ -196,7 +200,10 @@ async fn deliveries_end_in_order(database_url: String) {
     for action in ["locked", "opened"] {
         let older = p.post("issue", &deliveries("issues", action)[0]).await;
         let outcome = p.outcome(&older).await;
-        assert_eq!(outcome["status"], "skipped_stale", "issues.{action}: {outcome}");
+        assert_eq!(
+            outcome["status"], "skipped_stale",
+            "issues.{action}: {outcome}"
+        );
     }
     assert_eq!(
         count(
@@ -212,7 +219,11 @@ async fn deliveries_end_in_order(database_url: String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_deliveries_end_in_order_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    deliveries_end_in_order(format!("sqlite://{}", dir.path().join("github.db").display())).await;
+    deliveries_end_in_order(format!(
+        "sqlite://{}",
+        dir.path().join("github.db").display()
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

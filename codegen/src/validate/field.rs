@@ -5,7 +5,7 @@ use serde_saphyr::Spanned;
 
 use super::MAX_VARCHAR;
 use super::names::{identifier_problem, parse_pointer};
-use super::problem::{FieldRule, Rule};
+use super::problem::{FieldRule, Naming, Rule};
 use crate::diagnostics::{Problem, did_you_mean};
 use crate::model::{Checks, Field, FieldType, Pointer};
 use crate::spec::FieldSpec;
@@ -13,7 +13,7 @@ use crate::spec::FieldSpec;
 /// Checks a field and builds it; `None` when it cannot be built (its problems are in
 /// `problems`).
 pub fn field(spec: &FieldSpec, problems: &mut Vec<Problem>) -> Option<Field> {
-    let name = identifier_problem(&spec.name, "field name");
+    let name = identifier_problem(&spec.name, "field name").or_else(|| reserved_name(spec));
     let name_ok = name.is_none();
     problems.extend(name);
     let field_type = field_type(spec, problems)?;
@@ -34,6 +34,17 @@ pub fn field(spec: &FieldSpec, problems: &mut Vec<Problem>) -> Option<Field> {
         checks: checks(spec),
         description: spec.description.clone(),
         from_parent: false,
+    })
+}
+
+/// Names starting with `nomnom_` are nomnom's: a root table's guard columns
+/// (`nomnom_seq`, `nomnom_version`) are named so.
+fn reserved_name(spec: &FieldSpec) -> Option<Problem> {
+    spec.name.value.starts_with("nomnom_").then(|| {
+        Naming::NomnomFieldPrefix {
+            field: spec.name.value.clone(),
+        }
+        .at(&spec.name)
     })
 }
 

@@ -99,9 +99,8 @@ pub enum Naming {
     DuplicateTable {
         table: String,
     },
-    OperationNameCollision {
-        taken: String,
-        entity: String,
+    NomnomFieldPrefix {
+        field: String,
     },
     AmbiguousRoute {
         route: String,
@@ -156,10 +155,9 @@ impl Display for Naming {
                 "table {table:?} uses the prefix sqlite_, which SQLite reserves"
             ),
             DuplicateTable { table } => write!(f, "table {table:?} is used by two entities"),
-            OperationNameCollision { taken, entity } => write!(
-                f,
-                "entity {taken:?} has a name the generated code uses for the operations of entity {entity:?}"
-            ),
+            NomnomFieldPrefix { field } => {
+                write!(f, "field {field:?} uses the reserved prefix nomnom_")
+            }
             AmbiguousRoute { route } => write!(f, "route {route:?} selects two entities"),
             InvalidRoute { route } => {
                 write!(f, "route {route:?} cannot be sent as an entity hint")
@@ -181,12 +179,13 @@ impl Rule for Naming {
             RustKeyword { .. }
             | ReservedTypeName { .. }
             | NomnomTablePrefix { .. }
-            | SqliteTablePrefix { .. } => "reserved_identifier",
+            | SqliteTablePrefix { .. }
+            | NomnomFieldPrefix { .. } => "reserved_identifier",
             UnsupportedVersion { .. } => "unsupported_version",
             InvalidProject { .. } => "invalid_project",
             NoEntities => "no_entities",
             DuplicateEntity { .. } => "duplicate_entity",
-            TypeNameCollision { .. } | OperationNameCollision { .. } => "identifier_collision",
+            TypeNameCollision { .. } => "identifier_collision",
             DuplicateTable { .. } => "duplicate_table",
             AmbiguousRoute { .. } => "ambiguous_route",
             InvalidRoute { .. } => "invalid_route",
@@ -208,9 +207,10 @@ impl Rule for Naming {
             TypeNotIdentifier { .. } => "no letter after the underscores",
             ReservedTypeName { .. } => "reserved type name",
             TypeNameCollision { .. } => "collides after case conversion",
-            NomnomTablePrefix { .. } | SqliteTablePrefix { .. } => "reserved prefix",
+            NomnomTablePrefix { .. } | SqliteTablePrefix { .. } | NomnomFieldPrefix { .. } => {
+                "reserved prefix"
+            }
             DuplicateTable { .. } => "already used",
-            OperationNameCollision { .. } => "collides with generated names",
             AmbiguousRoute { .. } => "second entity with this route",
             InvalidRoute { .. } => "not of the form [A-Za-z0-9_-]{1,64}",
             NotAPointer { .. } => "must start with '/'",
@@ -237,7 +237,7 @@ impl Rule for Naming {
             NomnomTablePrefix { .. } => "nomnom's own tables start with nomnom_; pick another table name".to_owned(),
             SqliteTablePrefix { .. } => "pick another table name, with `table:` if the entity keeps its name".to_owned(),
             DuplicateTable { .. } => "give one of them another `table:`".to_owned(),
-            OperationNameCollision { .. } => "rename this entity; its table can keep any name with `table:`".to_owned(),
+            NomnomFieldPrefix { field } => format!("nomnom names its own columns nomnom_ (nomnom_seq, nomnom_version); rename the field, and read the body's \"{field}\" with `source: /{field}`"),
             AmbiguousRoute { .. } => "give each root entity its own `route`".to_owned(),
             InvalidRoute { .. } => "the API's entity hint allows letters, digits, '_' and '-'; \"_\" alone is reserved".to_owned(),
             NotAPointer { .. } => "write the path of the value in the message body, for example /order/id".to_owned(),
@@ -256,9 +256,12 @@ pub enum Keys {
     NoFields {
         entity: String,
     },
+    /// `guard`: the columns nomnom adds to the table (a root's `nomnom_seq` and
+    /// `nomnom_version`).
     TooManyFields {
         entity: String,
         count: usize,
+        guard: usize,
     },
     /// `what` is the key's spec key: "primary_key", "upsert_key", "unique", "indexes".
     KeyNotAField {
@@ -304,10 +307,15 @@ impl Display for Keys {
                 write!(f, "field {field:?} is defined twice in {entity:?}")
             }
             NoFields { entity } => write!(f, "entity {entity:?} has no fields"),
-            TooManyFields { entity, count } => {
+            TooManyFields {
+                entity,
+                count,
+                guard,
+            } => {
                 write!(
                     f,
-                    "entity {entity:?} has {count} fields, more than {MAX_FIELDS}"
+                    "entity {entity:?} has {count} fields, more than {}",
+                    MAX_FIELDS - guard
                 )
             }
             KeyNotAField {
@@ -381,7 +389,8 @@ impl Rule for Keys {
         Some(match self {
             DuplicateField { .. } => return None,
             NoFields { .. } => "add fields under `fields:`".to_owned(),
-            TooManyFields { .. } => "split the entity, for example into a child entity, or keep rarely used values in a json field".to_owned(),
+            TooManyFields { guard: 0, .. } => format!("a table has at most {MAX_FIELDS} columns; split the entity, for example into a child entity, or keep rarely used values in a json field"),
+            TooManyFields { guard, .. } => format!("a table has at most {MAX_FIELDS} columns, and a root entity's table also holds {} that nomnom fills (the stream sequence{}); split the entity, for example into a child entity, or keep rarely used values in a json field", if *guard == 1 { "one" } else { "two" }, if *guard == 1 { "" } else { " and the version" }),
             KeyNotAField { suggestion, .. } => return suggestion.as_ref().map(|s| format!("did you mean {s:?}?")),
             NullableKey { .. } => "key fields must be `nullable: false`".to_owned(),
             UnsuitableKey { .. } => "use an integer, string, uuid, date or decimal field".to_owned(),
@@ -433,6 +442,19 @@ pub enum Links {
         from: String,
         parent_nullable: bool,
     },
+    VersionOnChild,
+    VersionNotAField {
+        field: String,
+        entity: String,
+        suggestion: Option<String>,
+    },
+    VersionType {
+        field: String,
+        type_name: String,
+    },
+    NullableVersion {
+        field: String,
+    },
 }
 
 impl Display for Links {
@@ -472,6 +494,18 @@ impl Display for Links {
                 f,
                 "parent_key links {field:?} to {from:?}, but only one of them is nullable"
             ),
+            VersionOnChild => write!(f, "`version` is only for root entities"),
+            VersionNotAField { field, entity, .. } => {
+                write!(
+                    f,
+                    "version names {field:?}, which is not a field of {entity:?}"
+                )
+            }
+            VersionType { field, type_name } => write!(
+                f,
+                "version field {field:?} is of type {type_name}, which cannot order versions"
+            ),
+            NullableVersion { field } => write!(f, "version field {field:?} is nullable"),
         }
     }
 }
@@ -483,11 +517,16 @@ impl Rule for Links {
             UnknownOperation { .. } => "invalid_operation",
             OperationWithoutKey { .. } => "missing_key",
             AmbiguousOperation { .. } => "ambiguous_operation",
-            SourceOnRoot | ParentKeyOnRoot | OperationOnChild | RouteOnChild => "misplaced_key",
+            SourceOnRoot | ParentKeyOnRoot | OperationOnChild | RouteOnChild | VersionOnChild => {
+                "misplaced_key"
+            }
             MissingSource { .. } => "missing_source",
             MissingParentKey { .. } => "missing_parent_key",
-            ParentKeyNotAField { .. } | ParentKeyFromNotAField { .. } => "unknown_field",
+            ParentKeyNotAField { .. } | ParentKeyFromNotAField { .. } | VersionNotAField { .. } => {
+                "unknown_field"
+            }
             ParentKeyTypes { .. } | ParentKeyNullability { .. } => "type_mismatch",
+            VersionType { .. } | NullableVersion { .. } => "invalid_version",
         }
     }
 
@@ -498,13 +537,16 @@ impl Rule for Links {
             OperationWithoutKey { .. } => "operations need a key",
             AmbiguousOperation { .. } => "ambiguous values",
             SourceOnRoot | ParentKeyOnRoot => "on a root entity",
-            OperationOnChild | RouteOnChild => "on a child entity",
+            OperationOnChild | RouteOnChild | VersionOnChild => "on a child entity",
             MissingSource { .. } => "where are its rows?",
             MissingParentKey { .. } => "not linked to its parent",
             ParentKeyNotAField { .. } => "no such field",
             ParentKeyFromNotAField { .. } => "no such parent field",
             ParentKeyTypes { .. } => "types differ",
             ParentKeyNullability { .. } => "nullability differs",
+            VersionNotAField { .. } => "no such field",
+            VersionType { .. } => "not an integer, date or timestamp",
+            NullableVersion { .. } => "nullable",
         }
         .to_owned()
     }
@@ -512,18 +554,22 @@ impl Rule for Links {
     fn help(&self) -> Option<String> {
         use Links::*;
         Some(match self {
-            UnknownOperation { .. } => "use create, upsert or delete".to_owned(),
+            UnknownOperation { .. } => "use create, upsert, patch or delete".to_owned(),
             OperationWithoutKey { .. } => "add `primary_key: [..]` naming the fields that identify a row".to_owned(),
-            AmbiguousOperation { .. } => "each value may appear in only one of create, upsert, delete".to_owned(),
+            AmbiguousOperation { .. } => "each value may appear in only one of create, upsert, patch, delete".to_owned(),
             SourceOnRoot => "move this entity under its parent's `children:`, or remove `source`".to_owned(),
             ParentKeyOnRoot => "move this entity under its parent's `children:`".to_owned(),
             OperationOnChild => "children are written with their parent's message; give the root entity the operation".to_owned(),
             RouteOnChild => "children arrive inside their parent's message".to_owned(),
             MissingSource { .. } => "add `source: /<array field>` naming the array in the parent's body".to_owned(),
-            MissingParentKey { .. } => "add `parent_key: [{field: <child field>, from: <parent field>}]`".to_owned(),
+            MissingParentKey { .. } => "add `parent_key: [{field: <child field>, from: <parent field>}]`: children follow their parent, and without a parent_key their rows cannot be found when the parent is replaced or deleted".to_owned(),
             ParentKeyNotAField { .. } | ParentKeyFromNotAField { .. } => return None,
             ParentKeyTypes { .. } => "give the child field the same type as the parent field".to_owned(),
             ParentKeyNullability { parent_nullable, .. } => format!("make the child field `nullable: {parent_nullable}` like the parent field"),
+            VersionOnChild => "children follow their parent's version; give the root entity the version".to_owned(),
+            VersionNotAField { suggestion, .. } => suggest(suggestion, "name a field of this entity"),
+            VersionType { .. } => "use an i16, i32, i64, date or timestamptz field: versions are compared as integers (dates by day, timestamps by microsecond)".to_owned(),
+            NullableVersion { .. } => "make the field `nullable: false`: every message must carry a version, or older and newer could not be told apart".to_owned(),
         })
     }
 }

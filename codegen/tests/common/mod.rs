@@ -14,6 +14,25 @@ pub fn runtime_dir() -> PathBuf {
 /// `dir` holding generated crates) as one temporary workspace, with this workspace's
 /// Cargo.lock and target dir, so dependencies are built once for all of them.
 pub fn clippy_workspace(dir: &Path, members: &[String]) -> Output {
+    cargo_workspace(
+        dir,
+        members,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--keep-going",
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )
+}
+
+/// Runs cargo with `args` over `members` as one temporary workspace (see
+/// [`clippy_workspace`]).
+pub fn cargo_workspace(dir: &Path, members: &[String], args: &[&str]) -> Output {
     let members: Vec<String> = members.iter().map(|m| format!("{m:?}")).collect();
     std::fs::write(
         dir.join("Cargo.toml"),
@@ -28,16 +47,7 @@ pub fn clippy_workspace(dir: &Path, members: &[String]) -> Output {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
     Command::new(env!("CARGO"))
-        .args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--keep-going",
-            "--quiet",
-            "--",
-            "-D",
-            "warnings",
-        ])
+        .args(args)
         .env("CARGO_TARGET_DIR", target)
         .current_dir(dir)
         .output()

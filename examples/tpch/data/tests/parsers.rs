@@ -1,8 +1,10 @@
 //! The generated TPC-H parsers against real TPC-H rows from tpchgen.
 
+use nomnom_runtime::change::{Change, Op};
+use nomnom_runtime::row::Row;
 use nomnom_runtime::{Body, EntityName, Envelope, envelope};
 use serde_json::{Value, json};
-use tpch_worker::{Rows, parse};
+use tpch_worker::{database, parse, parsers};
 
 fn envelope_for(entity: Option<&str>) -> Envelope {
     Envelope {
@@ -16,11 +18,16 @@ fn envelope_for(entity: Option<&str>) -> Envelope {
     }
 }
 
-fn parse_rows(
+fn parse_change(
     entity: Option<&str>,
     body: &Value,
-) -> Result<Rows, nomnom_runtime::parse::ParseError> {
-    parse(&envelope_for(entity), body).map(|p| p.rows)
+) -> Result<Change, nomnom_runtime::parse::ParseError> {
+    parse(&envelope_for(entity), body).map(|p| p.change)
+}
+
+/// A full row's values, as a create carries them.
+fn all_of<R: Row>(row: &R) -> Vec<Option<nomnom_runtime::sql::Value>> {
+    row.values().into_iter().map(Some).collect()
 }
 
 #[test]
@@ -28,9 +35,13 @@ fn every_tpch_order_and_line_item_round_trips_into_the_models() {
     let mut orders = 0;
     let mut items = 0;
     for message in tpch_data::orders(0.01) {
-        let rows = parse_rows(Some("order"), &message).unwrap_or_else(|e| panic!("{e}: {message}"));
-        assert_eq!(rows.order.len(), 1);
-        let order = &rows.order[0];
+        let change =
+            parse_change(Some("order"), &message).unwrap_or_else(|e| panic!("{e}: {message}"));
+        assert_eq!(change.entity, &database::ORDER);
+        assert_eq!(change.op, Op::Create);
+        assert_eq!(change.version, None);
+        let order = parsers::order::parse(&message, "").unwrap();
+        assert_eq!(change.values, all_of(&order));
         assert_eq!(order.o_orderkey, message["o_orderkey"].as_i64().unwrap());
         assert_eq!(
             order.o_totalprice,
@@ -42,25 +53,38 @@ fn every_tpch_order_and_line_item_round_trips_into_the_models() {
         );
         assert_eq!(order.o_clerk, message["o_clerk"].as_str().unwrap());
         let expected_items = message["lineitems"].as_array().unwrap();
-        assert_eq!(rows.lineitem.len(), expected_items.len());
-        for (row, source) in rows.lineitem.iter().zip(expected_items) {
-            assert_eq!(row.l_orderkey, order.o_orderkey, "the parent key is copied");
+        let rows = match change.children.as_slice() {
+            [] => &[][..],
+            [lineitems] => {
+                assert_eq!(lineitems.entity, &database::LINEITEM);
+                &lineitems.rows[..]
+            }
+            more => panic!("{} child entities", more.len()),
+        };
+        assert_eq!(rows.len(), expected_items.len());
+        for (row, source) in rows.iter().zip(expected_items) {
+            let item = parsers::lineitem::parse(source, "", &order).unwrap();
+            assert_eq!(*row, item.values());
             assert_eq!(
-                row.l_linenumber as i64,
+                item.l_orderkey, order.o_orderkey,
+                "the parent key is copied"
+            );
+            assert_eq!(
+                item.l_linenumber as i64,
                 source["l_linenumber"].as_i64().unwrap()
             );
             assert_eq!(
-                row.l_extendedprice,
+                item.l_extendedprice,
                 source["l_extendedprice"].as_str().unwrap()
             );
             assert_eq!(
-                row.l_shipdate.to_string(),
+                item.l_shipdate.to_string(),
                 source["l_shipdate"].as_str().unwrap()
             );
-            assert_eq!(row.l_comment, source["l_comment"].as_str().unwrap());
+            assert_eq!(item.l_comment, source["l_comment"].as_str().unwrap());
         }
         orders += 1;
-        items += rows.lineitem.len();
+        items += rows.len();
     }
     assert_eq!(orders, 15_000, "scale factor 0.01 has 15,000 orders");
     assert!(items > 50_000, "{items} line items");
@@ -70,15 +94,13 @@ fn every_tpch_order_and_line_item_round_trips_into_the_models() {
 fn every_tpch_customer_parses() {
     let mut count = 0;
     for message in tpch_data::customers(0.01) {
-        let rows = parse_rows(None, &message).unwrap_or_else(|e| panic!("{e}: {message}"));
-        assert_eq!(
-            rows.customer[0].c_custkey,
-            message["c_custkey"].as_i64().unwrap()
-        );
-        assert_eq!(
-            rows.customer[0].c_acctbal,
-            message["c_acctbal"].as_str().unwrap()
-        );
+        let change = parse_change(None, &message).unwrap_or_else(|e| panic!("{e}: {message}"));
+        assert_eq!(change.entity, &database::CUSTOMER);
+        let customer = parsers::customer::parse(&message, "").unwrap();
+        assert_eq!(change.values, all_of(&customer));
+        assert!(change.children.is_empty());
+        assert_eq!(customer.c_custkey, message["c_custkey"].as_i64().unwrap());
+        assert_eq!(customer.c_acctbal, message["c_acctbal"].as_str().unwrap());
         count += 1;
     }
     assert_eq!(count, 1_500);
@@ -90,13 +112,13 @@ fn routing_uses_the_hint_then_the_discriminator() {
     // The discriminator says order.
     assert_eq!(parse(&envelope_for(None), &order).unwrap().entity, "order");
     // The hint wins over the discriminator: as a customer, the order lacks c_custkey.
-    let err = parse_rows(Some("customer"), &order).unwrap_err();
+    let err = parse_change(Some("customer"), &order).unwrap_err();
     assert_eq!(err.path, "/c_custkey");
-    let err = parse_rows(Some("supplier"), &order).unwrap_err();
+    let err = parse_change(Some("supplier"), &order).unwrap_err();
     assert!(err.message.contains("unknown entity \"supplier\""), "{err}");
     let mut untyped = order.clone();
     untyped.as_object_mut().unwrap().remove("type");
-    let err = parse_rows(None, &untyped).unwrap_err();
+    let err = parse_change(None, &untyped).unwrap_err();
     assert_eq!(err.path, "/type");
 }
 
@@ -163,7 +185,7 @@ fn invalid_payloads_name_the_field_path() {
     for (mutate, path, fragment) in cases {
         let mut message = order.clone();
         mutate(&mut message);
-        let err = parse_rows(Some("order"), &message).expect_err(path);
+        let err = parse_change(Some("order"), &message).expect_err(path);
         assert_eq!(err.path, path, "{err}");
         assert!(err.message.contains(fragment), "{err}");
     }

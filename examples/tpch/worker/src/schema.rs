@@ -14,6 +14,7 @@ diesel::table! {
         o_clerk -> Varchar,
         o_shippriority -> Int4,
         o_comment -> Varchar,
+        nomnom_seq -> Int8,
     }
 }
 
@@ -52,5 +53,6 @@ diesel::table! {
         c_acctbal -> Numeric,
         c_mktsegment -> Varchar,
         c_comment -> Varchar,
+        nomnom_seq -> Int8,
     }
 }

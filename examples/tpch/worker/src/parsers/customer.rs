@@ -4,6 +4,7 @@
 
 #[allow(unused_imports)]
 use nomnom_runtime::parse::{self as p, ParseError};
+use nomnom_runtime::row::Row as _;
 use serde_json::Value;
 
 use crate::models::Customer;
@@ -71,14 +72,17 @@ pub fn parse(body: &Value, path: &str) -> Result<Customer, ParseError> {
     })
 }
 
-/// Parses the row and its children into `rows`.
-pub fn parse_into(body: &Value, path: &str, rows: &mut crate::Rows) -> Result<(), ParseError> {
-    let row = parse(body, path)?;
-    rows.customer.push(row);
-    Ok(())
+/// A create or upsert of the whole row, with its children.
+pub fn parse_row(
+    body: &Value,
+    op: nomnom_runtime::change::Op,
+) -> Result<nomnom_runtime::change::Change, ParseError> {
+    let row = parse(body, "")?;
+    let change = nomnom_runtime::change::Change::row(&crate::database::CUSTOMER, op, row.values());
+    Ok(change)
 }
 
 /// Parses a whole message whose entity is `customer`.
-pub fn parse_message(body: &Value, rows: &mut crate::Rows) -> Result<(), ParseError> {
-    parse_into(body, "", rows)
+pub fn parse_message(body: &Value) -> Result<nomnom_runtime::change::Change, ParseError> {
+    parse_row(body, nomnom_runtime::change::Op::Create)
 }

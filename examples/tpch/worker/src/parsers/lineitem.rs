@@ -4,6 +4,7 @@
 
 #[allow(unused_imports)]
 use nomnom_runtime::parse::{self as p, ParseError};
+use nomnom_runtime::row::Row as _;
 use serde_json::Value;
 
 use crate::models::Lineitem;
@@ -95,14 +96,15 @@ pub fn parse(
     })
 }
 
-/// Parses the row and its children into `rows`.
+/// Parses the row and its children into `change`, the change of the root's message:
+/// each row before its own children.
 pub fn parse_into(
     body: &Value,
     path: &str,
     parent: &crate::models::Order,
-    rows: &mut crate::Rows,
+    change: &mut nomnom_runtime::change::Change,
 ) -> Result<(), ParseError> {
     let row = parse(body, path, parent)?;
-    rows.lineitem.push(row);
+    change.push_child(&crate::database::LINEITEM, row.values());
     Ok(())
 }

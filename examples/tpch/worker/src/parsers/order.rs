@@ -4,6 +4,7 @@
 
 #[allow(unused_imports)]
 use nomnom_runtime::parse::{self as p, ParseError};
+use nomnom_runtime::row::Row as _;
 use serde_json::Value;
 
 use crate::models::Order;
@@ -71,21 +72,24 @@ pub fn parse(body: &Value, path: &str) -> Result<Order, ParseError> {
     })
 }
 
-/// Parses the row and its children into `rows`.
-pub fn parse_into(body: &Value, path: &str, rows: &mut crate::Rows) -> Result<(), ParseError> {
-    let row = parse(body, path)?;
-    let at = p::join(path, &["lineitems"]);
+/// A create or upsert of the whole row, with its children.
+pub fn parse_row(
+    body: &Value,
+    op: nomnom_runtime::change::Op,
+) -> Result<nomnom_runtime::change::Change, ParseError> {
+    let row = parse(body, "")?;
+    let mut change = nomnom_runtime::change::Change::row(&crate::database::ORDER, op, row.values());
+    let at = p::join("", &["lineitems"]);
     for (index, item) in p::array(p::lookup(body, &["lineitems"]), &at)?
         .iter()
         .enumerate()
     {
-        crate::parsers::lineitem::parse_into(item, &format!("{at}/{index}"), &row, rows)?;
+        crate::parsers::lineitem::parse_into(item, &format!("{at}/{index}"), &row, &mut change)?;
     }
-    rows.order.push(row);
-    Ok(())
+    Ok(change)
 }
 
 /// Parses a whole message whose entity is `order`.
-pub fn parse_message(body: &Value, rows: &mut crate::Rows) -> Result<(), ParseError> {
-    parse_into(body, "", rows)
+pub fn parse_message(body: &Value) -> Result<nomnom_runtime::change::Change, ParseError> {
+    parse_row(body, nomnom_runtime::change::Op::Create)
 }

@@ -11,6 +11,7 @@ CREATE TABLE IF NOT EXISTS "orders" (
     "o_clerk" VARCHAR(15) NOT NULL,
     "o_shippriority" INTEGER NOT NULL,
     "o_comment" VARCHAR(79) NOT NULL,
+    "nomnom_seq" BIGINT NOT NULL,
     PRIMARY KEY ("o_orderkey")
 );
 CREATE INDEX IF NOT EXISTS "ix_orders_o_custkey" ON "orders" ("o_custkey");
@@ -46,6 +47,7 @@ CREATE TABLE IF NOT EXISTS "customer" (
     "c_acctbal" NUMERIC(15, 2) NOT NULL,
     "c_mktsegment" VARCHAR(10) NOT NULL,
     "c_comment" VARCHAR(117) NOT NULL,
+    "nomnom_seq" BIGINT NOT NULL,
     PRIMARY KEY ("c_custkey")
 );
 

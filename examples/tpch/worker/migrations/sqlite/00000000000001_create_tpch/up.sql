@@ -11,6 +11,7 @@ CREATE TABLE IF NOT EXISTS "orders" (
     "o_clerk" TEXT NOT NULL,
     "o_shippriority" INTEGER NOT NULL,
     "o_comment" TEXT NOT NULL,
+    "nomnom_seq" BIGINT NOT NULL,
     PRIMARY KEY ("o_orderkey")
 );
 CREATE INDEX IF NOT EXISTS "ix_orders_o_custkey" ON "orders" ("o_custkey");
@@ -46,6 +47,7 @@ CREATE TABLE IF NOT EXISTS "customer" (
     "c_acctbal" TEXT NOT NULL,
     "c_mktsegment" TEXT NOT NULL,
     "c_comment" TEXT NOT NULL,
+    "nomnom_seq" BIGINT NOT NULL,
     PRIMARY KEY ("c_custkey")
 );
 
