@@ -125,13 +125,19 @@ examples="$root/.tools/webhooks-examples"
 examples_version=7.6.1
 examples_sha256=89e6cb1c6345d32e3dd775617fa54effbdc26c859e514898d7728e95e9738280
 if [ ! -f "$examples/$examples_version/api.github.com/index.json" ]; then
-  tarball="$(mktemp)"
-  curl -fsSL --retry 3 -o "$tarball" \
-    "https://registry.npmjs.org/@octokit/webhooks-examples/-/webhooks-examples-$examples_version.tgz"
-  echo "$examples_sha256  $tarball" | sha256sum --check --quiet \
-    || { echo "error: @octokit/webhooks-examples $examples_version does not match its pinned checksum" >&2; exit 1; }
-  mkdir -p "$examples/$examples_version"
-  tar -xzf "$tarball" -C "$examples/$examples_version" --strip-components=1
-  rm -f "$tarball"
+  # Python's standard library: no curl or npm needed on a fresh machine.
+  python3 - "$examples/$examples_version" "$examples_version" "$examples_sha256" <<'PY'
+import hashlib, io, sys, tarfile, urllib.request
+target, version, sha256 = sys.argv[1:]
+url = f"https://registry.npmjs.org/@octokit/webhooks-examples/-/webhooks-examples-{version}.tgz"
+data = urllib.request.urlopen(url, timeout=60).read()
+if hashlib.sha256(data).hexdigest() != sha256:
+    sys.exit(f"error: {url} does not match its pinned checksum")
+with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+    for member in archive.getmembers():
+        member.name = member.name.split("/", 1)[-1]  # drop the leading "package/"
+        if member.isfile() and ".." not in member.name.split("/"):
+            archive.extract(member, target)
+PY
 fi
 echo "webhook payloads: @octokit/webhooks-examples $examples_version in $examples/$examples_version"

@@ -191,7 +191,12 @@ async fn hostile_bodies_are_refused_or_dead_lettered_and_good_ones_persisted() {
     })
     .await;
     let _worker = Worker::start(&nats, &url);
-    let client = reqwest::Client::new();
+    // A fresh connection per request: after refusing a body (413, say) the server may
+    // close the connection, and a pooled client could send the next case into it.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
 
     let mut accepted = Vec::new();
     for (what, body, expect) in cases() {
