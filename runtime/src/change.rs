@@ -20,6 +20,10 @@ pub struct Entity {
     pub table: Table,
     /// Whether the spec names a version field.
     pub versioned: bool,
+    /// Whether messages may delete or patch rows (the spec has an `operation`). Without,
+    /// no key has a tombstone or logged patches, and the apply step does not look for
+    /// them.
+    pub operation: bool,
     /// Entities whose rows are arrays inside this entity's body.
     pub children: &'static [Child],
 }

@@ -38,6 +38,7 @@ static NOTE: Entity = Entity {
         write: WriteMode::Upsert,
     },
     versioned: false,
+    operation: true,
     children: &[],
 };
 
@@ -53,6 +54,7 @@ static PART: Entity = Entity {
         write: WriteMode::Upsert,
     },
     versioned: false,
+    operation: true,
     children: &[Child {
         entity: &NOTE,
         parent_key: &[("item_id", "item_id"), ("part_no", "no")],
@@ -74,6 +76,7 @@ static ITEM: Entity = Entity {
         write: WriteMode::Upsert,
     },
     versioned: false,
+    operation: true,
     children: &[Child {
         entity: &PART,
         parent_key: &[("item_id", "id")],
@@ -95,6 +98,7 @@ static DOC: Entity = Entity {
         write: WriteMode::Upsert,
     },
     versioned: true,
+    operation: true,
     children: &[],
 };
 

@@ -244,6 +244,13 @@ pub(super) fn read(
     keys: &[&Keyed<'_>],
 ) -> QueryResult<Vec<KeyState>> {
     let mut stored = read_rows(conn, entity, keys)?;
+    if !entity.operation {
+        // Only creates and upserts: no tombstones, no logged patches.
+        return Ok(stored
+            .into_iter()
+            .map(|s| KeyState::new(s, Vec::new()))
+            .collect());
+    }
     let texts: Vec<&str> = keys.iter().map(|k| k.key_text.as_str()).collect();
     let slots: HashMap<&str, usize> = texts.iter().enumerate().map(|(i, t)| (*t, i)).collect();
     for row in read_by_key::<TombstoneRow>(conn, entity, "seq, version", TOMBSTONES, &texts)? {

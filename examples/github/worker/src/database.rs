@@ -40,6 +40,7 @@ pub static STAR: Entity = Entity {
         write: WriteMode::Upsert,
     },
     versioned: false,
+    operation: true,
     children: &[],
 };
 
@@ -105,6 +106,7 @@ pub static ISSUE: Entity = Entity {
         write: WriteMode::Upsert,
     },
     versioned: true,
+    operation: false,
     children: &[],
 };
 

@@ -56,6 +56,7 @@ pub static ORDER: Entity = Entity {
         write: WriteMode::Upsert,
     },
     versioned: false,
+    operation: false,
     children: &[nomnom_runtime::change::Child {
         entity: &LINEITEM,
         parent_key: &[("l_orderkey", "o_orderkey")],
@@ -152,6 +153,7 @@ pub static LINEITEM: Entity = Entity {
         write: WriteMode::Upsert,
     },
     versioned: false,
+    operation: false,
     children: &[],
 };
 
@@ -224,6 +226,7 @@ pub static CUSTOMER: Entity = Entity {
         write: WriteMode::Upsert,
     },
     versioned: false,
+    operation: false,
     children: &[],
 };
 
