@@ -96,7 +96,7 @@ pub enum Value {
     Text(String),
 }
 
-fn quote(identifier: &str) -> String {
+pub(crate) fn quote(identifier: &str) -> String {
     // Identifiers are validated by the generator ([a-z_][a-z0-9_]*); quoting makes SQL
     // keywords (order, user, …) usable as names.
     format!("\"{identifier}\"")
@@ -264,17 +264,7 @@ fn copy_write(pg: &mut PgConnection, table: &Table, rows: &[&Vec<Value>]) -> Que
 
 /// The DELETE statement for `rows` keys.
 fn delete_sql(kind: DatabaseKind, table: &Table, rows: usize) -> String {
-    let key_types: Vec<ColumnType> = table
-        .key
-        .iter()
-        .map(|k| {
-            table
-                .columns
-                .iter()
-                .find(|c| c.name == *k)
-                .map_or(ColumnType::Text, |c| c.column_type)
-        })
-        .collect();
+    let key_types = key_types(table);
     let key: Vec<String> = table.key.iter().map(|k| quote(k)).collect();
     let mut sql = format!(
         "DELETE FROM {} WHERE ({}) IN (",
@@ -330,11 +320,19 @@ pub(crate) fn execute(
 }
 
 /// Indexes of the key columns of `table`.
-fn key_positions(table: &Table) -> Vec<usize> {
+pub(crate) fn key_positions(table: &Table) -> Vec<usize> {
     table
         .key
         .iter()
         .filter_map(|k| table.columns.iter().position(|c| c.name == *k))
+        .collect()
+}
+
+/// The type of each key column of `table`, in key order.
+pub(crate) fn key_types(table: &Table) -> Vec<ColumnType> {
+    key_positions(table)
+        .iter()
+        .map(|p| table.columns[*p].column_type)
         .collect()
 }
 
@@ -401,10 +399,7 @@ pub fn delete_rows(
     if keys.is_empty() || table.key.is_empty() {
         return Ok(0);
     }
-    let key_types: Vec<ColumnType> = key_positions(table)
-        .iter()
-        .map(|p| table.columns[*p].column_type)
-        .collect();
+    let key_types = key_types(table);
     let per_statement = (conn.kind().max_binds() / key_types.len().max(1)).max(1);
     let mut affected = 0;
     for chunk in keys.chunks(per_statement) {

@@ -110,7 +110,7 @@ struct Keyed<'a> {
 impl<'a> Keyed<'a> {
     fn new(index: usize, item: &Sequenced<'a>) -> Self {
         let change = item.change;
-        let key: Vec<Value> = store::key_positions(&change.entity.table)
+        let key: Vec<Value> = crate::sql::key_positions(&change.entity.table)
             .iter()
             .map(|p| {
                 change

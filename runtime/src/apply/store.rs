@@ -13,7 +13,9 @@ use super::Keyed;
 use super::fold::{Guard, KeyState, Logged, Reset};
 use crate::change::{ChildRows, Entity, SEQUENCE_COLUMN, VERSION_COLUMN};
 use crate::db::{DatabaseKind, with_backend};
-use crate::sql::{self, AnyConnection, Column, ColumnType, Table, Value, WriteMode};
+use crate::sql::{
+    self, AnyConnection, Column, ColumnType, Table, Value, WriteMode, key_types, quote,
+};
 
 /// The table of tombstones: keys whose last change was a delete, so an older create or
 /// upsert arriving later (a redelivery, another replica) cannot bring the row back.
@@ -47,14 +49,6 @@ pub(super) fn key_text(key: &[Value]) -> String {
         })
         .collect();
     serde_json::Value::Array(values).to_string()
-}
-
-pub(super) fn key_positions(table: &Table) -> Vec<usize> {
-    table
-        .key
-        .iter()
-        .filter_map(|k| table.columns.iter().position(|c| c.name == *k))
-        .collect()
 }
 
 /// FNV-1a: a lock id that every build and every replica computes alike.
@@ -113,18 +107,6 @@ struct TombstoneRow {
     seq: i64,
     #[diesel(sql_type = Nullable<BigInt>)]
     version: Option<i64>,
-}
-
-fn quote(identifier: &str) -> String {
-    format!("\"{identifier}\"")
-}
-
-/// The type of each key column.
-fn key_types(table: &Table) -> Vec<ColumnType> {
-    key_positions(table)
-        .iter()
-        .map(|p| table.columns[*p].column_type)
-        .collect()
 }
 
 /// Runs a query with typed binds and loads its rows, on either backend.
