@@ -9,7 +9,7 @@
 
 use uuid::Uuid;
 
-use crate::change::{Change, ChildRows, Op, Version};
+use crate::change::{Change, Op, Version};
 use crate::sql::{Value, WriteMode};
 
 use super::Outcome;
@@ -43,22 +43,23 @@ pub(super) struct Reset {
 
 /// One key while its changes are folded.
 #[derive(Debug, Default)]
-pub(super) struct KeyState {
+pub(super) struct KeyState<'a> {
     /// What the database had before the batch.
     pub stored: Option<Reset>,
     /// The latest reset so far.
     pub reset: Option<Reset>,
-    /// The row and children of a reset in this batch (before patches).
-    pub base: Option<(Vec<Value>, Vec<ChildRows>)>,
+    /// The create or upsert of this batch whose row (before patches) and children are
+    /// written: borrowed, the rows are copied once, when written.
+    pub base: Option<&'a Change>,
     /// Patches newer than `reset`, in guard order.
     pub log: Vec<Logged>,
     /// Entries read from the database that a newer reset superseded.
     pub dropped: Vec<Logged>,
     /// A create in an `insert` table of a key that exists: the database refuses it.
-    pub conflict: Option<Vec<Value>>,
+    pub conflict: Option<&'a Change>,
 }
 
-impl KeyState {
+impl<'a> KeyState<'a> {
     /// The state of a key the database holds as `stored`, with its logged patches.
     pub fn new(stored: Option<Reset>, log: Vec<Logged>) -> Self {
         Self {
@@ -84,20 +85,20 @@ impl KeyState {
         write: WriteMode,
         guard: Guard,
         message_id: Uuid,
-        change: &Change,
+        change: &'a Change,
     ) -> Outcome {
         if self.reset.is_some_and(|r| guard <= r.guard) {
             return Outcome::Stale;
         }
         match (change.op, write) {
             (Op::Create, WriteMode::Insert) if self.live() => {
-                self.conflict = Some(full(&change.values));
+                self.conflict = Some(change);
                 Outcome::Applied
             }
             // ignore_duplicates: the row stays as it is.
             (Op::Create, WriteMode::IgnoreDuplicates) if self.live() => Outcome::Applied,
             (Op::Create | Op::Upsert, _) => {
-                self.base = Some((full(&change.values), change.children.clone()));
+                self.base = Some(change);
                 self.new_reset(Reset { guard, live: true });
                 Outcome::Applied
             }
@@ -162,8 +163,7 @@ impl KeyState {
 
     /// The full row to write: the batch's reset row with the newer patches on top.
     pub fn row(&self) -> Option<Vec<Value>> {
-        let (base, _) = self.base.as_ref()?;
-        let mut row = base.clone();
+        let mut row = full(&self.base?.values);
         for patch in &self.log {
             merge(&mut row, &patch.values);
         }
@@ -191,7 +191,7 @@ impl KeyState {
     }
 }
 
-fn full(values: &[Option<Value>]) -> Vec<Value> {
+pub(super) fn full(values: &[Option<Value>]) -> Vec<Value> {
     values
         .iter()
         .map(|v| v.clone().unwrap_or(Value::Null))

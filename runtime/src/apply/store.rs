@@ -220,11 +220,11 @@ pub fn prune(conn: &mut AnyConnection, retention: std::time::Duration) -> QueryR
 
 /// What the database holds for each key: the guard of its row, else its tombstone; and
 /// its logged patches.
-pub(super) fn read(
+pub(super) fn read<'a>(
     conn: &mut AnyConnection,
     entity: &Entity,
     keys: &[&Keyed<'_>],
-) -> QueryResult<Vec<KeyState>> {
+) -> QueryResult<Vec<KeyState<'a>>> {
     let mut stored = read_rows(conn, entity, keys)?;
     if !entity.operation {
         // Only creates and upserts: no tombstones, no logged patches.
@@ -444,12 +444,12 @@ pub(super) fn write(
     conn: &mut AnyConnection,
     entity: &'static Entity,
     keys: &[&Keyed<'_>],
-    states: &[KeyState],
+    states: &[KeyState<'_>],
 ) -> QueryResult<()> {
     let table = &entity.table;
-    let stored_live = |s: &KeyState| s.stored.is_some_and(|r| r.live);
-    let changed = |s: &KeyState| s.reset_changed();
-    let keys_where = |keep: &dyn Fn(&KeyState) -> bool| -> Vec<Vec<Value>> {
+    let stored_live = |s: &KeyState<'_>| s.stored.is_some_and(|r| r.live);
+    let changed = |s: &KeyState<'_>| s.reset_changed();
+    let keys_where = |keep: &dyn Fn(&KeyState<'_>) -> bool| -> Vec<Vec<Value>> {
         keys.iter()
             .zip(states)
             .filter(|(_, s)| keep(s))
@@ -469,18 +469,21 @@ pub(super) fn write(
     let mut rows = Vec::new();
     let mut children: Vec<ChildRows> = Vec::new();
     for state in states.iter().filter(|s| changed(s) && s.live()) {
-        let (Some(row), Some(reset), Some((_, groups))) = (state.row(), state.reset, &state.base)
-        else {
+        let (Some(row), Some(reset), Some(base)) = (state.row(), state.reset, state.base) else {
             continue;
         };
-        rows.push(with_guard(entity, &row, reset.guard));
-        for group in groups {
+        rows.push(with_guard(entity, row, reset.guard));
+        for group in &base.children {
+            let rows = group.rows.iter().cloned();
             match children
                 .iter_mut()
                 .find(|c| c.entity.table.name == group.entity.table.name)
             {
-                Some(all) => all.rows.extend(group.rows.iter().cloned()),
-                None => children.push(group.clone()),
+                Some(all) => all.rows.extend(rows),
+                None => children.push(ChildRows {
+                    entity: group.entity,
+                    rows: rows.collect(),
+                }),
             }
         }
     }
@@ -498,8 +501,7 @@ pub(super) fn write(
         .iter()
         .filter_map(|s| {
             s.conflict
-                .as_ref()
-                .map(|row| with_guard(entity, row, (None, 0)))
+                .map(|change| with_guard(entity, super::fold::full(&change.values), (None, 0)))
         })
         .collect();
     let insert = Table {
@@ -521,7 +523,7 @@ fn write_tombstones(
     conn: &mut AnyConnection,
     entity: &Entity,
     keys: &[&Keyed<'_>],
-    states: &[KeyState],
+    states: &[KeyState<'_>],
 ) -> QueryResult<()> {
     let now = chrono::Utc::now().timestamp();
     let name = entity.table.name;
@@ -585,7 +587,7 @@ fn write_log(
     conn: &mut AnyConnection,
     entity: &Entity,
     keys: &[&Keyed<'_>],
-    states: &[KeyState],
+    states: &[KeyState<'_>],
 ) -> QueryResult<()> {
     let now = chrono::Utc::now().timestamp();
     let name = Value::Text(entity.table.name.to_owned());
@@ -706,14 +708,12 @@ fn patch_row(
 }
 
 /// `row` with the guard columns appended.
-fn with_guard(entity: &Entity, row: &[Value], (version, seq): Guard) -> Vec<Value> {
-    let mut values = Vec::with_capacity(row.len() + 2);
-    values.extend_from_slice(row);
-    values.push(Value::I64(seq));
+fn with_guard(entity: &Entity, mut row: Vec<Value>, (version, seq): Guard) -> Vec<Value> {
+    row.push(Value::I64(seq));
     if entity.versioned {
-        values.push(Value::I64(version.unwrap_or(0)));
+        row.push(Value::I64(version.unwrap_or(0)));
     }
-    values
+    row
 }
 
 /// Deletes the descendants of the rows of `entity` with `keys`, deepest first.
