@@ -595,44 +595,37 @@ fn reset(conn: &mut AnyConnection) {
 
 fn setup(conn: &mut AnyConnection, ddl: &str) {
     db::run_script(conn, ddl).unwrap();
-    db::run_script(conn, nomnom_runtime::apply::TOMBSTONES_DDL).unwrap();
-    db::run_script(conn, nomnom_runtime::apply::PATCHES_DDL).unwrap();
-    db::run_script(conn, nomnom_runtime::apply::STREAMS_DDL).unwrap();
-    nomnom_runtime::status::create_table(conn).unwrap();
+    nomnom_runtime::worker::create_runtime_tables(conn).unwrap();
+}
+
+/// The property, on the database at `url` whose entity tables `ddl` creates.
+fn converges(url: &str, ddl: &str) {
+    let connect = || db::connect(url).unwrap();
+    setup(&mut connect(), ddl);
+    let config = ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(scenario in scenario())| {
+        reset(&mut connect());
+        prop_assert_eq!(run(&scenario, &connect), model(&scenario.messages));
+    });
 }
 
 #[test]
 fn keyed_changes_converge_to_stream_order_on_postgres() {
     let postgres = Postgres::start();
-    let url = postgres.create_database("convergence");
-    let connect = || db::connect(&url).unwrap();
-    setup(&mut connect(), POSTGRES_DDL);
-    let config = ProptestConfig {
-        cases: cases(),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
-    proptest!(config, |(scenario in scenario())| {
-        reset(&mut connect());
-        prop_assert_eq!(run(&scenario, &connect), model(&scenario.messages));
-    });
+    converges(&postgres.create_database("convergence"), POSTGRES_DDL);
 }
 
 #[test]
 fn keyed_changes_converge_to_stream_order_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("convergence.db").display());
-    let connect = || db::connect(&url).unwrap();
-    setup(&mut connect(), SQLITE_DDL);
-    let config = ProptestConfig {
-        cases: cases(),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
-    proptest!(config, |(scenario in scenario())| {
-        reset(&mut connect());
-        prop_assert_eq!(run(&scenario, &connect), model(&scenario.messages));
-    });
+    converges(
+        &format!("sqlite://{}", dir.path().join("convergence.db").display()),
+        SQLITE_DDL,
+    );
 }
 
 /// The bug that started it: star, star, unstar of one key in one batch left the star

@@ -31,11 +31,7 @@ pub fn migrate<S: EntitySchema>(
     };
     conn.transaction(|conn| {
         lock_migrations(conn)?;
-        db::run_script(conn, MIGRATIONS_TABLE)?;
-        db::run_script(conn, crate::apply::TOMBSTONES_DDL)?;
-        db::run_script(conn, crate::apply::PATCHES_DDL)?;
-        db::run_script(conn, crate::apply::STREAMS_DDL)?;
-        status::create_table(conn)
+        create_runtime_tables(conn)
     })
     .map_err(fail("status"))?;
     for migration in schema.migrations(kind) {
@@ -99,4 +95,14 @@ pub(super) fn warn_if_commits_are_asynchronous(conn: &mut AnyConnection) {
             "PostgreSQL has synchronous_commit=off: a database crash can lose rows of messages already acknowledged; set synchronous_commit=on (the default) for exactly-once"
         );
     }
+}
+
+/// Creates nomnom's own tables if they do not exist: migrations, status, tombstones, the
+/// patch log and stream incarnations (inside the caller's transaction, if any).
+pub fn create_runtime_tables(conn: &mut AnyConnection) -> diesel::QueryResult<()> {
+    db::run_script(conn, MIGRATIONS_TABLE)?;
+    db::run_script(conn, crate::apply::TOMBSTONES_DDL)?;
+    db::run_script(conn, crate::apply::PATCHES_DDL)?;
+    db::run_script(conn, crate::apply::STREAMS_DDL)?;
+    status::create_table(conn)
 }

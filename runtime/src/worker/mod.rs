@@ -36,7 +36,7 @@ pub mod write;
 
 pub use config::{WorkerArgs, WorkerConfig};
 pub use consumer::ConsumerSetupError;
-pub use migrate::migrate;
+pub use migrate::{create_runtime_tables, migrate};
 
 use consumer::Consumer;
 use health::{Database, Health};
