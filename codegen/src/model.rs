@@ -13,8 +13,9 @@ pub struct Project {
     /// Rust identifier of the crate (`-` → `_`).
     pub crate_ident: String,
     pub description: Option<String>,
-    /// JSON pointer tokens of the discriminator field, when routing by body field.
-    pub discriminator: Option<Pointer>,
+    /// The discriminator fields, when routing by body field: the first present names
+    /// the entity.
+    pub discriminators: Vec<Pointer>,
     /// Every entity, parents before their children.
     pub entities: Vec<Entity>,
 }
@@ -70,8 +71,8 @@ pub struct Entity {
     pub type_name: String,
     pub table: String,
     pub description: Option<String>,
-    /// Routing value, for root entities.
-    pub route: Option<String>,
+    /// Routing values, for root entities (at least one); empty for children.
+    pub routes: Vec<String>,
     pub write: WriteMode,
     pub primary_key: Vec<String>,
     /// Key upserts and deletes match on.
@@ -158,12 +159,91 @@ pub struct Checks {
     pub allowed: Vec<String>,
 }
 
+/// Where a field's value comes from.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    /// A JSON pointer into the body (no tokens: the whole body).
+    Body(Pointer),
+    /// The message's metadata, from its envelope.
+    Metadata { item: Metadata },
+}
+
+/// Message metadata a field can hold (`source: $message_id`, …).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Metadata {
+    MessageId,
+    ReceivedAt,
+    IdempotencyKey,
+    Entity,
+    RequestId,
+}
+
+impl Metadata {
+    pub const ALL: &'static [Metadata] = &[
+        Self::MessageId,
+        Self::ReceivedAt,
+        Self::IdempotencyKey,
+        Self::Entity,
+        Self::RequestId,
+    ];
+
+    /// The name after `$` in a spec.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MessageId => "message_id",
+            Self::ReceivedAt => "received_at",
+            Self::IdempotencyKey => "idempotency_key",
+            Self::Entity => "entity",
+            Self::RequestId => "request_id",
+        }
+    }
+
+    /// Whether every message has it (the others are absent from some envelopes, so a
+    /// field holding them must be nullable or have a default).
+    pub fn always_present(self) -> bool {
+        matches!(self, Self::MessageId | Self::ReceivedAt)
+    }
+
+    /// Whether a field of `field_type` can hold it.
+    pub fn fits(self, field_type: FieldType) -> bool {
+        field_type.is_textual()
+            || matches!(
+                (self, field_type),
+                (Self::MessageId, FieldType::Uuid) | (Self::ReceivedAt, FieldType::Timestamptz)
+            )
+    }
+}
+
+/// A format a `timestamptz` or `date` field accepts.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", content = "pattern", rename_all = "snake_case")]
+pub enum TimeFormat {
+    /// RFC 3339: `2019-05-15T15:20:41Z`, or `2019-05-15` for a date.
+    Rfc3339,
+    /// A JSON number of seconds since 1970-01-01 UTC.
+    UnixSeconds,
+    /// A JSON number of milliseconds since 1970-01-01 UTC.
+    UnixMillis,
+    /// A chrono strftime pattern; a timestamp without an offset in it is UTC.
+    Pattern(String),
+}
+
+impl TimeFormat {
+    pub const NAMES: &'static [&'static str] = &["rfc3339", "unix_seconds", "unix_millis"];
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Field {
     pub name: String,
+    /// The column's name (default: the field's name).
+    pub column: String,
     pub field_type: FieldType,
     pub nullable: bool,
-    pub source: Pointer,
+    pub source: Source,
+    /// Accepted formats, for `timestamptz` and `date`; empty: RFC 3339 only.
+    pub formats: Vec<TimeFormat>,
     pub default: Option<serde_json::Value>,
     pub checks: Checks,
     pub description: Option<String>,
@@ -194,5 +274,23 @@ impl Entity {
 
     pub fn field(&self, name: &str) -> Option<&Field> {
         self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// The column names of `fields` (field names).
+    pub fn columns(&self, fields: &[String]) -> Vec<String> {
+        fields
+            .iter()
+            .map(|name| {
+                self.field(name)
+                    .map_or_else(|| name.clone(), |f| f.column.clone())
+            })
+            .collect()
+    }
+
+    /// Whether any field holds message metadata.
+    pub fn reads_metadata(&self) -> bool {
+        self.fields
+            .iter()
+            .any(|f| !f.from_parent && matches!(f.source, Source::Metadata { .. }))
     }
 }

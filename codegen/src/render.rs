@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use tera::{Context, Tera};
 
-use crate::model::Project;
+use crate::model::{Entity, Project};
 use crate::view::{EntityView, discriminator_view, entity_view, rust_string};
 
 /// Which databases the generated crate gets migrations for.
@@ -296,9 +296,37 @@ fn context(project: &Project, entities: &[EntityView], options: &RenderOptions) 
             .filter(|d| !d.is_empty())
             .map(toml_string),
     );
+    let discriminators: Vec<_> = project
+        .discriminators
+        .iter()
+        .map(discriminator_view)
+        .collect();
+    context.insert("discriminators", &discriminators);
+    let names: Vec<&str> = project
+        .discriminators
+        .iter()
+        .map(|d| d.text.as_str())
+        .collect();
+    context.insert("discriminator_names", &names.join(" or "));
+    let routes: Vec<&str> = (project.roots())
+        .flat_map(|e| e.routes.iter().map(String::as_str))
+        .collect();
+    context.insert("routes_text", &rust_string(&routes.join(", ")));
+    // Diesel's `table!` compiles slower the more columns it allows: the narrowest size
+    // that fits the widest table.
+    let widest = (project.entities.iter())
+        .map(|e| e.fields.len() + e.guard_columns().len())
+        .max()
+        .unwrap_or(0);
+    let table_size = match widest {
+        0..=32 => "32-column-tables",
+        33..=64 => "64-column-tables",
+        _ => "128-column-tables",
+    };
+    context.insert("diesel_table_size", table_size);
     context.insert(
-        "discriminator",
-        &project.discriminator.as_ref().map(discriminator_view),
+        "reads_metadata",
+        &project.entities.iter().any(Entity::reads_metadata),
     );
     context.insert(
         "runtime_dependency",

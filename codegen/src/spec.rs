@@ -27,9 +27,41 @@ pub struct SpecFile {
 /// How a message is recognised as an entity.
 #[derive(Debug, Deserialize)]
 pub struct RoutingSpec {
-    /// JSON pointer to a field of the body whose value names the entity (its `route`).
+    /// JSON pointer (or a list of them, the first present wins) to a field of the body
+    /// whose value names the entity (one of its `route`s).
     #[serde(default)]
-    pub discriminator: Option<S<String>>,
+    pub discriminator: Option<S<OneOrMany>>,
+}
+
+/// A string, or a list of strings: `format: unix_seconds` or
+/// `format: [rfc3339, unix_seconds]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneOrMany(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OneOrManyVisitor;
+        impl<'de> serde::de::Visitor<'de> for OneOrManyVisitor {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(OneOrMany(items))
+            }
+        }
+        deserializer.deserialize_any(OneOrManyVisitor)
+    }
 }
 
 /// An entity: a table, its fields, and its nested children.
@@ -41,10 +73,10 @@ pub struct EntitySpec {
     pub table: Option<S<String>>,
     #[serde(default)]
     pub description: Option<String>,
-    /// Value of the API's entity hint or of the discriminator that selects this entity;
-    /// default: the entity name. Root entities only.
+    /// Value (or list of values) of the API's entity hint or of the discriminator that
+    /// selects this entity; default: the entity name. Root entities only.
     #[serde(default)]
-    pub route: Option<S<String>>,
+    pub route: Option<S<OneOrMany>>,
     /// `insert` (default), `upsert` (on the upsert key) or `ignore_duplicates`.
     #[serde(default)]
     pub write: Option<S<String>>,
@@ -67,7 +99,8 @@ pub struct EntitySpec {
     pub fields: Vec<FieldSpec>,
     #[serde(default)]
     pub children: Vec<EntitySpec>,
-    /// Children only: JSON pointer to the array, in the parent's body, holding the rows.
+    /// Children only: JSON pointer to the array (one row per element) or the object (one
+    /// row), in the parent's body.
     #[serde(default)]
     pub source: Option<S<String>>,
     /// Children only: which child fields take which parent fields' values.
@@ -113,9 +146,16 @@ pub struct FieldSpec {
     pub field_type: S<String>,
     #[serde(default)]
     pub description: Option<String>,
-    /// JSON pointer into the body; default `/<name>`.
+    /// Column name; default: the field name.
+    #[serde(default)]
+    pub column: Option<S<String>>,
+    /// JSON pointer into the body (`""`: the whole body), or message metadata
+    /// (`$message_id`, …); default `/<name>`.
     #[serde(default)]
     pub source: Option<S<String>>,
+    /// `timestamptz` and `date`: the accepted formats, tried in order.
+    #[serde(default)]
+    pub format: Option<S<OneOrMany>>,
     #[serde(default)]
     pub nullable: Option<S<bool>>,
     /// Value used when the body lacks the field.

@@ -6,7 +6,7 @@ mod field;
 mod names;
 pub mod problem;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde_saphyr::Spanned;
 
@@ -14,7 +14,7 @@ use crate::diagnostics::{Problem, did_you_mean};
 use crate::model::{
     Entity, Field, FieldType, Operation, OperationKind, ParentLink, Project, WriteMode,
 };
-use crate::spec::{EntitySpec, OperationSpec, ParentKeySpec, SpecFile};
+use crate::spec::{EntitySpec, OneOrMany, OperationSpec, ParentKeySpec, SpecFile};
 pub use names::to_pascal;
 use names::{RESERVED_TYPE_NAMES, identifier_problem, is_project_name, is_route, parse_pointer};
 use problem::{Keys, Links, Naming, Rule};
@@ -25,8 +25,9 @@ pub const MAX_IDENTIFIER_BYTES: usize = 63;
 /// PostgreSQL's largest `VARCHAR(n)`.
 pub const MAX_VARCHAR: u32 = 10_485_760;
 
-/// Fields of one entity at most: the generated Diesel schema's table size.
-pub const MAX_FIELDS: usize = 32;
+/// Columns of one table at most (fields, and a root's guard columns): the widest table
+/// Diesel's `table!` takes (its `128-column-tables` feature).
+pub const MAX_FIELDS: usize = 128;
 
 #[derive(Default)]
 struct Validator {
@@ -47,20 +48,42 @@ pub fn validate(spec: &SpecFile) -> Result<Project, Vec<Problem>> {
     if !v.problems.is_empty() {
         return Err(v.problems);
     }
-    let discriminator = spec
+    let discriminators = spec
         .routing
         .as_ref()
         .and_then(|r| r.discriminator.as_ref())
-        .and_then(|d| parse_pointer(d).ok());
+        .map(|d| {
+            (items(d).iter())
+                .filter_map(|d| parse_pointer(d).ok())
+                .collect()
+        })
+        .unwrap_or_default();
     let project = &spec.project.value;
     Ok(Project {
         name: project.clone(),
         crate_name: format!("{project}-worker"),
         crate_ident: format!("{}_worker", project.replace('-', "_")),
         description: spec.description.clone(),
-        discriminator,
+        discriminators,
         entities: v.entities,
     })
+}
+
+/// The items of a one-or-many value, each placed where the value was written.
+fn items(value: &Spanned<OneOrMany>) -> Vec<Spanned<String>> {
+    (value.value.0.iter())
+        .map(|item| Spanned {
+            value: item.clone(),
+            referenced: value.referenced,
+            defined: value.defined,
+        })
+        .collect()
+}
+
+/// Whether the spec has a field of this name (which may have failed its own checks, and
+/// then is not reported again where it is named).
+fn written_field(spec: &EntitySpec, name: &str) -> bool {
+    spec.fields.iter().any(|f| f.name.value == name)
 }
 
 /// Field names of an entity's spec, for "did you mean".
@@ -118,7 +141,10 @@ impl Validator {
             }
             Some(parent) => self.parent_link(spec, parent, &mut fields),
         };
-        let route = parent.is_none().then(|| self.route(spec));
+        let routes = match parent {
+            None => self.routes(spec),
+            Some(_) => Vec::new(),
+        };
         if self.problems.len() > problems_before && name.is_empty() {
             return;
         }
@@ -127,7 +153,7 @@ impl Validator {
             type_name,
             table,
             description: spec.description.clone(),
-            route,
+            routes,
             write,
             primary_key: keys.primary_key,
             upsert_key: keys.upsert_key,
@@ -239,15 +265,28 @@ impl Validator {
             }
             fields.extend(field::field(field, &mut self.problems));
         }
+        let mut columns = HashSet::new();
+        for (field, spec_field) in fields.iter().filter_map(|f| {
+            let written = spec.fields.iter().find(|s| s.name.value == f.name)?;
+            Some((f, written))
+        }) {
+            if !columns.insert(field.column.clone()) {
+                let rule = problem::FieldRule::DuplicateColumn {
+                    column: field.column.clone(),
+                    entity: name.clone(),
+                };
+                self.report(rule.at(spec_field.column.as_ref().unwrap_or(&spec_field.name)));
+            }
+        }
         if spec.fields.is_empty() {
             let rule = Keys::NoFields {
                 entity: name.clone(),
             };
             self.report(rule.at(&spec.name));
         }
-        // The generated Diesel schema is built with Diesel's `32-column-tables`: a wider
-        // table did not compile (found by tests/fuzz.rs). A root's table also holds the
-        // guard columns.
+        // Diesel's `table!` takes at most 128 columns (with its widest feature; the
+        // generated crate asks for the narrowest that fits). A root's table also holds
+        // the guard columns.
         if spec.fields.len() + guard > MAX_FIELDS {
             let rule = Keys::TooManyFields {
                 entity: name.clone(),
@@ -311,6 +350,7 @@ impl Validator {
             let field = item.value.clone();
             let what = what.to_owned();
             let rule = match fields.iter().find(|f| f.name == item.value) {
+                None if written_field(spec, &item.value) => continue,
                 None => Keys::KeyNotAField {
                     what,
                     suggestion: did_you_mean(&field, field_names(spec)).map(str::to_owned),
@@ -457,6 +497,7 @@ impl Validator {
             Links::VersionOnChild
         } else {
             match fields.iter().find(|f| f.name == name) {
+                None if written_field(spec, &name) => return None,
                 None => Links::VersionNotAField {
                     suggestion: did_you_mean(&name, field_names(spec)).map(str::to_owned),
                     field: name,
@@ -545,6 +586,9 @@ impl Validator {
     ) -> Option<(String, String)> {
         let (field, from) = (link.field.value.clone(), link.from.value.clone());
         let Some(child) = fields.iter_mut().find(|f| f.name == field) else {
+            if written_field(spec, &field) {
+                return None;
+            }
             let entity = spec.name.value.clone();
             self.report(Links::ParentKeyNotAField { field, entity }.at(&link.field));
             return None;
@@ -574,31 +618,50 @@ impl Validator {
         Some((field, from))
     }
 
-    /// A root's route: `route:`, or its name; a route written must be an entity hint.
-    fn route(&mut self, spec: &EntitySpec) -> String {
+    /// A root's routes: `route:` (one or a list), or its name. A route is what the API's
+    /// entity hint or the discriminator field says, so it can be any text a sender
+    /// writes, within what the hint allows.
+    fn routes(&mut self, spec: &EntitySpec) -> Vec<String> {
         let Some(written) = &spec.route else {
-            return spec.name.value.clone();
+            return vec![spec.name.value.clone()];
         };
-        if !is_route(&written.value) {
-            let route = written.value.clone();
+        if written.value.0.is_empty() {
+            let route = String::new();
             self.report(Naming::InvalidRoute { route }.at(written));
         }
-        written.value.clone()
+        for route in &written.value.0 {
+            if !is_route(route) {
+                let route = route.clone();
+                self.report(Naming::InvalidRoute { route }.at(written));
+            }
+        }
+        written.value.0.clone()
     }
 
     fn check_routing(&mut self, spec: &SpecFile) {
         let discriminator = spec.routing.as_ref().and_then(|r| r.discriminator.as_ref());
-        if let Some(d) = discriminator
-            && let Err(p) = parse_pointer(d)
-        {
-            self.report(p);
+        if let Some(d) = discriminator {
+            if d.value.0.is_empty() {
+                let raw = String::new();
+                self.report(Naming::NotAPointer { raw }.at(d));
+            }
+            for pointer in items(d) {
+                if let Err(p) = parse_pointer(&pointer) {
+                    self.report(p);
+                }
+            }
         }
-        let mut routes: HashMap<String, &Spanned<String>> = HashMap::new();
+        let mut routes: HashSet<String> = HashSet::new();
         for root in &spec.entities {
-            let at = root.route.as_ref().unwrap_or(&root.name);
-            let route = at.value.clone();
-            if routes.insert(route.clone(), at).is_some() {
-                self.report(Naming::AmbiguousRoute { route }.at(at));
+            let written = match &root.route {
+                Some(route) => items(route),
+                None => vec![root.name.clone()],
+            };
+            for at in written {
+                let route = at.value.clone();
+                if !routes.insert(route.clone()) {
+                    self.report(Naming::AmbiguousRoute { route }.at(&at));
+                }
             }
         }
     }

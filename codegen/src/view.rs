@@ -7,7 +7,8 @@ use std::fmt::Display;
 use serde::Serialize;
 
 use crate::model::{
-    Entity, Field, FieldType, Operation, OperationKind, Pointer, Project, WriteMode,
+    Entity, Field, FieldType, Operation, OperationKind, Pointer, Project, Source, TimeFormat,
+    WriteMode,
 };
 use crate::types::Reader;
 
@@ -15,6 +16,8 @@ use crate::types::Reader;
 #[derive(Debug, Clone, Serialize)]
 pub struct FieldView {
     pub name: String,
+    /// The column's SQL name.
+    pub column: String,
     pub doc: Option<String>,
     /// Type of the model's field (`Option<…>` when nullable).
     pub rust_type: String,
@@ -48,7 +51,8 @@ pub struct ChildView {
     pub const_name: String,
     /// (child column, parent column) pairs.
     pub parent_key: Vec<(String, String)>,
-    /// Rust string literals of the JSON pointer tokens of its rows' array.
+    /// Rust string literals of the JSON pointer tokens of its rows (an array or an
+    /// object).
     pub tokens: Vec<String>,
     pub source: String,
 }
@@ -97,10 +101,12 @@ pub struct EntityView {
     pub const_name: String,
     pub table: String,
     pub doc: Option<String>,
-    pub route: Option<String>,
+    /// Rust string literals of the routes of a root entity.
+    pub routes: Vec<String>,
     pub fields: Vec<FieldView>,
     /// The key fields, in key order (what a delete reads).
     pub key_fields: Vec<FieldView>,
+    /// Column names of the upsert key, the primary key, unique keys.
     pub key: Vec<String>,
     pub primary_key: Vec<String>,
     /// The table's Rust name in the Diesel schema, and its primary key there.
@@ -127,6 +133,10 @@ pub struct EntityView {
     pub has_docs: bool,
     /// Whether any field is read from the body (not all from the parent).
     pub reads_body: bool,
+    /// Whether any field is read from the message's metadata.
+    pub reads_metadata: bool,
+    /// Whether a key or version field is (what a delete reads).
+    pub delete_reads_metadata: bool,
 }
 
 /// A Rust string literal for arbitrary text.
@@ -243,6 +253,26 @@ fn reader(field: &Field, statics: &mut Statics) -> String {
         None => function.to_owned(),
         Some(arguments) => format!("|v, at| {function}(v, at, {arguments})"),
     };
+    if !field.formats.is_empty() {
+        let formats: Vec<String> = field
+            .formats
+            .iter()
+            .map(|format| match format {
+                TimeFormat::Rfc3339 => "p::TimeFormat::Rfc3339".to_owned(),
+                TimeFormat::UnixSeconds => "p::TimeFormat::UnixSeconds".to_owned(),
+                TimeFormat::UnixMillis => "p::TimeFormat::UnixMillis".to_owned(),
+                TimeFormat::Pattern(pattern) => {
+                    format!("p::TimeFormat::Pattern({})", rust_string(pattern))
+                }
+            })
+            .collect();
+        let function = if field.field_type == FieldType::Date {
+            "p::date_as"
+        } else {
+            "p::timestamp_as"
+        };
+        return format!("|v, at| {function}(v, at, &[{}])", formats.join(", "));
+    }
     match info.reader {
         Reader::Plain(function) => function.to_owned(),
         Reader::Integer => match integer_range(field, info.rust) {
@@ -294,15 +324,21 @@ fn reader(field: &Field, statics: &mut Statics) -> String {
     }
 }
 
-/// The field's JSON pointer tokens as a Rust slice expression.
-fn tokens(field: &Field) -> String {
-    format!("&[{}]", literals(&field.source.tokens).join(", "))
+/// The JSON pointer tokens of a body source as a Rust slice expression.
+fn tokens(pointer: &Pointer) -> String {
+    format!("&[{}]", literals(&pointer.tokens).join(", "))
 }
 
 /// The expression reading a field of a patch: only when the body has it (JSON null
-/// included), and then without the default.
-fn patch_expression(field: &Field, reader: &str) -> String {
-    let tokens = tokens(field);
+/// included), and then without the default. Metadata is always part of a patch.
+fn patch_expression(field: &Field, reader: &str, statics: &mut Statics) -> String {
+    let Source::Body(pointer) = &field.source else {
+        return format!(
+            "Some(sql::Value::from({}))",
+            parse_expression(field, reader, statics)
+        );
+    };
+    let tokens = tokens(pointer);
     let read = if field.nullable {
         format!("p::optional_field(body, path, {tokens}, {reader})?")
     } else {
@@ -310,13 +346,17 @@ fn patch_expression(field: &Field, reader: &str) -> String {
     };
     format!(
         "match body.pointer({}) {{ None => None, Some(_) => Some(sql::Value::from({read})) }}",
-        rust_string(&field.source.text)
+        rust_string(&pointer.text)
     )
 }
 
-/// The expression reading a field from the body: required, nullable or defaulted.
+/// The expression reading a field from the body or the metadata: required, nullable or
+/// defaulted.
 fn parse_expression(field: &Field, reader: &str, statics: &mut Statics) -> String {
-    let tokens = tokens(field);
+    let (from, tokens) = match &field.source {
+        Source::Body(pointer) => ("field", format!("body, path, {}", tokens(pointer))),
+        Source::Metadata { item } => ("meta", format!("meta, {}", rust_string(item.name()))),
+    };
     // Defaults live in statics; the JSON path is only built when a value is refused.
     let default = field.default.as_ref().map(|default| {
         statics.lazy(
@@ -329,12 +369,12 @@ fn parse_expression(field: &Field, reader: &str, statics: &mut Statics) -> Strin
         )
     });
     match default {
-        None if field.nullable => format!("p::optional_field(body, path, {tokens}, {reader})?"),
-        None => format!("p::field(body, path, {tokens}, {reader})?"),
+        None if field.nullable => format!("p::optional_{from}({tokens}, {reader})?"),
+        None => format!("p::{from}({tokens}, {reader})?"),
         Some(default) if field.nullable => {
-            format!("Some(p::field_or(body, path, {tokens}, &{default}, {reader})?)")
+            format!("Some(p::{from}_or({tokens}, &{default}, {reader})?)")
         }
-        Some(default) => format!("p::field_or(body, path, {tokens}, &{default}, {reader})?"),
+        Some(default) => format!("p::{from}_or({tokens}, &{default}, {reader})?"),
     }
 }
 
@@ -361,10 +401,12 @@ fn field_view(entity: &Entity, field: &Field) -> FieldView {
         Some(parent_field) => (format!("parent.{parent_field}{clone}"), String::new()),
         None => {
             let reader = reader(field, &mut statics);
-            (
-                parse_expression(field, &reader, &mut statics),
-                patch_expression(field, &reader),
-            )
+            let parse = parse_expression(field, &reader, &mut statics);
+            let mut patch_statics = Statics {
+                prefix: statics.prefix.clone(),
+                items: Vec::new(),
+            };
+            (parse, patch_expression(field, &reader, &mut patch_statics))
         }
     };
     let optional = |t: &str| {
@@ -376,6 +418,7 @@ fn field_view(entity: &Entity, field: &Field) -> FieldView {
     };
     FieldView {
         name: field.name.clone(),
+        column: field.column.clone(),
         doc: doc_text(&field.description),
         rust_type: optional(info.rust),
         parse,
@@ -531,7 +574,16 @@ fn child_views(project: &Project, entity: &Entity) -> Vec<ChildView> {
                 name: child.name.clone(),
                 type_name: child.type_name.clone(),
                 const_name: child.name.to_uppercase(),
-                parent_key: link.keys.clone(),
+                parent_key: (link.keys.iter())
+                    .map(|(field, from)| {
+                        let column = |entity: &Entity, name: &str| {
+                            entity
+                                .field(name)
+                                .map_or_else(|| name.to_owned(), |f| f.column.clone())
+                        };
+                        (column(child, field), column(entity, from))
+                    })
+                    .collect(),
                 tokens: literals(&link.source.tokens),
                 source: link.source.text.clone(),
             }
@@ -575,23 +627,26 @@ pub fn entity_view(project: &Project, entity: &Entity) -> EntityView {
         const_name: entity.name.to_uppercase(),
         table: entity.table.clone(),
         doc: doc_text(&entity.description),
-        route: entity.route.clone(),
+        routes: literals(&entity.routes),
         key_fields: fields_named(&fields, &entity.upsert_key, false),
         diesel_primary_key: fields_named(&fields, &entity.primary_key, true)
             .into_iter()
             .map(|f| f.name)
             .collect(),
         fields,
-        key: entity.upsert_key.clone(),
-        primary_key: entity.primary_key.clone(),
+        key: entity.columns(&entity.upsert_key),
+        primary_key: entity.columns(&entity.primary_key),
         diesel_table,
-        unique,
+        unique: unique.iter().map(|u| entity.columns(u)).collect(),
         indexes: entity
             .indexes
             .iter()
-            .map(|columns| IndexView {
-                name: index_name(&entity.table, columns),
-                columns: columns.clone(),
+            .map(|fields| {
+                let columns = entity.columns(fields);
+                IndexView {
+                    name: index_name(&entity.table, &columns),
+                    columns,
+                }
             })
             .collect(),
         write_mode: match entity.write {
@@ -622,7 +677,15 @@ pub fn entity_view(project: &Project, entity: &Entity) -> EntityView {
         // A child whose fields all come from its parent read neither `body` nor `path`,
         // and the unused parameters failed the build under -D warnings (found by
         // tests/fuzz.rs).
-        reads_body: entity.fields.iter().any(|f| !f.from_parent),
+        reads_body: entity
+            .fields
+            .iter()
+            .any(|f| !f.from_parent && matches!(f.source, Source::Body(_))),
+        reads_metadata: entity.reads_metadata(),
+        delete_reads_metadata: entity.fields.iter().any(|f| {
+            (entity.upsert_key.contains(&f.name) || entity.version.as_ref() == Some(&f.name))
+                && matches!(f.source, Source::Metadata { .. })
+        }),
     }
 }
 
@@ -634,12 +697,14 @@ mod tests {
     fn field(field_type: FieldType, min: Option<f64>, max: Option<f64>) -> Field {
         Field {
             name: "n".into(),
+            column: "n".into(),
             field_type,
             nullable: false,
-            source: Pointer {
+            source: Source::Body(Pointer {
                 text: "/n".into(),
                 tokens: vec!["n".into()],
-            },
+            }),
+            formats: Vec::new(),
             default: None,
             checks: Checks {
                 min,

@@ -36,6 +36,10 @@ diagnostics_snapshot!(hostile_names_never_reach_rust_or_sql, "hostile_names.yaml
 diagnostics_snapshot!(children_must_link_to_their_parent, "children.yaml");
 diagnostics_snapshot!(versions_patches_and_reserved_columns, "versions.yaml");
 diagnostics_snapshot!(
+    metadata_formats_columns_and_routes_that_cannot_work,
+    "real_world.yaml"
+);
+diagnostics_snapshot!(
     unknown_keys_and_other_problems_are_reported_together,
     "unknown_and_semantic.yaml"
 );

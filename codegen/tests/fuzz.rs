@@ -650,6 +650,8 @@ const NAMES: &[&str] = &[
     "path",
     "parent",
     "item",
+    "item_path",
+    "meta",
     "index",
     "own",
     "operation",
@@ -717,6 +719,35 @@ fn pointer() -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// Where a field's value may come from: mostly the body, now and then all of it, the
+/// message's metadata, or metadata that does not exist.
+fn source() -> BoxedStrategy<String> {
+    prop_oneof![
+        20 => pointer(),
+        2 => Just(String::new()),
+        4 => select(&["$message_id", "$received_at", "$idempotency_key", "$entity", "$request_id"][..])
+            .prop_map(str::to_owned),
+        1 => select(&["$", "$header", "$message", "$MESSAGE_ID"][..]).prop_map(str::to_owned),
+    ]
+    .boxed()
+}
+
+/// Timestamp and date formats, with patterns chrono refuses and names nomnom does not know.
+const FORMATS: &[&str] = &[
+    "rfc3339",
+    "unix_seconds",
+    "unix_millis",
+    "%Y-%m-%d %H:%M:%S UTC",
+    "%Y-%m-%d %H:%M:%S %z",
+    "%d/%m/%Y",
+    "%d.%m.%Y %H:%M",
+    "%s",
+    "%Y-%q",
+    "%H:%M",
+    "iso",
+    "%",
+];
+
 const NUMBERS: &[&str] = &[
     "0",
     "1",
@@ -766,9 +797,11 @@ const PATTERNS: &[&str] = &[
 #[derive(Debug, Clone)]
 struct FieldSpec {
     name: String,
+    column: Option<String>,
     ty: &'static str,
     nullable: Option<bool>,
     source: Option<String>,
+    format: Vec<&'static str>,
     description: Option<String>,
     default: Option<String>,
     min: Option<&'static str>,
@@ -787,9 +820,22 @@ fn field() -> BoxedStrategy<FieldSpec> {
             ident(),
             select(field_types()),
             prop::option::weighted(0.4, any::<bool>()),
-            prop::option::weighted(0.2, pointer()),
+            prop::option::weighted(0.2, source()),
             prop::option::weighted(0.2, text()),
             prop::option::weighted(0.2, 0u8..8),
+            prop::option::weighted(
+                0.1,
+                prop_oneof![
+                    4 => ident(),
+                    2 => select(&["type", "ref", "match", "self"][..]).prop_map(str::to_owned),
+                    1 => Just("nomnom_x".to_owned()),
+                ],
+            ),
+            prop_oneof![
+                6 => Just(Vec::new()),
+                1 => prop::collection::vec(select(&FORMATS[..9]), 1..3),
+                1 => prop::collection::vec(select(FORMATS), 0..3),
+            ],
         ),
         (
             prop::option::weighted(0.3, number()),
@@ -811,9 +857,10 @@ fn field() -> BoxedStrategy<FieldSpec> {
     )
         .prop_map(
             |(
-                (name, ty, nullable, source, description, default),
+                (name, ty, nullable, source, description, default, column, format),
                 (min, max, min_length, max_length, precision, scale, pattern, allowed, misplace),
             )| {
+                let timely = matches!(ty, "timestamptz" | "timestamp" | "date");
                 let numeric = matches!(ty, "i16" | "i32" | "i64" | "f32" | "f64" | "decimal");
                 let textual = matches!(ty, "string" | "text");
                 // Now and then a key that does not apply to the type.
@@ -849,9 +896,15 @@ fn field() -> BoxedStrategy<FieldSpec> {
                 });
                 FieldSpec {
                     name,
+                    column,
                     ty,
                     nullable,
                     source,
+                    format: if timely || misplaced {
+                        format
+                    } else {
+                        Vec::new()
+                    },
                     description,
                     default,
                     min: min.filter(|_| numeric || misplaced),
@@ -920,7 +973,7 @@ struct EntitySpec {
     name: String,
     table: Option<String>,
     description: Option<String>,
-    route: Option<String>,
+    route: Option<Vec<String>>,
     write: Option<&'static str>,
     primary_key: Vec<String>,
     upsert_key: Vec<String>,
@@ -949,7 +1002,10 @@ fn entity(depth: u32) -> BoxedStrategy<EntitySpec> {
             ident(),
             prop::option::weighted(0.2, ident()),
             prop::option::weighted(0.2, text()),
-            prop::option::weighted(0.2, prop_oneof![30 => "[A-Za-z0-9_-]{1,12}", 1 => text()]),
+            prop::option::weighted(
+                0.2,
+                prop::collection::vec(prop_oneof![30 => "[A-Za-z0-9_-]{1,12}", 1 => text()], 0..3),
+            ),
             prop::option::weighted(
                 0.6,
                 prop_oneof![
@@ -962,6 +1018,7 @@ fn entity(depth: u32) -> BoxedStrategy<EntitySpec> {
             prop_oneof![
                 30 => prop::collection::vec(field(), 1..7),
                 1 => prop::collection::vec(field(), 28..34),
+                1 => prop::collection::vec(field(), 125..131),
             ],
             prop::option::weighted(0.25, operation()),
             children,
@@ -1052,9 +1109,11 @@ fn settle(entity: &mut EntitySpec, parent: Option<&EntitySpec>) {
     if !entity.fields.iter().any(can_be_key) {
         entity.fields.push(FieldSpec {
             name: "key_id".into(),
+            column: None,
             ty: "i64",
             nullable: None,
             source: None,
+            format: Vec::new(),
             description: None,
             default: None,
             min: None,
@@ -1128,7 +1187,7 @@ fn settle(entity: &mut EntitySpec, parent: Option<&EntitySpec>) {
 struct Spec {
     project: String,
     description: Option<String>,
-    discriminator: Option<String>,
+    discriminator: Option<Vec<String>>,
     entities: Vec<EntitySpec>,
 }
 
@@ -1141,7 +1200,7 @@ fn spec() -> BoxedStrategy<Spec> {
             1 => text(),
         ],
         prop::option::weighted(0.3, text()),
-        prop::option::weighted(0.2, pointer()),
+        prop::option::weighted(0.2, prop::collection::vec(pointer(), 0..3)),
         prop::collection::vec(entity(2), 1..4),
     )
         .prop_map(|(project, description, discriminator, mut entities)| {
@@ -1182,6 +1241,14 @@ fn yaml_string(text: &str) -> String {
     out
 }
 
+/// One item as a scalar, any other number of them as a list.
+fn yaml_one_or_many(items: &[String]) -> String {
+    match items {
+        [one] => yaml_string(one),
+        _ => yaml_list(items),
+    }
+}
+
 fn yaml_list(items: &[String]) -> String {
     let items: Vec<String> = items.iter().map(|s| yaml_string(s)).collect();
     format!("[{}]", items.join(", "))
@@ -1194,7 +1261,7 @@ impl Spec {
             let _ = writeln!(out, "description: {}", yaml_string(d));
         }
         if let Some(d) = &self.discriminator {
-            let _ = writeln!(out, "routing:\n  discriminator: {}", yaml_string(d));
+            let _ = writeln!(out, "routing:\n  discriminator: {}", yaml_one_or_many(d));
         }
         out.push_str("entities:\n");
         for e in &self.entities {
@@ -1218,7 +1285,7 @@ impl EntitySpec {
             key("description", yaml_string(d));
         }
         if let Some(r) = &self.route {
-            key("route", yaml_string(r));
+            key("route", yaml_one_or_many(r));
         }
         if let Some(w) = self.write {
             key("write", w.to_owned());
@@ -1275,6 +1342,13 @@ impl EntitySpec {
             }
             if let Some(s) = &f.source {
                 parts.push(format!("source: {}", yaml_string(s)));
+            }
+            if let Some(c) = &f.column {
+                parts.push(format!("column: {}", yaml_string(c)));
+            }
+            if !f.format.is_empty() {
+                let formats: Vec<String> = f.format.iter().map(|s| (*s).to_owned()).collect();
+                parts.push(format!("format: {}", yaml_one_or_many(&formats)));
             }
             if let Some(d) = &f.description {
                 parts.push(format!("description: {}", yaml_string(d)));

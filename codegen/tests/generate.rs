@@ -9,7 +9,17 @@ use std::path::{Path, PathBuf};
 use common::{cargo_workspace, clippy_workspace, runtime_dir, workspace_root, write_crate};
 use nomnom_codegen::render::{Databases, RenderOptions, RuntimeDependency, render};
 
-const FIXTURES: &[&str] = &["flat", "all_types", "nested", "operations", "routed"];
+const FIXTURES: &[&str] = &[
+    "flat",
+    "all_types",
+    "nested",
+    "operations",
+    "routed",
+    "shapes",
+];
+
+/// Fixtures with a `behaviour.rs`: tests of their generated parsers, run.
+const BEHAVIOURS: &[&str] = &["operations", "shapes"];
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -88,32 +98,35 @@ fn every_fixture_compiles_without_warnings() {
     );
 }
 
-/// The parsers of the `operations` fixture, run: what each operation puts in its change
-/// (tests/fixtures/operations/behaviour.rs, compiled as a test of the generated crate).
+/// The parsers of the fixtures with a `behaviour.rs`, run: what each message becomes
+/// (tests/fixtures/<fixture>/behaviour.rs, compiled as a test of the generated crate).
 #[test]
-fn operations_parse_into_their_changes() {
+fn fixture_parsers_behave() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = runtime_dir();
-    let files = generate(
-        "operations",
-        RuntimeDependency::Path(runtime.display().to_string()),
-    );
-    write_crate(dir.path(), "operations", &files);
-    let tests = dir.path().join("operations/tests");
-    std::fs::create_dir_all(&tests).unwrap();
-    std::fs::copy(
-        fixtures_dir().join("operations/behaviour.rs"),
-        tests.join("behaviour.rs"),
-    )
-    .unwrap();
+    for fixture in BEHAVIOURS {
+        let files = generate(
+            fixture,
+            RuntimeDependency::Path(runtime.display().to_string()),
+        );
+        write_crate(dir.path(), fixture, &files);
+        let tests = dir.path().join(fixture).join("tests");
+        std::fs::create_dir_all(&tests).unwrap();
+        std::fs::copy(
+            fixtures_dir().join(fixture).join("behaviour.rs"),
+            tests.join("behaviour.rs"),
+        )
+        .unwrap();
+    }
+    let members: Vec<String> = BEHAVIOURS.iter().map(|f| (*f).to_owned()).collect();
     let output = cargo_workspace(
         dir.path(),
-        &["operations".to_owned()],
-        &["test", "--quiet", "--test", "behaviour"],
+        &members,
+        &["test", "--workspace", "--quiet", "--test", "behaviour"],
     );
     assert!(
         output.status.success(),
-        "the operations parsers misbehave:\n{}\n{}",
+        "the generated parsers misbehave:\n{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );

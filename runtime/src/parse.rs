@@ -11,9 +11,11 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {message}", if path.is_empty() { "body" } else { path })]
 pub struct ParseError {
-    /// JSON pointer of the value, `""` for the whole body.
+    /// JSON pointer of the value, `""` for the whole body, or `$name` for metadata.
     pub path: String,
     pub message: String,
+    /// The entity the message was routed to, when routing got that far.
+    pub entity: Option<&'static str>,
 }
 
 impl ParseError {
@@ -21,6 +23,15 @@ impl ParseError {
         Self {
             path: path.into(),
             message: message.into(),
+            entity: None,
+        }
+    }
+
+    /// The error of a message routed to `entity`.
+    pub fn in_entity(self, entity: &'static str) -> Self {
+        Self {
+            entity: Some(entity),
+            ..self
         }
     }
 }
@@ -54,8 +65,80 @@ pub fn join(path: &str, tokens: &[&str]) -> String {
 fn under(path: &str, tokens: &[&str], err: ParseError) -> ParseError {
     ParseError {
         path: join(path, tokens) + &err.path,
-        message: err.message,
+        ..err
     }
+}
+
+/// The message metadata a spec can read (`$message_id`, `$received_at`,
+/// `$idempotency_key`, `$entity`, `$request_id`), as one JSON object, so generated
+/// parsers read them with the same conversions as body fields. Absent items are absent.
+pub fn metadata(envelope: &crate::Envelope) -> Value {
+    let mut map = serde_json::Map::new();
+    map.insert("message_id".into(), envelope.message_id.to_string().into());
+    map.insert(
+        "received_at".into(),
+        (envelope.received_at)
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            .into(),
+    );
+    if let Some(key) = &envelope.idempotency_key {
+        map.insert("idempotency_key".into(), key.as_str().into());
+    }
+    if let Some(entity) = &envelope.entity {
+        map.insert("entity".into(), entity.to_string().into());
+    }
+    if let Some(request_id) = &envelope.request_id {
+        map.insert("request_id".into(), request_id.clone().into());
+    }
+    Value::Object(map)
+}
+
+/// Converts metadata item `name` of `meta` (see [`metadata`]); errors name it `$name`.
+fn convert_meta<T>(
+    value: &Value,
+    name: &str,
+    convert: impl FnOnce(&Value, &str) -> Result<T>,
+) -> Result<T> {
+    convert(value, "").map_err(|err| ParseError {
+        path: format!("${name}"),
+        ..err
+    })
+}
+
+/// A metadata item every message has, or that the field requires.
+pub fn meta<T>(
+    meta: &Value,
+    name: &str,
+    convert: impl FnOnce(&Value, &str) -> Result<T>,
+) -> Result<T> {
+    match meta.get(name) {
+        None => Err(ParseError::new(
+            format!("${name}"),
+            "is required: the message was sent without it",
+        )),
+        Some(value) => convert_meta(value, name, convert),
+    }
+}
+
+/// Like [`meta`], using `default` when the message lacks the item.
+pub fn meta_or<T>(
+    meta: &Value,
+    name: &str,
+    default: &Value,
+    convert: impl FnOnce(&Value, &str) -> Result<T>,
+) -> Result<T> {
+    convert_meta(meta.get(name).unwrap_or(default), name, convert)
+}
+
+/// A metadata item for a nullable field: `None` when the message lacks it.
+pub fn optional_meta<T>(
+    meta: &Value,
+    name: &str,
+    convert: impl FnOnce(&Value, &str) -> Result<T>,
+) -> Result<Option<T>> {
+    (meta.get(name))
+        .map(|value| convert_meta(value, name, convert))
+        .transpose()
 }
 
 /// A required field of `body`, converted by `convert` (called with a path of `""`). The
@@ -385,6 +468,133 @@ pub fn time(value: &Value, path: &str) -> Result<NaiveTime> {
         .map_err(|_| ParseError::new(path, format!("{text:?} is not a time (HH:MM:SS)")))
 }
 
+/// A format a timestamp or date may be written in (the spec's `format:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeFormat {
+    /// `2019-05-15T15:20:41Z`; `2019-05-15` for a date.
+    Rfc3339,
+    /// A JSON number of seconds since 1970-01-01 UTC (fractions allowed).
+    UnixSeconds,
+    /// A JSON number of milliseconds since 1970-01-01 UTC.
+    UnixMillis,
+    /// A chrono strftime pattern; without an offset in it, the time is UTC.
+    Pattern(&'static str),
+}
+
+impl std::fmt::Display for TimeFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Rfc3339 => f.write_str("rfc3339"),
+            Self::UnixSeconds => f.write_str("unix_seconds"),
+            Self::UnixMillis => f.write_str("unix_millis"),
+            Self::Pattern(pattern) => write!(f, "{pattern:?}"),
+        }
+    }
+}
+
+/// A number of `unit`s per second since the epoch as a timestamp, exactly for integers.
+fn from_unix(value: &Value, per_second: i64) -> Option<DateTime<Utc>> {
+    let Value::Number(number) = value else {
+        return None;
+    };
+    if let Some(whole) = number.as_i64() {
+        let seconds = whole.div_euclid(per_second);
+        let nanos = whole.rem_euclid(per_second) * (1_000_000_000 / per_second);
+        return DateTime::from_timestamp(seconds, u32::try_from(nanos).ok()?);
+    }
+    let fractional = number.as_f64()? / per_second as f64;
+    if !fractional.is_finite() || fractional.abs() > 1e12 {
+        return None;
+    }
+    let seconds = fractional.floor();
+    let nanos = ((fractional - seconds) * 1e9).round().min(999_999_999.0);
+    DateTime::from_timestamp(seconds as i64, nanos as u32)
+}
+
+fn timestamp_as_one(value: &Value, format: TimeFormat) -> Option<DateTime<Utc>> {
+    match format {
+        TimeFormat::UnixSeconds => from_unix(value, 1),
+        TimeFormat::UnixMillis => from_unix(value, 1000),
+        TimeFormat::Rfc3339 => DateTime::parse_from_rfc3339(value.as_str()?)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+        TimeFormat::Pattern(pattern) => {
+            let text = value.as_str()?;
+            DateTime::parse_from_str(text, pattern)
+                .map(|t| t.with_timezone(&Utc))
+                .or_else(|_| {
+                    chrono::NaiveDateTime::parse_from_str(text, pattern).map(|t| t.and_utc())
+                })
+                .ok()
+        }
+    }
+}
+
+fn formats_list(formats: &[TimeFormat]) -> String {
+    let names: Vec<String> = formats.iter().map(ToString::to_string).collect();
+    names.join(", ")
+}
+
+/// A value as it was sent, for error messages: strings quoted, others as JSON.
+fn shown(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+/// A timestamp in the first of `formats` that reads it.
+pub fn timestamp_as(value: &Value, path: &str, formats: &[TimeFormat]) -> Result<DateTime<Utc>> {
+    formats
+        .iter()
+        .find_map(|format| timestamp_as_one(value, *format))
+        .ok_or_else(|| {
+            let message = match value {
+                Value::String(_) | Value::Number(_) => format!(
+                    "{} is not a timestamp in the accepted formats ({})",
+                    shown(value),
+                    formats_list(formats)
+                ),
+                other => {
+                    return type_error(
+                        path,
+                        &format!("a timestamp ({})", formats_list(formats)),
+                        other,
+                    );
+                }
+            };
+            ParseError::new(path, message)
+        })
+}
+
+/// A date in the first of `formats` (`Rfc3339` or patterns) that reads it.
+pub fn date_as(value: &Value, path: &str, formats: &[TimeFormat]) -> Result<NaiveDate> {
+    let text = value.as_str().ok_or_else(|| {
+        type_error(
+            path,
+            &format!("a date string ({})", formats_list(formats)),
+            value,
+        )
+    })?;
+    formats
+        .iter()
+        .find_map(|format| match format {
+            TimeFormat::Rfc3339 => NaiveDate::parse_from_str(text, "%Y-%m-%d").ok(),
+            TimeFormat::Pattern(pattern) => NaiveDate::parse_from_str(text, pattern).ok(),
+            TimeFormat::UnixSeconds | TimeFormat::UnixMillis => None,
+        })
+        .ok_or_else(|| {
+            ParseError::new(
+                path,
+                format!(
+                    "{text:?} is not a date in the accepted formats ({})",
+                    formats_list(formats)
+                ),
+            )
+        })
+}
+
 pub fn timestamp(value: &Value, path: &str) -> Result<DateTime<Utc>> {
     let text = value
         .as_str()
@@ -413,6 +623,21 @@ pub fn array<'a>(value: Option<&'a Value>, path: &str) -> Result<&'a [Value]> {
         None => Ok(&[]),
         Some(Value::Array(items)) => Ok(items),
         Some(other) => Err(type_error(path, "an array", other)),
+    }
+}
+
+/// A child entity's rows at `value` (found at `path`), each with its own path: one per
+/// element of an array, one for an object, none when absent or null.
+pub fn rows<'a>(value: Option<&'a Value>, path: &str) -> Result<Vec<(&'a Value, String)>> {
+    match value {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => Ok(items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| (item, format!("{path}/{index}")))
+            .collect()),
+        Some(object @ Value::Object(_)) => Ok(vec![(object, path.to_owned())]),
+        Some(other) => Err(type_error(path, "an array or an object", other)),
     }
 }
 

@@ -1,7 +1,10 @@
 //! Real GitHub webhook deliveries (the examples GitHub's own Octokit ships in the npm
 //! package @octokit/webhooks-examples, fetched by scripts/install-deps.sh) through
 //! nats-api and the generated `github` worker (examples/github), on SQLite and PostgreSQL:
-//! keyed operations end in stream order, and an older version of an issue is skipped.
+//! keyed operations end in stream order, and an older version of an issue is skipped;
+//! real-world shapes become rows (message metadata, Unix timestamps, a column named by a
+//! Rust keyword, the whole body as JSON, an object child, an array of strings as rows, a
+//! 45-column table, an entity with two routes).
 
 mod common;
 
@@ -17,6 +20,16 @@ use serde_json::Value;
 
 /// The deliveries of one event (`star`, `issues`) with `action`, in the package's order.
 fn deliveries(event: &str, action: &str) -> Vec<Value> {
+    let found: Vec<Value> = all_deliveries(event)
+        .into_iter()
+        .filter(|x| x["action"] == action)
+        .collect();
+    assert!(!found.is_empty(), "no {event}.{action} example");
+    found
+}
+
+/// Every delivery of one event, in the package's order.
+fn all_deliveries(event: &str) -> Vec<Value> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../.tools/webhooks-examples/7.6.1/api.github.com/index.json"
@@ -25,15 +38,12 @@ fn deliveries(event: &str, action: &str) -> Vec<Value> {
         panic!("cannot read {path} ({e}): run scripts/install-deps.sh to fetch @octokit/webhooks-examples")
     });
     let events: Vec<Value> = serde_json::from_str(&text).unwrap();
-    let found: Vec<Value> = events
+    events
         .iter()
         .filter(|e| e["name"] == event)
         .flat_map(|e| e["examples"].as_array().unwrap().iter())
-        .filter(|x| x["action"] == action)
         .cloned()
-        .collect();
-    assert!(!found.is_empty(), "no {event}.{action} example");
-    found
+        .collect()
 }
 
 struct Pipeline {
@@ -194,8 +204,9 @@ async fn deliveries_end_in_order(database_url: String) {
     assert_eq!(count(&database_url, "SELECT count(*) AS n FROM star"), 1);
 
     // GitHub delivers out of order: the unlock (15:20:28) arrives before the lock
-    // (15:20:27) and the opening (15:20:18).
-    let unlocked = p.post("issue", &deliveries("issues", "unlocked")[0]).await;
+    // (15:20:27) and the opening (15:20:18). `issues` (GitHub's event name) and `issue`
+    // both route to the entity.
+    let unlocked = p.post("issues", &deliveries("issues", "unlocked")[0]).await;
     assert_eq!(p.outcome(&unlocked).await["status"], "persisted");
     for action in ["locked", "opened"] {
         let older = p.post("issue", &deliveries("issues", action)[0]).await;
@@ -230,4 +241,142 @@ async fn github_deliveries_end_in_order_on_sqlite() {
 async fn github_deliveries_end_in_order_on_postgres() {
     let postgres = Postgres::start();
     deliveries_end_in_order(postgres.create_database("github")).await;
+}
+
+/// A timestamp as each database returns it in SQL text comparisons.
+fn timestamp_literal(database_url: &str, rfc3339: &str) -> String {
+    if database_url.starts_with("sqlite:") {
+        // Stored as RFC 3339 text with microseconds.
+        format!("'{}.000000Z'", rfc3339.trim_end_matches('Z'))
+    } else {
+        format!("'{rfc3339}'")
+    }
+}
+
+/// Every push and pull request delivery of the package, through the worker: each shape
+/// the spec reads lands in its column.
+async fn shapes_become_rows(database_url: String) {
+    let nats = NatsServer::start();
+    let mut p = Pipeline::start(&nats, &database_url).await;
+    p.start_worker();
+    let sqlite = database_url.starts_with("sqlite:");
+    let ts = |text: &str| timestamp_literal(&database_url, text);
+    let n = |sql: &str| count(&database_url, sql);
+
+    // Pushes: the key is the delivery's message id ($message_id).
+    let pushes = all_deliveries("push");
+    let mut ids = Vec::new();
+    for push in &pushes {
+        let id = p.post("push", push).await;
+        assert_eq!(p.outcome(&id).await["status"], "persisted", "{push}");
+        ids.push(id);
+    }
+    assert_eq!(n("SELECT count(*) AS n FROM push"), pushes.len() as i64);
+    let first = &ids[0];
+    // GitHub sends `pushed_at` and `created_at` as Unix seconds, `updated_at` as text.
+    let pushed_at = ts("2019-05-15T15:20:57Z");
+    let created_at = ts("2019-05-15T15:19:25Z");
+    let updated_at = ts("2019-05-15T15:20:41Z");
+    let payload_ref = if sqlite {
+        "json_extract(payload, '$.ref')"
+    } else {
+        "payload->>'ref'"
+    };
+    assert_eq!(
+        n(&format!(
+            "SELECT count(*) AS n FROM push WHERE delivery = '{first}' \
+             AND \"ref\" = 'refs/tags/simple-tag' AND pushed_at = {pushed_at} \
+             AND repository_created_at = {created_at} AND repository_updated_at = {updated_at} \
+             AND {payload_ref} = 'refs/tags/simple-tag' AND received_at IS NOT NULL \
+             AND idempotency_key IS NULL"
+        )),
+        1,
+        "the first push's row holds its metadata, timestamps, ref and whole body"
+    );
+    // A head commit is an object: one row when the push has one, none when it is null.
+    let with_head = pushes
+        .iter()
+        .filter(|p| p["head_commit"].is_object())
+        .count();
+    assert!(with_head > 0 && with_head < pushes.len());
+    assert_eq!(n("SELECT count(*) AS n FROM head_commit"), with_head as i64);
+    assert_eq!(
+        n(&format!(
+            "SELECT count(*) AS n FROM head_commit WHERE delivery = '{first}' \
+             AND sha = '6113728f27ae82c7b1a177c8d03f9e96e0adf246' \
+             AND committed_at = {updated_at}"
+        )),
+        1
+    );
+    // Commits are an array of objects, the files each added an array of strings.
+    let commits: usize = pushes
+        .iter()
+        .map(|p| p["commits"].as_array().unwrap().len())
+        .sum();
+    let added: usize = pushes
+        .iter()
+        .flat_map(|p| p["commits"].as_array().unwrap())
+        .map(|c| c["added"].as_array().unwrap().len())
+        .sum();
+    assert!(commits > 0 && added > 0);
+    assert_eq!(n("SELECT count(*) AS n FROM push_commit"), commits as i64);
+    assert_eq!(
+        n("SELECT count(*) AS n FROM added_file WHERE path = 'README.md'"),
+        added as i64
+    );
+
+    // Pull requests: 43 fields, one row per pull request, the newest state kept.
+    let pulls = all_deliveries("pull_request");
+    let ids = p.post_batch("pull_request", &pulls).await;
+    for (id, pull) in ids.iter().zip(&pulls) {
+        let status = p.outcome(id).await["status"].clone();
+        assert!(
+            status == "persisted" || status == "skipped_stale",
+            "pull_request.{}: {status}",
+            pull["action"]
+        );
+    }
+    let newest = ts("2019-05-15T15:21:18Z");
+    assert_eq!(
+        n(&format!(
+            "SELECT count(*) AS n FROM pull_request WHERE id = 279147437 \
+             AND updated_at = {newest} AND head_ref = 'changes' AND additions = 1"
+        )),
+        1
+    );
+
+    // A push whose Unix time is text is refused with the path and the formats, and its
+    // status names the entity it was routed to.
+    let mut bad = pushes[0].clone();
+    bad["repository"]["pushed_at"] = Value::from("yesterday");
+    let id = p.post("push", &bad).await;
+    let outcome = p.outcome(&id).await;
+    assert_eq!(outcome["status"], "dead_lettered", "{outcome}");
+    assert_eq!(outcome["entity"], "push", "{outcome}");
+    let error = outcome["error"].as_str().unwrap();
+    assert!(
+        error.contains("/repository/pushed_at") && error.contains("unix_seconds"),
+        "{error}"
+    );
+    // Routed by GitHub's event name, an issue's status names the entity, not the route.
+    let id = p.post("issues", &deliveries("issues", "opened")[0]).await;
+    let outcome = p.outcome(&id).await;
+    assert_eq!(outcome["entity"], "issue", "{outcome}");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_shapes_become_rows_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    shapes_become_rows(format!(
+        "sqlite://{}",
+        dir.path().join("github.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_shapes_become_rows_on_postgres() {
+    let postgres = Postgres::start();
+    shapes_become_rows(postgres.create_database("github")).await;
 }

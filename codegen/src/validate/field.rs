@@ -4,10 +4,10 @@
 use serde_saphyr::Spanned;
 
 use super::MAX_VARCHAR;
-use super::names::{identifier_problem, parse_pointer};
+use super::names::{column_problem, identifier_problem, parse_pointer};
 use super::problem::{FieldRule, Naming, Rule};
 use crate::diagnostics::{Problem, did_you_mean};
-use crate::model::{Checks, Field, FieldType, Pointer};
+use crate::model::{Checks, Field, FieldType, Metadata, Pointer, Source, TimeFormat};
 use crate::spec::FieldSpec;
 
 /// Checks a field and builds it; `None` when it cannot be built (its problems are in
@@ -23,13 +23,26 @@ pub fn field(spec: &FieldSpec, problems: &mut Vec<Problem>) -> Option<Field> {
     problems.extend(pattern(spec, field_type));
     problems.extend(allowed(spec, field_type));
     let source = source(spec).map_err(|p| problems.push(p)).ok();
+    if let Some(Source::Metadata { item }) = &source {
+        problems.extend(metadata(spec, *item, field_type));
+    }
     problems.extend(default(spec, field_type));
+    let formats = formats(spec, field_type, problems);
+    let column = match &spec.column {
+        None => spec.name.value.clone(),
+        Some(column) => {
+            problems.extend(column_problem(column));
+            column.value.clone()
+        }
+    };
     let source = source.filter(|_| name_ok)?;
     Some(Field {
         name: spec.name.value.clone(),
+        column,
         field_type,
         nullable: spec.nullable.as_ref().is_some_and(|n| n.value),
         source,
+        formats,
         default: spec.default.as_ref().map(|d| d.value.clone()),
         checks: checks(spec),
         description: spec.description.clone(),
@@ -224,15 +237,152 @@ fn not_for_type<T>(key: &'static str, spec: &FieldSpec, at: &Spanned<T>) -> Prob
     .at(at)
 }
 
-/// Where the value is in the body: `source`, or the field's name.
-fn source(spec: &FieldSpec) -> Result<Pointer, Problem> {
+/// Where the value is: `source` (a JSON pointer into the body, `""` for all of it, or
+/// `$metadata`), or the body's member of the field's name.
+fn source(spec: &FieldSpec) -> Result<Source, Problem> {
     match &spec.source {
-        Some(s) => parse_pointer(s),
-        None => Ok(Pointer {
+        Some(s) if s.value.is_empty() => Ok(Source::Body(Pointer {
+            text: String::new(),
+            tokens: Vec::new(),
+        })),
+        Some(s) if s.value.starts_with('$') => {
+            let name = &s.value[1..];
+            match Metadata::ALL.iter().find(|m| m.name() == name) {
+                Some(item) => Ok(Source::Metadata { item: *item }),
+                None => Err(FieldRule::UnknownMetadata {
+                    source: s.value.clone(),
+                    suggestion: did_you_mean(name, Metadata::ALL.iter().map(|m| m.name()))
+                        .map(str::to_owned),
+                }
+                .at(s)),
+            }
+        }
+        Some(s) => parse_pointer(s).map(Source::Body),
+        None => Ok(Source::Body(Pointer {
             text: format!("/{}", spec.name.value.replace('~', "~0").replace('/', "~1")),
             tokens: vec![spec.name.value.clone()],
-        }),
+        })),
     }
+}
+
+/// Metadata goes into a field of a type that holds it, and one that some messages lack
+/// into a field that can be empty.
+fn metadata(spec: &FieldSpec, item: Metadata, field_type: FieldType) -> Option<Problem> {
+    let at = spec.source.as_ref()?;
+    let source = format!("${}", item.name());
+    if !item.fits(field_type) {
+        let types = match item {
+            Metadata::MessageId => "uuid, string or text",
+            Metadata::ReceivedAt => "timestamptz, string or text",
+            _ => "string or text",
+        };
+        let type_name = spec.field_type.value.clone();
+        return Some(
+            FieldRule::MetadataType {
+                source,
+                type_name,
+                types,
+            }
+            .at(at),
+        );
+    }
+    let can_be_empty = spec.nullable.as_ref().is_some_and(|n| n.value) || spec.default.is_some();
+    (!item.always_present() && !can_be_empty)
+        .then(|| FieldRule::MetadataMaybeAbsent { source }.at(at))
+}
+
+/// The formats a `timestamptz` or `date` field accepts: names, or strftime patterns that
+/// chrono can parse with.
+fn formats(
+    spec: &FieldSpec,
+    field_type: FieldType,
+    problems: &mut Vec<Problem>,
+) -> Vec<TimeFormat> {
+    let Some(written) = &spec.format else {
+        return Vec::new();
+    };
+    let timestamp = field_type == FieldType::Timestamptz;
+    if !timestamp && field_type != FieldType::Date {
+        let rule = FieldRule::NotForType {
+            key: "format",
+            type_name: spec.field_type.value.clone(),
+            types: "timestamptz and date",
+        };
+        problems.push(rule.at(written));
+        return Vec::new();
+    }
+    if written.value.0.is_empty() {
+        let format = String::new();
+        problems.push(FieldRule::UnknownFormat { format }.at(written));
+    }
+    let mut formats = Vec::new();
+    for text in &written.value.0 {
+        let format = match text.as_str() {
+            "rfc3339" => TimeFormat::Rfc3339,
+            "unix_seconds" if timestamp => TimeFormat::UnixSeconds,
+            "unix_millis" if timestamp => TimeFormat::UnixMillis,
+            "unix_seconds" | "unix_millis" => {
+                let format = text.clone();
+                problems.push(FieldRule::FormatNotForDate { format }.at(written));
+                continue;
+            }
+            pattern if pattern.contains('%') => match time_pattern_problem(pattern, timestamp) {
+                None => TimeFormat::Pattern(pattern.to_owned()),
+                Some(reason) => {
+                    let pattern = pattern.to_owned();
+                    problems.push(FieldRule::InvalidTimePattern { pattern, reason }.at(written));
+                    continue;
+                }
+            },
+            other => {
+                let format = other.to_owned();
+                problems.push(FieldRule::UnknownFormat { format }.at(written));
+                continue;
+            }
+        };
+        formats.push(format);
+    }
+    formats
+}
+
+/// Why chrono could not parse values with `pattern`, if it could not.
+fn time_pattern_problem(pattern: &str, timestamp: bool) -> Option<&'static str> {
+    use chrono::format::{Fixed, Item, Numeric, StrftimeItems};
+    let has = |wanted: &[Numeric]| {
+        StrftimeItems::new(pattern)
+            .any(|item| matches!(item, Item::Numeric(n, _) if wanted.contains(&n)))
+    };
+    let items: Vec<Item> = StrftimeItems::new(pattern).collect();
+    if items.iter().any(|item| matches!(item, Item::Error)) {
+        return Some("unknown or incomplete specifier");
+    }
+    let whole = items.iter().any(|item| {
+        matches!(
+            item,
+            Item::Fixed(Fixed::RFC2822 | Fixed::RFC3339) | Item::Numeric(Numeric::Timestamp, _)
+        )
+    });
+    if whole {
+        return None;
+    }
+    if !has(&[Numeric::Year, Numeric::IsoYear]) && !has(&[Numeric::YearDiv100]) {
+        return Some("no year (%Y)");
+    }
+    if !(has(&[Numeric::Ordinal]) || has(&[Numeric::Month]) && has(&[Numeric::Day])) {
+        let named_month = items.iter().any(|item| {
+            matches!(
+                item,
+                Item::Fixed(Fixed::ShortMonthName | Fixed::LongMonthName)
+            )
+        });
+        if !(named_month && has(&[Numeric::Day])) {
+            return Some("no month and day (%m %d)");
+        }
+    }
+    if timestamp && !has(&[Numeric::Hour, Numeric::Hour12]) {
+        return Some("no hour (%H)");
+    }
+    None
 }
 
 fn default(spec: &FieldSpec, field_type: FieldType) -> Option<Problem> {

@@ -74,6 +74,21 @@ fn identifier_rule(text: &str, what: &str) -> Option<Naming> {
     })
 }
 
+/// Column check: like an identifier, but Rust keywords are fine (columns are only SQL
+/// and Diesel's `#[sql_name]`), and `nomnom_` is nomnom's.
+pub fn column_problem(column: &Spanned<String>) -> Option<Problem> {
+    let rule = match identifier_rule(&column.value, "column name") {
+        Some(Naming::RustKeyword { .. }) | None if column.value.starts_with("nomnom_") => {
+            Some(Naming::NomnomColumnPrefix {
+                column: column.value.clone(),
+            })
+        }
+        Some(Naming::RustKeyword { .. }) | None => None,
+        other => other,
+    };
+    rule.map(|rule| rule.at(column))
+}
+
 /// Best-effort snake_case of arbitrary text, for suggestions.
 fn to_snake(text: &str) -> String {
     let mut out = String::new();

@@ -99,6 +99,9 @@ pub enum Naming {
     DuplicateTable {
         table: String,
     },
+    NomnomColumnPrefix {
+        column: String,
+    },
     NomnomFieldPrefix {
         field: String,
     },
@@ -155,6 +158,9 @@ impl Display for Naming {
                 "table {table:?} uses the prefix sqlite_, which SQLite reserves"
             ),
             DuplicateTable { table } => write!(f, "table {table:?} is used by two entities"),
+            NomnomColumnPrefix { column } => {
+                write!(f, "column {column:?} uses the reserved prefix nomnom_")
+            }
             NomnomFieldPrefix { field } => {
                 write!(f, "field {field:?} uses the reserved prefix nomnom_")
             }
@@ -180,6 +186,7 @@ impl Rule for Naming {
             | ReservedTypeName { .. }
             | NomnomTablePrefix { .. }
             | SqliteTablePrefix { .. }
+            | NomnomColumnPrefix { .. }
             | NomnomFieldPrefix { .. } => "reserved_identifier",
             UnsupportedVersion { .. } => "unsupported_version",
             InvalidProject { .. } => "invalid_project",
@@ -207,9 +214,10 @@ impl Rule for Naming {
             TypeNotIdentifier { .. } => "no letter after the underscores",
             ReservedTypeName { .. } => "reserved type name",
             TypeNameCollision { .. } => "collides after case conversion",
-            NomnomTablePrefix { .. } | SqliteTablePrefix { .. } | NomnomFieldPrefix { .. } => {
-                "reserved prefix"
-            }
+            NomnomTablePrefix { .. }
+            | SqliteTablePrefix { .. }
+            | NomnomColumnPrefix { .. }
+            | NomnomFieldPrefix { .. } => "reserved prefix",
             DuplicateTable { .. } => "already used",
             AmbiguousRoute { .. } => "second entity with this route",
             InvalidRoute { .. } => "not of the form [A-Za-z0-9_-]{1,64}",
@@ -226,7 +234,8 @@ impl Rule for Naming {
             BadCharacters { suggestion, .. } => format!("use lower-case ASCII letters, digits and underscores, for example {suggestion:?}"),
             Wildcard { .. } => "add a letter or digit, for example \"_1\" or \"value\"".to_owned(),
             TooLong { .. } => "PostgreSQL would silently truncate it; choose a shorter name".to_owned(),
-            RustKeyword { text, .. } => format!("choose another name, for example \"{text}_value\"; a field can still read the body's \"{text}\" with `source: /{text}`"),
+            RustKeyword { what, text } if what == "field name" => format!("name the field, for example, \"{text}_\" and keep the column's name with `column: {text}`; the field reads the body's \"{text}\" with `source: /{text}`"),
+            RustKeyword { text, .. } => format!("choose another name, for example \"{text}_value\""),
             UnsupportedVersion { .. } => "this nomnom reads `version: 1`".to_owned(),
             InvalidProject { .. } => "use lower-case ASCII letters and digits, separated by single '-' or '_', starting with a letter, at most 50 characters".to_owned(),
             NoEntities => "add at least one entity under `entities:`".to_owned(),
@@ -237,6 +246,7 @@ impl Rule for Naming {
             NomnomTablePrefix { .. } => "nomnom's own tables start with nomnom_; pick another table name".to_owned(),
             SqliteTablePrefix { .. } => "pick another table name, with `table:` if the entity keeps its name".to_owned(),
             DuplicateTable { .. } => "give one of them another `table:`".to_owned(),
+            NomnomColumnPrefix { .. } => "nomnom names its own columns nomnom_ (nomnom_seq, nomnom_version); choose another column name".to_owned(),
             NomnomFieldPrefix { field } => format!("nomnom names its own columns nomnom_ (nomnom_seq, nomnom_version); rename the field, and read the body's \"{field}\" with `source: /{field}`"),
             AmbiguousRoute { .. } => "give each root entity its own `route`".to_owned(),
             InvalidRoute { .. } => "the API's entity hint allows letters, digits, '_' and '-'; \"_\" alone is reserved".to_owned(),
@@ -618,6 +628,33 @@ pub enum FieldRule {
         value: String,
         type_name: String,
     },
+    UnknownMetadata {
+        source: String,
+        suggestion: Option<String>,
+    },
+    MetadataType {
+        source: String,
+        type_name: String,
+        types: &'static str,
+    },
+    MetadataMaybeAbsent {
+        source: String,
+    },
+    UnknownFormat {
+        format: String,
+    },
+    /// `unix_seconds` or `unix_millis` on a date.
+    FormatNotForDate {
+        format: String,
+    },
+    InvalidTimePattern {
+        pattern: String,
+        reason: &'static str,
+    },
+    DuplicateColumn {
+        column: String,
+        entity: String,
+    },
 }
 
 impl Display for FieldRule {
@@ -646,6 +683,26 @@ impl Display for FieldRule {
             InvalidDefault { value, type_name } => {
                 write!(f, "default {value} does not fit type {type_name}")
             }
+            UnknownMetadata { source, .. } => {
+                write!(f, "{source:?} is not message metadata nomnom knows")
+            }
+            MetadataType {
+                source, type_name, ..
+            } => write!(f, "{source} cannot be stored as type {type_name}"),
+            MetadataMaybeAbsent { source } => write!(
+                f,
+                "{source} is absent from some messages, and the field is neither nullable nor defaulted"
+            ),
+            UnknownFormat { format } => write!(f, "format {format:?} is unknown"),
+            FormatNotForDate { format } => {
+                write!(f, "format {format:?} is for timestamptz, not date")
+            }
+            InvalidTimePattern { pattern, .. } => {
+                write!(f, "format {pattern:?} is not a usable strftime pattern")
+            }
+            DuplicateColumn { column, entity } => {
+                write!(f, "column {column:?} appears twice in {entity:?}")
+            }
         }
     }
 }
@@ -663,6 +720,13 @@ impl Rule for FieldRule {
             EmptyRange { .. } => "empty_range",
             InvalidPattern { .. } => "invalid_pattern",
             InvalidDefault { .. } => "invalid_default",
+            UnknownMetadata { .. } => "unknown_metadata",
+            MetadataType { .. } => "metadata_type",
+            MetadataMaybeAbsent { .. } => "metadata_maybe_absent",
+            UnknownFormat { .. } | FormatNotForDate { .. } | InvalidTimePattern { .. } => {
+                "invalid_format"
+            }
+            DuplicateColumn { .. } => "duplicate_column",
         }
     }
 
@@ -677,6 +741,12 @@ impl Rule for FieldRule {
             EmptyRange { .. } => "min",
             InvalidPattern { .. } => "invalid regex",
             InvalidDefault { .. } => "wrong type",
+            UnknownMetadata { .. } => "unknown metadata",
+            MetadataType { .. } | MetadataMaybeAbsent { .. } => "metadata source",
+            UnknownFormat { .. } => "unknown format",
+            FormatNotForDate { .. } => "not for dates",
+            InvalidTimePattern { reason, .. } => reason,
+            DuplicateColumn { .. } => "second column of this name",
         }
         .to_owned()
     }
@@ -706,6 +776,28 @@ impl Rule for FieldRule {
                 "write a default of the field's type (decimals, dates, times and uuids as strings)"
                     .to_owned()
             }
+            UnknownMetadata { suggestion, .. } => suggest(
+                &suggestion.as_ref().map(|s| format!("${s}")),
+                &format!(
+                    "metadata sources: {}; a JSON pointer into the body starts with '/'",
+                    crate::model::Metadata::ALL
+                        .iter()
+                        .map(|m| format!("${}", m.name()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            MetadataType { source, types, .. } => format!("store {source} as {types}"),
+            MetadataMaybeAbsent { .. } => {
+                "add `nullable: true`, or a `default`".to_owned()
+            }
+            UnknownFormat { .. } => format!(
+                "formats: {}, or a strftime pattern such as \"%Y-%m-%d %H:%M:%S UTC\"",
+                crate::model::TimeFormat::NAMES.join(", ")
+            ),
+            FormatNotForDate { .. } => "a date reads rfc3339 (YYYY-MM-DD) or a strftime pattern such as \"%d/%m/%Y\"; store Unix times as timestamptz".to_owned(),
+            InvalidTimePattern { .. } => "see chrono's strftime specifiers: %Y-%m-%d %H:%M:%S %z, …".to_owned(),
+            DuplicateColumn { .. } => "give one of the fields another `column:`".to_owned(),
         })
     }
 }

@@ -25,6 +25,9 @@ struct Delivery {
     sequence: u64,
     delivered: i64,
     envelope: Option<Envelope>,
+    /// The entity the message was routed to, once routing found one: what its status row
+    /// and dead letter name.
+    entity: Option<&'static str>,
     /// The parsed rows, until they are handed to the writer.
     parsed: Option<Parsed>,
     outcome: Outcome,
@@ -68,23 +71,19 @@ impl Delivery {
             sequence,
             delivered,
             envelope: None,
+            entity: None,
             parsed: None,
             outcome: Outcome::Persist,
         }
     }
 
-    fn status_record(
-        &self,
-        entity: Option<&str>,
-        state: MessageState,
-        error: Option<String>,
-    ) -> StatusRecord {
+    /// The message's status row. Its entity is the entity the message was routed to,
+    /// whatever the outcome; none when the message matched no entity.
+    fn status_record(&self, state: MessageState, error: Option<String>) -> StatusRecord {
         let envelope = self.envelope.as_ref();
         StatusRecord {
             message_id: envelope.map_or_else(uuid::Uuid::nil, |e| e.message_id),
-            entity: entity
-                .map(str::to_owned)
-                .or_else(|| envelope.and_then(|e| e.entity.as_ref().map(|n| n.to_string()))),
+            entity: self.entity.map(str::to_owned),
             status: state,
             attempts: self.delivered as i32,
             error,
@@ -152,19 +151,25 @@ impl<S: EntitySchema> Worker<S> {
             return;
         };
         let parsed = match body_of(&self.js, envelope).await {
-            Err(err) => Err(Outcome::Retry(err.to_string())),
+            Err(err) => Err((None, Outcome::Retry(err.to_string()))),
             Ok(body) => serde_json::from_slice::<Value>(&body)
-                .map_err(|e| format!("body is not JSON: {e}"))
+                .map_err(|e| (None, format!("body is not JSON: {e}")))
                 .and_then(|value| {
                     crate::parse::body_object(&value)
                         .and_then(|()| self.schema.parse(envelope, &value))
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| (e.entity, e.to_string()))
                 })
-                .map_err(Outcome::DeadLetter),
+                .map_err(|(entity, error)| (entity, Outcome::DeadLetter(error))),
         };
         match parsed {
-            Ok(parsed) => delivery.parsed = Some(parsed),
-            Err(outcome) => delivery.outcome = outcome,
+            Ok(parsed) => {
+                delivery.entity = Some(parsed.entity);
+                delivery.parsed = Some(parsed);
+            }
+            Err((entity, outcome)) => {
+                delivery.entity = entity;
+                delivery.outcome = outcome;
+            }
         }
     }
 
@@ -176,8 +181,7 @@ impl<S: EntitySchema> Worker<S> {
             .enumerate()
             .filter_map(|(index, delivery)| {
                 let parsed = delivery.parsed.take()?;
-                let record =
-                    delivery.status_record(Some(parsed.entity), MessageState::Persisted, None);
+                let record = delivery.status_record(MessageState::Persisted, None);
                 Some(Pending {
                     index,
                     record,
@@ -301,8 +305,7 @@ impl<S: EntitySchema> Worker<S> {
             let _ = delivery.message.double_ack().await;
             return;
         }
-        let record =
-            delivery.status_record(None, MessageState::DeadLettered, Some(error.to_owned()));
+        let record = delivery.status_record(MessageState::DeadLettered, Some(error.to_owned()));
         let letter = DeadLetter::new(&record, delivery.sequence, &delivery.message.payload);
         if let Err(err) = self.dead_letters.publish(&letter).await {
             let delay = self.config.retry_delay(delivery.delivered);

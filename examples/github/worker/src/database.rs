@@ -124,3 +124,457 @@ impl Row for crate::models::Issue {
         ]
     }
 }
+
+/// Table `pull_request` (entity `pull_request`).
+pub static PULL_REQUEST: Entity = Entity {
+    table: Table {
+        name: "pull_request",
+        columns: &[
+            Column {
+                name: "id",
+                column_type: ColumnType::I64,
+            },
+            Column {
+                name: "node_id",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "number",
+                column_type: ColumnType::I32,
+            },
+            Column {
+                name: "action",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "repository_id",
+                column_type: ColumnType::I64,
+            },
+            Column {
+                name: "state",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "locked",
+                column_type: ColumnType::Bool,
+            },
+            Column {
+                name: "draft",
+                column_type: ColumnType::Bool,
+            },
+            Column {
+                name: "title",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "body",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "user_id",
+                column_type: ColumnType::I64,
+            },
+            Column {
+                name: "user_login",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "author_association",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "created_at",
+                column_type: ColumnType::Timestamptz,
+            },
+            Column {
+                name: "updated_at",
+                column_type: ColumnType::Timestamptz,
+            },
+            Column {
+                name: "closed_at",
+                column_type: ColumnType::Timestamptz,
+            },
+            Column {
+                name: "merged_at",
+                column_type: ColumnType::Timestamptz,
+            },
+            Column {
+                name: "merged",
+                column_type: ColumnType::Bool,
+            },
+            Column {
+                name: "mergeable",
+                column_type: ColumnType::Bool,
+            },
+            Column {
+                name: "rebaseable",
+                column_type: ColumnType::Bool,
+            },
+            Column {
+                name: "mergeable_state",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "merge_commit_sha",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "merged_by_login",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "maintainer_can_modify",
+                column_type: ColumnType::Bool,
+            },
+            Column {
+                name: "comments",
+                column_type: ColumnType::I32,
+            },
+            Column {
+                name: "review_comments",
+                column_type: ColumnType::I32,
+            },
+            Column {
+                name: "commits",
+                column_type: ColumnType::I32,
+            },
+            Column {
+                name: "additions",
+                column_type: ColumnType::I32,
+            },
+            Column {
+                name: "deletions",
+                column_type: ColumnType::I32,
+            },
+            Column {
+                name: "changed_files",
+                column_type: ColumnType::I32,
+            },
+            Column {
+                name: "head_ref",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "head_sha",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "base_ref",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "base_sha",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "url",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "html_url",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "diff_url",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "patch_url",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "issue_url",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "commits_url",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "comments_url",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "statuses_url",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "received_at",
+                column_type: ColumnType::Timestamptz,
+            },
+            Column {
+                name: nomnom_runtime::change::SEQUENCE_COLUMN,
+                column_type: ColumnType::I64,
+            },
+            Column {
+                name: nomnom_runtime::change::VERSION_COLUMN,
+                column_type: ColumnType::I64,
+            },
+        ],
+        key: &["id"],
+        write: WriteMode::Upsert,
+    },
+    versioned: true,
+    operation: false,
+    children: &[],
+};
+
+impl Row for crate::models::PullRequest {
+    fn values(&self) -> Vec<Value> {
+        vec![
+            self.id.into(),
+            self.node_id.clone().into(),
+            self.number.into(),
+            self.action.clone().into(),
+            self.repository_id.into(),
+            self.state.clone().into(),
+            self.locked.into(),
+            self.draft.into(),
+            self.title.clone().into(),
+            self.body.clone().into(),
+            self.user_id.into(),
+            self.user_login.clone().into(),
+            self.author_association.clone().into(),
+            self.created_at.into(),
+            self.updated_at.into(),
+            self.closed_at.into(),
+            self.merged_at.into(),
+            self.merged.into(),
+            self.mergeable.into(),
+            self.rebaseable.into(),
+            self.mergeable_state.clone().into(),
+            self.merge_commit_sha.clone().into(),
+            self.merged_by_login.clone().into(),
+            self.maintainer_can_modify.into(),
+            self.comments.into(),
+            self.review_comments.into(),
+            self.commits.into(),
+            self.additions.into(),
+            self.deletions.into(),
+            self.changed_files.into(),
+            self.head_ref.clone().into(),
+            self.head_sha.clone().into(),
+            self.base_ref.clone().into(),
+            self.base_sha.clone().into(),
+            self.url.clone().into(),
+            self.html_url.clone().into(),
+            self.diff_url.clone().into(),
+            self.patch_url.clone().into(),
+            self.issue_url.clone().into(),
+            self.commits_url.clone().into(),
+            self.comments_url.clone().into(),
+            self.statuses_url.clone().into(),
+            self.received_at.into(),
+        ]
+    }
+}
+
+/// Table `push` (entity `push`).
+pub static PUSH: Entity = Entity {
+    table: Table {
+        name: "push",
+        columns: &[
+            Column {
+                name: "delivery",
+                column_type: ColumnType::Uuid,
+            },
+            Column {
+                name: "received_at",
+                column_type: ColumnType::Timestamptz,
+            },
+            Column {
+                name: "idempotency_key",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "ref",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "before",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "after",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "repository_id",
+                column_type: ColumnType::I64,
+            },
+            Column {
+                name: "pushed_at",
+                column_type: ColumnType::Timestamptz,
+            },
+            Column {
+                name: "repository_created_at",
+                column_type: ColumnType::Timestamptz,
+            },
+            Column {
+                name: "repository_updated_at",
+                column_type: ColumnType::Timestamptz,
+            },
+            Column {
+                name: "payload",
+                column_type: ColumnType::Json,
+            },
+            Column {
+                name: nomnom_runtime::change::SEQUENCE_COLUMN,
+                column_type: ColumnType::I64,
+            },
+        ],
+        key: &["delivery"],
+        write: WriteMode::Insert,
+    },
+    versioned: false,
+    operation: false,
+    children: &[
+        nomnom_runtime::change::Child {
+            entity: &HEAD_COMMIT,
+            parent_key: &[("delivery", "delivery")],
+        },
+        nomnom_runtime::change::Child {
+            entity: &PUSH_COMMIT,
+            parent_key: &[("delivery", "delivery")],
+        },
+    ],
+};
+
+impl Row for crate::models::Push {
+    fn values(&self) -> Vec<Value> {
+        vec![
+            self.delivery.into(),
+            self.received_at.into(),
+            self.idempotency_key.clone().into(),
+            self.git_ref.clone().into(),
+            self.before.clone().into(),
+            self.after.clone().into(),
+            self.repository_id.into(),
+            self.pushed_at.into(),
+            self.repository_created_at.into(),
+            self.repository_updated_at.into(),
+            self.payload.clone().into(),
+        ]
+    }
+}
+
+/// Table `head_commit` (entity `head_commit`).
+pub static HEAD_COMMIT: Entity = Entity {
+    table: Table {
+        name: "head_commit",
+        columns: &[
+            Column {
+                name: "delivery",
+                column_type: ColumnType::Uuid,
+            },
+            Column {
+                name: "sha",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "message",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "committed_at",
+                column_type: ColumnType::Timestamptz,
+            },
+            Column {
+                name: "author",
+                column_type: ColumnType::Json,
+            },
+        ],
+        key: &["delivery"],
+        write: WriteMode::Insert,
+    },
+    versioned: false,
+    operation: false,
+    children: &[],
+};
+
+impl Row for crate::models::HeadCommit {
+    fn values(&self) -> Vec<Value> {
+        vec![
+            self.delivery.into(),
+            self.sha.clone().into(),
+            self.message.clone().into(),
+            self.committed_at.into(),
+            self.author.clone().into(),
+        ]
+    }
+}
+
+/// Table `push_commit` (entity `push_commit`).
+pub static PUSH_COMMIT: Entity = Entity {
+    table: Table {
+        name: "push_commit",
+        columns: &[
+            Column {
+                name: "delivery",
+                column_type: ColumnType::Uuid,
+            },
+            Column {
+                name: "sha",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "message",
+                column_type: ColumnType::Text,
+            },
+        ],
+        key: &["delivery", "sha"],
+        write: WriteMode::Insert,
+    },
+    versioned: false,
+    operation: false,
+    children: &[nomnom_runtime::change::Child {
+        entity: &ADDED_FILE,
+        parent_key: &[("delivery", "delivery"), ("sha", "sha")],
+    }],
+};
+
+impl Row for crate::models::PushCommit {
+    fn values(&self) -> Vec<Value> {
+        vec![
+            self.delivery.into(),
+            self.sha.clone().into(),
+            self.message.clone().into(),
+        ]
+    }
+}
+
+/// Table `added_file` (entity `added_file`).
+pub static ADDED_FILE: Entity = Entity {
+    table: Table {
+        name: "added_file",
+        columns: &[
+            Column {
+                name: "delivery",
+                column_type: ColumnType::Uuid,
+            },
+            Column {
+                name: "sha",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "path",
+                column_type: ColumnType::Text,
+            },
+        ],
+        key: &["delivery", "sha", "path"],
+        write: WriteMode::Insert,
+    },
+    versioned: false,
+    operation: false,
+    children: &[],
+};
+
+impl Row for crate::models::AddedFile {
+    fn values(&self) -> Vec<Value> {
+        vec![
+            self.delivery.into(),
+            self.sha.clone().into(),
+            self.path.clone().into(),
+        ]
+    }
+}

@@ -11,11 +11,26 @@ pub mod models {
     pub use star::Star;
     pub mod issue;
     pub use issue::Issue;
+    pub mod pull_request;
+    pub use pull_request::PullRequest;
+    pub mod push;
+    pub use push::Push;
+    pub mod head_commit;
+    pub use head_commit::HeadCommit;
+    pub mod push_commit;
+    pub use push_commit::PushCommit;
+    pub mod added_file;
+    pub use added_file::AddedFile;
 }
 
 /// One parser per entity.
 pub mod parsers {
+    pub mod added_file;
+    pub mod head_commit;
     pub mod issue;
+    pub mod pull_request;
+    pub mod push;
+    pub mod push_commit;
     pub mod star;
 }
 
@@ -28,7 +43,7 @@ use nomnom_runtime::{
 use serde_json::Value;
 
 /// The routes this worker accepts, for error messages.
-pub const ROUTES: &str = "star, issue";
+pub const ROUTES: &str = "star, issues, issue, pull_request, push";
 
 /// Routes a message to its entity and parses it into the change it asks for.
 pub fn parse(envelope: &Envelope, body: &Value) -> Result<Parsed, ParseError> {
@@ -43,9 +58,25 @@ pub fn parse(envelope: &Envelope, body: &Value) -> Result<Parsed, ParseError> {
             ));
         }
     };
+    let meta = nomnom_runtime::parse::metadata(envelope);
     let (entity, change) = match route {
-        "star" => ("star", parsers::star::parse_message(body)?),
-        "issue" => ("issue", parsers::issue::parse_message(body)?),
+        "star" => (
+            "star",
+            parsers::star::parse_message(body, &meta).map_err(|e| e.in_entity("star"))?,
+        ),
+        "issues" | "issue" => (
+            "issue",
+            parsers::issue::parse_message(body, &meta).map_err(|e| e.in_entity("issue"))?,
+        ),
+        "pull_request" => (
+            "pull_request",
+            parsers::pull_request::parse_message(body, &meta)
+                .map_err(|e| e.in_entity("pull_request"))?,
+        ),
+        "push" => (
+            "push",
+            parsers::push::parse_message(body, &meta).map_err(|e| e.in_entity("push"))?,
+        ),
         other => {
             return Err(ParseError::new(
                 "",

@@ -30,3 +30,107 @@ diesel::table! {
         nomnom_version -> Int8,
     }
 }
+
+diesel::table! {
+    use diesel::sql_types::*;
+
+    pull_request (id) {
+        id -> Int8,
+        node_id -> Text,
+        number -> Int4,
+        action -> Varchar,
+        repository_id -> Int8,
+        state -> Varchar,
+        locked -> Bool,
+        draft -> Bool,
+        title -> Text,
+        body -> Nullable<Text>,
+        user_id -> Int8,
+        user_login -> Varchar,
+        author_association -> Varchar,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        closed_at -> Nullable<Timestamptz>,
+        merged_at -> Nullable<Timestamptz>,
+        merged -> Nullable<Bool>,
+        mergeable -> Nullable<Bool>,
+        rebaseable -> Nullable<Bool>,
+        mergeable_state -> Nullable<Varchar>,
+        merge_commit_sha -> Nullable<Varchar>,
+        merged_by_login -> Nullable<Varchar>,
+        maintainer_can_modify -> Nullable<Bool>,
+        comments -> Nullable<Int4>,
+        review_comments -> Nullable<Int4>,
+        commits -> Nullable<Int4>,
+        additions -> Nullable<Int4>,
+        deletions -> Nullable<Int4>,
+        changed_files -> Nullable<Int4>,
+        head_ref -> Text,
+        head_sha -> Varchar,
+        base_ref -> Text,
+        base_sha -> Varchar,
+        url -> Text,
+        html_url -> Text,
+        diff_url -> Text,
+        patch_url -> Text,
+        issue_url -> Text,
+        commits_url -> Text,
+        comments_url -> Text,
+        statuses_url -> Text,
+        received_at -> Timestamptz,
+        nomnom_seq -> Int8,
+        nomnom_version -> Int8,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+
+    push (delivery) {
+        delivery -> Uuid,
+        received_at -> Timestamptz,
+        idempotency_key -> Nullable<Varchar>,
+        #[sql_name = "ref"]
+        git_ref -> Text,
+        before -> Varchar,
+        after -> Varchar,
+        repository_id -> Int8,
+        pushed_at -> Timestamptz,
+        repository_created_at -> Timestamptz,
+        repository_updated_at -> Timestamptz,
+        payload -> Jsonb,
+        nomnom_seq -> Int8,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+
+    head_commit (delivery) {
+        delivery -> Uuid,
+        sha -> Varchar,
+        message -> Text,
+        committed_at -> Timestamptz,
+        author -> Jsonb,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+
+    push_commit (delivery, sha) {
+        delivery -> Uuid,
+        sha -> Varchar,
+        message -> Text,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+
+    added_file (delivery, sha, path) {
+        delivery -> Uuid,
+        sha -> Varchar,
+        path -> Text,
+    }
+}

@@ -40,7 +40,7 @@ fn every_tpch_order_and_line_item_round_trips_into_the_models() {
         assert_eq!(change.entity, &database::ORDER);
         assert_eq!(change.op, Op::Create);
         assert_eq!(change.version, None);
-        let order = parsers::order::parse(&message, "").unwrap();
+        let order = parsers::order::parse(&message, "", &Value::Null).unwrap();
         assert_eq!(change.values, all_of(&order));
         assert_eq!(order.o_orderkey, message["o_orderkey"].as_i64().unwrap());
         assert_eq!(
@@ -63,7 +63,7 @@ fn every_tpch_order_and_line_item_round_trips_into_the_models() {
         };
         assert_eq!(rows.len(), expected_items.len());
         for (row, source) in rows.iter().zip(expected_items) {
-            let item = parsers::lineitem::parse(source, "", &order).unwrap();
+            let item = parsers::lineitem::parse(source, "", &Value::Null, &order).unwrap();
             assert_eq!(*row, item.values());
             assert_eq!(
                 item.l_orderkey, order.o_orderkey,
@@ -96,7 +96,7 @@ fn every_tpch_customer_parses() {
     for message in tpch_data::customers(0.01) {
         let change = parse_change(None, &message).unwrap_or_else(|e| panic!("{e}: {message}"));
         assert_eq!(change.entity, &database::CUSTOMER);
-        let customer = parsers::customer::parse(&message, "").unwrap();
+        let customer = parsers::customer::parse(&message, "", &Value::Null).unwrap();
         assert_eq!(change.values, all_of(&customer));
         assert!(change.children.is_empty());
         assert_eq!(customer.c_custkey, message["c_custkey"].as_i64().unwrap());

@@ -37,18 +37,33 @@ pub const ROUTES: &str = "order, customer";
 pub fn parse(envelope: &Envelope, body: &Value) -> Result<Parsed, ParseError> {
     let route: &str = match &envelope.entity {
         Some(entity) => entity.as_str(),
+        // The first discriminator field the body has names the entity.
         None => lookup(body, &["type"])
-            .and_then(Value::as_str)
             .ok_or_else(|| {
                 ParseError::new(
                     "/type",
-                    format!("names no entity: send the message to /api/ingest/message/<entity> or set this field to one of {ROUTES}"),
+                    format!("names no entity: send the message to /api/ingest/message/<entity> or set /type to one of {ROUTES}"),
+                )
+            })?
+            .as_str()
+            .ok_or_else(|| {
+                ParseError::new(
+                    "/type",
+                    format!("expected the entity's route as a string, one of {ROUTES}"),
                 )
             })?,
     };
+    // No field reads the message's metadata.
+    let meta = Value::Null;
     let (entity, change) = match route {
-        "order" => ("order", parsers::order::parse_message(body)?),
-        "customer" => ("customer", parsers::customer::parse_message(body)?),
+        "order" => (
+            "order",
+            parsers::order::parse_message(body, &meta).map_err(|e| e.in_entity("order"))?,
+        ),
+        "customer" => (
+            "customer",
+            parsers::customer::parse_message(body, &meta).map_err(|e| e.in_entity("customer"))?,
+        ),
         other => {
             return Err(ParseError::new(
                 "",

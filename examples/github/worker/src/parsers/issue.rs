@@ -10,8 +10,9 @@ use serde_json::Value;
 
 use crate::models::Issue;
 
-/// Parses one `issue` row found at `path` in the message.
-pub fn parse(body: &Value, path: &str) -> Result<Issue, ParseError> {
+/// Parses one `issue` row found at `path` in the message; `meta` is the
+/// message's metadata (`nomnom_runtime::parse::metadata`).
+pub fn parse(body: &Value, path: &str, _meta: &Value) -> Result<Issue, ParseError> {
     Ok(Issue {
         id: p::field(body, path, &["issue", "id"], p::integer::<i64>)?,
         repository_id: p::field(body, path, &["repository", "id"], p::integer::<i64>)?,
@@ -48,15 +49,20 @@ pub fn parse(body: &Value, path: &str) -> Result<Issue, ParseError> {
 /// A create or upsert of the whole row, with its children.
 pub fn parse_row(
     body: &Value,
+    meta: &Value,
     op: nomnom_runtime::change::Op,
 ) -> Result<nomnom_runtime::change::Change, ParseError> {
-    let row = parse(body, "")?;
+    let row = parse(body, "", meta)?;
     let change = nomnom_runtime::change::Change::row(&crate::database::ISSUE, op, row.values())
         .with_version(row.updated_at.into_version());
     Ok(change)
 }
 
-/// Parses a whole message whose entity is `issue`.
-pub fn parse_message(body: &Value) -> Result<nomnom_runtime::change::Change, ParseError> {
-    parse_row(body, nomnom_runtime::change::Op::Create)
+/// Parses a whole message whose entity is `issue`; `meta` is its metadata
+/// (`nomnom_runtime::parse::metadata`, or `Value::Null` if no field reads any).
+pub fn parse_message(
+    body: &Value,
+    meta: &Value,
+) -> Result<nomnom_runtime::change::Change, ParseError> {
+    parse_row(body, meta, nomnom_runtime::change::Op::Create)
 }

@@ -10,8 +10,9 @@ use serde_json::Value;
 
 use crate::models::Star;
 
-/// Parses one `star` row found at `path` in the message.
-pub fn parse(body: &Value, path: &str) -> Result<Star, ParseError> {
+/// Parses one `star` row found at `path` in the message; `meta` is the
+/// message's metadata (`nomnom_runtime::parse::metadata`).
+pub fn parse(body: &Value, path: &str, _meta: &Value) -> Result<Star, ParseError> {
     Ok(Star {
         repository_id: p::field(body, path, &["repository", "id"], p::integer::<i64>)?,
         user_id: p::field(body, path, &["sender", "id"], p::integer::<i64>)?,
@@ -42,15 +43,20 @@ pub fn parse(body: &Value, path: &str) -> Result<Star, ParseError> {
 /// A create or upsert of the whole row, with its children.
 pub fn parse_row(
     body: &Value,
+    meta: &Value,
     op: nomnom_runtime::change::Op,
 ) -> Result<nomnom_runtime::change::Change, ParseError> {
-    let row = parse(body, "")?;
+    let row = parse(body, "", meta)?;
     let change = nomnom_runtime::change::Change::row(&crate::database::STAR, op, row.values());
     Ok(change)
 }
 
-/// Parses a whole message whose entity is `star`.
-pub fn parse_message(body: &Value) -> Result<nomnom_runtime::change::Change, ParseError> {
+/// Parses a whole message whose entity is `star`; `meta` is its metadata
+/// (`nomnom_runtime::parse::metadata`, or `Value::Null` if no field reads any).
+pub fn parse_message(
+    body: &Value,
+    meta: &Value,
+) -> Result<nomnom_runtime::change::Change, ParseError> {
     use nomnom_runtime::change::Op;
     let op = match p::lookup(body, &["action"]) {
         None => Op::Create,
@@ -77,15 +83,19 @@ pub fn parse_message(body: &Value) -> Result<nomnom_runtime::change::Change, Par
         }
     };
     match op {
-        Op::Create | Op::Upsert => parse_row(body, op),
-        Op::Patch => parse_patch(body, ""),
-        Op::Delete => parse_delete(body, ""),
+        Op::Create | Op::Upsert => parse_row(body, meta, op),
+        Op::Patch => parse_patch(body, "", meta),
+        Op::Delete => parse_delete(body, "", meta),
     }
 }
 
 /// A patch: the key, and the fields the body has; `None` for
 /// the others, which keep their values. Children are left as they are.
-pub fn parse_patch(body: &Value, path: &str) -> Result<nomnom_runtime::change::Change, ParseError> {
+pub fn parse_patch(
+    body: &Value,
+    path: &str,
+    _meta: &Value,
+) -> Result<nomnom_runtime::change::Change, ParseError> {
     Ok(nomnom_runtime::change::Change {
         entity: &crate::database::STAR,
         op: nomnom_runtime::change::Op::Patch,
@@ -158,6 +168,7 @@ pub fn parse_patch(body: &Value, path: &str) -> Result<nomnom_runtime::change::C
 pub fn parse_delete(
     body: &Value,
     path: &str,
+    _meta: &Value,
 ) -> Result<nomnom_runtime::change::Change, ParseError> {
     Ok(nomnom_runtime::change::Change {
         entity: &crate::database::STAR,

@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use crate::models::Customer;
 
-/// Parses one `customer` row found at `path` in the message.
-pub fn parse(body: &Value, path: &str) -> Result<Customer, ParseError> {
+/// Parses one `customer` row found at `path` in the message; `meta` is the
+/// message's metadata (`nomnom_runtime::parse::metadata`).
+pub fn parse(body: &Value, path: &str, _meta: &Value) -> Result<Customer, ParseError> {
     Ok(Customer {
         c_custkey: p::field(body, path, &["c_custkey"], |v, at| {
             p::integer_in::<i64>(v, at, 1..)
@@ -75,14 +76,19 @@ pub fn parse(body: &Value, path: &str) -> Result<Customer, ParseError> {
 /// A create or upsert of the whole row, with its children.
 pub fn parse_row(
     body: &Value,
+    meta: &Value,
     op: nomnom_runtime::change::Op,
 ) -> Result<nomnom_runtime::change::Change, ParseError> {
-    let row = parse(body, "")?;
+    let row = parse(body, "", meta)?;
     let change = nomnom_runtime::change::Change::row(&crate::database::CUSTOMER, op, row.values());
     Ok(change)
 }
 
-/// Parses a whole message whose entity is `customer`.
-pub fn parse_message(body: &Value) -> Result<nomnom_runtime::change::Change, ParseError> {
-    parse_row(body, nomnom_runtime::change::Op::Create)
+/// Parses a whole message whose entity is `customer`; `meta` is its metadata
+/// (`nomnom_runtime::parse::metadata`, or `Value::Null` if no field reads any).
+pub fn parse_message(
+    body: &Value,
+    meta: &Value,
+) -> Result<nomnom_runtime::change::Change, ParseError> {
+    parse_row(body, meta, nomnom_runtime::change::Op::Create)
 }

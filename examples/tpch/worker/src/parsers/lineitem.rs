@@ -9,10 +9,12 @@ use serde_json::Value;
 
 use crate::models::Lineitem;
 
-/// Parses one `lineitem` row found at `path` in the message.
+/// Parses one `lineitem` row found at `path` in the message; `meta` is the
+/// message's metadata (`nomnom_runtime::parse::metadata`).
 pub fn parse(
     body: &Value,
     path: &str,
+    _meta: &Value,
     parent: &crate::models::Order,
 ) -> Result<Lineitem, ParseError> {
     Ok(Lineitem {
@@ -101,10 +103,11 @@ pub fn parse(
 pub fn parse_into(
     body: &Value,
     path: &str,
+    meta: &Value,
     parent: &crate::models::Order,
     change: &mut nomnom_runtime::change::Change,
 ) -> Result<(), ParseError> {
-    let row = parse(body, path, parent)?;
+    let row = parse(body, path, meta, parent)?;
     change.push_child(&crate::database::LINEITEM, row.values());
     Ok(())
 }

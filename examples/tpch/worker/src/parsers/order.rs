@@ -13,8 +13,9 @@ static ORDER_O_CLERK_PATTERN: std::sync::LazyLock<regex::Regex> = std::sync::Laz
     regex::Regex::new("^Clerk#[0-9]{9}$").expect("validated by nomnom")
 });
 
-/// Parses one `order` row found at `path` in the message.
-pub fn parse(body: &Value, path: &str) -> Result<Order, ParseError> {
+/// Parses one `order` row found at `path` in the message; `meta` is the
+/// message's metadata (`nomnom_runtime::parse::metadata`).
+pub fn parse(body: &Value, path: &str, _meta: &Value) -> Result<Order, ParseError> {
     Ok(Order {
         o_orderkey: p::field(body, path, &["o_orderkey"], |v, at| {
             p::integer_in::<i64>(v, at, 1..)
@@ -75,21 +76,23 @@ pub fn parse(body: &Value, path: &str) -> Result<Order, ParseError> {
 /// A create or upsert of the whole row, with its children.
 pub fn parse_row(
     body: &Value,
+    meta: &Value,
     op: nomnom_runtime::change::Op,
 ) -> Result<nomnom_runtime::change::Change, ParseError> {
-    let row = parse(body, "")?;
+    let row = parse(body, "", meta)?;
     let mut change = nomnom_runtime::change::Change::row(&crate::database::ORDER, op, row.values());
     let at = p::join("", &["lineitems"]);
-    for (index, item) in p::array(p::lookup(body, &["lineitems"]), &at)?
-        .iter()
-        .enumerate()
-    {
-        crate::parsers::lineitem::parse_into(item, &format!("{at}/{index}"), &row, &mut change)?;
+    for (item, item_path) in p::rows(p::lookup(body, &["lineitems"]), &at)? {
+        crate::parsers::lineitem::parse_into(item, &item_path, meta, &row, &mut change)?;
     }
     Ok(change)
 }
 
-/// Parses a whole message whose entity is `order`.
-pub fn parse_message(body: &Value) -> Result<nomnom_runtime::change::Change, ParseError> {
-    parse_row(body, nomnom_runtime::change::Op::Create)
+/// Parses a whole message whose entity is `order`; `meta` is its metadata
+/// (`nomnom_runtime::parse::metadata`, or `Value::Null` if no field reads any).
+pub fn parse_message(
+    body: &Value,
+    meta: &Value,
+) -> Result<nomnom_runtime::change::Change, ParseError> {
+    parse_row(body, meta, nomnom_runtime::change::Op::Create)
 }

@@ -26,3 +26,91 @@ CREATE TABLE IF NOT EXISTS "issue" (
 );
 CREATE INDEX IF NOT EXISTS "ix_issue_repository_id_number" ON "issue" ("repository_id", "number");
 
+CREATE TABLE IF NOT EXISTS "pull_request" (
+    "id" BIGINT NOT NULL,
+    "node_id" TEXT NOT NULL,
+    "number" INTEGER NOT NULL,
+    "action" VARCHAR(32) NOT NULL,
+    "repository_id" BIGINT NOT NULL,
+    "state" VARCHAR(16) NOT NULL,
+    "locked" BOOLEAN NOT NULL,
+    "draft" BOOLEAN NOT NULL,
+    "title" TEXT NOT NULL,
+    "body" TEXT,
+    "user_id" BIGINT NOT NULL,
+    "user_login" VARCHAR(39) NOT NULL,
+    "author_association" VARCHAR(32) NOT NULL,
+    "created_at" TIMESTAMPTZ NOT NULL,
+    "updated_at" TIMESTAMPTZ NOT NULL,
+    "closed_at" TIMESTAMPTZ,
+    "merged_at" TIMESTAMPTZ,
+    "merged" BOOLEAN,
+    "mergeable" BOOLEAN,
+    "rebaseable" BOOLEAN,
+    "mergeable_state" VARCHAR(32),
+    "merge_commit_sha" VARCHAR(40),
+    "merged_by_login" VARCHAR(39),
+    "maintainer_can_modify" BOOLEAN,
+    "comments" INTEGER,
+    "review_comments" INTEGER,
+    "commits" INTEGER,
+    "additions" INTEGER,
+    "deletions" INTEGER,
+    "changed_files" INTEGER,
+    "head_ref" TEXT NOT NULL,
+    "head_sha" VARCHAR(40) NOT NULL,
+    "base_ref" TEXT NOT NULL,
+    "base_sha" VARCHAR(40) NOT NULL,
+    "url" TEXT NOT NULL,
+    "html_url" TEXT NOT NULL,
+    "diff_url" TEXT NOT NULL,
+    "patch_url" TEXT NOT NULL,
+    "issue_url" TEXT NOT NULL,
+    "commits_url" TEXT NOT NULL,
+    "comments_url" TEXT NOT NULL,
+    "statuses_url" TEXT NOT NULL,
+    "received_at" TIMESTAMPTZ NOT NULL,
+    "nomnom_seq" BIGINT NOT NULL,
+    "nomnom_version" BIGINT NOT NULL,
+    PRIMARY KEY ("id")
+);
+
+CREATE TABLE IF NOT EXISTS "push" (
+    "delivery" UUID NOT NULL,
+    "received_at" TIMESTAMPTZ NOT NULL,
+    "idempotency_key" VARCHAR(255),
+    "ref" TEXT NOT NULL,
+    "before" VARCHAR(40) NOT NULL,
+    "after" VARCHAR(40) NOT NULL,
+    "repository_id" BIGINT NOT NULL,
+    "pushed_at" TIMESTAMPTZ NOT NULL,
+    "repository_created_at" TIMESTAMPTZ NOT NULL,
+    "repository_updated_at" TIMESTAMPTZ NOT NULL,
+    "payload" JSONB NOT NULL,
+    "nomnom_seq" BIGINT NOT NULL,
+    PRIMARY KEY ("delivery")
+);
+
+CREATE TABLE IF NOT EXISTS "head_commit" (
+    "delivery" UUID NOT NULL,
+    "sha" VARCHAR(40) NOT NULL,
+    "message" TEXT NOT NULL,
+    "committed_at" TIMESTAMPTZ NOT NULL,
+    "author" JSONB NOT NULL,
+    PRIMARY KEY ("delivery")
+);
+
+CREATE TABLE IF NOT EXISTS "push_commit" (
+    "delivery" UUID NOT NULL,
+    "sha" VARCHAR(40) NOT NULL,
+    "message" TEXT NOT NULL,
+    PRIMARY KEY ("delivery", "sha")
+);
+
+CREATE TABLE IF NOT EXISTS "added_file" (
+    "delivery" UUID NOT NULL,
+    "sha" VARCHAR(40) NOT NULL,
+    "path" TEXT NOT NULL,
+    PRIMARY KEY ("delivery", "sha", "path")
+);
+

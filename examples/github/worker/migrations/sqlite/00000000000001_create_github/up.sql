@@ -26,3 +26,91 @@ CREATE TABLE IF NOT EXISTS "issue" (
 );
 CREATE INDEX IF NOT EXISTS "ix_issue_repository_id_number" ON "issue" ("repository_id", "number");
 
+CREATE TABLE IF NOT EXISTS "pull_request" (
+    "id" INTEGER NOT NULL,
+    "node_id" TEXT NOT NULL,
+    "number" INTEGER NOT NULL,
+    "action" TEXT NOT NULL,
+    "repository_id" INTEGER NOT NULL,
+    "state" TEXT NOT NULL,
+    "locked" BOOLEAN NOT NULL,
+    "draft" BOOLEAN NOT NULL,
+    "title" TEXT NOT NULL,
+    "body" TEXT,
+    "user_id" INTEGER NOT NULL,
+    "user_login" TEXT NOT NULL,
+    "author_association" TEXT NOT NULL,
+    "created_at" TEXT NOT NULL,
+    "updated_at" TEXT NOT NULL,
+    "closed_at" TEXT,
+    "merged_at" TEXT,
+    "merged" BOOLEAN,
+    "mergeable" BOOLEAN,
+    "rebaseable" BOOLEAN,
+    "mergeable_state" TEXT,
+    "merge_commit_sha" TEXT,
+    "merged_by_login" TEXT,
+    "maintainer_can_modify" BOOLEAN,
+    "comments" INTEGER,
+    "review_comments" INTEGER,
+    "commits" INTEGER,
+    "additions" INTEGER,
+    "deletions" INTEGER,
+    "changed_files" INTEGER,
+    "head_ref" TEXT NOT NULL,
+    "head_sha" TEXT NOT NULL,
+    "base_ref" TEXT NOT NULL,
+    "base_sha" TEXT NOT NULL,
+    "url" TEXT NOT NULL,
+    "html_url" TEXT NOT NULL,
+    "diff_url" TEXT NOT NULL,
+    "patch_url" TEXT NOT NULL,
+    "issue_url" TEXT NOT NULL,
+    "commits_url" TEXT NOT NULL,
+    "comments_url" TEXT NOT NULL,
+    "statuses_url" TEXT NOT NULL,
+    "received_at" TEXT NOT NULL,
+    "nomnom_seq" BIGINT NOT NULL,
+    "nomnom_version" BIGINT NOT NULL,
+    PRIMARY KEY ("id")
+);
+
+CREATE TABLE IF NOT EXISTS "push" (
+    "delivery" TEXT NOT NULL,
+    "received_at" TEXT NOT NULL,
+    "idempotency_key" TEXT,
+    "ref" TEXT NOT NULL,
+    "before" TEXT NOT NULL,
+    "after" TEXT NOT NULL,
+    "repository_id" INTEGER NOT NULL,
+    "pushed_at" TEXT NOT NULL,
+    "repository_created_at" TEXT NOT NULL,
+    "repository_updated_at" TEXT NOT NULL,
+    "payload" TEXT NOT NULL,
+    "nomnom_seq" BIGINT NOT NULL,
+    PRIMARY KEY ("delivery")
+);
+
+CREATE TABLE IF NOT EXISTS "head_commit" (
+    "delivery" TEXT NOT NULL,
+    "sha" TEXT NOT NULL,
+    "message" TEXT NOT NULL,
+    "committed_at" TEXT NOT NULL,
+    "author" TEXT NOT NULL,
+    PRIMARY KEY ("delivery")
+);
+
+CREATE TABLE IF NOT EXISTS "push_commit" (
+    "delivery" TEXT NOT NULL,
+    "sha" TEXT NOT NULL,
+    "message" TEXT NOT NULL,
+    PRIMARY KEY ("delivery", "sha")
+);
+
+CREATE TABLE IF NOT EXISTS "added_file" (
+    "delivery" TEXT NOT NULL,
+    "sha" TEXT NOT NULL,
+    "path" TEXT NOT NULL,
+    PRIMARY KEY ("delivery", "sha", "path")
+);
+
