@@ -33,7 +33,16 @@ fn text_logs_to_a_file_have_no_ansi_escapes() {
         .unwrap();
     assert!(status.success());
     let log = std::fs::read_to_string(&path).unwrap();
-    assert!(log.contains("hello from the child"), "no log line in {log:?}");
-    assert!(log.contains("answer=42"), "fields not written as text: {log:?}");
-    assert!(!log.contains("\x1b["), "ANSI escape codes in a log file: {log:?}");
+    assert!(
+        log.contains("hello from the child"),
+        "no log line in {log:?}"
+    );
+    assert!(
+        log.contains("answer=42"),
+        "fields not written as text: {log:?}"
+    );
+    assert!(
+        !log.contains("\x1b["),
+        "ANSI escape codes in a log file: {log:?}"
+    );
 }
