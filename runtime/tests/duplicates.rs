@@ -1,5 +1,6 @@
 //! Rows with one key: two children of one message with the same key refuse the message
-//! (naming both paths) instead of one silently replacing the other; a root row skipped as a
+//! (naming both paths) instead of one silently replacing the other; a row the database
+//! refuses as a duplicate is named with its key and path; a root row skipped as a
 //! duplicate (`ignore_duplicates`) takes its children with it. On real PostgreSQL and
 //! SQLite, through the worker's write path.
 
@@ -97,6 +98,23 @@ static CLAIM: Entity = Entity {
     ],
 };
 
+/// An `insert` root: a second create of an id is refused by the database.
+static ACCOUNT: Entity = Entity {
+    table: Table {
+        name: "account",
+        columns: &[
+            column("id", ColumnType::I64),
+            column("email", ColumnType::Text),
+            column("nomnom_seq", ColumnType::I64),
+        ],
+        key: &["id"],
+        write: WriteMode::Insert,
+    },
+    versioned: false,
+    operation: false,
+    children: &[],
+};
+
 const POSTGRES_DDL: &str = "
     CREATE TABLE claim (id BIGINT PRIMARY KEY, name TEXT, nomnom_seq BIGINT NOT NULL);
     CREATE TABLE detail (claim_id BIGINT NOT NULL, sequence INTEGER NOT NULL, text TEXT,
@@ -104,7 +122,8 @@ const POSTGRES_DDL: &str = "
     CREATE TABLE ident (claim_id BIGINT NOT NULL, scheme TEXT NOT NULL, value TEXT NOT NULL,
         PRIMARY KEY (scheme, value));
     CREATE TABLE tag (claim_id BIGINT NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (claim_id, tag));
-";
+    CREATE TABLE account (id BIGINT PRIMARY KEY, email TEXT NOT NULL UNIQUE,
+        nomnom_seq BIGINT NOT NULL);";
 
 const SQLITE_DDL: &str = "
     CREATE TABLE claim (id INTEGER PRIMARY KEY, name TEXT, nomnom_seq INTEGER NOT NULL);
@@ -113,7 +132,8 @@ const SQLITE_DDL: &str = "
     CREATE TABLE ident (claim_id INTEGER NOT NULL, scheme TEXT NOT NULL, value TEXT NOT NULL,
         PRIMARY KEY (scheme, value));
     CREATE TABLE tag (claim_id INTEGER NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (claim_id, tag));
-";
+    CREATE TABLE account (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE,
+        nomnom_seq INTEGER NOT NULL);";
 
 /// A claim as a generated parser builds it: details at `/details/<i>`, identifiers at
 /// `/identifiers/<i>`.
@@ -150,6 +170,14 @@ fn claim(id: i64, name: &str, details: &[(i32, &str)], idents: &[&str]) -> Chang
             .unwrap();
     }
     change
+}
+
+fn account(id: i64, email: &str) -> Change {
+    Change::row(
+        &ACCOUNT,
+        Op::Create,
+        vec![Value::I64(id), Value::Text(email.into())],
+    )
 }
 
 fn pending(seq: i64, change: Change) -> Pending {
@@ -289,6 +317,71 @@ fn skipped_parents_skip_their_children(url: &str, ddl: &str) {
     );
 }
 
+/// The database's duplicate-key refusal names the key's values and the row's path.
+fn duplicate_keys_name_key_and_path(url: &str, ddl: &str, postgres: bool) {
+    let mut conn = connect(url, ddl);
+    let written = write(
+        &mut conn,
+        vec![
+            pending(1, claim(1, "a", &[], &["x"])),
+            pending(2, account(5, "a@example.com")),
+        ],
+    );
+    assert!(written.refused.is_empty(), "{:?}", written.refused);
+
+    // A child whose key another claim's child has: /identifiers/1.
+    let written = write(
+        &mut conn,
+        vec![
+            pending(3, claim(2, "b", &[], &["y", "x"])),
+            pending(4, claim(3, "c", &[], &["w"])),
+        ],
+    );
+    assert_eq!(written.refused.len(), 1, "{:?}", written.refused);
+    let (index, why) = &written.refused[0];
+    assert_eq!(*index, 3);
+    assert!(
+        why.contains("duplicate key (scheme, value) = (\"npi\", \"x\") in table ident"),
+        "{why}"
+    );
+    assert!(
+        why.contains("the row at /identifiers/1 has the key of a stored row"),
+        "{why}"
+    );
+    assert!(why.contains("write: upsert"), "{why}");
+    assert_eq!(
+        postgres,
+        why.contains("unique constraint ident_pkey"),
+        "{why}"
+    );
+    // The other message of the batch is written.
+    assert_eq!(
+        rows(&mut conn, "ident", &["claim_id", "value"]),
+        ["1|x", "3|w"]
+    );
+
+    // An `insert` root created twice: the root row.
+    let written = write(&mut conn, vec![pending(5, account(5, "b@example.com"))]);
+    let (_, why) = &written.refused[0];
+    assert!(
+        why.starts_with("duplicate key (id) = (5) in table account"),
+        "{why}"
+    );
+    assert!(
+        why.contains("the message's root row has the key of a stored row"),
+        "{why}"
+    );
+
+    // A unique constraint other than the key.
+    let written = write(&mut conn, vec![pending(6, account(6, "a@example.com"))]);
+    let (_, why) = &written.refused[0];
+    assert!(
+        why.starts_with("duplicate key (email) = (\"a@example.com\") in table account"),
+        "{why}"
+    );
+    assert!(why.contains("must be unique in the table"), "{why}");
+}
+
 #[test]
 fn skipped_parents_skip_their_children_on_postgres() {
     let postgres = Postgres::start();
@@ -300,4 +393,17 @@ fn skipped_parents_skip_their_children_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("skipped.db").display());
     skipped_parents_skip_their_children(&url, SQLITE_DDL);
+}
+
+#[test]
+fn duplicate_keys_name_key_and_path_on_postgres() {
+    let postgres = Postgres::start();
+    duplicate_keys_name_key_and_path(&postgres.create_database("dupes"), POSTGRES_DDL, true);
+}
+
+#[test]
+fn duplicate_keys_name_key_and_path_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("dupes.db").display());
+    duplicate_keys_name_key_and_path(&url, SQLITE_DDL, false);
 }
