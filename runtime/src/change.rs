@@ -2,7 +2,10 @@
 //! with the rows of its children. Generated parsers build a [`Change`] per message; the
 //! runtime applies a batch of them in stream order (see [`crate::apply`]).
 
-use crate::sql::{Table, Value};
+use std::collections::{HashMap, hash_map::Entry};
+
+use crate::parse::ParseError;
+use crate::sql::{Table, Value, WriteMode};
 
 /// The column of every root table holding the stream sequence of the message that last
 /// wrote the row: what "newer" is measured against.
@@ -85,6 +88,21 @@ pub struct Change {
 pub struct ChildRows {
     pub entity: &'static Entity,
     pub rows: Vec<Vec<Value>>,
+    /// The JSON path of each row in the message body, in the order of `rows`.
+    pub paths: Vec<String>,
+    /// The row of each key so far (keys with a NULL, which never collide, left out).
+    keys: HashMap<String, usize>,
+}
+
+impl ChildRows {
+    pub(crate) fn new(entity: &'static Entity) -> Self {
+        Self {
+            entity,
+            rows: Vec::new(),
+            paths: Vec::new(),
+            keys: HashMap::new(),
+        }
+    }
 }
 
 impl Change {
@@ -106,20 +124,107 @@ impl Change {
         self
     }
 
-    /// Adds a row of the descendant `entity`.
-    pub fn push_child(&mut self, entity: &'static Entity, row: Vec<Value>) {
-        match self
+    /// Adds the row of the descendant `entity` found at `path` in the body.
+    ///
+    /// Two rows of one table with the same key in one message would be one row in the
+    /// database, the last silently replacing the first (or refused, in an `insert`
+    /// table): the message is refused instead, naming both paths. Tables in
+    /// `ignore_duplicates` mode keep the first row, as they do for a key that exists.
+    pub fn push_child(
+        &mut self,
+        entity: &'static Entity,
+        path: &str,
+        row: Vec<Value>,
+    ) -> Result<(), ParseError> {
+        let at = match self
             .children
-            .iter_mut()
-            .find(|c| c.entity.table.name == entity.table.name)
+            .iter()
+            .position(|c| c.entity.table.name == entity.table.name)
         {
-            Some(group) => group.rows.push(row),
-            None => self.children.push(ChildRows {
-                entity,
-                rows: vec![row],
-            }),
+            Some(at) => at,
+            None => {
+                self.children.push(ChildRows::new(entity));
+                self.children.len() - 1
+            }
+        };
+        let table = &entity.table;
+        if table.write != WriteMode::IgnoreDuplicates && !table.key.is_empty() {
+            let key: Vec<&Value> = crate::sql::key_positions(table)
+                .into_iter()
+                .filter_map(|p| row.get(p))
+                .collect();
+            if !key.iter().any(|v| **v == Value::Null) {
+                let group = &mut self.children[at];
+                let next = group.rows.len();
+                let first = match group.keys.entry(format!("{key:?}")) {
+                    Entry::Occupied(seen) => Some(group.paths[*seen.get()].clone()),
+                    Entry::Vacant(slot) => {
+                        slot.insert(next);
+                        None
+                    }
+                };
+                if let Some(first) = first {
+                    return Err(ParseError::new(
+                        common_parent(&first, path),
+                        format!(
+                            "{first} and {path} have the same key ({}): one message can hold \
+                             one row per key of table {}; remove or merge the duplicates",
+                            self.describe_key(entity, &row),
+                            table.name
+                        ),
+                    ));
+                }
+            }
         }
+        let group = &mut self.children[at];
+        group.rows.push(row);
+        group.paths.push(path.to_owned());
+        Ok(())
     }
+
+    /// `column = value` for the key columns of a row of the descendant `entity`, but
+    /// those copied from its parent (all of them if nothing else is left).
+    fn describe_key(&self, entity: &'static Entity, row: &[Value]) -> String {
+        let inherited: Vec<&str> = link(self.entity, entity)
+            .map(|child| child.parent_key.iter().map(|(c, _)| *c).collect())
+            .unwrap_or_default();
+        let table = &entity.table;
+        let mut shown: Vec<&str> = (table.key.iter().copied())
+            .filter(|k| !inherited.contains(k))
+            .collect();
+        if shown.is_empty() {
+            shown = table.key.to_vec();
+        }
+        let parts: Vec<String> = shown
+            .iter()
+            .filter_map(|name| {
+                let index = table.columns.iter().position(|c| c.name == *name)?;
+                Some(format!("{name} = {}", row.get(index)?))
+            })
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// The link from `entity`'s descendants to the one whose table is `descendant`'s.
+fn link(entity: &'static Entity, descendant: &Entity) -> Option<&'static Child> {
+    entity.children.iter().find_map(|child| {
+        if child.entity.table.name == descendant.table.name {
+            Some(child)
+        } else {
+            link(child.entity, descendant)
+        }
+    })
+}
+
+/// The deepest JSON pointer above both `a` and `b` (`""`: the body).
+fn common_parent(a: &str, b: &str) -> String {
+    let a: Vec<&str> = a.split('/').collect();
+    let b: Vec<&str> = b.split('/').collect();
+    let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    // Never a row's own path: its parent at most.
+    let shared = shared.min(a.len().min(b.len()).saturating_sub(1));
+    a[..shared].join("/")
 }
 
 impl PartialEq for Entity {

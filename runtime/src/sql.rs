@@ -96,6 +96,23 @@ pub enum Value {
     Text(String),
 }
 
+/// A value as error messages show it: numbers and booleans as they are, text quoted as a
+/// JSON string, `null`.
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Null => f.write_str("null"),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::I16(n) => write!(f, "{n}"),
+            Value::I32(n) => write!(f, "{n}"),
+            Value::I64(n) => write!(f, "{n}"),
+            Value::F32(n) => write!(f, "{n}"),
+            Value::F64(n) => write!(f, "{n}"),
+            Value::Text(text) => write!(f, "{}", serde_json::Value::from(text.as_str())),
+        }
+    }
+}
+
 pub(crate) fn quote(identifier: &str) -> String {
     // Identifiers are validated by the generator ([a-z_][a-z0-9_]*); quoting makes SQL
     // keywords (order, user, …) usable as names.
@@ -301,7 +318,6 @@ macro_rules! bind_value {
         }
     }};
 }
-pub(crate) use bind_value;
 
 /// Runs one statement with typed binds, on either backend.
 pub(crate) fn execute(
@@ -316,6 +332,25 @@ pub(crate) fn execute(
             query = bind_value!(query, *column_type, *value);
         }
         query.execute(c)
+    })
+}
+
+/// Runs a query with typed binds and loads its rows, on either backend.
+pub(crate) fn load<T>(
+    conn: &mut AnyConnection,
+    sql_for: impl Fn(DatabaseKind) -> String,
+    binds: &[(ColumnType, &Value)],
+) -> QueryResult<Vec<T>>
+where
+    T: QueryableByName<Pg> + QueryableByName<diesel::sqlite::Sqlite> + 'static,
+{
+    with_backend!(conn, c => {
+        let mut query: BoxedSqlQuery<'_, dialect::Backend, _> =
+            diesel::sql_query(sql_for(dialect::KIND)).into_boxed();
+        for (column_type, value) in binds {
+            query = bind_value!(query, *column_type, *value);
+        }
+        query.load::<T>(c)
     })
 }
 

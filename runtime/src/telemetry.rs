@@ -1,5 +1,7 @@
 //! Logging: JSON lines in production, readable text for people at a terminal.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// How log lines are written.
@@ -12,7 +14,9 @@ pub enum LogFormat {
     Text,
 }
 
-/// Installs the global subscriber; `RUST_LOG` filters (default `info`). Safe to call twice.
+/// Installs the global subscriber; `RUST_LOG` filters (default `info`). Logs go to
+/// standard output; text is coloured only when that is a terminal, so a file or a pipe
+/// gets no escape codes. Safe to call twice.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
@@ -26,7 +30,9 @@ pub fn init(format: LogFormat) {
                     .with_span_list(false),
             )
             .try_init(),
-        LogFormat::Text => registry.with(fmt::layer()).try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+            .try_init(),
     };
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = result;

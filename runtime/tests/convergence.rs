@@ -202,20 +202,26 @@ impl Message {
                 };
                 if matches!(op, Op::Create | Op::Upsert) {
                     for (no, (label, notes)) in parts {
-                        change.push_child(
-                            &PART,
-                            vec![Value::I64(*id), Value::I32(*no), Value::Text(label.clone())],
-                        );
+                        change
+                            .push_child(
+                                &PART,
+                                &format!("/parts/{no}"),
+                                vec![Value::I64(*id), Value::I32(*no), Value::Text(label.clone())],
+                            )
+                            .unwrap();
                         for (k, text) in notes {
-                            change.push_child(
-                                &NOTE,
-                                vec![
-                                    Value::I64(*id),
-                                    Value::I32(*no),
-                                    Value::I32(*k),
-                                    Value::Text(text.clone()),
-                                ],
-                            );
+                            change
+                                .push_child(
+                                    &NOTE,
+                                    &format!("/parts/{no}/notes/{k}"),
+                                    vec![
+                                        Value::I64(*id),
+                                        Value::I32(*no),
+                                        Value::I32(*k),
+                                        Value::Text(text.clone()),
+                                    ],
+                                )
+                                .unwrap();
                         }
                     }
                 }

@@ -5,14 +5,13 @@ use std::collections::HashMap;
 
 use diesel::{
     QueryResult, QueryableByName, RunQueryDsl,
-    query_builder::BoxedSqlQuery,
     sql_types::{BigInt, Bool, Nullable, Text},
 };
 
 use super::Keyed;
 use super::fold::{Guard, KeyState, Logged, Reset};
-use crate::change::{ChildRows, Entity, SEQUENCE_COLUMN, VERSION_COLUMN};
-use crate::db::{DatabaseKind, with_backend};
+use crate::change::{Entity, SEQUENCE_COLUMN, VERSION_COLUMN};
+use crate::db::DatabaseKind;
 use crate::sql::{
     self, AnyConnection, Column, ColumnType, Table, Value, WriteMode, key_types, quote,
 };
@@ -109,25 +108,6 @@ struct TombstoneRow {
     version: Option<i64>,
 }
 
-/// Runs a query with typed binds and loads its rows, on either backend.
-fn load<T>(
-    conn: &mut AnyConnection,
-    sql_for: impl Fn(DatabaseKind) -> String,
-    binds: &[(ColumnType, &Value)],
-) -> QueryResult<Vec<T>>
-where
-    T: QueryableByName<diesel::pg::Pg> + QueryableByName<diesel::sqlite::Sqlite> + 'static,
-{
-    with_backend!(conn, c => {
-        let mut query: BoxedSqlQuery<'_, dialect::Backend, _> =
-            diesel::sql_query(sql_for(dialect::KIND)).into_boxed();
-        for (column_type, value) in binds {
-            query = sql::bind_value!(query, *column_type, *value);
-        }
-        query.load::<T>(c)
-    })
-}
-
 /// The patch log: patches newer than their key's latest create, upsert or delete, kept
 /// so that an older create or upsert arriving later gets them on top (see `fold.rs`).
 pub const PATCHES: &str = "nomnom_patches";
@@ -184,7 +164,7 @@ pub fn sequence_base(conn: &mut AnyConnection, stream: &str, created: i64) -> Qu
             },
             &[(ColumnType::I64, &created), (ColumnType::Text, &stream)],
         )?;
-        load::<Count>(
+        sql::load::<Count>(
             conn,
             |kind| {
                 format!(
@@ -317,7 +297,7 @@ fn read_rows(
             binds.push((ColumnType::I64, &indexes[i]));
             binds.extend(key_types.iter().copied().zip(item.key.iter()));
         }
-        for row in load::<GuardRow>(conn, sql, &binds)? {
+        for row in sql::load::<GuardRow>(conn, sql, &binds)? {
             stored[row.nomnom_i as usize] = Some(Reset {
                 guard: (row.version, row.seq),
                 live: true,
@@ -353,7 +333,7 @@ where
         };
         let mut binds = vec![(ColumnType::Text, &name)];
         binds.extend(chunk.iter().map(|t| (ColumnType::Text, t)));
-        rows.extend(load::<T>(conn, sql, &binds)?);
+        rows.extend(sql::load::<T>(conn, sql, &binds)?);
     }
     Ok(rows)
 }
@@ -467,7 +447,7 @@ pub(super) fn write(
     // Final rows, then their children, each child table in its own write mode. Rows are
     // upserted: the fold has decided which row wins.
     let mut rows = Vec::new();
-    let mut children: Vec<ChildRows> = Vec::new();
+    let mut children: Vec<(&'static Entity, Vec<Vec<Value>>)> = Vec::new();
     for state in states.iter().filter(|s| changed(s) && s.live()) {
         let (Some(row), Some(reset), Some(base)) = (state.row(), state.reset, state.base) else {
             continue;
@@ -477,13 +457,10 @@ pub(super) fn write(
             let rows = group.rows.iter().cloned();
             match children
                 .iter_mut()
-                .find(|c| c.entity.table.name == group.entity.table.name)
+                .find(|(e, _)| e.table.name == group.entity.table.name)
             {
-                Some(all) => all.rows.extend(rows),
-                None => children.push(ChildRows {
-                    entity: group.entity,
-                    rows: rows.collect(),
-                }),
+                Some((_, all)) => all.extend(rows),
+                None => children.push((group.entity, rows.collect())),
             }
         }
     }
@@ -492,8 +469,8 @@ pub(super) fn write(
         ..*table
     };
     sql::write_rows(conn, &upsert, &rows)?;
-    for group in &children {
-        sql::write_rows(conn, &group.entity.table, &group.rows)?;
+    for (child, rows) in &children {
+        sql::write_rows(conn, &child.table, rows)?;
     }
     // Creates of keys that exist, in an `insert` table: the database refuses them (after
     // the rows above, so a key created earlier in this batch exists too).

@@ -32,6 +32,7 @@ mod config;
 mod consumer;
 mod health;
 mod migrate;
+mod refusal;
 pub mod write;
 
 pub use config::{WorkerArgs, WorkerConfig};

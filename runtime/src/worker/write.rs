@@ -26,8 +26,9 @@ pub struct Pending {
 /// What a committed batch did.
 #[derive(Debug, Default)]
 pub struct Written {
-    /// Messages the database refused (by index in the batch), with the error.
-    pub refused: Vec<(usize, diesel::result::Error)>,
+    /// Messages the database refused (by index in the batch), with why: for a unique
+    /// violation, the key's values and the JSON path of the row.
+    pub refused: Vec<(usize, String)>,
     /// Messages already persisted by an earlier delivery, so not written again.
     pub skipped: usize,
     /// Messages skipped as older than their rows (or patches of missing rows).
@@ -77,7 +78,10 @@ pub fn write_batch(
                 written.skipped += done.skipped;
                 written.stale += done.stale;
             }
-            Err(err) => written.refused.push((item.index, err)),
+            Err(err) => {
+                let why = super::refusal::explain(conn, &item.change, &err);
+                written.refused.push((item.index, why));
+            }
         }
     }
     Ok(written)

@@ -34,6 +34,6 @@ pub fn parse_into(
     change: &mut nomnom_runtime::change::Change,
 ) -> Result<(), ParseError> {
     let row = parse(body, path, meta, parent)?;
-    change.push_child(&crate::database::ADDED_FILE, row.values());
+    change.push_child(&crate::database::ADDED_FILE, path, row.values())?;
     Ok(())
 }

@@ -45,6 +45,6 @@ pub fn parse_into(
     change: &mut nomnom_runtime::change::Change,
 ) -> Result<(), ParseError> {
     let row = parse(body, path, meta, parent)?;
-    change.push_child(&crate::database::HEAD_COMMIT, row.values());
+    change.push_child(&crate::database::HEAD_COMMIT, path, row.values())?;
     Ok(())
 }

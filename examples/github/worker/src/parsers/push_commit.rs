@@ -43,7 +43,7 @@ pub fn parse_into(
     change: &mut nomnom_runtime::change::Change,
 ) -> Result<(), ParseError> {
     let row = parse(body, path, meta, parent)?;
-    change.push_child(&crate::database::PUSH_COMMIT, row.values());
+    change.push_child(&crate::database::PUSH_COMMIT, path, row.values())?;
     let at = p::join(path, &["added"]);
     for (item, item_path) in p::rows(p::lookup(body, &["added"]), &at)? {
         crate::parsers::added_file::parse_into(item, &item_path, meta, &row, change)?;

@@ -108,6 +108,6 @@ pub fn parse_into(
     change: &mut nomnom_runtime::change::Change,
 ) -> Result<(), ParseError> {
     let row = parse(body, path, meta, parent)?;
-    change.push_child(&crate::database::LINEITEM, row.values());
+    change.push_child(&crate::database::LINEITEM, path, row.values())?;
     Ok(())
 }
