@@ -12,6 +12,7 @@ fn main() {
         runtime: RuntimeDependency::Version("0.1.0".into()),
         spec_name: "big.yaml".into(),
         output: "worker".into(),
+        own_workspace: false,
     };
     let mut times = Vec::new();
     let mut files = 0;

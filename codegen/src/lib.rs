@@ -6,6 +6,7 @@
 
 pub mod diagnostics;
 pub mod keys;
+pub mod layout;
 pub mod model;
 pub mod render;
 pub mod spec;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use nomnom_codegen::{
-    LoadError,
+    LoadError, layout,
     render::{self, Databases, RenderOptions, RuntimeDependency},
     write::{self, Change},
 };
@@ -78,7 +78,8 @@ struct GenerateArgs {
     /// Refer to nomnom-runtime by path (relative to the output directory).
     #[arg(long, conflicts_with = "runtime_version")]
     runtime_path: Option<String>,
-    /// Refer to nomnom-runtime by crates.io version (default: this nomnom's version).
+    /// Refer to nomnom-runtime by crates.io version (default: the runtime this nomnom was
+    /// built from, by path, when its source is still there; else this nomnom's version).
     #[arg(long)]
     runtime_version: Option<String>,
 }
@@ -219,19 +220,17 @@ fn render_options(args: &GenerateArgs) -> RenderOptions {
     let entities = &args.entities;
     RenderOptions {
         databases: args.database,
-        runtime: match &args.runtime_path {
-            Some(path) => RuntimeDependency::Path(path.clone()),
-            None => RuntimeDependency::Version(
-                args.runtime_version
-                    .clone()
-                    .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned()),
-            ),
+        runtime: match (&args.runtime_path, &args.runtime_version) {
+            (Some(path), _) => RuntimeDependency::Path(path.clone()),
+            (None, Some(version)) => RuntimeDependency::Version(version.clone()),
+            (None, None) => layout::default_runtime(&args.output, env!("CARGO_PKG_VERSION")),
         },
         output: args.output.clone(),
         spec_name: entities.file_name().map_or_else(
             || entities.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         ),
+        own_workspace: !layout::enclosing_workspace(&args.output).is_some_and(|w| w.lists_crate),
     }
 }
 
@@ -240,10 +239,20 @@ fn generate(args: &GenerateArgs) -> ExitCode {
         Ok(project) => project,
         Err(code) => return code,
     };
-    let files = match render::render(&project, &render_options(args)) {
+    let options = render_options(args);
+    let mut files = match render::render(&project, &options) {
         Ok(files) => files,
         Err(err) => return fail(exit::IO, err),
     };
+    if options.own_workspace {
+        match layout::lockfile(&project, &options) {
+            Ok(Some(lock)) => {
+                files.insert("Cargo.lock".to_owned(), lock);
+            }
+            Ok(None) => {}
+            Err(err) => eprintln!("warning: no Cargo.lock generated: {err}"),
+        }
+    }
     let output = &args.output;
     let changes = write::plan(output, &files);
     if args.dry_run || args.check {

@@ -35,6 +35,10 @@ pub struct RenderOptions {
     pub spec_name: String,
     /// Where the crate is written, for the Docker build context of a path runtime.
     pub output: std::path::PathBuf,
+    /// Whether the crate is a workspace of its own (`[workspace]` in its Cargo.toml), so
+    /// that it builds wherever it is; not when an enclosing workspace lists it as a member
+    /// ([`crate::layout::enclosing_workspace`]).
+    pub own_workspace: bool,
 }
 
 /// The Docker build context: with a path runtime, the directory holding both the crate
@@ -338,6 +342,7 @@ fn context(project: &Project, entities: &[EntityView], options: &RenderOptions) 
     let (docker_context, crate_in_context) = docker_context(&options.output, &options.runtime);
     context.insert("docker_context", &docker_context);
     context.insert("crate_in_context", &crate_in_context);
+    context.insert("own_workspace", &options.own_workspace);
     context.insert("postgres", &options.postgres());
     context.insert("sqlite", &options.sqlite());
     context
@@ -442,14 +447,29 @@ fn text_files(
     Ok(())
 }
 
-/// Renders every file of the worker crate.
-pub fn render(project: &Project, options: &RenderOptions) -> Result<Files, RenderError> {
-    let tera = tera()?;
-    let entities: Vec<EntityView> = project
+fn entity_views(project: &Project) -> Vec<EntityView> {
+    project
         .entities
         .iter()
         .map(|e| entity_view(project, e))
-        .collect();
+        .collect()
+}
+
+/// The crate's Cargo.toml alone (what [`render`] writes there).
+pub fn cargo_toml(project: &Project, options: &RenderOptions) -> Result<String, RenderError> {
+    let entities = entity_views(project);
+    let body = render_one(
+        &tera()?,
+        "Cargo.toml.tera",
+        &context(project, &entities, options),
+    )?;
+    Ok(header("#", &options.spec_name) + &body)
+}
+
+/// Renders every file of the worker crate.
+pub fn render(project: &Project, options: &RenderOptions) -> Result<Files, RenderError> {
+    let tera = tera()?;
+    let entities = entity_views(project);
     let context = context(project, &entities, options);
     let mut files = Files::new();
     rust_files(&tera, &context, &entities, options, &mut files)?;

@@ -103,6 +103,8 @@ fn options(runtime: RuntimeDependency) -> RenderOptions {
         runtime,
         spec_name: "entities.yaml".into(),
         output: "worker".into(),
+        // Compiled as members of one temporary workspace.
+        own_workspace: false,
     }
 }
 

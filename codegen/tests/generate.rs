@@ -35,6 +35,8 @@ fn generate(fixture: &str, runtime: RuntimeDependency) -> nomnom_codegen::render
             runtime,
             spec_name: "entities.yaml".into(),
             output: "worker".into(),
+            // Compiled as members of one temporary workspace.
+            own_workspace: false,
         },
     )
     .unwrap()
