@@ -101,19 +101,23 @@ pub struct EnclosingWorkspace {
 pub fn enclosing_workspace(output: &Path) -> Option<EnclosingWorkspace> {
     let output = absolute(output);
     for dir in output.ancestors().skip(1) {
-        let Ok(manifest) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
+        let Ok(text) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
             continue;
         };
-        let Some(table) = workspace_table(&manifest) else {
+        // A manifest that does not parse is not one cargo would build from either.
+        let Ok(manifest) = text.parse::<toml::Table>() else {
+            continue;
+        };
+        let Some(workspace) = manifest.get("workspace").and_then(toml::Value::as_table) else {
             continue;
         };
         let Ok(inside) = output.strip_prefix(dir) else {
             continue;
         };
-        let listed = string_array(table, "members")
+        let listed = paths(workspace, "members")
             .iter()
-            .any(|m| glob_matches(m, inside));
-        let excluded = string_array(table, "exclude")
+            .any(|m| member_matches(m, inside));
+        let excluded = paths(workspace, "exclude")
             .iter()
             .any(|e| inside.starts_with(normal_relative(e)));
         return Some(EnclosingWorkspace {
@@ -124,77 +128,15 @@ pub fn enclosing_workspace(output: &Path) -> Option<EnclosingWorkspace> {
     None
 }
 
-/// The text of a manifest's `[workspace]` table (empty when only `[workspace.*]`
-/// sub-tables are there), or `None` for a manifest that is no workspace root.
-fn workspace_table(manifest: &str) -> Option<&str> {
-    let mut found = false;
-    let mut start = None;
-    let mut offset = 0;
-    for line in manifest.split_inclusive('\n') {
-        let header = line.trim();
-        if header.starts_with('[') {
-            let name = header
-                .trim_start_matches('[')
-                .split(']')
-                .next()
-                .unwrap_or("")
-                .trim();
-            if let Some(begin) = start {
-                return Some(&manifest[begin..offset]);
-            }
-            if name == "workspace" {
-                start = Some(offset + line.len());
-            }
-            found |= name == "workspace" || name.starts_with("workspace.");
-        }
-        offset += line.len();
-    }
-    start
-        .map(|begin| &manifest[begin..])
-        .or(found.then_some(""))
-}
-
-/// The strings of the array `key = [ … ]` in a TOML table's text (basic and literal
-/// strings, comments skipped): enough for `members` and `exclude`.
-fn string_array(table: &str, key: &str) -> Vec<String> {
-    let mut offset = 0;
-    let mut value = None;
-    for line in table.split_inclusive('\n') {
-        if let Some((name, _)) = line.split_once('=')
-            && name.trim() == key
-        {
-            value = Some(&table[offset + name.len() + 1..]);
-            break;
-        }
-        offset += line.len();
-    }
-    let Some(value) = value else {
-        return Vec::new();
-    };
-    let mut strings = Vec::new();
-    let mut chars = value.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            ']' => break,
-            '#' => {
-                chars.by_ref().find(|&c| c == '\n');
-            }
-            '"' | '\'' => {
-                let quote = c;
-                let mut text = String::new();
-                while let Some(c) = chars.next() {
-                    match c {
-                        c if c == quote => break,
-                        '\\' if quote == '"' => text.extend(chars.next()),
-                        c => text.push(c),
-                    }
-                }
-                strings.push(text);
-            }
-            _ => {}
-        }
-    }
-    strings
+/// The strings of `workspace.<key>` (`members`, `exclude`).
+fn paths(workspace: &toml::Table, key: &str) -> Vec<String> {
+    (workspace.get(key).and_then(toml::Value::as_array))
+        .map(|items| {
+            (items.iter())
+                .filter_map(|item| item.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A member path or glob as components, `./` dropped.
@@ -205,31 +147,19 @@ fn normal_relative(path: &str) -> PathBuf {
         .collect()
 }
 
-/// Whether `path` (relative to the workspace root) matches a `members` entry: a path
-/// whose components may hold `*` and `?` (each within one component).
-fn glob_matches(pattern: &str, path: &Path) -> bool {
+/// Whether `path` (relative to the workspace root) matches a `members` entry, a glob as
+/// cargo reads them (the `glob` crate, which cargo uses).
+fn member_matches(pattern: &str, path: &Path) -> bool {
     let pattern = normal_relative(pattern);
-    let pattern: Vec<_> = pattern.components().collect();
-    let path: Vec<_> = path.components().collect();
-    pattern.len() == path.len()
-        && pattern.iter().zip(&path).all(|(p, c)| {
-            wildcard(
-                &p.as_os_str().to_string_lossy(),
-                &c.as_os_str().to_string_lossy(),
-            )
-        })
-}
-
-fn wildcard(pattern: &str, text: &str) -> bool {
-    match pattern.chars().next() {
-        None => text.is_empty(),
-        Some('*') => (0..=text.len())
-            .filter(|&i| text.is_char_boundary(i))
-            .any(|i| wildcard(&pattern[1..], &text[i..])),
-        Some(p) => text.chars().next().is_some_and(|t| {
-            (p == '?' || p == t) && wildcard(&pattern[p.len_utf8()..], &text[t.len_utf8()..])
-        }),
-    }
+    glob::Pattern::new(&pattern.to_string_lossy()).is_ok_and(|pattern| {
+        pattern.matches_path_with(
+            path,
+            glob::MatchOptions {
+                require_literal_separator: true,
+                ..glob::MatchOptions::new()
+            },
+        )
+    })
 }
 
 /// Why no Cargo.lock could be derived.
@@ -335,28 +265,23 @@ mod tests {
 
     #[test]
     fn members_are_read_from_the_workspace_table() {
-        let manifest = "[package]\nname = \"x\"\nmembers = [\"no\"]\n\n[workspace]\nresolver = \"3\"\n# members = [\"commented\"]\nmembers = [\n  \"runtime\", # the runtime\n  'examples/*/worker',\n]\nexclude = [\"old\"]\n\n[workspace.package]\nversion = \"1\"\n";
-        let table = workspace_table(manifest).unwrap();
-        assert_eq!(
-            string_array(table, "members"),
-            ["runtime", "examples/*/worker"]
-        );
-        assert_eq!(string_array(table, "exclude"), ["old"]);
-        assert_eq!(workspace_table("[package]\nname = \"x\"\n"), None);
-        assert_eq!(workspace_table("[workspace.package]\n"), Some(""));
-        assert!(glob_matches(
-            "examples/*/worker",
-            Path::new("examples/tpch/worker")
-        ));
-        assert!(glob_matches("./runtime", Path::new("runtime")));
-        assert!(!glob_matches(
-            "examples/*/worker",
-            Path::new("my-project/worker")
-        ));
-        assert!(!glob_matches(
-            "examples/*",
-            Path::new("examples/tpch/worker")
-        ));
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = "[package]\nname = \"x\"\nmembers = [\"no\"]\n\n[workspace]\nresolver = \"3\"\n# members = [\"commented\"]\nmembers = [\n  \"runtime\", # the runtime\n  'examples/*/worker',\n  \"./tools/**\",\n]\nexclude = [\"examples/old\"]\n\n[workspace.package]\nversion = \"1\"\n";
+        std::fs::write(dir.path().join("Cargo.toml"), manifest).unwrap();
+        let lists = |path: &str| {
+            enclosing_workspace(&dir.path().join(path))
+                .unwrap()
+                .lists_crate
+        };
+        assert!(lists("runtime"));
+        assert!(lists("examples/tpch/worker"));
+        assert!(lists("tools/a/b"));
+        assert!(!lists("examples/old/worker"), "excluded");
+        assert!(!lists("my-project/worker"));
+        assert!(!lists("examples/tpch"), "a glob matches whole components");
+        assert!(!lists("no"), "only the workspace table's members count");
+        std::fs::write(dir.path().join("Cargo.toml"), "[package]\nname = \"x\"\n").unwrap();
+        assert_eq!(enclosing_workspace(&dir.path().join("runtime")), None);
     }
 
     #[test]

@@ -77,9 +77,17 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// Runs `words` in `dir`: `cargo` is the cargo running this test. The shared target
-/// directory keeps dependencies from being built again; everything is in cargo's cache
-/// already, so nothing is fetched.
+/// The copy's own target directory. Cargo gives the copy's packages the same build
+/// identity as the checkout's, so in the shared one its build of `nomnom` would replace
+/// the checkout's `target/debug/nomnom` (with the copy's runtime path built in) while
+/// other tests run it, and the next build of the checkout would replace it back.
+fn copy_target_dir() -> PathBuf {
+    target_dir().join("readme-target")
+}
+
+/// Runs `words` in `dir`: `cargo` is the cargo running this test. The copy's target
+/// directory is kept between runs, so dependencies are built once; everything is in
+/// cargo's cache already, so nothing is fetched.
 fn run(words: &[String], dir: &Path) -> String {
     let program = match words[0].as_str() {
         "cargo" => PathBuf::from(env!("CARGO")),
@@ -88,7 +96,7 @@ fn run(words: &[String], dir: &Path) -> String {
     let output = Command::new(program)
         .args(&words[1..])
         .current_dir(dir)
-        .env("CARGO_TARGET_DIR", target_dir())
+        .env("CARGO_TARGET_DIR", copy_target_dir())
         .env("CARGO_NET_OFFLINE", "true")
         .output()
         .unwrap();
