@@ -207,12 +207,13 @@ impl Metadata {
     }
 
     /// Whether a field of `field_type` can hold it.
-    pub fn fits(self, field_type: FieldType) -> bool {
-        field_type.is_textual()
-            || matches!(
-                (self, field_type),
-                (Self::MessageId, FieldType::Uuid) | (Self::ReceivedAt, FieldType::Timestamptz)
-            )
+    pub fn fits(self, field_type: FieldType, array: bool) -> bool {
+        !array
+            && (field_type.is_textual()
+                || matches!(
+                    (self, field_type),
+                    (Self::MessageId, FieldType::Uuid) | (Self::ReceivedAt, FieldType::Timestamptz)
+                ))
     }
 }
 
@@ -239,7 +240,10 @@ pub struct Field {
     pub name: String,
     /// The column's name (default: the field's name).
     pub column: String,
+    /// The type of the value, or of each element of an array.
     pub field_type: FieldType,
+    /// An array of `field_type` values (`type: text[]`).
+    pub array: bool,
     pub nullable: bool,
     pub source: Source,
     /// Accepted formats, for `timestamptz` and `date`; empty: RFC 3339 only.

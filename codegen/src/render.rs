@@ -311,7 +311,8 @@ fn context(project: &Project, entities: &[EntityView], options: &RenderOptions) 
         .iter()
         .map(|d| d.text.as_str())
         .collect();
-    context.insert("discriminator_names", &names.join(" or "));
+    // A Rust literal: pointers may hold quotes and braces.
+    context.insert("discriminator_names", &rust_string(&names.join(" or ")));
     let routes: Vec<&str> = (project.roots())
         .flat_map(|e| e.routes.iter().map(String::as_str))
         .collect();

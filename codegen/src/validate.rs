@@ -359,10 +359,11 @@ impl Validator {
                 },
                 Some(f) if need_non_null && f.nullable => Keys::NullableKey { what, field },
                 Some(f)
-                    if matches!(
-                        f.field_type,
-                        FieldType::Json | FieldType::F32 | FieldType::F64
-                    ) =>
+                    if f.array
+                        || matches!(
+                            f.field_type,
+                            FieldType::Json | FieldType::F32 | FieldType::F64
+                        ) =>
                 {
                     Keys::UnsuitableKey { what, field }
                 }
@@ -503,7 +504,7 @@ impl Validator {
                     field: name,
                     entity: spec.name.value.clone(),
                 },
-                Some(f) if !f.field_type.can_version() => Links::VersionType {
+                Some(f) if f.array || !f.field_type.can_version() => Links::VersionType {
                     field: name,
                     type_name: spec
                         .fields
@@ -598,7 +599,7 @@ impl Validator {
             self.report(Links::ParentKeyFromNotAField { from, parent }.at(&link.from));
             return None;
         };
-        if child.field_type != parent_field.field_type {
+        if child.field_type != parent_field.field_type || child.array != parent_field.array {
             let rule = Links::ParentKeyTypes {
                 field: field.clone(),
                 from: from.clone(),

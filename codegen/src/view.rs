@@ -25,8 +25,8 @@ pub struct FieldView {
     pub parse: String,
     /// Expression producing the column's `sql::Value` from `self.<name>`.
     pub value: String,
-    /// Variant of `nomnom_runtime::sql::ColumnType`.
-    pub column_type: &'static str,
+    /// Variant of `nomnom_runtime::sql::ColumnType`, as Rust.
+    pub column_type: String,
     pub postgres_type: String,
     pub sqlite_type: &'static str,
     pub diesel_type: String,
@@ -246,8 +246,19 @@ impl Statics {
 }
 
 /// What a parser passes to `p::field` to convert the value: a runtime function, or a
-/// closure calling one with the field's rules.
+/// closure calling one with the field's rules; for an array, a closure converting each
+/// element so.
 fn reader(field: &Field, statics: &mut Statics) -> String {
+    let element = element_reader(field, statics);
+    if field.array {
+        format!("|v, at| p::array_of(v, at, {element})")
+    } else {
+        element
+    }
+}
+
+/// The reader of one value of the field's type.
+fn element_reader(field: &Field, statics: &mut Statics) -> String {
     let info = field.field_type.info();
     let with = |function: &str, arguments: Option<String>| match arguments {
         None => function.to_owned(),
@@ -388,7 +399,11 @@ fn field_view(entity: &Entity, field: &Field) -> FieldView {
         ),
         items: Vec::new(),
     };
-    let clone = if info.copy { "" } else { ".clone()" };
+    let clone = if info.copy && !field.array {
+        ""
+    } else {
+        ".clone()"
+    };
     let parent_field = entity
         .parent
         .as_ref()
@@ -420,16 +435,39 @@ fn field_view(entity: &Entity, field: &Field) -> FieldView {
         name: field.name.clone(),
         column: field.column.clone(),
         doc: doc_text(&field.description),
-        rust_type: optional(info.rust),
+        rust_type: optional(&if field.array {
+            format!("Vec<{}>", info.rust)
+        } else {
+            info.rust.to_owned()
+        }),
         parse,
         value: format!("self.{}{clone}.into()", field.name),
-        column_type: info.column_type,
-        postgres_type: field.field_type.postgres_type(),
-        sqlite_type: info.sqlite,
-        diesel_type: if field.nullable {
-            format!("Nullable<{}>", info.diesel)
+        column_type: if field.array {
+            format!(
+                "Array {{ element: {} }}",
+                rust_string(&field.field_type.postgres_type().to_lowercase())
+            )
         } else {
-            info.diesel.to_owned()
+            info.column_type.to_owned()
+        },
+        postgres_type: if field.array {
+            format!("{}[]", field.field_type.postgres_type())
+        } else {
+            field.field_type.postgres_type()
+        },
+        // An array is its JSON text in SQLite.
+        sqlite_type: if field.array { "TEXT" } else { info.sqlite },
+        diesel_type: {
+            let diesel = if field.array {
+                format!("Array<{}>", info.diesel)
+            } else {
+                info.diesel.to_owned()
+            };
+            if field.nullable {
+                format!("Nullable<{diesel}>")
+            } else {
+                diesel
+            }
         },
         diesel_name: field.name.clone(),
         nullable: field.nullable,
@@ -699,6 +737,7 @@ mod tests {
             name: "n".into(),
             column: "n".into(),
             field_type,
+            array: false,
             nullable: false,
             source: Source::Body(Pointer {
                 text: "/n".into(),

@@ -617,6 +617,21 @@ pub fn json(value: &Value, _path: &str) -> Result<Value> {
     Ok(value.clone())
 }
 
+/// An array column's value: each element converted by `convert`, errors naming the
+/// element (`/labels/2: expected a string, got null`).
+pub fn array_of<T>(
+    value: &Value,
+    path: &str,
+    convert: impl Fn(&Value, &str) -> Result<T>,
+) -> Result<Vec<T>> {
+    let Value::Array(items) = value else {
+        return Err(type_error(path, "an array", value));
+    };
+    (items.iter().enumerate())
+        .map(|(index, item)| convert(item, "").map_err(|e| under(path, &[&index.to_string()], e)))
+        .collect()
+}
+
 /// The elements of the array at `value` (a child entity's rows).
 pub fn array<'a>(value: Option<&'a Value>, path: &str) -> Result<&'a [Value]> {
     match value {

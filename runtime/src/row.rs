@@ -74,6 +74,28 @@ impl From<&serde_json::Value> for Value {
     }
 }
 
+/// An array column: JSON text of the elements' values (numbers and booleans as JSON
+/// numbers and booleans, everything else as strings in their text forms), which
+/// PostgreSQL makes an array of the column's element type and SQLite keeps as it is.
+impl<T: Into<Value>> From<Vec<T>> for Value {
+    fn from(items: Vec<T>) -> Self {
+        let items: Vec<serde_json::Value> = items
+            .into_iter()
+            .map(|item| match item.into() {
+                Value::Null => serde_json::Value::Null,
+                Value::Bool(b) => b.into(),
+                Value::I16(n) => n.into(),
+                Value::I32(n) => n.into(),
+                Value::I64(n) => n.into(),
+                Value::F32(n) => f64::from(n).into(),
+                Value::F64(n) => n.into(),
+                Value::Text(text) => text.into(),
+            })
+            .collect();
+        Value::Text(serde_json::Value::Array(items).to_string())
+    }
+}
+
 /// A nullable column: `None` is SQL `NULL`.
 impl<T: Into<Value>> From<Option<T>> for Value {
     fn from(value: Option<T>) -> Self {
@@ -121,5 +143,15 @@ mod tests {
             Value::from(&serde_json::json!({"a": [1]})),
             Value::Text("{\"a\":[1]}".into())
         );
+        assert_eq!(
+            Value::from(vec![date, date]),
+            Value::Text("[\"1996-01-02\",\"1996-01-02\"]".into())
+        );
+        assert_eq!(Value::from(vec![1_i64, -2]), Value::Text("[1,-2]".into()));
+        assert_eq!(
+            Value::from(Some(vec!["a\"b".to_owned()])),
+            Value::Text("[\"a\\\"b\"]".into())
+        );
+        assert_eq!(Value::from(Vec::<bool>::new()), Value::Text("[]".into()));
     }
 }

@@ -39,6 +39,12 @@ pub enum ColumnType {
     Timestamptz,
     Uuid,
     Json,
+    /// An array, carried as JSON text (`["a","b"]`): in PostgreSQL an array of
+    /// `element` (a PostgreSQL type name such as `text` or `bigint`), in SQLite the JSON
+    /// text itself.
+    Array {
+        element: &'static str,
+    },
 }
 
 impl ColumnType {
@@ -121,10 +127,23 @@ pub(crate) fn quote(identifier: &str) -> String {
 
 /// The `index`-th placeholder, with PostgreSQL's cast for text-carried types.
 pub(crate) fn placeholder(kind: DatabaseKind, index: usize, column_type: ColumnType) -> String {
-    match kind {
-        DatabaseKind::Postgres => format!("${index}{}", column_type.postgres_cast()),
-        DatabaseKind::Sqlite => kind.placeholder(index),
+    match (kind, column_type) {
+        (DatabaseKind::Postgres, ColumnType::Array { element }) => {
+            postgres_array(&format!("${index}"), element)
+        }
+        (DatabaseKind::Postgres, _) => format!("${index}{}", column_type.postgres_cast()),
+        (DatabaseKind::Sqlite, _) => kind.placeholder(index),
     }
+}
+
+/// PostgreSQL's array of `element` from the JSON array text (or jsonb) `expression`,
+/// in order; NULL stays NULL.
+fn postgres_array(expression: &str, element: &str) -> String {
+    format!(
+        "(CASE WHEN {expression}::jsonb IS NULL THEN NULL ELSE ARRAY(SELECT e::{element} \
+         FROM jsonb_array_elements_text({expression}::jsonb) WITH ORDINALITY AS a(e, o) \
+         ORDER BY o) END)"
+    )
 }
 
 /// `rows` parenthesised lists of placeholders, one per column type: `($1, $2), ($3, $4)`.
@@ -253,9 +272,20 @@ pub fn copy_text_row(out: &mut Vec<u8>, row: &[Value]) {
 fn copy_write(pg: &mut PgConnection, table: &Table, rows: &[&Vec<Value>]) -> QueryResult<usize> {
     let columns: Vec<String> = table.columns.iter().map(|c| quote(c.name)).collect();
     let columns = columns.join(", ");
+    // Arrays travel as JSON text: staged as jsonb, made arrays by the INSERT.
+    let (staged, selected): (Vec<String>, Vec<String>) = (table.columns.iter())
+        .map(|c| match c.column_type {
+            ColumnType::Array { element } => (
+                format!("to_jsonb({0}) AS {0}", quote(c.name)),
+                postgres_array(&quote(c.name), element),
+            ),
+            _ => (quote(c.name), quote(c.name)),
+        })
+        .unzip();
     pg.batch_execute(&format!(
         "DROP TABLE IF EXISTS {STAGE_TABLE}; \
-         CREATE TEMPORARY TABLE {STAGE_TABLE} AS SELECT {columns} FROM {} WITH NO DATA",
+         CREATE TEMPORARY TABLE {STAGE_TABLE} AS SELECT {} FROM {} WITH NO DATA",
+        staged.join(", "),
         quote(table.name)
     ))?;
     let mut data = Vec::with_capacity(rows.len() * 32 * table.columns.len().max(1));
@@ -270,8 +300,9 @@ fn copy_write(pg: &mut PgConnection, table: &Table, rows: &[&Vec<Value>]) -> Que
         .with_format(diesel::pg::CopyFormat::Text)
         .execute(pg)?;
     let affected = diesel::sql_query(format!(
-        "INSERT INTO {} ({columns}) SELECT {columns} FROM {STAGE_TABLE}{}",
+        "INSERT INTO {} ({columns}) SELECT {} FROM {STAGE_TABLE}{}",
         quote(table.name),
+        selected.join(", "),
         conflict_clause(table)
     ))
     .execute(pg)?;

@@ -59,6 +59,14 @@ const COLUMNS: &[Column] = &[
         name: "extra",
         column_type: ColumnType::Json,
     },
+    Column {
+        name: "tags",
+        column_type: ColumnType::Array { element: "text" },
+    },
+    Column {
+        name: "nums",
+        column_type: ColumnType::Array { element: "bigint" },
+    },
 ];
 
 fn table(write: WriteMode) -> Table {
@@ -73,12 +81,13 @@ fn table(write: WriteMode) -> Table {
 const POSTGRES_DDL: &str = r#"CREATE TABLE things (
     "id" BIGINT NOT NULL, "part" SMALLINT NOT NULL, "order" TEXT, "n32" INTEGER, "flag" BOOLEAN,
     "ratio" REAL, "score" DOUBLE PRECISION, "price" NUMERIC(10, 2), "day" DATE, "at" TIME,
-    "seen" TIMESTAMPTZ, "ref" UUID, "extra" JSONB, PRIMARY KEY ("id", "part"))"#;
+    "seen" TIMESTAMPTZ, "ref" UUID, "extra" JSONB, "tags" TEXT[], "nums" BIGINT[],
+    PRIMARY KEY ("id", "part"))"#;
 
 const SQLITE_DDL: &str = r#"CREATE TABLE things (
     "id" INTEGER NOT NULL, "part" INTEGER NOT NULL, "order" TEXT, "n32" INTEGER, "flag" BOOLEAN,
     "ratio" REAL, "score" REAL, "price" TEXT, "day" TEXT, "at" TEXT, "seen" TEXT, "ref" TEXT,
-    "extra" TEXT, PRIMARY KEY ("id", "part"))"#;
+    "extra" TEXT, "tags" TEXT, "nums" TEXT, PRIMARY KEY ("id", "part"))"#;
 
 fn row(id: i64, part: i16, label: &str) -> Vec<Value> {
     vec![
@@ -95,6 +104,13 @@ fn row(id: i64, part: i16, label: &str) -> Vec<Value> {
         Value::Text("2026-11-22T13:30:00.123456Z".into()),
         Value::Text("0190d6f2-4c1e-7a3b-8f00-123456789abc".into()),
         Value::Text(r#"{"k": [1, 2]}"#.into()),
+        // Arrays: the label (tabs, backslashes, quotes…) as an element, and numbers.
+        Value::from(vec![label.to_owned(), "{\"b\"}".to_owned()]),
+        Value::from(if label.is_empty() {
+            Vec::new()
+        } else {
+            vec![1_i64, -2]
+        }),
     ]
 }
 
@@ -195,6 +211,12 @@ fn the_writer_on_postgres() {
         typed,
         "172799.49|1996-01-02|12:30:00.5|2026-11-22 13:30:00.123456|0190d6f2-4c1e-7a3b-8f00-123456789abc|2|t|0.5"
     );
+    // Arrays are PostgreSQL arrays of their element type, in order.
+    let arrays = pg.psql(
+        "writer",
+        r#"SELECT array_length(tags, 1), tags[2], nums[2] + 1, pg_typeof(nums) FROM things WHERE id = 1"#,
+    );
+    assert_eq!(arrays, r#"2|{"b"}|-1|bigint[]"#);
 }
 
 #[test]
@@ -211,6 +233,12 @@ fn the_writer_on_sqlite() {
         exact[0], "172799.49|1996-01-02|0190d6f2-4c1e-7a3b-8f00-123456789abc",
         "decimals stay exact text"
     );
+    // Arrays are their JSON text, readable with SQLite's JSON functions.
+    let arrays = dump(
+        &mut conn,
+        r#"COALESCE(json_extract(tags, '$[1]') || '|' || json_extract(nums, '$[1]'), 'NULL')"#,
+    );
+    assert_eq!(arrays[0], r#"{"b"}|-2"#);
 }
 
 /// Rows with every type, NULLs and text COPY must escape, and repeated keys.
@@ -242,7 +270,7 @@ fn copy_and_statements_write_the_same_rows_on_postgres() {
     let pg = Postgres::start();
     let url = pg.create_database("copy");
     let mut conn = sql::connect(&url).unwrap();
-    let everything = r#"concat_ws('|', "id", "part", "order", "n32", "flag", "ratio", "score", "price", "day", "at", "seen", "ref", "extra")"#;
+    let everything = r#"concat_ws('|', "id", "part", "order", "n32", "flag", "ratio", "score", "price", "day", "at", "seen", "ref", "extra", "tags", "nums")"#;
     let rows = tricky_rows(sql::COPY_MIN_ROWS as i64 * 3);
     for mode in [
         WriteMode::Upsert,

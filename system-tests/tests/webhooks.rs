@@ -320,6 +320,20 @@ async fn shapes_become_rows(database_url: String) {
         .sum();
     assert!(commits > 0 && added > 0);
     assert_eq!(n("SELECT count(*) AS n FROM push_commit"), commits as i64);
+    // The same arrays as array columns: PostgreSQL arrays, JSON text in SQLite.
+    let (readme, empty) = if sqlite {
+        ("'[\"README.md\"]'", "'[]'")
+    } else {
+        ("ARRAY['README.md']", "'{}'")
+    };
+    assert_eq!(
+        n(&format!(
+            "SELECT count(*) AS n FROM push_commit WHERE added = {readme} AND modified = {empty} \
+             AND removed = {empty}"
+        )),
+        commits as i64,
+        "each commit added README.md and modified and removed nothing"
+    );
     assert_eq!(
         n("SELECT count(*) AS n FROM added_file WHERE path = 'README.md'"),
         added as i64

@@ -16,7 +16,11 @@ pub fn field(spec: &FieldSpec, problems: &mut Vec<Problem>) -> Option<Field> {
     let name = identifier_problem(&spec.name, "field name").or_else(|| reserved_name(spec));
     let name_ok = name.is_none();
     problems.extend(name);
-    let field_type = field_type(spec, problems)?;
+    let (type_name, array) = match spec.field_type.value.strip_suffix("[]") {
+        Some(element) => (element, true),
+        None => (spec.field_type.value.as_str(), false),
+    };
+    let field_type = field_type(spec, type_name, array, problems)?;
     problems.extend(max_length(spec, field_type));
     problems.extend(misplaced_keys(spec, field_type));
     problems.extend(bounds(spec));
@@ -24,9 +28,9 @@ pub fn field(spec: &FieldSpec, problems: &mut Vec<Problem>) -> Option<Field> {
     problems.extend(allowed(spec, field_type));
     let source = source(spec).map_err(|p| problems.push(p)).ok();
     if let Some(Source::Metadata { item }) = &source {
-        problems.extend(metadata(spec, *item, field_type));
+        problems.extend(metadata(spec, *item, field_type, array));
     }
-    problems.extend(default(spec, field_type));
+    problems.extend(default(spec, field_type, array));
     let formats = formats(spec, field_type, problems);
     let column = match &spec.column {
         None => spec.name.value.clone(),
@@ -40,6 +44,7 @@ pub fn field(spec: &FieldSpec, problems: &mut Vec<Problem>) -> Option<Field> {
         name: spec.name.value.clone(),
         column,
         field_type,
+        array,
         nullable: spec.nullable.as_ref().is_some_and(|n| n.value),
         source,
         formats,
@@ -73,9 +78,21 @@ fn checks(spec: &FieldSpec) -> Checks {
     }
 }
 
-/// The field's type, from its name in the spec.
-fn field_type(spec: &FieldSpec, problems: &mut Vec<Problem>) -> Option<FieldType> {
-    Some(match spec.field_type.value.as_str() {
+/// The field's type (of each element, for an array), from its name in the spec.
+fn field_type(
+    spec: &FieldSpec,
+    type_name: &str,
+    array: bool,
+    problems: &mut Vec<Problem>,
+) -> Option<FieldType> {
+    if array && (type_name == "json" || type_name.ends_with("[]")) {
+        let rule = FieldRule::UnsupportedArray {
+            type_name: spec.field_type.value.clone(),
+        };
+        problems.push(rule.at(&spec.field_type));
+        return None;
+    }
+    Some(match type_name {
         "string" => FieldType::String {
             max_length: spec.max_length.as_ref().map(|m| m.value),
         },
@@ -92,11 +109,16 @@ fn field_type(spec: &FieldSpec, problems: &mut Vec<Problem>) -> Option<FieldType
         "timestamptz" | "timestamp" => FieldType::Timestamptz,
         "uuid" => FieldType::Uuid,
         "json" => FieldType::Json,
-        other => {
+        _ => {
             let rule = FieldRule::UnknownType {
-                name: other.to_owned(),
-                suggestion: did_you_mean(other, FieldType::NAMES.iter().copied())
-                    .map(str::to_owned),
+                name: spec.field_type.value.clone(),
+                suggestion: did_you_mean(type_name, FieldType::NAMES.iter().copied()).map(|name| {
+                    if array {
+                        format!("{name}[]")
+                    } else {
+                        name.to_owned()
+                    }
+                }),
             };
             problems.push(rule.at(&spec.field_type));
             return None;
@@ -267,10 +289,15 @@ fn source(spec: &FieldSpec) -> Result<Source, Problem> {
 
 /// Metadata goes into a field of a type that holds it, and one that some messages lack
 /// into a field that can be empty.
-fn metadata(spec: &FieldSpec, item: Metadata, field_type: FieldType) -> Option<Problem> {
+fn metadata(
+    spec: &FieldSpec,
+    item: Metadata,
+    field_type: FieldType,
+    array: bool,
+) -> Option<Problem> {
     let at = spec.source.as_ref()?;
     let source = format!("${}", item.name());
-    if !item.fits(field_type) {
+    if !item.fits(field_type, array) {
         let types = match item {
             Metadata::MessageId => "uuid, string or text",
             Metadata::ReceivedAt => "timestamptz, string or text",
@@ -385,9 +412,17 @@ fn time_pattern_problem(pattern: &str, timestamp: bool) -> Option<&'static str> 
     None
 }
 
-fn default(spec: &FieldSpec, field_type: FieldType) -> Option<Problem> {
+fn default(spec: &FieldSpec, field_type: FieldType, array: bool) -> Option<Problem> {
     let default = spec.default.as_ref()?;
-    (!default_fits(&default.value, field_type)).then(|| {
+    let fits = match (&default.value, array) {
+        (serde_json::Value::Array(items), true) => items
+            .iter()
+            .all(|item| !item.is_null() && default_fits(item, field_type)),
+        (serde_json::Value::Null, true) => true,
+        (_, true) => false,
+        (value, false) => default_fits(value, field_type),
+    };
+    (!fits).then(|| {
         FieldRule::InvalidDefault {
             value: default.value.to_string(),
             type_name: spec.field_type.value.clone(),

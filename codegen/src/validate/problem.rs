@@ -342,7 +342,7 @@ impl Display for Keys {
             NullableKey { what, field } => write!(f, "{what} field {field:?} is nullable"),
             UnsuitableKey { what, field } => write!(
                 f,
-                "{what} field {field:?} cannot be a key (its type compares inexactly)"
+                "{what} field {field:?} cannot be a key (a float, json or array)"
             ),
             MissingPrimaryKey { entity } => write!(f, "entity {entity:?} has no primary_key"),
             EmptyKey { what, entity } => write!(f, "an empty list in `{what}` of {entity:?}"),
@@ -591,6 +591,10 @@ pub enum FieldRule {
         name: String,
         suggestion: Option<String>,
     },
+    /// `json[]` or `text[][]`.
+    UnsupportedArray {
+        type_name: String,
+    },
     MissingPrecision {
         field: String,
     },
@@ -662,6 +666,9 @@ impl Display for FieldRule {
         use FieldRule::*;
         match self {
             UnknownType { name, .. } => write!(f, "type {name:?} is unknown"),
+            UnsupportedArray { type_name } => {
+                write!(f, "type {type_name:?} is not an array nomnom stores")
+            }
             MissingPrecision { field } => {
                 write!(f, "decimal field {field:?} needs `precision` and `scale`")
             }
@@ -711,7 +718,7 @@ impl Rule for FieldRule {
     fn code(&self) -> &'static str {
         use FieldRule::*;
         match self {
-            UnknownType { .. } => "unknown_type",
+            UnknownType { .. } | UnsupportedArray { .. } => "unknown_type",
             MissingPrecision { .. } => "missing_precision",
             InvalidPrecision { .. } => "invalid_precision",
             InvalidLength { .. } => "invalid_length",
@@ -734,6 +741,7 @@ impl Rule for FieldRule {
         use FieldRule::*;
         match self {
             UnknownType { .. } => "unknown type",
+            UnsupportedArray { .. } => "unsupported array",
             MissingPrecision { .. } => "decimal without precision",
             InvalidPrecision { .. } | InvalidLength { .. } => "out of range",
             NotForType { .. } | BoundNotForType { .. } => "not for this type",
@@ -756,8 +764,12 @@ impl Rule for FieldRule {
         Some(match self {
             UnknownType { suggestion, .. } => suggest(
                 suggestion,
-                &format!("types: {}", crate::model::FieldType::NAMES.join(", ")),
+                &format!(
+                    "types: {}; an array of any but json: `<type>[]`",
+                    crate::model::FieldType::NAMES.join(", ")
+                ),
             ),
+            UnsupportedArray { .. } => "arrays hold scalars (`text[]`, `i64[]`, …): keep JSON, nested arrays included, in a `json` field".to_owned(),
             MissingPrecision { .. } => {
                 "for example `precision: 15` and `scale: 2` for money".to_owned()
             }

@@ -521,6 +521,18 @@ pub static PUSH_COMMIT: Entity = Entity {
                 name: "message",
                 column_type: ColumnType::Text,
             },
+            Column {
+                name: "added",
+                column_type: ColumnType::Array { element: "text" },
+            },
+            Column {
+                name: "modified",
+                column_type: ColumnType::Array { element: "text" },
+            },
+            Column {
+                name: "removed",
+                column_type: ColumnType::Array { element: "text" },
+            },
         ],
         key: &["delivery", "sha"],
         write: WriteMode::Insert,
@@ -539,6 +551,9 @@ impl Row for crate::models::PushCommit {
             self.delivery.into(),
             self.sha.clone().into(),
             self.message.clone().into(),
+            self.added.clone().into(),
+            self.modified.clone().into(),
+            self.removed.clone().into(),
         ]
     }
 }

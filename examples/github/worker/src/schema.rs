@@ -122,6 +122,9 @@ diesel::table! {
         delivery -> Uuid,
         sha -> Varchar,
         message -> Text,
+        added -> Array<Text>,
+        modified -> Array<Text>,
+        removed -> Array<Text>,
     }
 }
 

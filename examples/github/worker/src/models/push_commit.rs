@@ -6,4 +6,7 @@ pub struct PushCommit {
     pub delivery: uuid::Uuid,
     pub sha: String,
     pub message: String,
+    pub added: Vec<String>,
+    pub modified: Vec<String>,
+    pub removed: Vec<String>,
 }

@@ -30,6 +30,13 @@ pub fn parse(
             )
         })?,
         message: p::field(body, path, &["message"], p::text)?,
+        added: p::field(body, path, &["added"], |v, at| p::array_of(v, at, p::text))?,
+        modified: p::field(body, path, &["modified"], |v, at| {
+            p::array_of(v, at, p::text)
+        })?,
+        removed: p::field(body, path, &["removed"], |v, at| {
+            p::array_of(v, at, p::text)
+        })?,
     })
 }
 

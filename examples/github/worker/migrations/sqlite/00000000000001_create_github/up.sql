@@ -104,6 +104,9 @@ CREATE TABLE IF NOT EXISTS "push_commit" (
     "delivery" TEXT NOT NULL,
     "sha" TEXT NOT NULL,
     "message" TEXT NOT NULL,
+    "added" TEXT NOT NULL,
+    "modified" TEXT NOT NULL,
+    "removed" TEXT NOT NULL,
     PRIMARY KEY ("delivery", "sha")
 );
 
