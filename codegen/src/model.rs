@@ -167,6 +167,16 @@ pub enum Source {
     Body(Pointer),
     /// The message's metadata, from its envelope.
     Metadata { item: Metadata },
+    /// A request header nats-api captured into the envelope (`--capture-header`); the
+    /// name is lower-case.
+    Header { name: String },
+}
+
+impl Source {
+    /// Whether the value comes from the envelope rather than the body.
+    pub fn is_metadata(&self) -> bool {
+        matches!(self, Self::Metadata { .. } | Self::Header { .. })
+    }
 }
 
 /// Message metadata a field can hold (`source: $message_id`, …).
@@ -295,6 +305,6 @@ impl Entity {
     pub fn reads_metadata(&self) -> bool {
         self.fields
             .iter()
-            .any(|f| !f.from_parent && matches!(f.source, Source::Metadata { .. }))
+            .any(|f| !f.from_parent && f.source.is_metadata())
     }
 }

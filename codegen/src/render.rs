@@ -311,8 +311,13 @@ fn context(project: &Project, entities: &[EntityView], options: &RenderOptions) 
         .iter()
         .map(|d| d.text.as_str())
         .collect();
-    // A Rust literal: pointers may hold quotes and braces.
-    context.insert("discriminator_names", &rust_string(&names.join(" or ")));
+    // Inside a format string literal: pointers may hold quotes, backslashes and braces.
+    let literal = rust_string(&names.join(" or "));
+    let inner = &literal[1..literal.len() - 1];
+    context.insert(
+        "discriminator_names",
+        &inner.replace('{', "{{").replace('}', "}}"),
+    );
     let routes: Vec<&str> = (project.roots())
         .flat_map(|e| e.routes.iter().map(String::as_str))
         .collect();

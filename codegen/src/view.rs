@@ -367,6 +367,10 @@ fn parse_expression(field: &Field, reader: &str, statics: &mut Statics) -> Strin
     let (from, tokens) = match &field.source {
         Source::Body(pointer) => ("field", format!("body, path, {}", tokens(pointer))),
         Source::Metadata { item } => ("meta", format!("meta, {}", rust_string(item.name()))),
+        Source::Header { name } => (
+            "meta",
+            format!("meta, {}", rust_string(&format!("header.{name}"))),
+        ),
     };
     // Defaults live in statics; the JSON path is only built when a value is refused.
     let default = field.default.as_ref().map(|default| {
@@ -722,7 +726,7 @@ pub fn entity_view(project: &Project, entity: &Entity) -> EntityView {
         reads_metadata: entity.reads_metadata(),
         delete_reads_metadata: entity.fields.iter().any(|f| {
             (entity.upsert_key.contains(&f.name) || entity.version.as_ref() == Some(&f.name))
-                && matches!(f.source, Source::Metadata { .. })
+                && f.source.is_metadata()
         }),
     }
 }

@@ -612,20 +612,12 @@ fn arbitrary_text_never_panics() {
 // Property B: structured specs
 // ---------------------------------------------------------------------------------------
 
-/// Every type the spec accepts (the model's own list), some arrays, and types it does not
-/// accept.
+/// Every type the spec accepts (the model's own list).
 fn field_types() -> Vec<&'static str> {
     nomnom_codegen::model::FieldType::NAMES
         .iter()
         .copied()
-        .chain([
-            "timestamp",
-            "text[]",
-            "string[]",
-            "i64[]",
-            "date[]",
-            "json[]",
-        ])
+        .chain(["timestamp"])
         .collect()
 }
 
@@ -735,9 +727,18 @@ fn source() -> BoxedStrategy<String> {
     prop_oneof![
         40 => pointer(),
         3 => Just(String::new()),
-        4 => select(&["$message_id", "$received_at", "$idempotency_key", "$entity", "$request_id"][..])
+        4 => select(&[
+            "$message_id",
+            "$received_at",
+            "$idempotency_key",
+            "$entity",
+            "$request_id",
+            "$header.x-github-delivery",
+            "$header.X-Request-Start",
+        ][..])
+        .prop_map(str::to_owned),
+        1 => select(&["$", "$header", "$header.", "$header.a b", "$message", "$MESSAGE_ID"][..])
             .prop_map(str::to_owned),
-        1 => select(&["$", "$header", "$message", "$MESSAGE_ID"][..]).prop_map(str::to_owned),
     ]
     .boxed()
 }
@@ -828,7 +829,10 @@ fn field() -> BoxedStrategy<FieldSpec> {
     (
         (
             ident(),
-            select(field_types()),
+            prop_oneof![
+                8 => select(field_types()),
+                1 => select(&["text[]", "string[]", "i64[]", "date[]"][..]),
+            ],
             prop::option::weighted(0.4, any::<bool>()),
             prop::option::weighted(0.2, source()),
             prop::option::weighted(0.2, text()),
@@ -875,7 +879,11 @@ fn field() -> BoxedStrategy<FieldSpec> {
                 let (ty, nullable) = match source.as_deref() {
                     Some("$message_id") if misplace > 20 => ("uuid", nullable),
                     Some("$received_at") if misplace > 20 => ("timestamptz", nullable),
-                    Some("$idempotency_key" | "$entity" | "$request_id") if misplace > 20 => {
+                    Some(s)
+                        if misplace > 20
+                            && (s.starts_with("$header.")
+                                || matches!(s, "$idempotency_key" | "$entity" | "$request_id")) =>
+                    {
                         ("text", Some(true))
                     }
                     _ => (ty, nullable),
@@ -910,6 +918,10 @@ fn field() -> BoxedStrategy<FieldSpec> {
                 };
                 let default = default.map(|d| match (ty, d) {
                     (_, 0) => "null".to_owned(),
+                    ("text[]" | "string[]", _) => "[\"a\", \"b\"]".into(),
+                    ("i64[]", 1) if misplace < 10 => "[1, null]".into(),
+                    ("i64[]", _) => "[1, -2]".into(),
+                    ("date[]", _) => "[]".into(),
                     ("bool", _) => "true".into(),
                     ("i16" | "i32" | "i64", 1) if misplace < 10 => "1.5".into(),
                     ("i16" | "i32" | "i64", _) => "-7".into(),
@@ -1090,7 +1102,9 @@ fn entity(depth: u32) -> BoxedStrategy<EntitySpec> {
 }
 
 fn can_be_key(field: &FieldSpec) -> bool {
-    field.nullable != Some(true) && !matches!(field.ty, "json" | "f32" | "f64")
+    field.nullable != Some(true)
+        && !matches!(field.ty, "json" | "f32" | "f64")
+        && !field.ty.ends_with("[]")
 }
 
 /// Fills keys and parent links so that most specs validate.
@@ -1381,7 +1395,7 @@ impl EntitySpec {
         for f in &self.fields {
             let mut parts = vec![
                 format!("name: {}", yaml_string(&f.name)),
-                format!("type: {}", f.ty),
+                format!("type: {}", yaml_string(f.ty)),
             ];
             if let Some(n) = f.nullable {
                 parts.push(format!("nullable: {n}"));

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::http::HeaderName;
+
 use nomnom_runtime::{
     NatsConfig, StreamSettings,
     cli::{NatsArgs, StreamArgs},
@@ -35,6 +37,9 @@ pub struct ApiConfig {
     pub api_keys_file: Option<PathBuf>,
     /// Database the workers record statuses in (optional: status lookups need it).
     pub database_url: Option<String>,
+    /// Request headers copied into each message's envelope, for specs that read them
+    /// (`source: $header.<name>`).
+    pub capture_headers: Vec<HeaderName>,
 }
 
 impl Default for ApiConfig {
@@ -59,6 +64,7 @@ impl Default for ApiConfig {
             api_keys: Vec::new(),
             api_keys_file: None,
             database_url: None,
+            capture_headers: Vec::new(),
         }
     }
 }
@@ -114,9 +120,25 @@ pub struct ApiArgs {
     /// Database the workers write statuses to (postgres://… or sqlite://…), for status lookups.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// A request header to copy into each message's envelope, where a spec reads it with
+    /// `source: $header.<name>` (repeat the flag, or separate names with commas).
+    #[arg(
+        long = "capture-header",
+        env = "NOMNOM_CAPTURE_HEADERS",
+        value_delimiter = ',',
+        value_parser = header_name
+    )]
+    pub capture_headers: Vec<HeaderName>,
     /// Log format.
     #[arg(long, env = "NOMNOM_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
+}
+
+/// A header name as HTTP allows it, lower-cased.
+fn header_name(text: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(text.trim().as_bytes()).map_err(|_| {
+        format!("{text:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)")
+    })
 }
 
 impl ApiArgs {
@@ -141,6 +163,7 @@ impl ApiArgs {
                 .collect(),
             api_keys_file: self.api_keys_file.clone(),
             database_url: self.database_url.clone().filter(|u| !u.trim().is_empty()),
+            capture_headers: self.capture_headers.clone(),
         }
     }
 }

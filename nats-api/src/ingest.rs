@@ -1,10 +1,12 @@
 //! `POST /api/ingest/message` and `POST /api/ingest/batch`.
 
+use std::collections::BTreeMap;
+
 use axum::{
     Json,
     body::Body,
     extract::{Path, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
@@ -56,17 +58,49 @@ struct RequestMeta {
     entity: Option<EntityName>,
     key: Option<IdempotencyKey>,
     request_id: Option<String>,
+    /// The configured headers the request has.
+    captured: BTreeMap<String, String>,
 }
 
 impl RequestMeta {
-    fn read(path_entity: Option<&str>, headers: &HeaderMap) -> Result<Self, ApiError> {
+    fn read(
+        path_entity: Option<&str>,
+        headers: &HeaderMap,
+        capture: &[HeaderName],
+    ) -> Result<Self, ApiError> {
         Ok(Self {
             received_at: envelope::now_micros(),
             entity: entity_hint(path_entity, headers)?,
             key: idempotency_key(headers)?,
             request_id: request_id(headers),
+            captured: captured_headers(headers, capture)?,
         })
     }
+}
+
+/// The values of the headers nats-api captures (`--capture-header`): text, since the
+/// envelope is JSON. A header sent twice keeps its values joined by ", " (RFC 9110).
+fn captured_headers(
+    headers: &HeaderMap,
+    capture: &[HeaderName],
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut captured = BTreeMap::new();
+    for name in capture {
+        let mut values = Vec::new();
+        for value in headers.get_all(name) {
+            let text = value.to_str().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_header",
+                    format!("header {name} is not visible ASCII text; it is captured into the message, which holds text only"),
+                )
+            })?;
+            values.push(text);
+        }
+        if !values.is_empty() {
+            captured.insert(name.as_str().to_owned(), values.join(", "));
+        }
+    }
+    Ok(captured)
 }
 
 /// `POST /api/ingest/message` and `POST /api/ingest/message/{entity}`.
@@ -76,7 +110,11 @@ pub async fn message(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let meta = RequestMeta::read(entity.as_ref().map(|Path(e)| e.as_str()), &headers)?;
+    let meta = RequestMeta::read(
+        entity.as_ref().map(|Path(e)| e.as_str()),
+        &headers,
+        &state.config.capture_headers,
+    )?;
     let bytes = read_body(body, &headers, state.config.max_body_bytes).await?;
     check_json(&bytes).inspect_err(|_| count("message", "rejected"))?;
     let envelope = envelope_for(
@@ -84,6 +122,7 @@ pub async fn message(
         meta.entity,
         meta.key,
         meta.request_id,
+        meta.captured,
         meta.received_at,
     );
     let accepted = state
@@ -453,7 +492,11 @@ pub async fn batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let meta = RequestMeta::read(entity.as_ref().map(|Path(e)| e.as_str()), &headers)?;
+    let meta = RequestMeta::read(
+        entity.as_ref().map(|Path(e)| e.as_str()),
+        &headers,
+        &state.config.capture_headers,
+    )?;
     let bytes = read_body(body, &headers, state.config.max_batch_bytes).await?;
     let items = split_batch(&bytes, &headers)?;
     if items.len() > state.config.max_batch_items {
@@ -479,6 +522,7 @@ pub async fn batch(
             meta.entity.clone(),
             item_key,
             meta.request_id.clone(),
+            meta.captured.clone(),
             meta.received_at,
         );
         batch.publish(&state, index, envelope).await;

@@ -49,6 +49,7 @@ fn from_headers(headers: &HeaderMap, payload: Bytes) -> Envelope {
         entity: get("Nomnom-Entity").map(|e| EntityName::parse(&e).unwrap()),
         idempotency_key: None,
         request_id: get("Nomnom-Request-Id"),
+        headers: Default::default(),
         content_type: get("Content-Type").unwrap(),
         body: Body::Inline(payload),
     }
@@ -70,6 +71,7 @@ fn sample_envelope(body: Bytes) -> Envelope {
         entity: Some(EntityName::parse("order").unwrap()),
         idempotency_key: None,
         request_id: Some("0b7c4a36-2f4e-4c4b-9d7e-3f1f7f0f9a11".into()),
+        headers: Default::default(),
         content_type: envelope::JSON_CONTENT_TYPE.into(),
         body: Body::Inline(body),
     }

@@ -15,13 +15,16 @@
 //!  "content_type":"application/json","body":{…the client's JSON…}}
 //! ```
 //!
-//! `entity`, `idempotency_key` and `request_id` are omitted when absent. A body stored in
+//! `entity`, `idempotency_key` and `request_id` are omitted when absent, as is `headers`:
+//! the request headers nats-api was configured to capture (`--capture-header`), as an
+//! object of lower-case names to values, `"headers":{"x-github-delivery":"…"}`. A body stored in
 //! the Object Store (claim-check) replaces `body` with
 //! `"body_ref":{"bucket":"…","object":"…","size":N}`. `nomnom` (the version) is always the
 //! first key, so a reader can refuse other versions before parsing them. Readers ignore
 //! fields they do not know, so adding an optional field does not need a new version.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use async_nats::HeaderMap;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -80,6 +83,9 @@ pub struct Envelope {
     pub entity: Option<EntityName>,
     pub idempotency_key: Option<IdempotencyKey>,
     pub request_id: Option<String>,
+    /// Request headers nats-api captured (lower-case name → value), for specs that read
+    /// them (`source: $header.<name>`).
+    pub headers: BTreeMap<String, String>,
     pub content_type: String,
     pub body: Body,
 }
@@ -158,6 +164,8 @@ struct WireV1<'a> {
     idempotency_key: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     request_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
     #[serde(borrow, default)]
     content_type: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -224,6 +232,18 @@ impl Envelope {
             buffer.put_slice(b",\"request_id\":");
             put_json_string(&mut buffer, request_id);
         }
+        if !self.headers.is_empty() {
+            buffer.put_slice(b",\"headers\":{");
+            for (index, (name, value)) in self.headers.iter().enumerate() {
+                if index > 0 {
+                    buffer.put_slice(b",");
+                }
+                put_json_string(&mut buffer, name);
+                buffer.put_slice(b":");
+                put_json_string(&mut buffer, value);
+            }
+            buffer.put_slice(b"}");
+        }
         buffer.put_slice(b",\"content_type\":");
         put_json_string(&mut buffer, &self.content_type);
         match &self.body {
@@ -283,6 +303,7 @@ impl Envelope {
             entity,
             idempotency_key,
             request_id: wire.request_id.map(Cow::into_owned),
+            headers: wire.headers,
             content_type: wire
                 .content_type
                 .map_or_else(|| JSON_CONTENT_TYPE.to_owned(), Cow::into_owned),
@@ -315,6 +336,7 @@ mod tests {
             entity: Some(EntityName::parse("order").unwrap()),
             idempotency_key: Some(IdempotencyKey::parse("order-42").unwrap()),
             request_id: Some("req-1".into()),
+            headers: BTreeMap::from([("x-github-delivery".into(), "72d3162e-\"quoted\"".into())]),
             content_type: JSON_CONTENT_TYPE.into(),
             body: Body::Inline(Bytes::from_static(br#"{"o_orderkey":42}"#)),
         }
@@ -388,6 +410,7 @@ mod tests {
     fn user_text_is_escaped_and_the_body_kept_verbatim() {
         let tricky = Envelope {
             request_id: Some("\"},\"body\":1,\"x\":\"".into()),
+            headers: Default::default(),
             content_type: "application/json; note=\"\\\"".into(),
             body: Body::Inline(Bytes::from_static(b"{\"k\" : [1, \"\\u0000\"]}")),
             ..sample()

@@ -70,7 +70,8 @@ fn under(path: &str, tokens: &[&str], err: ParseError) -> ParseError {
 }
 
 /// The message metadata a spec can read (`$message_id`, `$received_at`,
-/// `$idempotency_key`, `$entity`, `$request_id`), as one JSON object, so generated
+/// `$idempotency_key`, `$entity`, `$request_id`, `$header.<name>`), as one JSON object
+/// (`header.<name>` for a captured header), so generated
 /// parsers read them with the same conversions as body fields. Absent items are absent.
 pub fn metadata(envelope: &crate::Envelope) -> Value {
     let mut map = serde_json::Map::new();
@@ -89,6 +90,9 @@ pub fn metadata(envelope: &crate::Envelope) -> Value {
     }
     if let Some(request_id) = &envelope.request_id {
         map.insert("request_id".into(), request_id.clone().into());
+    }
+    for (name, value) in &envelope.headers {
+        map.insert(format!("header.{name}"), value.clone().into());
     }
     Value::Object(map)
 }

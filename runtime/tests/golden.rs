@@ -64,6 +64,7 @@ fn inline_body_with_every_optional_field() {
             entity: Some(EntityName::parse("order").unwrap()),
             idempotency_key: Some(key),
             request_id: Some("req-7f3a".into()),
+            headers: Default::default(),
             content_type: "application/json".into(),
             body: Body::Inline(Bytes::from_static(
                 br#"{"o_orderkey":42,"o_totalprice":"173665.47"}"#,
@@ -82,6 +83,7 @@ fn claim_checked_body_without_optional_fields() {
             entity: None,
             idempotency_key: None,
             request_id: None,
+            headers: Default::default(),
             content_type: "application/json".into(),
             body: Body::Stored(BodyRef {
                 bucket: "MESSAGES_BODIES".into(),

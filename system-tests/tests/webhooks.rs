@@ -68,6 +68,9 @@ impl Pipeline {
                 ..Default::default()
             },
             database_url: Some(database_url.to_owned()),
+            capture_headers: vec![reqwest::header::HeaderName::from_static(
+                "x-github-delivery",
+            )],
             ..Default::default()
         };
         tokio::spawn(nats_api::serve_on(listener, config, std::future::pending()));
@@ -125,13 +128,19 @@ impl Pipeline {
 
     /// Posts one delivery; returns its message id.
     async fn post(&self, entity: &str, delivery: &Value) -> String {
-        let reply = self
+        self.post_with(entity, delivery, &[]).await
+    }
+
+    /// Posts one delivery with extra request headers; returns its message id.
+    async fn post_with(&self, entity: &str, delivery: &Value, headers: &[(&str, &str)]) -> String {
+        let mut request = self
             .client
             .post(format!("{}/api/ingest/message/{entity}", self.api))
-            .json(delivery)
-            .send()
-            .await
-            .unwrap();
+            .json(delivery);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let reply = request.send().await.unwrap();
         assert_eq!(reply.status(), 202);
         let body: Value = reply.json().await.unwrap();
         body["message_id"].as_str().unwrap().to_owned()
@@ -266,8 +275,12 @@ async fn shapes_become_rows(database_url: String) {
     // Pushes: the key is the delivery's message id ($message_id).
     let pushes = all_deliveries("push");
     let mut ids = Vec::new();
-    for push in &pushes {
-        let id = p.post("push", push).await;
+    for (index, push) in pushes.iter().enumerate() {
+        // GitHub names each delivery in a header, which nats-api captures.
+        let delivery = format!("72d3162e-cc78-11e3-81ab-4c9367dc095{index}");
+        let id = p
+            .post_with("push", push, &[("X-GitHub-Delivery", &delivery)])
+            .await;
         assert_eq!(p.outcome(&id).await["status"], "persisted", "{push}");
         ids.push(id);
     }
@@ -288,7 +301,8 @@ async fn shapes_become_rows(database_url: String) {
              AND \"ref\" = 'refs/tags/simple-tag' AND pushed_at = {pushed_at} \
              AND repository_created_at = {created_at} AND repository_updated_at = {updated_at} \
              AND {payload_ref} = 'refs/tags/simple-tag' AND received_at IS NOT NULL \
-             AND idempotency_key IS NULL"
+             AND idempotency_key IS NULL \
+             AND github_delivery = '72d3162e-cc78-11e3-81ab-4c9367dc0950'"
         )),
         1,
         "the first push's row holds its metadata, timestamps, ref and whole body"
@@ -355,6 +369,16 @@ async fn shapes_become_rows(database_url: String) {
         n(&format!(
             "SELECT count(*) AS n FROM pull_request WHERE id = 279147437 \
              AND updated_at = {newest} AND head_ref = 'changes' AND additions = 1"
+        )),
+        1
+    );
+
+    // A push sent without the header has no delivery id.
+    let id = p.post("push", &pushes[0]).await;
+    assert_eq!(p.outcome(&id).await["status"], "persisted");
+    assert_eq!(
+        n(&format!(
+            "SELECT count(*) AS n FROM push WHERE delivery = '{id}' AND github_delivery IS NULL"
         )),
         1
     );

@@ -27,8 +27,12 @@ pub fn field(spec: &FieldSpec, problems: &mut Vec<Problem>) -> Option<Field> {
     problems.extend(pattern(spec, field_type));
     problems.extend(allowed(spec, field_type));
     let source = source(spec).map_err(|p| problems.push(p)).ok();
-    if let Some(Source::Metadata { item }) = &source {
-        problems.extend(metadata(spec, *item, field_type, array));
+    match &source {
+        Some(Source::Metadata { item }) => {
+            problems.extend(metadata(spec, *item, field_type, array));
+        }
+        Some(Source::Header { .. }) => problems.extend(header(spec, field_type, array)),
+        _ => {}
     }
     problems.extend(default(spec, field_type, array));
     let formats = formats(spec, field_type, problems);
@@ -267,6 +271,19 @@ fn source(spec: &FieldSpec) -> Result<Source, Problem> {
             text: String::new(),
             tokens: Vec::new(),
         })),
+        Some(s) if s.value.starts_with("$header.") => {
+            let name = &s.value["$header.".len()..];
+            let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if name.is_empty() || !name.bytes().all(token) {
+                return Err(FieldRule::InvalidHeaderName {
+                    source: s.value.clone(),
+                }
+                .at(s));
+            }
+            Ok(Source::Header {
+                name: name.to_ascii_lowercase(),
+            })
+        }
         Some(s) if s.value.starts_with('$') => {
             let name = &s.value[1..];
             match Metadata::ALL.iter().find(|m| m.name() == name) {
@@ -316,6 +333,27 @@ fn metadata(
     let can_be_empty = spec.nullable.as_ref().is_some_and(|n| n.value) || spec.default.is_some();
     (!item.always_present() && !can_be_empty)
         .then(|| FieldRule::MetadataMaybeAbsent { source }.at(at))
+}
+
+/// A header is text that some requests lack: a `string` or `text` field, nullable or with
+/// a default.
+fn header(spec: &FieldSpec, field_type: FieldType, array: bool) -> Option<Problem> {
+    let at = spec.source.as_ref()?;
+    let source = at.value.clone();
+    if array || !field_type.is_textual() {
+        let type_name = spec.field_type.value.clone();
+        let types = "string or text";
+        return Some(
+            FieldRule::MetadataType {
+                source,
+                type_name,
+                types,
+            }
+            .at(at),
+        );
+    }
+    let can_be_empty = spec.nullable.as_ref().is_some_and(|n| n.value) || spec.default.is_some();
+    (!can_be_empty).then(|| FieldRule::MetadataMaybeAbsent { source }.at(at))
 }
 
 /// The formats a `timestamptz` or `date` field accepts: names, or strftime patterns that

@@ -644,6 +644,9 @@ pub enum FieldRule {
     MetadataMaybeAbsent {
         source: String,
     },
+    InvalidHeaderName {
+        source: String,
+    },
     UnknownFormat {
         format: String,
     },
@@ -700,6 +703,9 @@ impl Display for FieldRule {
                 f,
                 "{source} is absent from some messages, and the field is neither nullable nor defaulted"
             ),
+            InvalidHeaderName { source } => {
+                write!(f, "{source:?} does not name an HTTP header")
+            }
             UnknownFormat { format } => write!(f, "format {format:?} is unknown"),
             FormatNotForDate { format } => {
                 write!(f, "format {format:?} is for timestamptz, not date")
@@ -727,7 +733,7 @@ impl Rule for FieldRule {
             EmptyRange { .. } => "empty_range",
             InvalidPattern { .. } => "invalid_pattern",
             InvalidDefault { .. } => "invalid_default",
-            UnknownMetadata { .. } => "unknown_metadata",
+            UnknownMetadata { .. } | InvalidHeaderName { .. } => "unknown_metadata",
             MetadataType { .. } => "metadata_type",
             MetadataMaybeAbsent { .. } => "metadata_maybe_absent",
             UnknownFormat { .. } | FormatNotForDate { .. } | InvalidTimePattern { .. } => {
@@ -750,6 +756,7 @@ impl Rule for FieldRule {
             InvalidPattern { .. } => "invalid regex",
             InvalidDefault { .. } => "wrong type",
             UnknownMetadata { .. } => "unknown metadata",
+            InvalidHeaderName { .. } => "not a header name",
             MetadataType { .. } | MetadataMaybeAbsent { .. } => "metadata source",
             UnknownFormat { .. } => "unknown format",
             FormatNotForDate { .. } => "not for dates",
@@ -791,7 +798,7 @@ impl Rule for FieldRule {
             UnknownMetadata { suggestion, .. } => suggest(
                 &suggestion.as_ref().map(|s| format!("${s}")),
                 &format!(
-                    "metadata sources: {}; a JSON pointer into the body starts with '/'",
+                    "metadata sources: {}, $header.<name>; a JSON pointer into the body starts with '/'",
                     crate::model::Metadata::ALL
                         .iter()
                         .map(|m| format!("${}", m.name()))
@@ -800,6 +807,7 @@ impl Rule for FieldRule {
                 ),
             ),
             MetadataType { source, types, .. } => format!("store {source} as {types}"),
+            InvalidHeaderName { .. } => "write $header.<name>, for example $header.x-github-delivery; nats-api captures it when started with --capture-header <name>".to_owned(),
             MetadataMaybeAbsent { .. } => {
                 "add `nullable: true`, or a `default`".to_owned()
             }

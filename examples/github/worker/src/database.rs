@@ -387,6 +387,10 @@ pub static PUSH: Entity = Entity {
                 column_type: ColumnType::Text,
             },
             Column {
+                name: "github_delivery",
+                column_type: ColumnType::Text,
+            },
+            Column {
                 name: "ref",
                 column_type: ColumnType::Text,
             },
@@ -446,6 +450,7 @@ impl Row for crate::models::Push {
             self.delivery.into(),
             self.received_at.into(),
             self.idempotency_key.clone().into(),
+            self.github_delivery.clone().into(),
             self.git_ref.clone().into(),
             self.before.clone().into(),
             self.after.clone().into(),

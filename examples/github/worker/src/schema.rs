@@ -90,6 +90,7 @@ diesel::table! {
         delivery -> Uuid,
         received_at -> Timestamptz,
         idempotency_key -> Nullable<Varchar>,
+        github_delivery -> Nullable<Varchar>,
         #[sql_name = "ref"]
         git_ref -> Text,
         before -> Varchar,

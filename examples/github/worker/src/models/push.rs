@@ -6,6 +6,7 @@ pub struct Push {
     pub delivery: uuid::Uuid,
     pub received_at: chrono::DateTime<chrono::Utc>,
     pub idempotency_key: Option<String>,
+    pub github_delivery: Option<String>,
     pub git_ref: String,
     pub before: String,
     pub after: String,

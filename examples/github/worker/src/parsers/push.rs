@@ -25,6 +25,16 @@ pub fn parse(body: &Value, path: &str, meta: &Value) -> Result<Push, ParseError>
                 },
             )
         })?,
+        github_delivery: p::optional_meta(meta, "header.x-github-delivery", |v, at| {
+            p::text_with(
+                v,
+                at,
+                p::TextRules {
+                    max_length: Some(64),
+                    ..Default::default()
+                },
+            )
+        })?,
         git_ref: p::field(body, path, &["ref"], p::text)?,
         before: p::field(body, path, &["before"], |v, at| {
             p::text_with(

@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS "push" (
     "delivery" UUID NOT NULL,
     "received_at" TIMESTAMPTZ NOT NULL,
     "idempotency_key" VARCHAR(255),
+    "github_delivery" VARCHAR(64),
     "ref" TEXT NOT NULL,
     "before" VARCHAR(40) NOT NULL,
     "after" VARCHAR(40) NOT NULL,

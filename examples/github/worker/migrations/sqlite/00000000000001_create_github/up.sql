@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS "push" (
     "delivery" TEXT NOT NULL,
     "received_at" TEXT NOT NULL,
     "idempotency_key" TEXT,
+    "github_delivery" TEXT,
     "ref" TEXT NOT NULL,
     "before" TEXT NOT NULL,
     "after" TEXT NOT NULL,
