@@ -1,5 +1,5 @@
 //! README's "Generate a worker" commands, taken from README.md's text and run as it
-//! gives them in a fresh copy of the repository; then the worker they generated is
+//! gives them in a fresh directory of the checkout; then the worker they generated is
 //! built where it was generated, with the Cargo.lock it came with.
 //!
 //! This fails if the crate is taken for an unlisted member of nomnom's workspace (no
@@ -38,37 +38,20 @@ fn readme_commands() -> Vec<Vec<String>> {
         .collect()
 }
 
-/// The repository's tracked files as they are in the working tree, copied under `dir`
-/// (emptied first): a fresh clone of what would be committed. Modification times are
-/// kept, so that cargo reuses the copy's builds from the last run where nothing changed.
-fn copy_checkout(dir: &Path) {
+/// Where the commands run: a fresh, empty directory inside the checkout, as a new clone's
+/// root is for README's reader. It is under `target/`, which git ignores, so nothing a
+/// developer made (their own `my-project`) is touched. Inside the checkout, `cargo run -p
+/// nomnom-codegen` is the checkout's own build (same sources, same target directory:
+/// nothing is built again, and no other test's `nomnom` is replaced), and the crate is
+/// generated inside nomnom's workspace directory without being listed in it, the case
+/// that made cargo refuse it.
+fn fresh_dir() -> PathBuf {
+    let dir = workspace_root().join("target").join("readme");
     if dir.exists() {
-        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
-    let root = workspace_root();
-    let listed = Command::new("git")
-        .args(["ls-files", "-z", "--cached"])
-        .current_dir(&root)
-        .output()
-        .unwrap();
-    assert!(listed.status.success(), "git ls-files failed");
-    for path in listed.stdout.split(|&b| b == 0).filter(|p| !p.is_empty()) {
-        let path = Path::new(std::str::from_utf8(path).unwrap());
-        let source = root.join(path);
-        if !source.is_file() {
-            continue; // deleted in the working tree
-        }
-        let target = dir.join(path);
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(&source, &target).unwrap();
-        let modified = std::fs::metadata(&source).unwrap().modified().unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&target)
-            .unwrap()
-            .set_modified(modified)
-            .unwrap();
-    }
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 fn target_dir() -> PathBuf {
@@ -77,17 +60,9 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// The copy's own target directory. Cargo gives the copy's packages the same build
-/// identity as the checkout's, so in the shared one its build of `nomnom` would replace
-/// the checkout's `target/debug/nomnom` (with the copy's runtime path built in) while
-/// other tests run it, and the next build of the checkout would replace it back.
-fn copy_target_dir() -> PathBuf {
-    target_dir().join("readme-target")
-}
-
-/// Runs `words` in `dir`: `cargo` is the cargo running this test. The copy's target
-/// directory is kept between runs, so dependencies are built once; everything is in
-/// cargo's cache already, so nothing is fetched.
+/// Runs `words` in `dir`: `cargo` is the cargo running this test, with the checkout's
+/// target directory, so dependencies are not built again; everything is in cargo's cache
+/// already, so nothing is fetched.
 fn run(words: &[String], dir: &Path) -> String {
     let program = match words[0].as_str() {
         "cargo" => PathBuf::from(env!("CARGO")),
@@ -96,7 +71,7 @@ fn run(words: &[String], dir: &Path) -> String {
     let output = Command::new(program)
         .args(&words[1..])
         .current_dir(dir)
-        .env("CARGO_TARGET_DIR", copy_target_dir())
+        .env("CARGO_TARGET_DIR", target_dir())
         .env("CARGO_NET_OFFLINE", "true")
         .output()
         .unwrap();
@@ -136,19 +111,26 @@ fn readme_generate_commands_give_a_worker_that_builds_where_it_is() {
         .expect("README's generate command names its --output")
         .clone();
 
-    // Always at the same place, so that the copy's own crates (runtime, codegen, the
-    // worker) are not compiled again when they did not change.
-    let clone = target_dir().join("readme-clone");
-    copy_checkout(&clone);
+    let dir = fresh_dir();
     for words in &commands {
-        run(words, &clone);
+        run(words, &dir);
     }
 
-    let worker = clone.join(&output);
+    let worker = dir.join(&output);
     let manifest = std::fs::read_to_string(worker.join("Cargo.toml")).unwrap();
+    let runtime = manifest
+        .split("nomnom-runtime = { path = \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("the worker depends on a runtime by path:\n{manifest}"));
     assert!(
-        manifest.contains("nomnom-runtime = { path = \"../../runtime\" }"),
-        "the worker depends on the checkout's runtime, by a relative path:\n{manifest}"
+        Path::new(runtime).is_relative(),
+        "a relative path, so the checkout can move: {runtime}"
+    );
+    assert_eq!(
+        worker.join(runtime).canonicalize().unwrap(),
+        workspace_root().join("runtime").canonicalize().unwrap(),
+        "the worker depends on the checkout's runtime"
     );
     assert!(manifest.contains("\n[workspace]\n"), "{manifest}");
     let name = manifest
@@ -185,7 +167,7 @@ fn readme_generate_commands_give_a_worker_that_builds_where_it_is() {
             })
             .collect()
     };
-    let nomnom = pinned(&std::fs::read_to_string(clone.join("Cargo.lock")).unwrap());
+    let nomnom = pinned(&std::fs::read_to_string(workspace_root().join("Cargo.lock")).unwrap());
     for package in pinned(&lock) {
         assert!(
             package.0 == name || nomnom.contains(&package),
@@ -196,5 +178,5 @@ fn readme_generate_commands_give_a_worker_that_builds_where_it_is() {
     // Generating again changes nothing, the lock file included.
     let mut check = commands[2].clone();
     check.push("--check".into());
-    run(&check, &clone);
+    run(&check, &dir);
 }

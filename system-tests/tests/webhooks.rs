@@ -396,10 +396,30 @@ async fn shapes_become_rows(database_url: String) {
         error.contains("/repository/pushed_at") && error.contains("unix_seconds"),
         "{error}"
     );
-    // Routed by GitHub's event name, an issue's status names the entity, not the route.
+    // Routed by GitHub's event name, an issue's status names the entity, not the route,
+    // whatever its outcome, and so does its dead letter.
     let id = p.post("issues", &deliveries("issues", "opened")[0]).await;
     let outcome = p.outcome(&id).await;
     assert_eq!(outcome["entity"], "issue", "{outcome}");
+    let mut broken = deliveries("issues", "opened")[0].clone();
+    broken["issue"]["number"] = Value::from(0);
+    let id = p.post("issues", &broken).await;
+    let outcome = p.outcome(&id).await;
+    assert_eq!(outcome["status"], "dead_lettered", "{outcome}");
+    assert_eq!(outcome["entity"], "issue", "{outcome}");
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let filter = nomnom_runtime::dlq::Filter {
+        entity: Some("issue".into()),
+        ..Default::default()
+    };
+    let letters = nomnom_runtime::dlq::list(&js, nomnom_runtime::defaults::DLQ_STREAM, &filter)
+        .await
+        .unwrap();
+    assert!(
+        letters.iter().any(|l| l.message_id.to_string() == id),
+        "`nomnom dlq list --entity issue` finds it"
+    );
     p.stop().await;
 }
 

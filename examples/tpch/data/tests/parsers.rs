@@ -178,9 +178,9 @@ fn invalid_payloads_name_the_field_path() {
             "limit is 10",
         ),
         (
-            Box::new(|o| o["lineitems"] = json!({"not": "an array"})),
+            Box::new(|o| o["lineitems"] = json!("not rows")),
             "/lineitems",
-            "expected an array",
+            "expected an array or an object",
         ),
     ];
     for (mutate, path, fragment) in cases {
