@@ -92,15 +92,25 @@ pub struct ChildRows {
     pub paths: Vec<String>,
     /// The row of each key so far (keys with a NULL, which never collide, left out).
     keys: HashMap<String, usize>,
+    /// Where the key columns are in a row, once per table rather than per row; empty
+    /// when duplicates are not refused (`ignore_duplicates`, or no key).
+    key_positions: Vec<usize>,
 }
 
 impl ChildRows {
     pub(crate) fn new(entity: &'static Entity) -> Self {
+        let table = &entity.table;
+        let refuses_duplicates = table.write != WriteMode::IgnoreDuplicates;
         Self {
             entity,
             rows: Vec::new(),
             paths: Vec::new(),
             keys: HashMap::new(),
+            key_positions: if refuses_duplicates {
+                crate::sql::key_positions(table)
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -148,13 +158,12 @@ impl Change {
             }
         };
         let table = &entity.table;
-        if table.write != WriteMode::IgnoreDuplicates && !table.key.is_empty() {
-            let key: Vec<&Value> = crate::sql::key_positions(table)
-                .into_iter()
-                .filter_map(|p| row.get(p))
+        let group = &mut self.children[at];
+        if !group.key_positions.is_empty() {
+            let key: Vec<&Value> = (group.key_positions.iter())
+                .filter_map(|p| row.get(*p))
                 .collect();
             if !key.iter().any(|v| **v == Value::Null) {
-                let group = &mut self.children[at];
                 let next = group.rows.len();
                 let first = match group.keys.entry(format!("{key:?}")) {
                     Entry::Occupied(seen) => Some(group.paths[*seen.get()].clone()),

@@ -636,15 +636,6 @@ pub fn array_of<T>(
         .collect()
 }
 
-/// The elements of the array at `value` (a child entity's rows).
-pub fn array<'a>(value: Option<&'a Value>, path: &str) -> Result<&'a [Value]> {
-    match value {
-        None => Ok(&[]),
-        Some(Value::Array(items)) => Ok(items),
-        Some(other) => Err(type_error(path, "an array", other)),
-    }
-}
-
 /// A child entity's rows at `value` (found at `path`), each with its own path: one per
 /// element of an array, one for an object, none when absent or null.
 pub fn rows<'a>(value: Option<&'a Value>, path: &str) -> Result<Vec<(&'a Value, String)>> {
