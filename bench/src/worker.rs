@@ -46,10 +46,12 @@ impl Workload {
         let envelope = envelope_for(bytes::Bytes::new());
         // Scale factor 0.1 holds 150,000 orders: more than any run needs.
         for (n, order) in tpch_data::orders(0.1).take(count).enumerate() {
-            let change = tpch_worker::parse(&envelope, &order)
+            // The body as the worker reads it: from its bytes.
+            let body = serde_json::to_vec(&order)?;
+            let change = tpch_worker::parse(&envelope, &nomnom_runtime::json::from_slice(&body)?)
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .change;
-            workload.bodies.push(serde_json::to_vec(&order)?.into());
+            workload.bodies.push(body.into());
             // A created row has every value; the stream sequence (the message's, as if
             // the stream held only these) comes last, as in the table.
             let mut row: Vec<Value> = change.values.into_iter().flatten().collect();

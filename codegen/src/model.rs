@@ -92,7 +92,9 @@ pub struct Entity {
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FieldType {
-    String { max_length: Option<u32> },
+    String {
+        max_length: Option<u32>,
+    },
     Text,
     Bool,
     I16,
@@ -100,7 +102,12 @@ pub enum FieldType {
     I64,
     F32,
     F64,
-    Decimal { precision: u32, scale: u32 },
+    Decimal {
+        precision: u32,
+        scale: u32,
+    },
+    /// `decimal` without `precision` and `scale`: any size, at the value's own scale.
+    Numeric,
     Date,
     Time,
     Timestamptz,
@@ -130,7 +137,13 @@ impl FieldType {
     pub fn is_numeric(self) -> bool {
         matches!(
             self,
-            Self::I16 | Self::I32 | Self::I64 | Self::F32 | Self::F64 | Self::Decimal { .. }
+            Self::I16
+                | Self::I32
+                | Self::I64
+                | Self::F32
+                | Self::F64
+                | Self::Decimal { .. }
+                | Self::Numeric
         )
     }
 

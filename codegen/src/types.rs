@@ -14,7 +14,8 @@ pub enum Reader {
     Integer,
     /// `float` or `float32`, or the same with `_in` and the spec's `min` and `max`.
     Float(&'static str),
-    /// `decimal(…, precision, scale)`, or `decimal_in` with the spec's `min` and `max`.
+    /// `decimal(…, precision, scale)`, or `decimal_in` with the spec's `min` and `max`;
+    /// `numeric` or `numeric_in` without precision and scale.
     Decimal,
     /// `text`, or `text_with` and the spec's string rules.
     Text,
@@ -158,7 +159,7 @@ const UUID: TypeInfo = TypeInfo {
 };
 
 const JSON: TypeInfo = TypeInfo {
-    rust: "serde_json::Value",
+    rust: "nomnom_runtime::json::Value",
     copy: false,
     reader: Reader::Plain("p::json"),
     column_type: "Json",
@@ -181,7 +182,7 @@ impl FieldType {
             Self::I64 => I64,
             Self::F32 => F32,
             Self::F64 => F64,
-            Self::Decimal { .. } => DECIMAL,
+            Self::Decimal { .. } | Self::Numeric => DECIMAL,
             Self::Date => DATE,
             Self::Time => TIME,
             Self::Timestamptz => TIMESTAMPTZ,

@@ -367,6 +367,9 @@ impl Validator {
                 {
                     Keys::UnsuitableKey { what, field }
                 }
+                Some(f) if f.field_type == FieldType::Numeric => {
+                    Keys::UnscaledDecimalKey { what, field }
+                }
                 Some(_) => continue,
             };
             self.report(rule.at(item));

@@ -294,18 +294,17 @@ fn element_reader(field: &Field, statics: &mut Statics) -> String {
             None => function.to_owned(),
             Some(range) => with(&format!("{function}_in"), Some(range)),
         },
-        Reader::Decimal => {
-            let FieldType::Decimal { precision, scale } = field.field_type else {
-                unreachable!("only decimals read decimals")
-            };
-            match float_range(field) {
-                None => with("p::decimal", Some(format!("{precision}, {scale}"))),
-                Some(range) => with(
-                    "p::decimal_in",
-                    Some(format!("{precision}, {scale}, {range}")),
-                ),
+        Reader::Decimal => match (field.field_type, float_range(field)) {
+            (FieldType::Decimal { precision, scale }, None) => {
+                with("p::decimal", Some(format!("{precision}, {scale}")))
             }
-        }
+            (FieldType::Decimal { precision, scale }, Some(range)) => with(
+                "p::decimal_in",
+                Some(format!("{precision}, {scale}, {range}")),
+            ),
+            (_, None) => "p::numeric".to_owned(),
+            (_, Some(range)) => with("p::numeric_in", Some(range)),
+        },
         Reader::Text => {
             let pattern = field.checks.pattern.as_ref().map(|pattern| {
                 statics.lazy(
@@ -376,9 +375,9 @@ fn parse_expression(field: &Field, reader: &str, statics: &mut Statics) -> Strin
     let default = field.default.as_ref().map(|default| {
         statics.lazy(
             "DEFAULT",
-            "serde_json::Value",
+            "nomnom_runtime::json::Value",
             format!(
-                "serde_json::from_str({})",
+                "nomnom_runtime::json::from_str({})",
                 rust_string(&default.to_string())
             ),
         )

@@ -35,6 +35,7 @@ diagnostics_snapshot!(every_problem_is_reported_at_once, "many_problems.yaml");
 diagnostics_snapshot!(hostile_names_never_reach_rust_or_sql, "hostile_names.yaml");
 diagnostics_snapshot!(children_must_link_to_their_parent, "children.yaml");
 diagnostics_snapshot!(versions_patches_and_reserved_columns, "versions.yaml");
+diagnostics_snapshot!(decimals_take_precision_and_scale_together, "decimals.yaml");
 diagnostics_snapshot!(
     metadata_formats_columns_and_routes_that_cannot_work,
     "real_world.yaml"

@@ -901,6 +901,8 @@ fn field() -> BoxedStrategy<FieldSpec> {
                     format
                 };
                 let numeric = matches!(ty, "i16" | "i32" | "i64" | "f32" | "f64" | "decimal");
+                // Now and then a decimal without precision and scale (any size).
+                let constrained = ty == "decimal" && precision % 5 != 0;
                 let textual = matches!(ty, "string" | "text");
                 // Now and then a key that does not apply to the type.
                 let misplaced = misplace == 0;
@@ -954,8 +956,8 @@ fn field() -> BoxedStrategy<FieldSpec> {
                     max: max.filter(|_| numeric || misplaced),
                     min_length: min_length.filter(|_| textual || misplaced),
                     max_length: max_length.filter(|_| textual || misplaced),
-                    precision: (ty == "decimal" || misplaced).then_some(precision),
-                    scale: (ty == "decimal" || misplaced).then_some(if scale < 20 {
+                    precision: (constrained || misplaced).then_some(precision),
+                    scale: (constrained || misplaced).then_some(if scale < 20 {
                         scale % (precision + 1)
                     } else {
                         scale

@@ -4,8 +4,9 @@
 use std::ops::{Bound, RangeBounds};
 use std::sync::LazyLock;
 
+use crate::decimal::{Decimal, Refusal};
+use crate::json::Value;
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
-use serde_json::Value;
 
 /// Why a body could not become rows. Always permanent: the same body fails the same way.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,7 +75,7 @@ fn under(path: &str, tokens: &[&str], err: ParseError) -> ParseError {
 /// (`header.<name>` for a captured header), so generated
 /// parsers read them with the same conversions as body fields. Absent items are absent.
 pub fn metadata(envelope: &crate::Envelope) -> Value {
-    let mut map = serde_json::Map::new();
+    let mut map = crate::json::Map::new();
     map.insert("message_id".into(), envelope.message_id.to_string().into());
     map.insert(
         "received_at".into(),
@@ -374,13 +375,12 @@ pub fn text_with(value: &Value, path: &str, rules: TextRules) -> Result<String> 
     Ok(text.to_owned())
 }
 
-/// An exact decimal with at most `precision` digits, `scale` of them after the point.
-/// Accepts JSON strings ("12.50") and numbers (12.5); returns the canonical text, with
-/// exactly `scale` digits after the point ("12.50").
-pub fn decimal(value: &Value, path: &str, precision: u32, scale: u32) -> Result<String> {
+/// The text of a decimal as it was sent (a JSON number's own digits: no float in
+/// between), read exactly.
+fn decimal_text<'a>(value: &'a Value, path: &str) -> Result<(&'a str, Decimal)> {
     let raw = match value {
-        Value::String(s) => s.trim().to_owned(),
-        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.trim(),
+        Value::Number(n) => n.as_str(),
         other => {
             return Err(type_error(
                 path,
@@ -389,58 +389,33 @@ pub fn decimal(value: &Value, path: &str, precision: u32, scale: u32) -> Result<
             ));
         }
     };
-    let invalid = || ParseError::new(path, format!("{raw:?} is not a decimal number"));
-    let (negative, unsigned) = match raw.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, raw.strip_prefix('+').unwrap_or(&raw)),
-    };
-    if unsigned.contains(['e', 'E']) {
-        return Err(ParseError::new(
-            path,
-            format!("{raw:?} uses an exponent; write the digits out"),
-        ));
-    }
-    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
-    if whole.is_empty() && fraction.is_empty()
-        || !whole.bytes().all(|b| b.is_ascii_digit())
-        || !fraction.bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(invalid());
-    }
-    let whole = whole.trim_start_matches('0');
-    let fraction = fraction.trim_end_matches('0');
-    if fraction.len() > scale as usize {
-        return Err(ParseError::new(
-            path,
-            format!("{raw} has more than {scale} digits after the point"),
-        ));
-    }
-    if whole.len() + scale as usize > precision as usize {
-        return Err(ParseError::new(
-            path,
-            format!(
-                "{raw} has more than {} digits before the point",
-                precision - scale
-            ),
-        ));
-    }
-    // Exactly `scale` digits after the point, as NUMERIC(precision, scale) stores it.
-    let canonical = format!(
-        "{}{}{}{:0<width$}",
-        if negative && !(whole.is_empty() && fraction.is_empty()) {
-            "-"
-        } else {
-            ""
-        },
-        if whole.is_empty() { "0" } else { whole },
-        if scale == 0 { "" } else { "." },
-        fraction,
-        width = scale as usize
-    );
-    Ok(canonical)
+    let decimal = Decimal::parse(raw).map_err(|refusal| decimal_refused(path, raw, refusal))?;
+    Ok((raw, decimal))
 }
 
-/// A decimal within `range` (the spec's `min` and `max`), compared as a float.
+fn decimal_refused(path: &str, raw: &str, refusal: Refusal) -> ParseError {
+    let message = match refusal {
+        Refusal::NotANumber => format!("{raw:?} is not a decimal number"),
+        Refusal::Exponent => format!("{raw} has an exponent beyond any decimal column"),
+        Refusal::Scale(scale) => format!("{raw} has more than {scale} digits after the point"),
+        Refusal::Whole(whole) => format!("{raw} has more than {whole} digits before the point"),
+    };
+    ParseError::new(path, message)
+}
+
+/// An exact decimal with at most `precision` digits, `scale` of them after the point.
+/// Accepts JSON numbers (`12.5`, `1E-2`) and numeric strings (`"12.50"`), read from their
+/// text; returns the canonical text, with exactly `scale` digits after the point
+/// (`"12.50"`), as `NUMERIC(precision, scale)` stores it. Refuses what that column would
+/// round or overflow, echoing the value as it was sent.
+pub fn decimal(value: &Value, path: &str, precision: u32, scale: u32) -> Result<String> {
+    let (raw, decimal) = decimal_text(value, path)?;
+    decimal
+        .constrained(precision, scale)
+        .map_err(|refusal| decimal_refused(path, raw, refusal))
+}
+
+/// A decimal within `range` (the spec's `min` and `max`), compared exactly.
 pub fn decimal_in(
     value: &Value,
     path: &str,
@@ -448,12 +423,60 @@ pub fn decimal_in(
     scale: u32,
     range: impl RangeBounds<f64>,
 ) -> Result<String> {
-    let canonical = decimal(value, path, precision, scale)?;
-    let number = canonical
-        .parse::<f64>()
-        .map_err(|_| ParseError::new(path, format!("{canonical:?} is not a decimal number")))?;
-    check_range(path, number, &range)?;
+    let (raw, decimal) = decimal_text(value, path)?;
+    let canonical = decimal
+        .constrained(precision, scale)
+        .map_err(|refusal| decimal_refused(path, raw, refusal))?;
+    check_decimal_range(path, raw, &decimal, &range)?;
     Ok(canonical)
+}
+
+/// A decimal of any size and scale (`decimal` without `precision` and `scale`: an
+/// unconstrained `NUMERIC`), kept at its own scale: `1.00` stays `1.00`, `1E-3` is
+/// `0.001`.
+pub fn numeric(value: &Value, path: &str) -> Result<String> {
+    let (raw, decimal) = decimal_text(value, path)?;
+    decimal
+        .unconstrained()
+        .map_err(|refusal| decimal_refused(path, raw, refusal))
+}
+
+/// [`numeric`] within `range` (the spec's `min` and `max`), compared exactly.
+pub fn numeric_in(value: &Value, path: &str, range: impl RangeBounds<f64>) -> Result<String> {
+    let (raw, decimal) = decimal_text(value, path)?;
+    let canonical = decimal
+        .unconstrained()
+        .map_err(|refusal| decimal_refused(path, raw, refusal))?;
+    check_decimal_range(path, raw, &decimal, &range)?;
+    Ok(canonical)
+}
+
+/// [`check_range`] for decimals: the bounds' shortest decimal text against the value's
+/// exact digits, so `0.10000000000000000001` is above a `max` of `0.1`.
+fn check_decimal_range(
+    path: &str,
+    raw: &str,
+    value: &Decimal,
+    range: &impl RangeBounds<f64>,
+) -> Result<()> {
+    use std::cmp::Ordering::{Greater, Less};
+    let exact = |bound: &f64| Decimal::parse(&bound.to_string()).expect("a finite spec bound");
+    let message = match (range.start_bound(), range.end_bound()) {
+        (Bound::Included(min), _) if value.compare(&exact(min)) == Less => {
+            format!("must be at least {min}, got {raw}")
+        }
+        (Bound::Excluded(min), _) if value.compare(&exact(min)) != Greater => {
+            format!("must be greater than {min}, got {raw}")
+        }
+        (_, Bound::Included(max)) if value.compare(&exact(max)) == Greater => {
+            format!("must be at most {max}, got {raw}")
+        }
+        (_, Bound::Excluded(max)) if value.compare(&exact(max)) != Less => {
+            format!("must be less than {max}, got {raw}")
+        }
+        _ => return Ok(()),
+    };
+    Err(ParseError::new(path, message))
 }
 
 pub fn date(value: &Value, path: &str) -> Result<NaiveDate> {
@@ -654,7 +677,7 @@ pub fn rows<'a>(value: Option<&'a Value>, path: &str) -> Result<Vec<(&'a Value, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::json::json;
 
     #[test]
     fn integers_check_type_range_and_width() {
@@ -718,7 +741,26 @@ mod tests {
                 .message
                 .contains("before the point")
         );
-        assert!(d(json!("1e5")).unwrap_err().message.contains("exponent"));
+        // Exponents are fine where the value fits; errors echo the value as it was sent.
+        assert_eq!(d(json!("1e5")).unwrap(), "100000.00");
+        let sent =
+            crate::json::from_str(r#"[1E-22, 66.899999999999991, 0.1234567890123456789]"#).unwrap();
+        assert_eq!(
+            d(sent[0].clone()).unwrap_err().message,
+            "1E-22 has more than 2 digits after the point"
+        );
+        assert_eq!(
+            decimal(&sent[1], "/p", 17, 15).unwrap(),
+            "66.899999999999991"
+        );
+        assert_eq!(numeric(&sent[2], "/p").unwrap(), "0.1234567890123456789");
+        assert_eq!(numeric(&json!("1.00"), "/p").unwrap(), "1.00");
+        assert_eq!(
+            numeric_in(&json!("0.10000000000000000001"), "/p", ..=0.1)
+                .unwrap_err()
+                .message,
+            "must be at most 0.1, got 0.10000000000000000001"
+        );
         assert!(d(json!("abc")).is_err());
         assert!(d(json!(".")).is_err());
         assert_eq!(

@@ -61,15 +61,15 @@ impl From<uuid::Uuid> for Value {
     }
 }
 
-impl From<serde_json::Value> for Value {
-    fn from(value: serde_json::Value) -> Self {
+impl From<crate::json::Value> for Value {
+    fn from(value: crate::json::Value) -> Self {
         Value::from(&value)
     }
 }
 
 /// JSON without a copy of the document: generated code converts `&self.field`.
-impl From<&serde_json::Value> for Value {
-    fn from(value: &serde_json::Value) -> Self {
+impl From<&crate::json::Value> for Value {
+    fn from(value: &crate::json::Value) -> Self {
         Value::Text(value.to_string())
     }
 }
@@ -140,7 +140,7 @@ mod tests {
             Value::Text("1996-01-02T12:30:00.500000Z".into())
         );
         assert_eq!(
-            Value::from(&serde_json::json!({"a": [1]})),
+            Value::from(&crate::json::json!({"a": [1]})),
             Value::Text("{\"a\":[1]}".into())
         );
         assert_eq!(

@@ -130,10 +130,12 @@ fn field_type(
     })
 }
 
-/// A decimal needs a precision and a scale that PostgreSQL accepts.
+/// A decimal takes a precision and a scale that PostgreSQL accepts, or neither (an
+/// unconstrained `NUMERIC`).
 fn decimal(spec: &FieldSpec, problems: &mut Vec<Problem>) -> FieldType {
     let (precision, scale) = match (&spec.precision, &spec.scale) {
         (Some(p), Some(s)) => (p.value, s.value),
+        (None, None) => return FieldType::Numeric,
         _ => {
             let rule = FieldRule::MissingPrecision {
                 field: spec.name.value.clone(),
@@ -169,7 +171,7 @@ fn max_length(spec: &FieldSpec, field_type: FieldType) -> Option<Problem> {
 /// Keys the field's type has no use for.
 fn misplaced_keys(spec: &FieldSpec, field_type: FieldType) -> Vec<Problem> {
     let type_name = &spec.field_type.value;
-    let decimal = matches!(field_type, FieldType::Decimal { .. });
+    let decimal = matches!(field_type, FieldType::Decimal { .. } | FieldType::Numeric);
     let textual = field_type.is_textual();
     let mut problems = Vec::new();
     for (key, value, applies, types) in [
@@ -478,7 +480,9 @@ fn default_fits(value: &serde_json::Value, field_type: FieldType) -> bool {
             n.is_i64() || n.is_u64()
         }
         (FieldType::F32 | FieldType::F64, Value::Number(_)) => true,
-        (FieldType::Decimal { .. }, Value::Number(_) | Value::String(_)) => true,
+        (FieldType::Decimal { .. } | FieldType::Numeric, Value::Number(_) | Value::String(_)) => {
+            true
+        }
         (FieldType::String { .. } | FieldType::Text, Value::String(_)) => true,
         (
             FieldType::Date | FieldType::Time | FieldType::Timestamptz | FieldType::Uuid,

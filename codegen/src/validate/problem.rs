@@ -288,6 +288,12 @@ pub enum Keys {
         what: String,
         field: String,
     },
+    /// `decimal` without precision and scale: `1.0` and `1.00` are one number in
+    /// PostgreSQL and two texts in SQLite.
+    UnscaledDecimalKey {
+        what: String,
+        field: String,
+    },
     MissingPrimaryKey {
         entity: String,
     },
@@ -344,6 +350,10 @@ impl Display for Keys {
                 f,
                 "{what} field {field:?} cannot be a key (a float, json or array)"
             ),
+            UnscaledDecimalKey { what, field } => write!(
+                f,
+                "{what} field {field:?} is a decimal without precision and scale, which cannot be a key"
+            ),
             MissingPrimaryKey { entity } => write!(f, "entity {entity:?} has no primary_key"),
             EmptyKey { what, entity } => write!(f, "an empty list in `{what}` of {entity:?}"),
             DuplicateKeyField { what, field } => write!(f, "`{what}` names {field:?} twice"),
@@ -368,6 +378,7 @@ impl Rule for Keys {
             KeyNotAField { .. } => "unknown_field",
             NullableKey { .. } => "nullable_key",
             UnsuitableKey { .. } => "unsuitable_key",
+            UnscaledDecimalKey { .. } => "unscaled_decimal_key",
             MissingPrimaryKey { .. } => "missing_primary_key",
             EmptyKey { .. } => "empty_key",
             DuplicateKeyField { .. } => "duplicate_key_field",
@@ -385,6 +396,7 @@ impl Rule for Keys {
             KeyNotAField { .. } => "no such field",
             NullableKey { .. } => "nullable",
             UnsuitableKey { .. } => "not a key type",
+            UnscaledDecimalKey { .. } => "no scale",
             MissingPrimaryKey { .. } => "no primary key",
             EmptyKey { .. } => "in this entity",
             DuplicateKeyField { .. } => "named twice",
@@ -404,6 +416,7 @@ impl Rule for Keys {
             KeyNotAField { suggestion, .. } => return suggestion.as_ref().map(|s| format!("did you mean {s:?}?")),
             NullableKey { .. } => "key fields must be `nullable: false`".to_owned(),
             UnsuitableKey { .. } => "use an integer, string, uuid, date or decimal field".to_owned(),
+            UnscaledDecimalKey { .. } => "give the field `precision` and `scale`, so that equal numbers have one text (1.0 and 1.00 would be two keys)".to_owned(),
             MissingPrimaryKey { .. } => "name the fields that identify a row, e.g. `primary_key: [id]`; for append-only events add an id field (uuid) to the payload".to_owned(),
             EmptyKey { .. } => "name at least one field, or remove the empty list".to_owned(),
             DuplicateKeyField { .. } => "name each field once".to_owned(),
@@ -673,7 +686,10 @@ impl Display for FieldRule {
                 write!(f, "type {type_name:?} is not an array nomnom stores")
             }
             MissingPrecision { field } => {
-                write!(f, "decimal field {field:?} needs `precision` and `scale`")
+                write!(
+                    f,
+                    "decimal field {field:?} needs both `precision` and `scale`, or neither"
+                )
             }
             InvalidPrecision { precision, scale } => write!(
                 f,
@@ -748,7 +764,7 @@ impl Rule for FieldRule {
         match self {
             UnknownType { .. } => "unknown type",
             UnsupportedArray { .. } => "unsupported array",
-            MissingPrecision { .. } => "decimal without precision",
+            MissingPrecision { .. } => "precision and scale go together",
             InvalidPrecision { .. } | InvalidLength { .. } => "out of range",
             NotForType { .. } | BoundNotForType { .. } => "not for this type",
             NonFiniteBound { .. } => "not finite",
@@ -778,7 +794,7 @@ impl Rule for FieldRule {
             ),
             UnsupportedArray { .. } => "arrays hold scalars (`text[]`, `i64[]`, …): keep JSON, nested arrays included, in a `json` field".to_owned(),
             MissingPrecision { .. } => {
-                "for example `precision: 15` and `scale: 2` for money".to_owned()
+                "for example `precision: 15` and `scale: 2` for money; without both, a decimal keeps any value at its own scale".to_owned()
             }
             InvalidPrecision { .. } => {
                 "precision must be 1 to 1000 and scale at most precision".to_owned()

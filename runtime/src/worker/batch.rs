@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, context::ObjectStoreError, object_store::GetError};
-use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
 use super::write::{Pending, WriteError, Written, write_batch};
@@ -152,7 +151,7 @@ impl<S: EntitySchema> Worker<S> {
         };
         let parsed = match body_of(&self.js, envelope).await {
             Err(err) => Err((None, Outcome::Retry(err.to_string()))),
-            Ok(body) => serde_json::from_slice::<Value>(&body)
+            Ok(body) => crate::json::from_slice(&body)
                 .map_err(|e| (None, format!("body is not JSON: {e}")))
                 .and_then(|value| {
                     crate::parse::body_object(&value)

@@ -12,10 +12,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::json::Value;
 use async_nats::jetstream;
 use clap::Parser;
 use diesel::QueryResult;
-use serde_json::Value;
 
 use crate::{
     Envelope,

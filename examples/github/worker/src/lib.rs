@@ -34,13 +34,13 @@ pub mod parsers {
     pub mod star;
 }
 
+use nomnom_runtime::json::Value;
 use nomnom_runtime::{
     Envelope,
     db::DatabaseKind,
     parse::ParseError,
     worker::{EntitySchema, Migration, Parsed},
 };
-use serde_json::Value;
 
 /// The routes this worker accepts, for error messages.
 pub const ROUTES: &str = "star, issues, issue, pull_request, push";

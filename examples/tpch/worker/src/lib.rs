@@ -22,13 +22,13 @@ pub mod parsers {
     pub mod order;
 }
 
+use nomnom_runtime::json::Value;
 use nomnom_runtime::{
     Envelope,
     db::DatabaseKind,
     parse::{ParseError, lookup},
     worker::{EntitySchema, Migration, Parsed},
 };
-use serde_json::Value;
 
 /// The routes this worker accepts, for error messages.
 pub const ROUTES: &str = "order, customer";

@@ -3,10 +3,10 @@
 //! checks it, and names the JSON path of any value it refuses.
 
 use nomnom_runtime::change::IntoVersion as _;
+use nomnom_runtime::json::Value;
 #[allow(unused_imports)]
 use nomnom_runtime::parse::{self as p, ParseError};
 use nomnom_runtime::row::Row as _;
-use serde_json::Value;
 
 use crate::models::Issue;
 

@@ -3,15 +3,17 @@
 //! checks it, and names the JSON path of any value it refuses.
 
 use nomnom_runtime::change::IntoVersion as _;
+use nomnom_runtime::json::Value;
 #[allow(unused_imports)]
 use nomnom_runtime::parse::{self as p, ParseError};
 use nomnom_runtime::row::Row as _;
-use serde_json::Value;
 
 use crate::models::PullRequest;
 
-static PULL_REQUEST_DRAFT_DEFAULT: std::sync::LazyLock<serde_json::Value> =
-    std::sync::LazyLock::new(|| serde_json::from_str("false").expect("validated by nomnom"));
+static PULL_REQUEST_DRAFT_DEFAULT: std::sync::LazyLock<nomnom_runtime::json::Value> =
+    std::sync::LazyLock::new(|| {
+        nomnom_runtime::json::from_str("false").expect("validated by nomnom")
+    });
 
 /// Parses one `pull_request` row found at `path` in the message; `meta` is the
 /// message's metadata (`nomnom_runtime::parse::metadata`).

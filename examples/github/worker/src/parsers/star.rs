@@ -2,11 +2,11 @@
 //! Parser for `star`: reads each field from the message body, converts and
 //! checks it, and names the JSON path of any value it refuses.
 
+use nomnom_runtime::json::Value;
 #[allow(unused_imports)]
 use nomnom_runtime::parse::{self as p, ParseError};
 use nomnom_runtime::row::Row as _;
 use nomnom_runtime::sql;
-use serde_json::Value;
 
 use crate::models::Star;
 
