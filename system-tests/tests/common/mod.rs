@@ -33,6 +33,22 @@ pub fn count(url: &str, sql_text: &str) -> i64 {
     .unwrap_or(-1)
 }
 
+#[derive(diesel::QueryableByName)]
+struct Line {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    line: String,
+}
+
+/// `SELECT … AS line …` on either database: each row's text, in the query's order.
+pub fn lines(url: &str, sql_text: &str) -> Vec<String> {
+    let rows: Vec<Line> = match sql::connect(url).unwrap() {
+        AnyConnection::Postgresql(mut pg) => diesel::sql_query(sql_text).load(&mut pg),
+        AnyConnection::Sqlite(mut lite) => diesel::sql_query(sql_text).load(&mut lite),
+    }
+    .unwrap_or_else(|e| panic!("{sql_text}: {e}"));
+    rows.into_iter().map(|row| row.line).collect()
+}
+
 /// Polls `check` every 50 ms; whether it held within `within`.
 pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;

@@ -1,9 +1,9 @@
 //! The generated TPC-H parsers against real TPC-H rows from tpchgen.
 
 use nomnom_runtime::change::{Change, Op};
+use nomnom_runtime::json::{Value, json};
 use nomnom_runtime::row::Row;
 use nomnom_runtime::{Body, EntityName, Envelope, envelope};
-use nomnom_runtime::json::{Value, json};
 use tpch_worker::{database, parse, parsers};
 
 /// A generated row as the worker reads it: from the bytes of its JSON.
