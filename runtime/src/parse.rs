@@ -44,11 +44,20 @@ pub fn lookup<'a>(value: &'a Value, tokens: &[&str]) -> Option<&'a Value> {
     for token in tokens {
         current = match current {
             Value::Object(map) => map.get(*token)?,
-            Value::Array(items) => items.get(token.parse::<usize>().ok()?)?,
+            Value::Array(items) => items.get(array_index(token)?)?,
             _ => return None,
         };
     }
     (!current.is_null()).then_some(current)
+}
+
+/// An array index as RFC 6901 writes it: `0`, or digits without a leading zero (not `01`
+/// or `+1`, which `usize`'s parser reads as 1; nor `-`, the element after the last).
+fn array_index(token: &str) -> Option<usize> {
+    let canonical = token == "0" || !token.starts_with('0');
+    (canonical && token.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| token.parse().ok())
+        .flatten()
 }
 
 /// `path` extended by `tokens`, escaped as a JSON pointer.
@@ -787,6 +796,12 @@ mod tests {
         assert_eq!(lookup(&body, &["a", "b", "0"]), Some(&json!(10)));
         assert_eq!(lookup(&body, &["a", "b", "1", "c"]), None);
         assert_eq!(lookup(&body, &["x/y"]), Some(&json!(1)));
+        // Array indexes as RFC 6901 writes them, and nothing else.
+        assert_eq!(lookup(&body, &["a", "b", "00"]), None);
+        assert_eq!(lookup(&body, &["a", "b", "01"]), None);
+        assert_eq!(lookup(&body, &["a", "b", "+0"]), None);
+        assert_eq!(lookup(&body, &["a", "b", "-"]), None);
+        assert_eq!(lookup(&body, &["a", "b", ""]), None);
         assert_eq!(join("/lineitems/0", &["x/y"]), "/lineitems/0/x~1y");
         assert_eq!(required(None, "/a").unwrap_err().message, "is required");
     }

@@ -48,6 +48,15 @@ fn suggest(suggestion: &Option<String>, rest: &str) -> String {
     }
 }
 
+/// What a child made of an array's elements reads from each: `rest` (after the `*`).
+fn element_help(rest: &str) -> String {
+    if rest.is_empty() {
+        "; its field with `source: \"\"` holds the element".to_owned()
+    } else {
+        format!(", and give its field `source: {rest}`")
+    }
+}
+
 /// Names: identifiers, the project, entities, tables, routes and JSON pointers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Naming {
@@ -117,6 +126,16 @@ pub enum Naming {
     PointerEscape {
         raw: String,
     },
+    /// `/`, `/a//b` or `/a/`.
+    PointerEmptyToken {
+        raw: String,
+    },
+    /// A `*` token: `array` is the pointer before it (`/` when first), `rest` after it.
+    PointerWildcard {
+        raw: String,
+        array: String,
+        rest: String,
+    },
 }
 
 impl Display for Naming {
@@ -170,6 +189,14 @@ impl Display for Naming {
             }
             NotAPointer { raw } => write!(f, "{raw:?} is not a JSON pointer"),
             PointerEscape { raw } => write!(f, "{raw:?} has a '~' not followed by 0 or 1"),
+            PointerEmptyToken { raw } => write!(
+                f,
+                "{raw:?} has an empty token, which names a member called \"\""
+            ),
+            PointerWildcard { raw, .. } => write!(
+                f,
+                "{raw:?} has a wildcard token '*', which nomnom does not expand"
+            ),
         }
     }
 }
@@ -196,7 +223,10 @@ impl Rule for Naming {
             DuplicateTable { .. } => "duplicate_table",
             AmbiguousRoute { .. } => "ambiguous_route",
             InvalidRoute { .. } => "invalid_route",
-            NotAPointer { .. } | PointerEscape { .. } => "invalid_pointer",
+            NotAPointer { .. } | PointerEscape { .. } | PointerEmptyToken { .. } => {
+                "invalid_pointer"
+            }
+            PointerWildcard { .. } => "pointer_wildcard",
         }
     }
 
@@ -223,6 +253,8 @@ impl Rule for Naming {
             InvalidRoute { .. } => "not of the form [A-Za-z0-9_-]{1,64}",
             NotAPointer { .. } => "must start with '/'",
             PointerEscape { .. } => "bad escape",
+            PointerEmptyToken { .. } => "empty token",
+            PointerWildcard { .. } => "wildcard",
         }
         .to_owned()
     }
@@ -252,6 +284,9 @@ impl Rule for Naming {
             InvalidRoute { .. } => "the API's entity hint allows letters, digits, '_' and '-'; \"_\" alone is reserved".to_owned(),
             NotAPointer { .. } => "write the path of the value in the message body, for example /order/id".to_owned(),
             PointerEscape { .. } => "write ~0 for '~' and ~1 for '/'".to_owned(),
+            PointerEmptyToken { .. } => "remove the extra '/'; a field's `source: \"\"` (no '/') is the whole body, or of a child entity the whole element".to_owned(),
+            PointerWildcard { array, .. } if array == "/" => "a pointer names one value: write the member's name or the element's index instead of '*'; to read each element of an array, make the array a child entity, whose rows come from each element".to_owned(),
+            PointerWildcard { array, rest, .. } => format!("a pointer names one value: make the array a child entity (under `children:`, with `source: {array}`), whose rows come from each element{}", element_help(rest)),
         })
     }
 }
