@@ -660,6 +660,21 @@ pub fn rows<'a>(value: Option<&'a Value>, path: &str) -> Result<Vec<(&'a Value, 
     }
 }
 
+/// A child row's position in its array (`source: $index`; 0 for the row of an object),
+/// converted by `convert` like a JSON number: an integer of the column's width, within the
+/// spec's `min` and `max`. Errors name the row's `path` and say it is the position.
+pub fn position<T>(
+    index: usize,
+    path: &str,
+    convert: impl FnOnce(&Value, &str) -> Result<T>,
+) -> Result<T> {
+    convert(&Value::from(index), "").map_err(|err| ParseError {
+        path: path.to_owned(),
+        message: format!("$index {}", err.message),
+        ..err
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -788,6 +803,18 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn positions_are_integers_of_the_column() {
+        assert_eq!(position(3, "/items/3", integer::<i16>), Ok(3));
+        let err = position(70000, "/items/70000", integer::<i16>).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/items/70000: $index 70000 does not fit the column's integer type"
+        );
+        let err = position(8, "/items/8", |v, at| integer_in::<i32>(v, at, ..=7)).unwrap_err();
+        assert_eq!(err.to_string(), "/items/8: $index must be at most 7, got 8");
     }
 
     #[test]

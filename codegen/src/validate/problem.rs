@@ -488,6 +488,10 @@ pub enum Links {
         parent_nullable: bool,
     },
     VersionOnChild,
+    /// `source: $index` in a root entity's field.
+    IndexOnRoot {
+        field: String,
+    },
     VersionNotAField {
         field: String,
         entity: String,
@@ -540,6 +544,10 @@ impl Display for Links {
                 "parent_key links {field:?} to {from:?}, but only one of them is nullable"
             ),
             VersionOnChild => write!(f, "`version` is only for root entities"),
+            IndexOnRoot { field } => write!(
+                f,
+                "field {field:?} reads $index, but a root entity's row is not in an array"
+            ),
             VersionNotAField { field, entity, .. } => {
                 write!(
                     f,
@@ -572,6 +580,7 @@ impl Rule for Links {
             }
             ParentKeyTypes { .. } | ParentKeyNullability { .. } => "type_mismatch",
             VersionType { .. } | NullableVersion { .. } => "invalid_version",
+            IndexOnRoot { .. } => "index_on_root",
         }
     }
 
@@ -592,6 +601,7 @@ impl Rule for Links {
             VersionNotAField { .. } => "no such field",
             VersionType { .. } => "not an integer, date or timestamp",
             NullableVersion { .. } => "nullable",
+            IndexOnRoot { .. } => "on a root entity",
         }
         .to_owned()
     }
@@ -615,6 +625,7 @@ impl Rule for Links {
             VersionNotAField { suggestion, .. } => suggest(suggestion, "name a field of this entity"),
             VersionType { .. } => "use an i16, i32, i64, date or timestamptz field: versions are compared as integers (dates by day, timestamps by microsecond)".to_owned(),
             NullableVersion { .. } => "make the field `nullable: false`: every message must carry a version, or older and newer could not be told apart".to_owned(),
+            IndexOnRoot { .. } => "$index is the position of a child entity's row in its array (`source` of the child); a message is one root row: read a body value, or $message_id for a key of its own".to_owned(),
         })
     }
 }
@@ -682,6 +693,10 @@ pub enum FieldRule {
     InvalidHeaderName {
         source: String,
     },
+    /// `$index` in a field that is not an integer.
+    IndexType {
+        type_name: String,
+    },
     UnknownFormat {
         format: String,
     },
@@ -741,6 +756,9 @@ impl Display for FieldRule {
             InvalidHeaderName { source } => {
                 write!(f, "{source:?} does not name an HTTP header")
             }
+            IndexType { type_name } => {
+                write!(f, "$index cannot be stored as type {type_name}")
+            }
             UnknownFormat { format } => write!(f, "format {format:?} is unknown"),
             FormatNotForDate { format } => {
                 write!(f, "format {format:?} is for timestamptz, not date")
@@ -770,6 +788,7 @@ impl Rule for FieldRule {
             InvalidDefault { .. } => "invalid_default",
             UnknownMetadata { .. } | InvalidHeaderName { .. } => "unknown_metadata",
             MetadataType { .. } => "metadata_type",
+            IndexType { .. } => "index_type",
             MetadataMaybeAbsent { .. } => "metadata_maybe_absent",
             UnknownFormat { .. } | FormatNotForDate { .. } | InvalidTimePattern { .. } => {
                 "invalid_format"
@@ -793,6 +812,7 @@ impl Rule for FieldRule {
             UnknownMetadata { .. } => "unknown metadata",
             InvalidHeaderName { .. } => "not a header name",
             MetadataType { .. } | MetadataMaybeAbsent { .. } => "metadata source",
+            IndexType { .. } => "a position in an array",
             UnknownFormat { .. } => "unknown format",
             FormatNotForDate { .. } => "not for dates",
             InvalidTimePattern { reason, .. } => reason,
@@ -833,7 +853,7 @@ impl Rule for FieldRule {
             UnknownMetadata { suggestion, .. } => suggest(
                 &suggestion.as_ref().map(|s| format!("${s}")),
                 &format!(
-                    "metadata sources: {}, $header.<name>; a JSON pointer into the body starts with '/'",
+                    "metadata sources: {}, $header.<name>; a child's position in its array: $index; a JSON pointer into the body starts with '/'",
                     crate::model::Metadata::ALL
                         .iter()
                         .map(|m| format!("${}", m.name()))
@@ -842,6 +862,7 @@ impl Rule for FieldRule {
                 ),
             ),
             MetadataType { source, types, .. } => format!("store {source} as {types}"),
+            IndexType { .. } => "store $index, the element's position (0, 1, …), as i16, i32 or i64".to_owned(),
             InvalidHeaderName { .. } => "write $header.<name>, for example $header.x-github-delivery; nats-api captures it when started with --capture-header <name>".to_owned(),
             MetadataMaybeAbsent { .. } => {
                 "add `nullable: true`, or a `default`".to_owned()
