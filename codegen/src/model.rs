@@ -183,6 +183,9 @@ pub enum Source {
     /// A request header nats-api captured into the envelope (`--capture-header`); the
     /// name is lower-case.
     Header { name: String },
+    /// A child's position in its array (`$index`): 0 for the first element, and for the
+    /// one row of an object.
+    Index,
 }
 
 impl Source {

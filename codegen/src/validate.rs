@@ -531,6 +531,12 @@ impl Validator {
         if let Some(pk) = spec.parent_key.first() {
             self.report(Links::ParentKeyOnRoot.at(&pk.field));
         }
+        for field in &spec.fields {
+            if let Some(source) = field.source.as_ref().filter(|s| s.value == "$index") {
+                let field = field.name.value.clone();
+                self.report(Links::IndexOnRoot { field }.at(source));
+            }
+        }
     }
 
     /// A child's link to its parent: where its rows are, and the fields the parent fills.

@@ -133,6 +133,8 @@ pub struct EntityView {
     pub has_docs: bool,
     /// Whether any field is read from the body (not all from the parent).
     pub reads_body: bool,
+    /// Whether any field is the row's position in its array (`$index`).
+    pub reads_index: bool,
     /// Whether any field is read from the message's metadata.
     pub reads_metadata: bool,
     /// Whether a key or version field is (what a delete reads).
@@ -363,6 +365,15 @@ fn patch_expression(field: &Field, reader: &str, statics: &mut Statics) -> Strin
 /// The expression reading a field from the body or the metadata: required, nullable or
 /// defaulted.
 fn parse_expression(field: &Field, reader: &str, statics: &mut Statics) -> String {
+    if field.source == Source::Index {
+        // Every row has a position: no default applies.
+        let read = format!("p::position(index, path, {reader})?");
+        return if field.nullable {
+            format!("Some({read})")
+        } else {
+            read
+        };
+    }
     let (from, tokens) = match &field.source {
         Source::Body(pointer) => ("field", format!("body, path, {}", tokens(pointer))),
         Source::Metadata { item } => ("meta", format!("meta, {}", rust_string(item.name()))),
@@ -370,6 +381,7 @@ fn parse_expression(field: &Field, reader: &str, statics: &mut Statics) -> Strin
             "meta",
             format!("meta, {}", rust_string(&format!("header.{name}"))),
         ),
+        Source::Index => unreachable!("read above"),
     };
     // Defaults live in statics; the JSON path is only built when a value is refused.
     let default = field.default.as_ref().map(|default| {
@@ -722,6 +734,7 @@ pub fn entity_view(project: &Project, entity: &Entity) -> EntityView {
             .fields
             .iter()
             .any(|f| !f.from_parent && matches!(f.source, Source::Body(_))),
+        reads_index: (entity.fields.iter()).any(|f| !f.from_parent && f.source == Source::Index),
         reads_metadata: entity.reads_metadata(),
         delete_reads_metadata: entity.fields.iter().any(|f| {
             (entity.upsert_key.contains(&f.name) || entity.version.as_ref() == Some(&f.name))

@@ -41,6 +41,10 @@ diagnostics_snapshot!(
     "real_world.yaml"
 );
 diagnostics_snapshot!(
+    pointers_and_positions_the_runtime_cannot_read,
+    "pointers.yaml"
+);
+diagnostics_snapshot!(
     unknown_keys_and_other_problems_are_reported_together,
     "unknown_and_semantic.yaml"
 );

@@ -722,7 +722,7 @@ fn pointer() -> BoxedStrategy<String> {
 }
 
 /// Where a field's value may come from: mostly the body, now and then all of it, the
-/// message's metadata, or metadata that does not exist.
+/// message's metadata, a child's position (`$index`), or metadata that does not exist.
 fn source() -> BoxedStrategy<String> {
     prop_oneof![
         40 => pointer(),
@@ -735,6 +735,7 @@ fn source() -> BoxedStrategy<String> {
             "$request_id",
             "$header.x-github-delivery",
             "$header.X-Request-Start",
+            "$index",
         ][..])
         .prop_map(str::to_owned),
         1 => select(&["$", "$header", "$header.", "$header.a b", "$message", "$MESSAGE_ID"][..])
@@ -879,6 +880,7 @@ fn field() -> BoxedStrategy<FieldSpec> {
                 let (ty, nullable) = match source.as_deref() {
                     Some("$message_id") if misplace > 20 => ("uuid", nullable),
                     Some("$received_at") if misplace > 20 => ("timestamptz", nullable),
+                    Some("$index") if misplace > 20 => ("i32", nullable),
                     Some(s)
                         if misplace > 20
                             && (s.starts_with("$header.")

@@ -45,11 +45,20 @@ pub fn lookup<'a>(value: &'a Value, tokens: &[&str]) -> Option<&'a Value> {
     for token in tokens {
         current = match current {
             Value::Object(map) => map.get(*token)?,
-            Value::Array(items) => items.get(token.parse::<usize>().ok()?)?,
+            Value::Array(items) => items.get(array_index(token)?)?,
             _ => return None,
         };
     }
     (!current.is_null()).then_some(current)
+}
+
+/// An array index as RFC 6901 writes it: `0`, or digits without a leading zero (not `01`
+/// or `+1`, which `usize`'s parser reads as 1; nor `-`, the element after the last).
+fn array_index(token: &str) -> Option<usize> {
+    let canonical = token == "0" || !token.starts_with('0');
+    (canonical && token.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| token.parse().ok())
+        .flatten()
 }
 
 /// `path` extended by `tokens`, escaped as a JSON pointer.
@@ -674,6 +683,21 @@ pub fn rows<'a>(value: Option<&'a Value>, path: &str) -> Result<Vec<(&'a Value, 
     }
 }
 
+/// A child row's position in its array (`source: $index`; 0 for the row of an object),
+/// converted by `convert` like a JSON number: an integer of the column's width, within the
+/// spec's `min` and `max`. Errors name the row's `path` and say it is the position.
+pub fn position<T>(
+    index: usize,
+    path: &str,
+    convert: impl FnOnce(&Value, &str) -> Result<T>,
+) -> Result<T> {
+    convert(&Value::from(index), "").map_err(|err| ParseError {
+        path: path.to_owned(),
+        message: format!("$index {}", err.message),
+        ..err
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -824,11 +848,29 @@ mod tests {
     }
 
     #[test]
+    fn positions_are_integers_of_the_column() {
+        assert_eq!(position(3, "/items/3", integer::<i16>), Ok(3));
+        let err = position(70000, "/items/70000", integer::<i16>).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/items/70000: $index 70000 does not fit the column's integer type"
+        );
+        let err = position(8, "/items/8", |v, at| integer_in::<i32>(v, at, ..=7)).unwrap_err();
+        assert_eq!(err.to_string(), "/items/8: $index must be at most 7, got 8");
+    }
+
+    #[test]
     fn lookups_follow_pointers_and_treat_null_as_absent() {
         let body = json!({"a": {"b": [10, {"c": null}]}, "x/y": 1});
         assert_eq!(lookup(&body, &["a", "b", "0"]), Some(&json!(10)));
         assert_eq!(lookup(&body, &["a", "b", "1", "c"]), None);
         assert_eq!(lookup(&body, &["x/y"]), Some(&json!(1)));
+        // Array indexes as RFC 6901 writes them, and nothing else.
+        assert_eq!(lookup(&body, &["a", "b", "00"]), None);
+        assert_eq!(lookup(&body, &["a", "b", "01"]), None);
+        assert_eq!(lookup(&body, &["a", "b", "+0"]), None);
+        assert_eq!(lookup(&body, &["a", "b", "-"]), None);
+        assert_eq!(lookup(&body, &["a", "b", ""]), None);
         assert_eq!(join("/lineitems/0", &["x/y"]), "/lineitems/0/x~1y");
         assert_eq!(required(None, "/a").unwrap_err().message, "is required");
     }

@@ -3,8 +3,8 @@
 //! nats-api and the generated `github` worker (examples/github), on SQLite and PostgreSQL:
 //! keyed operations end in stream order, and an older version of an issue is skipped;
 //! real-world shapes become rows (message metadata, Unix timestamps, a column named by a
-//! Rust keyword, the whole body as JSON, an object child, an array of strings as rows, a
-//! 45-column table, an entity with two routes).
+//! Rust keyword, the whole body as JSON, an object child, an array of strings as rows
+//! keyed by position, a 45-column table, an entity with two routes).
 
 mod common;
 
@@ -351,6 +351,36 @@ async fn shapes_become_rows(database_url: String) {
     assert_eq!(
         n("SELECT count(*) AS n FROM added_file WHERE path = 'README.md'"),
         added as i64
+    );
+    // Added files are keyed by their position in the commit's array ($index): the first
+    // of each commit is at 0.
+    let adding = pushes
+        .iter()
+        .flat_map(|p| p["commits"].as_array().unwrap())
+        .filter(|c| !c["added"].as_array().unwrap().is_empty())
+        .count();
+    assert_eq!(
+        n("SELECT count(*) AS n FROM added_file WHERE position = 0"),
+        adding as i64
+    );
+    // A commit that names one file twice: each element is a row, at its position.
+    let mut twice = (pushes.iter())
+        .find(|p| !p["commits"].as_array().unwrap().is_empty())
+        .unwrap()
+        .clone();
+    twice["commits"][0]["added"] = serde_json::json!(["b.md", "a.md", "b.md"]);
+    let sha = twice["commits"][0]["id"].as_str().unwrap().to_owned();
+    let id = p.post("push", &twice).await;
+    assert_eq!(p.outcome(&id).await["status"], "persisted");
+    let files = format!("FROM added_file WHERE delivery = '{id}' AND sha = '{sha}'");
+    assert_eq!(n(&format!("SELECT count(*) AS n {files}")), 3);
+    assert_eq!(
+        n(&format!(
+            "SELECT count(*) AS n {files} AND (position = 0 AND path = 'b.md' \
+             OR position = 1 AND path = 'a.md' OR position = 2 AND path = 'b.md')"
+        )),
+        3,
+        "equal elements are rows of their own, in order"
     );
 
     // Pull requests: 43 fields, one row per pull request, the newest state kept.

@@ -32,7 +32,8 @@ pub fn field(spec: &FieldSpec, problems: &mut Vec<Problem>) -> Option<Field> {
             problems.extend(metadata(spec, *item, field_type, array));
         }
         Some(Source::Header { .. }) => problems.extend(header(spec, field_type, array)),
-        _ => {}
+        Some(Source::Index) => problems.extend(index(spec, field_type, array)),
+        Some(Source::Body(_)) | None => {}
     }
     problems.extend(default(spec, field_type, array));
     let formats = formats(spec, field_type, problems);
@@ -286,14 +287,18 @@ fn source(spec: &FieldSpec) -> Result<Source, Problem> {
                 name: name.to_ascii_lowercase(),
             })
         }
+        Some(s) if s.value == "$index" => Ok(Source::Index),
         Some(s) if s.value.starts_with('$') => {
             let name = &s.value[1..];
             match Metadata::ALL.iter().find(|m| m.name() == name) {
                 Some(item) => Ok(Source::Metadata { item: *item }),
                 None => Err(FieldRule::UnknownMetadata {
                     source: s.value.clone(),
-                    suggestion: did_you_mean(name, Metadata::ALL.iter().map(|m| m.name()))
-                        .map(str::to_owned),
+                    suggestion: did_you_mean(
+                        name,
+                        Metadata::ALL.iter().map(|m| m.name()).chain(["index"]),
+                    )
+                    .map(str::to_owned),
                 }
                 .at(s)),
             }
@@ -356,6 +361,18 @@ fn header(spec: &FieldSpec, field_type: FieldType, array: bool) -> Option<Proble
     }
     let can_be_empty = spec.nullable.as_ref().is_some_and(|n| n.value) || spec.default.is_some();
     (!can_be_empty).then(|| FieldRule::MetadataMaybeAbsent { source }.at(at))
+}
+
+/// A position is a whole number: an `i16`, `i32` or `i64` field (not an array).
+fn index(spec: &FieldSpec, field_type: FieldType, array: bool) -> Option<Problem> {
+    let at = spec.source.as_ref()?;
+    let integer = matches!(field_type, FieldType::I16 | FieldType::I32 | FieldType::I64);
+    (array || !integer).then(|| {
+        FieldRule::IndexType {
+            type_name: spec.field_type.value.clone(),
+        }
+        .at(at)
+    })
 }
 
 /// The formats a `timestamptz` or `date` field accepts: names, or strftime patterns that

@@ -152,7 +152,10 @@ pub fn is_route(route: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Parses an RFC 6901 JSON pointer (`/a/b~1c`).
+/// Parses an RFC 6901 JSON pointer (`/a/b~1c`) that names one value the runtime can
+/// find: every token a member name or an array index. Refused: a `~` not followed by `0`
+/// or `1`, an empty token (`/`, `/a//b`, `/a/`: the member named "", almost never what was
+/// meant), and a `*` token (no wildcards: an array's elements are a child entity's rows).
 pub fn parse_pointer(text: &Spanned<String>) -> Result<Pointer, Problem> {
     let raw = text.value.as_str();
     let Some(rest) = raw.strip_prefix('/') else {
@@ -161,9 +164,9 @@ pub fn parse_pointer(text: &Spanned<String>) -> Result<Pointer, Problem> {
         }
         .at(text));
     };
-    let tokens = rest
-        .split('/')
-        .map(unescape)
+    let raw_tokens: Vec<&str> = rest.split('/').collect();
+    let tokens = (raw_tokens.iter())
+        .map(|token| unescape(token))
         .collect::<Option<Vec<String>>>()
         .ok_or_else(|| {
             Naming::PointerEscape {
@@ -171,6 +174,23 @@ pub fn parse_pointer(text: &Spanned<String>) -> Result<Pointer, Problem> {
             }
             .at(text)
         })?;
+    if tokens.iter().any(String::is_empty) {
+        return Err(Naming::PointerEmptyToken {
+            raw: raw.to_owned(),
+        }
+        .at(text));
+    }
+    if let Some(at) = raw_tokens.iter().position(|token| *token == "*") {
+        return Err(Naming::PointerWildcard {
+            array: format!("/{}", raw_tokens[..at].join("/")),
+            rest: raw_tokens[at + 1..]
+                .iter()
+                .map(|token| format!("/{token}"))
+                .collect(),
+            raw: raw.to_owned(),
+        }
+        .at(text));
+    }
     Ok(Pointer {
         text: raw.to_owned(),
         tokens,

@@ -48,6 +48,15 @@ fn suggest(suggestion: &Option<String>, rest: &str) -> String {
     }
 }
 
+/// What a child made of an array's elements reads from each: `rest` (after the `*`).
+fn element_help(rest: &str) -> String {
+    if rest.is_empty() {
+        "; its field with `source: \"\"` holds the element".to_owned()
+    } else {
+        format!(", and give its field `source: {rest}`")
+    }
+}
+
 /// Names: identifiers, the project, entities, tables, routes and JSON pointers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Naming {
@@ -117,6 +126,16 @@ pub enum Naming {
     PointerEscape {
         raw: String,
     },
+    /// `/`, `/a//b` or `/a/`.
+    PointerEmptyToken {
+        raw: String,
+    },
+    /// A `*` token: `array` is the pointer before it (`/` when first), `rest` after it.
+    PointerWildcard {
+        raw: String,
+        array: String,
+        rest: String,
+    },
 }
 
 impl Display for Naming {
@@ -170,6 +189,14 @@ impl Display for Naming {
             }
             NotAPointer { raw } => write!(f, "{raw:?} is not a JSON pointer"),
             PointerEscape { raw } => write!(f, "{raw:?} has a '~' not followed by 0 or 1"),
+            PointerEmptyToken { raw } => write!(
+                f,
+                "{raw:?} has an empty token, which names a member called \"\""
+            ),
+            PointerWildcard { raw, .. } => write!(
+                f,
+                "{raw:?} has a wildcard token '*', which nomnom does not expand"
+            ),
         }
     }
 }
@@ -196,7 +223,10 @@ impl Rule for Naming {
             DuplicateTable { .. } => "duplicate_table",
             AmbiguousRoute { .. } => "ambiguous_route",
             InvalidRoute { .. } => "invalid_route",
-            NotAPointer { .. } | PointerEscape { .. } => "invalid_pointer",
+            NotAPointer { .. } | PointerEscape { .. } | PointerEmptyToken { .. } => {
+                "invalid_pointer"
+            }
+            PointerWildcard { .. } => "pointer_wildcard",
         }
     }
 
@@ -223,6 +253,8 @@ impl Rule for Naming {
             InvalidRoute { .. } => "not of the form [A-Za-z0-9_-]{1,64}",
             NotAPointer { .. } => "must start with '/'",
             PointerEscape { .. } => "bad escape",
+            PointerEmptyToken { .. } => "empty token",
+            PointerWildcard { .. } => "wildcard",
         }
         .to_owned()
     }
@@ -252,6 +284,9 @@ impl Rule for Naming {
             InvalidRoute { .. } => "the API's entity hint allows letters, digits, '_' and '-'; \"_\" alone is reserved".to_owned(),
             NotAPointer { .. } => "write the path of the value in the message body, for example /order/id".to_owned(),
             PointerEscape { .. } => "write ~0 for '~' and ~1 for '/'".to_owned(),
+            PointerEmptyToken { .. } => "remove the extra '/'; a field's `source: \"\"` (no '/') is the whole body, or of a child entity the whole element".to_owned(),
+            PointerWildcard { array, .. } if array == "/" => "a pointer names one value: write the member's name or the element's index instead of '*'; to read each element of an array, make the array a child entity, whose rows come from each element".to_owned(),
+            PointerWildcard { array, rest, .. } => format!("a pointer names one value: make the array a child entity (under `children:`, with `source: {array}`), whose rows come from each element{}", element_help(rest)),
         })
     }
 }
@@ -466,6 +501,10 @@ pub enum Links {
         parent_nullable: bool,
     },
     VersionOnChild,
+    /// `source: $index` in a root entity's field.
+    IndexOnRoot {
+        field: String,
+    },
     VersionNotAField {
         field: String,
         entity: String,
@@ -518,6 +557,10 @@ impl Display for Links {
                 "parent_key links {field:?} to {from:?}, but only one of them is nullable"
             ),
             VersionOnChild => write!(f, "`version` is only for root entities"),
+            IndexOnRoot { field } => write!(
+                f,
+                "field {field:?} reads $index, but a root entity's row is not in an array"
+            ),
             VersionNotAField { field, entity, .. } => {
                 write!(
                     f,
@@ -550,6 +593,7 @@ impl Rule for Links {
             }
             ParentKeyTypes { .. } | ParentKeyNullability { .. } => "type_mismatch",
             VersionType { .. } | NullableVersion { .. } => "invalid_version",
+            IndexOnRoot { .. } => "index_on_root",
         }
     }
 
@@ -570,6 +614,7 @@ impl Rule for Links {
             VersionNotAField { .. } => "no such field",
             VersionType { .. } => "not an integer, date or timestamp",
             NullableVersion { .. } => "nullable",
+            IndexOnRoot { .. } => "on a root entity",
         }
         .to_owned()
     }
@@ -593,6 +638,7 @@ impl Rule for Links {
             VersionNotAField { suggestion, .. } => suggest(suggestion, "name a field of this entity"),
             VersionType { .. } => "use an i16, i32, i64, date or timestamptz field: versions are compared as integers (dates by day, timestamps by microsecond)".to_owned(),
             NullableVersion { .. } => "make the field `nullable: false`: every message must carry a version, or older and newer could not be told apart".to_owned(),
+            IndexOnRoot { .. } => "$index is the position of a child entity's row in its array (`source` of the child); a message is one root row: read a body value, or $message_id for a key of its own".to_owned(),
         })
     }
 }
@@ -660,6 +706,10 @@ pub enum FieldRule {
     InvalidHeaderName {
         source: String,
     },
+    /// `$index` in a field that is not an integer.
+    IndexType {
+        type_name: String,
+    },
     UnknownFormat {
         format: String,
     },
@@ -722,6 +772,9 @@ impl Display for FieldRule {
             InvalidHeaderName { source } => {
                 write!(f, "{source:?} does not name an HTTP header")
             }
+            IndexType { type_name } => {
+                write!(f, "$index cannot be stored as type {type_name}")
+            }
             UnknownFormat { format } => write!(f, "format {format:?} is unknown"),
             FormatNotForDate { format } => {
                 write!(f, "format {format:?} is for timestamptz, not date")
@@ -751,6 +804,7 @@ impl Rule for FieldRule {
             InvalidDefault { .. } => "invalid_default",
             UnknownMetadata { .. } | InvalidHeaderName { .. } => "unknown_metadata",
             MetadataType { .. } => "metadata_type",
+            IndexType { .. } => "index_type",
             MetadataMaybeAbsent { .. } => "metadata_maybe_absent",
             UnknownFormat { .. } | FormatNotForDate { .. } | InvalidTimePattern { .. } => {
                 "invalid_format"
@@ -774,6 +828,7 @@ impl Rule for FieldRule {
             UnknownMetadata { .. } => "unknown metadata",
             InvalidHeaderName { .. } => "not a header name",
             MetadataType { .. } | MetadataMaybeAbsent { .. } => "metadata source",
+            IndexType { .. } => "a position in an array",
             UnknownFormat { .. } => "unknown format",
             FormatNotForDate { .. } => "not for dates",
             InvalidTimePattern { reason, .. } => reason,
@@ -814,7 +869,7 @@ impl Rule for FieldRule {
             UnknownMetadata { suggestion, .. } => suggest(
                 &suggestion.as_ref().map(|s| format!("${s}")),
                 &format!(
-                    "metadata sources: {}, $header.<name>; a JSON pointer into the body starts with '/'",
+                    "metadata sources: {}, $header.<name>; a child's position in its array: $index; a JSON pointer into the body starts with '/'",
                     crate::model::Metadata::ALL
                         .iter()
                         .map(|m| format!("${}", m.name()))
@@ -823,6 +878,7 @@ impl Rule for FieldRule {
                 ),
             ),
             MetadataType { source, types, .. } => format!("store {source} as {types}"),
+            IndexType { .. } => "store $index, the element's position (0, 1, …), as i16, i32 or i64".to_owned(),
             InvalidHeaderName { .. } => "write $header.<name>, for example $header.x-github-delivery; nats-api captures it when started with --capture-header <name>".to_owned(),
             MetadataMaybeAbsent { .. } => {
                 "add `nullable: true`, or a `default`".to_owned()

@@ -577,11 +577,15 @@ pub static ADDED_FILE: Entity = Entity {
                 column_type: ColumnType::Text,
             },
             Column {
+                name: "position",
+                column_type: ColumnType::I32,
+            },
+            Column {
                 name: "path",
                 column_type: ColumnType::Text,
             },
         ],
-        key: &["delivery", "sha", "path"],
+        key: &["delivery", "sha", "position"],
         write: WriteMode::Insert,
     },
     versioned: false,
@@ -594,6 +598,7 @@ impl Row for crate::models::AddedFile {
         vec![
             self.delivery.into(),
             self.sha.clone().into(),
+            self.position.into(),
             self.path.clone().into(),
         ]
     }

@@ -132,9 +132,10 @@ diesel::table! {
 diesel::table! {
     use diesel::sql_types::*;
 
-    added_file (delivery, sha, path) {
+    added_file (delivery, sha, position) {
         delivery -> Uuid,
         sha -> Varchar,
+        position -> Int4,
         path -> Text,
     }
 }

@@ -68,8 +68,8 @@ fn every_tpch_order_and_line_item_round_trips_into_the_models() {
             more => panic!("{} child entities", more.len()),
         };
         assert_eq!(rows.len(), expected_items.len());
-        for (row, source) in rows.iter().zip(expected_items) {
-            let item = parsers::lineitem::parse(source, "", &Value::Null, &order).unwrap();
+        for (index, (row, source)) in rows.iter().zip(expected_items).enumerate() {
+            let item = parsers::lineitem::parse(source, "", index, &Value::Null, &order).unwrap();
             assert_eq!(*row, item.values());
             assert_eq!(
                 item.l_orderkey, order.o_orderkey,

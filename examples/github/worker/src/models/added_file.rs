@@ -5,5 +5,6 @@
 pub struct AddedFile {
     pub delivery: uuid::Uuid,
     pub sha: String,
+    pub position: i32,
     pub path: String,
 }

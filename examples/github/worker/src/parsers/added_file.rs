@@ -9,17 +9,20 @@ use nomnom_runtime::row::Row as _;
 
 use crate::models::AddedFile;
 
-/// Parses one `added_file` row found at `path` in the message; `meta` is the
-/// message's metadata (`nomnom_runtime::parse::metadata`).
+/// Parses one `added_file` row found at `path` in the message, at position `index`
+/// in its array (0 for an object); `meta` is the message's metadata
+/// (`nomnom_runtime::parse::metadata`).
 pub fn parse(
     body: &Value,
     path: &str,
+    index: usize,
     _meta: &Value,
     parent: &crate::models::PushCommit,
 ) -> Result<AddedFile, ParseError> {
     Ok(AddedFile {
         delivery: parent.delivery,
         sha: parent.sha.clone(),
+        position: p::position(index, path, p::integer::<i32>)?,
         path: p::field(body, path, &[], p::text)?,
     })
 }
@@ -29,11 +32,12 @@ pub fn parse(
 pub fn parse_into(
     body: &Value,
     path: &str,
+    index: usize,
     meta: &Value,
     parent: &crate::models::PushCommit,
     change: &mut nomnom_runtime::change::Change,
 ) -> Result<(), ParseError> {
-    let row = parse(body, path, meta, parent)?;
+    let row = parse(body, path, index, meta, parent)?;
     change.push_child(&crate::database::ADDED_FILE, path, row.values())?;
     Ok(())
 }

@@ -77,12 +77,32 @@ pub fn parse_row(
     let row = parse(body, "", meta)?;
     let mut change = nomnom_runtime::change::Change::row(&crate::database::PUSH, op, row.values());
     let at = p::join("", &["head_commit"]);
-    for (item, item_path) in p::rows(p::lookup(body, &["head_commit"]), &at)? {
-        crate::parsers::head_commit::parse_into(item, &item_path, meta, &row, &mut change)?;
+    for (item_index, (item, item_path)) in p::rows(p::lookup(body, &["head_commit"]), &at)?
+        .into_iter()
+        .enumerate()
+    {
+        crate::parsers::head_commit::parse_into(
+            item,
+            &item_path,
+            item_index,
+            meta,
+            &row,
+            &mut change,
+        )?;
     }
     let at = p::join("", &["commits"]);
-    for (item, item_path) in p::rows(p::lookup(body, &["commits"]), &at)? {
-        crate::parsers::push_commit::parse_into(item, &item_path, meta, &row, &mut change)?;
+    for (item_index, (item, item_path)) in p::rows(p::lookup(body, &["commits"]), &at)?
+        .into_iter()
+        .enumerate()
+    {
+        crate::parsers::push_commit::parse_into(
+            item,
+            &item_path,
+            item_index,
+            meta,
+            &row,
+            &mut change,
+        )?;
     }
     Ok(change)
 }

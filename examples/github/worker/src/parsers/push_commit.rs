@@ -9,11 +9,13 @@ use nomnom_runtime::row::Row as _;
 
 use crate::models::PushCommit;
 
-/// Parses one `push_commit` row found at `path` in the message; `meta` is the
-/// message's metadata (`nomnom_runtime::parse::metadata`).
+/// Parses one `push_commit` row found at `path` in the message, at position `index`
+/// in its array (0 for an object); `meta` is the message's metadata
+/// (`nomnom_runtime::parse::metadata`).
 pub fn parse(
     body: &Value,
     path: &str,
+    _index: usize,
     _meta: &Value,
     parent: &crate::models::Push,
 ) -> Result<PushCommit, ParseError> {
@@ -45,15 +47,19 @@ pub fn parse(
 pub fn parse_into(
     body: &Value,
     path: &str,
+    index: usize,
     meta: &Value,
     parent: &crate::models::Push,
     change: &mut nomnom_runtime::change::Change,
 ) -> Result<(), ParseError> {
-    let row = parse(body, path, meta, parent)?;
+    let row = parse(body, path, index, meta, parent)?;
     change.push_child(&crate::database::PUSH_COMMIT, path, row.values())?;
     let at = p::join(path, &["added"]);
-    for (item, item_path) in p::rows(p::lookup(body, &["added"]), &at)? {
-        crate::parsers::added_file::parse_into(item, &item_path, meta, &row, change)?;
+    for (item_index, (item, item_path)) in p::rows(p::lookup(body, &["added"]), &at)?
+        .into_iter()
+        .enumerate()
+    {
+        crate::parsers::added_file::parse_into(item, &item_path, item_index, meta, &row, change)?;
     }
     Ok(())
 }

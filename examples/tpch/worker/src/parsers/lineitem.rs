@@ -9,11 +9,13 @@ use nomnom_runtime::row::Row as _;
 
 use crate::models::Lineitem;
 
-/// Parses one `lineitem` row found at `path` in the message; `meta` is the
-/// message's metadata (`nomnom_runtime::parse::metadata`).
+/// Parses one `lineitem` row found at `path` in the message, at position `index`
+/// in its array (0 for an object); `meta` is the message's metadata
+/// (`nomnom_runtime::parse::metadata`).
 pub fn parse(
     body: &Value,
     path: &str,
+    _index: usize,
     _meta: &Value,
     parent: &crate::models::Order,
 ) -> Result<Lineitem, ParseError> {
@@ -103,11 +105,12 @@ pub fn parse(
 pub fn parse_into(
     body: &Value,
     path: &str,
+    index: usize,
     meta: &Value,
     parent: &crate::models::Order,
     change: &mut nomnom_runtime::change::Change,
 ) -> Result<(), ParseError> {
-    let row = parse(body, path, meta, parent)?;
+    let row = parse(body, path, index, meta, parent)?;
     change.push_child(&crate::database::LINEITEM, path, row.values())?;
     Ok(())
 }

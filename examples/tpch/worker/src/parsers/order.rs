@@ -82,8 +82,18 @@ pub fn parse_row(
     let row = parse(body, "", meta)?;
     let mut change = nomnom_runtime::change::Change::row(&crate::database::ORDER, op, row.values());
     let at = p::join("", &["lineitems"]);
-    for (item, item_path) in p::rows(p::lookup(body, &["lineitems"]), &at)? {
-        crate::parsers::lineitem::parse_into(item, &item_path, meta, &row, &mut change)?;
+    for (item_index, (item, item_path)) in p::rows(p::lookup(body, &["lineitems"]), &at)?
+        .into_iter()
+        .enumerate()
+    {
+        crate::parsers::lineitem::parse_into(
+            item,
+            &item_path,
+            item_index,
+            meta,
+            &row,
+            &mut change,
+        )?;
     }
     Ok(change)
 }

@@ -114,7 +114,8 @@ CREATE TABLE IF NOT EXISTS "push_commit" (
 CREATE TABLE IF NOT EXISTS "added_file" (
     "delivery" UUID NOT NULL,
     "sha" VARCHAR(40) NOT NULL,
+    "position" INTEGER NOT NULL,
     "path" TEXT NOT NULL,
-    PRIMARY KEY ("delivery", "sha", "path")
+    PRIMARY KEY ("delivery", "sha", "position")
 );
 

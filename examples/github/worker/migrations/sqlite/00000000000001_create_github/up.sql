@@ -114,7 +114,8 @@ CREATE TABLE IF NOT EXISTS "push_commit" (
 CREATE TABLE IF NOT EXISTS "added_file" (
     "delivery" TEXT NOT NULL,
     "sha" TEXT NOT NULL,
+    "position" INTEGER NOT NULL,
     "path" TEXT NOT NULL,
-    PRIMARY KEY ("delivery", "sha", "path")
+    PRIMARY KEY ("delivery", "sha", "position")
 );
 
