@@ -13,7 +13,7 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "==> generated example workers are up to date (nomnom generate --check)"
-for example in tpch github; do
+for example in tpch github fhir; do
   cargo run --quiet --locked -p nomnom-codegen -- generate --check \
     --entities "examples/$example/entities.yaml" --output "examples/$example/worker" \
     --runtime-path ../../../runtime

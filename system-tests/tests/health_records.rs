@@ -1,0 +1,194 @@
+//! Real health records, the examples HL7 publishes with FHIR R4 (npm package
+//! hl7.fhir.r4.examples, fetched by scripts/install-deps.sh), posted as they are through
+//! nats-api to the generated `fhir` worker (examples/fhir), on SQLite and PostgreSQL:
+//! every observation and patient is stored; decimals keep every published digit
+//! (`66.899999999999991`, `1E-22`, `-1.000000000000000000E+245`), in their columns and in
+//! the JSON of the whole resource; array elements without an identity of their own
+//! (components, names) become rows in their order, identical ones included.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{count, dlq_len, lines, wait_for};
+use nomnom_runtime::{
+    NatsConfig,
+    worker::{WorkerConfig, run},
+};
+use nomnom_test_support::{NatsServer, Postgres};
+use serde_json::Value;
+
+/// The published records of one resource type: file name and raw bytes, as shipped.
+fn records(resource: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools/fhir-examples/4.0.1");
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| {
+        panic!("cannot read {dir} ({e}): run scripts/install-deps.sh to fetch hl7.fhir.r4.examples")
+    });
+    let mut found: Vec<(String, Vec<u8>)> = entries
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            let name = path.file_name().unwrap().to_string_lossy();
+            name.starts_with(&format!("{resource}-")) && name.ends_with(".json")
+        })
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&path).unwrap())
+        })
+        .collect();
+    found.sort();
+    assert!(!found.is_empty(), "no {resource} examples");
+    found
+}
+
+/// Elements of the array at `pointer`, summed over the records: the rows a child must get.
+fn elements(records: &[(String, Vec<u8>)], pointer: &str) -> i64 {
+    records
+        .iter()
+        .map(|(_, raw)| {
+            let record: Value = serde_json::from_slice(raw).unwrap();
+            record
+                .pointer(pointer)
+                .and_then(Value::as_array)
+                .map_or(0, |a| a.len() as i64)
+        })
+        .sum()
+}
+
+async fn records_become_rows(database_url: String) {
+    let nats = NatsServer::start();
+    let api = common::start_api_with(nats_api::ApiConfig {
+        nats: NatsConfig {
+            url: nats.url(),
+            ..Default::default()
+        },
+        database_url: Some(database_url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let config = WorkerConfig {
+        nats: NatsConfig {
+            url: nats.url(),
+            ..Default::default()
+        },
+        database_url: database_url.clone(),
+        batch_size: 50,
+        batch_wait: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(async move {
+        run(fhir_worker::Schema, config, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("worker runs");
+    });
+
+    let observations = records("Observation");
+    let patients = records("Patient");
+    let client = reqwest::Client::new();
+    for (name, raw) in observations.iter().chain(&patients) {
+        // The bytes as published: a client that re-encoded them through a float would
+        // already have lost the digits this test is about.
+        let reply = client
+            .post(format!("{api}/api/ingest/message"))
+            .header("content-type", "application/json")
+            .body(raw.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.status(),
+            202,
+            "{name}: {}",
+            reply.text().await.unwrap()
+        );
+    }
+    let (n_observations, n_patients) = (observations.len() as i64, patients.len() as i64);
+    wait_for(Duration::from_secs(60), "every record stored", || {
+        count(&database_url, "SELECT count(*) AS n FROM observation") == n_observations
+            && count(&database_url, "SELECT count(*) AS n FROM patient") == n_patients
+    })
+    .await;
+    assert_eq!(dlq_len(&nats).await, 0, "no record was dead-lettered");
+    assert_eq!(
+        count(
+            &database_url,
+            "SELECT count(*) AS n FROM observation_component"
+        ),
+        elements(&observations, "/component")
+    );
+    assert_eq!(
+        count(&database_url, "SELECT count(*) AS n FROM patient_name"),
+        elements(&patients, "/name")
+    );
+
+    // Every digit, as published.
+    assert_eq!(
+        lines(
+            &database_url,
+            "SELECT CAST(value AS TEXT) || ' ' || unit AS line FROM observation WHERE id = 'body-height'"
+        ),
+        ["66.899999999999991 in"]
+    );
+    // Components have no identity but their position: the first and third are the same
+    // ("Component", 1.0 g), and both are rows.
+    let zeros = |n: usize| "0".repeat(n);
+    assert_eq!(
+        lines(
+            &database_url,
+            "SELECT CAST(position AS TEXT) || ' ' || code_text || ' ' || CAST(value AS TEXT) AS line
+             FROM observation_component WHERE observation_id = 'decimal' ORDER BY position"
+        ),
+        [
+            "0 Component 1.0".to_owned(),
+            "1 Component 1.00".to_owned(),
+            "2 Component 1.0".to_owned(),
+            "3 Component 0.0000000000000000000001".to_owned(),
+            "4 Component 1000000000000000000".to_owned(),
+            format!("5 Component 0.{}1{}", zeros(244), zeros(18)),
+            format!("6 Component -1{}", zeros(245)),
+        ]
+    );
+    // The whole resource, as JSON, keeps the numbers' digits too.
+    let kept = if database_url.starts_with("sqlite:") {
+        "SELECT count(*) AS n FROM observation WHERE id = 'body-height'
+           AND instr(resource, '66.899999999999991') > 0"
+    } else {
+        "SELECT count(*) AS n FROM observation WHERE id = 'body-height'
+           AND resource->'valueQuantity'->>'value' = '66.899999999999991'"
+    };
+    assert_eq!(count(&database_url, kept), 1);
+    // Names in their order; the first and third share their given names.
+    assert_eq!(
+        lines(
+            &database_url,
+            "SELECT CAST(position AS TEXT) || ' ' || COALESCE(name_use, '-') || ' ' || COALESCE(family, '-') AS line
+             FROM patient_name WHERE patient_id = 'example' ORDER BY position"
+        ),
+        ["0 official Chalmers", "1 usual -", "2 maiden Windsor"]
+    );
+    assert_eq!(
+        lines(
+            &database_url,
+            "SELECT COALESCE(CAST(birth_date AS TEXT), '-') || ' ' || COALESCE(gender, '-') AS line
+             FROM patient WHERE id = 'example'"
+        ),
+        ["1974-12-25 male"]
+    );
+
+    let _ = stop.send(());
+    worker.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_health_records_become_rows_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    records_become_rows(format!("sqlite://{}", dir.path().join("fhir.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_health_records_become_rows_on_postgres() {
+    let postgres = Postgres::start();
+    records_become_rows(postgres.create_database("fhir")).await;
+}
