@@ -111,6 +111,13 @@ pub enum FieldType {
     Date,
     Time,
     Timestamptz,
+    /// `partial_timestamp`: a date or date-time of any precision (`2013`, `2013-05-17`,
+    /// `2013-05-17T10:30+02:00`), stored as sent; validate adds its two bounds.
+    PartialTimestamp,
+    /// The first instant a `partial_timestamp` covers (the `<name>_start` field).
+    PartialStart,
+    /// The first instant after it (the `<name>_end` field).
+    PartialEnd,
     Uuid,
     Json,
 }
@@ -130,6 +137,7 @@ impl FieldType {
         "date",
         "time",
         "timestamptz",
+        "partial_timestamp",
         "uuid",
         "json",
     ];

@@ -149,6 +149,27 @@ const TIMESTAMPTZ: TypeInfo = TypeInfo {
     ..DATE
 };
 
+/// The text as sent; its bounds are timestamps of their own.
+const PARTIAL: TypeInfo = TypeInfo {
+    rust: "String",
+    copy: false,
+    reader: Reader::Plain("p::partial_timestamp"),
+    column_type: "Text",
+    postgres: "TEXT",
+    sqlite: "TEXT",
+    diesel: "Text",
+};
+
+const PARTIAL_START: TypeInfo = TypeInfo {
+    reader: Reader::Plain("p::partial_timestamp_start"),
+    ..TIMESTAMPTZ
+};
+
+const PARTIAL_END: TypeInfo = TypeInfo {
+    reader: Reader::Plain("p::partial_timestamp_end"),
+    ..TIMESTAMPTZ
+};
+
 const UUID: TypeInfo = TypeInfo {
     rust: "uuid::Uuid",
     reader: Reader::Plain("p::uuid"),
@@ -186,6 +207,9 @@ impl FieldType {
             Self::Date => DATE,
             Self::Time => TIME,
             Self::Timestamptz => TIMESTAMPTZ,
+            Self::PartialTimestamp => PARTIAL,
+            Self::PartialStart => PARTIAL_START,
+            Self::PartialEnd => PARTIAL_END,
             Self::Uuid => UUID,
             Self::Json => JSON,
         }

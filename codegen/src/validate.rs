@@ -14,7 +14,7 @@ use crate::diagnostics::{Problem, did_you_mean};
 use crate::model::{
     Entity, Field, FieldType, Operation, OperationKind, ParentLink, Project, WriteMode,
 };
-use crate::spec::{EntitySpec, OneOrMany, OperationSpec, ParentKeySpec, SpecFile};
+use crate::spec::{EntitySpec, FieldSpec, OneOrMany, OperationSpec, ParentKeySpec, SpecFile};
 pub use names::to_pascal;
 use names::{RESERVED_TYPE_NAMES, identifier_problem, is_project_name, is_route, parse_pointer};
 use problem::{Keys, Links, Naming, Rule};
@@ -263,13 +263,17 @@ impl Validator {
                 self.report(rule.at(&field.name));
                 continue;
             }
-            fields.extend(field::field(field, &mut self.problems));
+            let Some(valid) = field::field(field, &mut self.problems) else {
+                continue;
+            };
+            let bounds = (valid.field_type == FieldType::PartialTimestamp)
+                .then(|| self.partial_bounds(field, &valid))
+                .unwrap_or_default();
+            fields.push((valid, field));
+            fields.extend(bounds.into_iter().map(|bound| (bound, field)));
         }
         let mut columns = HashSet::new();
-        for (field, spec_field) in fields.iter().filter_map(|f| {
-            let written = spec.fields.iter().find(|s| s.name.value == f.name)?;
-            Some((f, written))
-        }) {
+        for (field, spec_field) in &fields {
             if !columns.insert(field.column.clone()) {
                 let rule = problem::FieldRule::DuplicateColumn {
                     column: field.column.clone(),
@@ -286,16 +290,50 @@ impl Validator {
         }
         // Diesel's `table!` takes at most 128 columns (with its widest feature; the
         // generated crate asks for the narrowest that fits). A root's table also holds
-        // the guard columns.
-        if spec.fields.len() + guard > MAX_FIELDS {
+        // the guard columns, and a partial timestamp two bounds.
+        let bounds = fields.len() - fields.iter().filter(|(f, _)| !is_bound(f)).count();
+        let count = spec.fields.len() + bounds;
+        if count + guard > MAX_FIELDS {
             let rule = Keys::TooManyFields {
                 entity: name.clone(),
-                count: spec.fields.len(),
+                count,
                 guard,
             };
             self.report(rule.at(&spec.name));
         }
-        fields
+        fields.into_iter().map(|(field, _)| field).collect()
+    }
+
+    /// The fields a `partial_timestamp` adds: `<name>_start` and `<name>_end`, read from
+    /// the same source, with their columns `<column>_start` and `<column>_end`.
+    fn partial_bounds(&mut self, spec: &FieldSpec, field: &Field) -> Vec<Field> {
+        [
+            ("start", FieldType::PartialStart, "the first instant"),
+            ("end", FieldType::PartialEnd, "the first instant after"),
+        ]
+        .into_iter()
+        .filter_map(|(suffix, field_type, what)| {
+            let mut name = spec.name.clone();
+            name.value = format!("{}_{suffix}", field.name);
+            let mut column = spec.column.clone().unwrap_or_else(|| spec.name.clone());
+            column.value = format!("{}_{suffix}", field.column);
+            let problems: Vec<Problem> = identifier_problem(&name, "field name")
+                .into_iter()
+                .chain(names::column_problem(&column))
+                .collect();
+            let valid = problems.is_empty();
+            problems.into_iter().for_each(|p| self.report(p));
+            valid.then(|| Field {
+                name: name.value,
+                column: column.value,
+                field_type,
+                formats: Vec::new(),
+                checks: Default::default(),
+                description: Some(format!("{what} `{}` covers.", field.name)),
+                ..field.clone()
+            })
+        })
+        .collect()
     }
 }
 
@@ -675,4 +713,12 @@ impl Validator {
             }
         }
     }
+}
+
+/// A field validate added for a `partial_timestamp`.
+fn is_bound(field: &Field) -> bool {
+    matches!(
+        field.field_type,
+        FieldType::PartialStart | FieldType::PartialEnd
+    )
 }

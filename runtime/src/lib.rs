@@ -17,6 +17,7 @@ pub mod json;
 pub mod metrics;
 pub mod nats;
 pub mod parse;
+mod partial;
 pub mod row;
 pub mod sql;
 pub mod status;

@@ -496,6 +496,42 @@ pub fn date(value: &Value, path: &str) -> Result<NaiveDate> {
         .map_err(|_| ParseError::new(path, format!("{text:?} is not a date (YYYY-MM-DD)")))
 }
 
+/// A partial date or date-time (`2013`, `2013-05`, `2013-05-17`,
+/// `2013-05-17T10:30[:15[.5]][Z|±hh:mm]`) and the instants it covers.
+fn partial_interval<'a>(
+    value: &'a Value,
+    path: &str,
+) -> Result<(&'a str, crate::partial::Interval)> {
+    let text = value
+        .as_str()
+        .ok_or_else(|| type_error(path, "a date or date-time string", value))?;
+    let interval = crate::partial::interval(text.trim()).ok_or_else(|| {
+        ParseError::new(
+            path,
+            format!(
+                "{} is not a date or date-time (YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm[:ss[.f]][Z|±hh:mm])",
+                shown(value)
+            ),
+        )
+    })?;
+    Ok((text.trim(), interval))
+}
+
+/// A `partial_timestamp` as it was sent (checked, surrounding blanks removed).
+pub fn partial_timestamp(value: &Value, path: &str) -> Result<String> {
+    partial_interval(value, path).map(|(text, _)| text.to_owned())
+}
+
+/// The first instant a `partial_timestamp` covers (`2013` → 2013-01-01T00:00:00Z).
+pub fn partial_timestamp_start(value: &Value, path: &str) -> Result<DateTime<Utc>> {
+    partial_interval(value, path).map(|(_, interval)| interval.start)
+}
+
+/// The first instant after a `partial_timestamp` (`2013` → 2014-01-01T00:00:00Z).
+pub fn partial_timestamp_end(value: &Value, path: &str) -> Result<DateTime<Utc>> {
+    partial_interval(value, path).map(|(_, interval)| interval.end)
+}
+
 pub fn time(value: &Value, path: &str) -> Result<NaiveTime> {
     let text = value
         .as_str()

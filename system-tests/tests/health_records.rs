@@ -159,6 +159,45 @@ async fn records_become_rows(database_url: String) {
            AND resource->'valueQuantity'->>'value' = '66.899999999999991'"
     };
     assert_eq!(count(&database_url, kept), 1);
+    // Dates and date-times of any precision in one field: as sent, and the instants they
+    // cover (an offset is applied to the bounds; the text keeps it).
+    let utc = |column: &str| {
+        if database_url.starts_with("sqlite:") {
+            format!("substr({column}, 1, 19)")
+        } else {
+            format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')")
+        }
+    };
+    assert_eq!(
+        lines(
+            &database_url,
+            &format!(
+                "SELECT id || ' ' || effective || ' ' || {} || ' ' || {} AS line
+                 FROM observation WHERE id IN ('body-height', 'satO2') ORDER BY id",
+                utc("effective_start"),
+                utc("effective_end")
+            )
+        ),
+        [
+            "body-height 1999-07-02 1999-07-02T00:00:00 1999-07-03T00:00:00",
+            "satO2 2014-12-05T09:30:10+01:00 2014-12-05T08:30:10 2014-12-05T08:30:11",
+        ]
+    );
+    let dated = observations
+        .iter()
+        .filter(|(_, raw)| {
+            let record: Value = serde_json::from_slice(raw).unwrap();
+            record.get("effectiveDateTime").is_some()
+        })
+        .count() as i64;
+    assert_eq!(
+        count(
+            &database_url,
+            "SELECT count(*) AS n FROM observation
+             WHERE effective IS NOT NULL AND effective_start < effective_end"
+        ),
+        dated
+    );
     // Names in their order; the first and third share their given names.
     assert_eq!(
         lines(

@@ -90,7 +90,7 @@ fn field_type(
     array: bool,
     problems: &mut Vec<Problem>,
 ) -> Option<FieldType> {
-    if array && (type_name == "json" || type_name.ends_with("[]")) {
+    if array && (matches!(type_name, "json" | "partial_timestamp") || type_name.ends_with("[]")) {
         let rule = FieldRule::UnsupportedArray {
             type_name: spec.field_type.value.clone(),
         };
@@ -112,6 +112,7 @@ fn field_type(
         "date" => FieldType::Date,
         "time" => FieldType::Time,
         "timestamptz" | "timestamp" => FieldType::Timestamptz,
+        "partial_timestamp" => FieldType::PartialTimestamp,
         "uuid" => FieldType::Uuid,
         "json" => FieldType::Json,
         _ => {
@@ -502,7 +503,11 @@ fn default_fits(value: &serde_json::Value, field_type: FieldType) -> bool {
         }
         (FieldType::String { .. } | FieldType::Text, Value::String(_)) => true,
         (
-            FieldType::Date | FieldType::Time | FieldType::Timestamptz | FieldType::Uuid,
+            FieldType::Date
+            | FieldType::Time
+            | FieldType::Timestamptz
+            | FieldType::PartialTimestamp
+            | FieldType::Uuid,
             Value::String(_),
         ) => true,
         (FieldType::Json, _) => true,

@@ -847,7 +847,7 @@ impl Rule for FieldRule {
                     crate::model::FieldType::NAMES.join(", ")
                 ),
             ),
-            UnsupportedArray { .. } => "arrays hold scalars (`text[]`, `i64[]`, …): keep JSON, nested arrays included, in a `json` field".to_owned(),
+            UnsupportedArray { .. } => "arrays hold scalars (`text[]`, `i64[]`, …; not `partial_timestamp`): keep JSON, nested arrays included, in a `json` field".to_owned(),
             MissingPrecision { .. } => {
                 "for example `precision: 15` and `scale: 2` for money; without both, a decimal keeps any value at its own scale".to_owned()
             }

@@ -40,6 +40,14 @@ pub static OBSERVATION: Entity = Entity {
                 column_type: ColumnType::Text,
             },
             Column {
+                name: "effective_start",
+                column_type: ColumnType::Timestamptz,
+            },
+            Column {
+                name: "effective_end",
+                column_type: ColumnType::Timestamptz,
+            },
+            Column {
                 name: "issued",
                 column_type: ColumnType::Timestamptz,
             },
@@ -85,6 +93,8 @@ impl Row for crate::models::Observation {
             self.code.clone().into(),
             self.subject.clone().into(),
             self.effective.clone().into(),
+            self.effective_start.into(),
+            self.effective_end.into(),
             self.issued.into(),
             self.value.clone().into(),
             self.unit.clone().into(),

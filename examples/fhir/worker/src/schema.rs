@@ -12,6 +12,8 @@ diesel::table! {
         code -> Nullable<Text>,
         subject -> Nullable<Text>,
         effective -> Nullable<Text>,
+        effective_start -> Nullable<Timestamptz>,
+        effective_end -> Nullable<Timestamptz>,
         issued -> Nullable<Timestamptz>,
         value -> Nullable<Numeric>,
         unit -> Nullable<Text>,

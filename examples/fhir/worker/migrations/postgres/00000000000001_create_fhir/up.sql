@@ -9,6 +9,8 @@ CREATE TABLE IF NOT EXISTS "observation" (
     "code" TEXT,
     "subject" TEXT,
     "effective" TEXT,
+    "effective_start" TIMESTAMPTZ,
+    "effective_end" TIMESTAMPTZ,
     "issued" TIMESTAMPTZ,
     "value" NUMERIC,
     "unit" TEXT,

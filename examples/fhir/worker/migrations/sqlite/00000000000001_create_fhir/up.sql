@@ -9,6 +9,8 @@ CREATE TABLE IF NOT EXISTS "observation" (
     "code" TEXT,
     "subject" TEXT,
     "effective" TEXT,
+    "effective_start" TEXT,
+    "effective_end" TEXT,
     "issued" TEXT,
     "value" TEXT,
     "unit" TEXT,
