@@ -266,9 +266,21 @@ impl Validator {
             let Some(valid) = field::field(field, &mut self.problems) else {
                 continue;
             };
-            let bounds = (valid.field_type == FieldType::PartialTimestamp)
+            let mut bounds = (valid.field_type == FieldType::PartialTimestamp)
                 .then(|| self.partial_bounds(field, &valid))
                 .unwrap_or_default();
+            // A bound named like a field of the spec would be a second struct field.
+            bounds.retain(|bound| {
+                let taken = spec.fields.iter().any(|f| f.name.value == bound.name);
+                if taken {
+                    let rule = Keys::BoundTaken {
+                        field: field.name.value.clone(),
+                        bound: bound.name.clone(),
+                    };
+                    self.report(rule.at(&field.name));
+                }
+                !taken
+            });
             fields.push((valid, field));
             fields.extend(bounds.into_iter().map(|bound| (bound, field)));
         }

@@ -938,6 +938,7 @@ fn field() -> BoxedStrategy<FieldSpec> {
                     ("date", _) => "\"2024-02-29\"".into(),
                     ("time", _) => "\"12:30:00\"".into(),
                     ("timestamptz" | "timestamp", _) => "\"2024-01-01T00:00:00Z\"".into(),
+                    ("partial_timestamp", _) => "\"2013-05\"".into(),
                     ("uuid", _) => "\"67e55044-10b1-426f-9247-bb680e5fe0c8\"".into(),
                     ("json", 1) => "{ a: [1, \"two\", null] }".into(),
                     ("json", _) => "[]".into(),

@@ -407,3 +407,58 @@ fn duplicate_keys_name_key_and_path_on_sqlite() {
     let url = format!("sqlite://{}", dir.path().join("dupes.db").display());
     duplicate_keys_name_key_and_path(&url, SQLITE_DDL, false);
 }
+
+/// Any list of child keys: every row is either stored or the message refused, naming the
+/// first path and the path that repeats its key; never one row silently replacing another.
+#[test]
+fn colliding_child_keys_are_never_dropped_silently() {
+    use proptest::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("collisions.db").display());
+    let conn = std::cell::RefCell::new(connect(&url, SQLITE_DDL));
+    let claims = std::cell::Cell::new(0i64);
+    let config = ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(sequences in proptest::collection::vec(0i32..6, 0..10))| {
+        let id = claims.get() + 1;
+        claims.set(id);
+        let mut change = Change::row(&CLAIM, Op::Create, vec![Value::I64(id), Value::Text("c".into())]);
+        let mut first_path = std::collections::HashMap::new();
+        let mut refused = None;
+        for (i, sequence) in sequences.iter().enumerate() {
+            let path = format!("/details/{i}");
+            let row = vec![Value::I64(id), Value::I32(*sequence), Value::Text(path.clone())];
+            match (change.push_child(&DETAIL, &path, row), first_path.get(sequence)) {
+                (Ok(()), None) => {
+                    first_path.insert(*sequence, path);
+                }
+                (Err(err), Some(first)) => {
+                    prop_assert!(
+                        err.message.starts_with(&format!(
+                            "{first} and {path} have the same key (sequence = {sequence})"
+                        )),
+                        "{}", err
+                    );
+                    refused = Some(err);
+                    break;
+                }
+                (outcome, first) => {
+                    prop_assert!(false, "{path} (key {sequence}, first at {first:?}): {outcome:?}");
+                }
+            }
+        }
+        if refused.is_none() {
+            // Every distinct key is a row of its own, each with its own text.
+            let conn = &mut *conn.borrow_mut();
+            write(conn, vec![pending(id, change)]);
+            let stored = rows(conn, "detail", &["claim_id", "text"])
+                .into_iter()
+                .filter(|line| line.starts_with(&format!("{id}|")))
+                .count();
+            prop_assert_eq!(stored, sequences.len());
+        }
+    });
+}

@@ -298,6 +298,11 @@ pub enum Keys {
         field: String,
         entity: String,
     },
+    /// A `partial_timestamp` adds `<name>_start` and `<name>_end`.
+    BoundTaken {
+        field: String,
+        bound: String,
+    },
     NoFields {
         entity: String,
     },
@@ -357,6 +362,10 @@ impl Display for Keys {
             DuplicateField { field, entity } => {
                 write!(f, "field {field:?} is defined twice in {entity:?}")
             }
+            BoundTaken { field, bound } => write!(
+                f,
+                "partial_timestamp {field:?} adds a field {bound:?}, and another field has that name"
+            ),
             NoFields { entity } => write!(f, "entity {entity:?} has no fields"),
             TooManyFields {
                 entity,
@@ -408,6 +417,7 @@ impl Rule for Keys {
         use Keys::*;
         match self {
             DuplicateField { .. } => "duplicate_field",
+            BoundTaken { .. } => "bound_taken",
             NoFields { .. } => "no_fields",
             TooManyFields { .. } => "too_many_fields",
             KeyNotAField { .. } => "unknown_field",
@@ -426,6 +436,7 @@ impl Rule for Keys {
         use Keys::*;
         match self {
             DuplicateField { .. } => "second definition",
+            BoundTaken { .. } => "adds _start and _end",
             NoFields { .. } => "no fields",
             TooManyFields { .. } => "too many fields",
             KeyNotAField { .. } => "no such field",
@@ -445,6 +456,7 @@ impl Rule for Keys {
         use Keys::*;
         Some(match self {
             DuplicateField { .. } => return None,
+            BoundTaken { .. } => "rename one of the two fields: a partial_timestamp keeps its bounds in <name>_start and <name>_end".to_owned(),
             NoFields { .. } => "add fields under `fields:`".to_owned(),
             TooManyFields { guard: 0, .. } => format!("a table has at most {MAX_FIELDS} columns; split the entity, for example into a child entity, or keep rarely used values in a json field"),
             TooManyFields { guard, .. } => format!("a table has at most {MAX_FIELDS} columns, and a root entity's table also holds {} that nomnom fills (the stream sequence{}); split the entity, for example into a child entity, or keep rarely used values in a json field", if *guard == 1 { "one" } else { "two" }, if *guard == 1 { "" } else { " and the version" }),
@@ -843,7 +855,7 @@ impl Rule for FieldRule {
             UnknownType { suggestion, .. } => suggest(
                 suggestion,
                 &format!(
-                    "types: {}; an array of any but json: `<type>[]`",
+                    "types: {}; an array of any but json and partial_timestamp: `<type>[]`",
                     crate::model::FieldType::NAMES.join(", ")
                 ),
             ),
