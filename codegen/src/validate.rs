@@ -266,9 +266,11 @@ impl Validator {
             let Some(valid) = field::field(field, &mut self.problems) else {
                 continue;
             };
-            let mut bounds = (valid.field_type == FieldType::PartialTimestamp)
-                .then(|| self.partial_bounds(field, &valid))
-                .unwrap_or_default();
+            let mut bounds = if valid.field_type == FieldType::PartialTimestamp {
+                self.partial_bounds(field, &valid)
+            } else {
+                Vec::new()
+            };
             // A bound named like a field of the spec would be a second struct field.
             bounds.retain(|bound| {
                 let taken = spec.fields.iter().any(|f| f.name.value == bound.name);
