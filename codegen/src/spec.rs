@@ -193,7 +193,7 @@ pub struct FieldSpec {
 #[derive(Debug)]
 pub enum SourceSpec {
     Text(String),
-    Select(SelectSpec),
+    Select(Box<SelectSpec>),
 }
 
 impl SourceSpec {
@@ -223,7 +223,7 @@ impl<'de> Deserialize<'de> for SourceSpec {
             ) -> Result<SourceSpec, A::Error> {
                 // Through the same MapAccess: its values keep their locations.
                 SelectSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(SourceSpec::Select)
+                    .map(|select| SourceSpec::Select(Box::new(select)))
             }
         }
         deserializer.deserialize_any(SourceVisitor)

@@ -274,7 +274,7 @@ mod selection_tests {
         assert_eq!(found.required(text).unwrap(), "29463-7");
         // An error names the element taken.
         let err = selected(&body, "/entry/0", &LOINC)
-            .required(|v, at| integer::<i64>(v, at))
+            .required(integer::<i64>)
             .unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -325,12 +325,7 @@ mod selection_tests {
             "Patient"
         );
         assert_eq!(capture(2, false).unwrap().required(text).unwrap(), "123");
-        assert_eq!(
-            capture(2, true)
-                .unwrap()
-                .required(|v, at| integer::<i64>(v, at)),
-            Ok(123)
-        );
+        assert_eq!(capture(2, true).unwrap().required(integer::<i64>), Ok(123));
         let letters = regex::Regex::new("^([A-Za-z]+)/([a-z]+)$").unwrap();
         let absent = found(&body, "", &["subject", "reference"])
             .capture(&letters, 1, false)
@@ -342,7 +337,7 @@ mod selection_tests {
         );
         let err = capture(1, true)
             .unwrap()
-            .required(|v, at| integer::<i64>(v, at))
+            .required(integer::<i64>)
             .unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -368,7 +363,7 @@ mod selection_tests {
             .capture(&pattern, 2, true)
             .unwrap();
         assert_eq!(id.path, "$request_id");
-        assert_eq!(id.required(|v, at| integer::<i32>(v, at)), Ok(7));
+        assert_eq!(id.required(integer::<i32>), Ok(7));
     }
 }
 
