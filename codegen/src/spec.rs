@@ -217,6 +217,20 @@ impl<'de> Deserialize<'de> for SourceSpec {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SourceSpec, E> {
                 Ok(SourceSpec::Text(v.to_owned()))
             }
+            // Other scalars as their text, as a string field reads them: the validator
+            // then says what is wrong with `source: 5`, with every other problem.
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SourceSpec, E> {
+                Ok(SourceSpec::Text(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SourceSpec, E> {
+                Ok(SourceSpec::Text(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<SourceSpec, E> {
+                Ok(SourceSpec::Text(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<SourceSpec, E> {
+                Ok(SourceSpec::Text(v.to_string()))
+            }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 map: A,
