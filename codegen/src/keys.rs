@@ -118,6 +118,10 @@ enum Level {
     Field,
     Operation,
     ParentKey,
+    /// A field's `source` written as a mapping (an element picked by its members).
+    Select,
+    /// A field's `capture`.
+    Capture,
 }
 
 /// A deserializer that only records the field names a derived `Deserialize` asks for.
@@ -173,7 +177,10 @@ fn fields_of<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
 
 /// The keys the spec struct at `level` accepts.
 fn accepted(level: Level) -> &'static [&'static str] {
-    use crate::spec::{EntitySpec, FieldSpec, OperationSpec, ParentKeySpec, RoutingSpec, SpecFile};
+    use crate::spec::{
+        CaptureSpec, EntitySpec, FieldSpec, OperationSpec, ParentKeySpec, RoutingSpec, SelectSpec,
+        SpecFile,
+    };
     match level {
         Level::File => fields_of::<SpecFile>(),
         Level::Routing => fields_of::<RoutingSpec>(),
@@ -181,6 +188,8 @@ fn accepted(level: Level) -> &'static [&'static str] {
         Level::Field => fields_of::<FieldSpec>(),
         Level::Operation => fields_of::<OperationSpec>(),
         Level::ParentKey => fields_of::<ParentKeySpec>(),
+        Level::Select => fields_of::<SelectSpec>(),
+        Level::Capture => fields_of::<CaptureSpec>(),
     }
 }
 
@@ -193,6 +202,8 @@ pub fn known_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("field", accepted(Level::Field)),
         ("operation", accepted(Level::Operation)),
         ("parent_key", accepted(Level::ParentKey)),
+        ("select", accepted(Level::Select)),
+        ("capture", accepted(Level::Capture)),
     ]
 }
 
@@ -228,6 +239,8 @@ fn check(node: &Node, level: Level, problems: &mut Vec<Problem>) {
             (Level::Entity, "fields") => Some(Level::Field),
             (Level::Entity, "operation") => Some(Level::Operation),
             (Level::Entity, "parent_key") => Some(Level::ParentKey),
+            (Level::Field, "source") => Some(Level::Select),
+            (Level::Field, "capture") => Some(Level::Capture),
             _ => None,
         };
         if let Some(child) = child {
@@ -260,6 +273,8 @@ mod tests {
         assert!(accepted(Level::Operation).contains(&"delete"));
         assert_eq!(accepted(Level::ParentKey), ["field", "from"]);
         assert_eq!(accepted(Level::Routing), ["discriminator"]);
+        assert_eq!(accepted(Level::Select), ["array", "where", "then"]);
+        assert_eq!(accepted(Level::Capture), ["pattern", "group"]);
     }
 
     #[test]

@@ -194,6 +194,28 @@ pub enum Source {
     /// A child's position in its array (`$index`): 0 for the first element, and for the
     /// one row of an object.
     Index,
+    /// The first element of an array whose members equal given strings, then a pointer
+    /// inside it (`source: { array, where, then }`).
+    Select(Selection),
+}
+
+/// An array's element picked by its members' values.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Selection {
+    /// The array, in the body (or a child's element).
+    pub array: Pointer,
+    /// (member, value) pairs, all of which must match; sorted by member.
+    pub matching: Vec<(String, String)>,
+    /// Inside the element (no tokens: the element itself).
+    pub then: Pointer,
+}
+
+/// A capture group of a regular expression, applied to the source's string value.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Capture {
+    pub pattern: String,
+    /// The group's number (0: the whole match).
+    pub group: u32,
 }
 
 impl Source {
@@ -280,6 +302,8 @@ pub struct Field {
     pub array: bool,
     pub nullable: bool,
     pub source: Source,
+    /// A capture group of the source's string value, which the field then reads.
+    pub capture: Option<Capture>,
     /// Accepted formats, for `timestamptz` and `date`; empty: RFC 3339 only.
     pub formats: Vec<TimeFormat>,
     pub default: Option<serde_json::Value>,

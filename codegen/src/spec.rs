@@ -149,10 +149,14 @@ pub struct FieldSpec {
     /// Column name; default: the field name.
     #[serde(default)]
     pub column: Option<S<String>>,
-    /// JSON pointer into the body (`""`: the whole body), or message metadata
-    /// (`$message_id`, …); default `/<name>`.
+    /// JSON pointer into the body (`""`: the whole body), message metadata
+    /// (`$message_id`, …), or an array's element picked by its members' values
+    /// (`{ array, where, then }`); default `/<name>`.
     #[serde(default)]
-    pub source: Option<S<String>>,
+    pub source: Option<S<SourceSpec>>,
+    /// A capture group of a regular expression applied to the source's string value.
+    #[serde(default)]
+    pub capture: Option<S<CaptureSpec>>,
     /// `timestamptz` and `date`: the accepted formats, tried in order.
     #[serde(default)]
     pub format: Option<S<OneOrMany>>,
@@ -182,6 +186,90 @@ pub struct FieldSpec {
     /// `string`/`text`: the only values allowed.
     #[serde(default, rename = "enum")]
     pub allowed: Vec<S<String>>,
+}
+
+/// A field's `source` as written: text (a JSON pointer, `""`, `$metadata`, `$index`), or a
+/// mapping that picks an array's element by its members' values.
+#[derive(Debug)]
+pub enum SourceSpec {
+    Text(String),
+    Select(Box<SelectSpec>),
+}
+
+impl SourceSpec {
+    /// The text of a textual source.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Self::Text(text) => Some(text),
+            Self::Select(_) => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SourceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SourceVisitor;
+        impl<'de> serde::de::Visitor<'de> for SourceVisitor {
+            type Value = SourceSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON pointer, $metadata, or a mapping { array, where, then }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SourceSpec, E> {
+                Ok(SourceSpec::Text(v.to_owned()))
+            }
+            // Other scalars as their text, as a string field reads them: the validator
+            // then says what is wrong with `source: 5`, with every other problem.
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SourceSpec, E> {
+                Ok(SourceSpec::Text(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SourceSpec, E> {
+                Ok(SourceSpec::Text(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<SourceSpec, E> {
+                Ok(SourceSpec::Text(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<SourceSpec, E> {
+                Ok(SourceSpec::Text(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<SourceSpec, A::Error> {
+                // Through the same MapAccess: its values keep their locations.
+                SelectSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|select| SourceSpec::Select(Box::new(select)))
+            }
+        }
+        deserializer.deserialize_any(SourceVisitor)
+    }
+}
+
+/// `source: { array: /code/coding, where: { system: http://loinc.org }, then: /code }`:
+/// the first element of the array whose members equal the given strings, then the value
+/// at `then` inside it. `array` and `where` are required; their absence is a diagnostic
+/// of the validator, not a parse error.
+#[derive(Debug, Deserialize)]
+pub struct SelectSpec {
+    /// JSON pointer of the array in the body (or in a child's element).
+    #[serde(default)]
+    pub array: Option<S<String>>,
+    /// Member name → the string it must equal, exactly; every one must match.
+    #[serde(default, rename = "where")]
+    pub matching: Option<S<std::collections::BTreeMap<String, S<String>>>>,
+    /// JSON pointer inside the element; default `""`, the element itself.
+    #[serde(default)]
+    pub then: Option<S<String>>,
+}
+
+/// `capture: { pattern: "^([A-Za-z]+)/(.+)$", group: 2 }`.
+#[derive(Debug, Deserialize)]
+pub struct CaptureSpec {
+    /// The regular expression (regex crate syntax), searched in the value.
+    #[serde(default)]
+    pub pattern: Option<S<String>>,
+    /// The number of the capture group the field takes (0: the whole match); default 1.
+    #[serde(default)]
+    pub group: Option<S<u32>>,
 }
 
 /// Parses the YAML. Syntax errors, type errors and unknown keys come back as

@@ -584,7 +584,9 @@ impl Validator {
             self.report(Links::ParentKeyOnRoot.at(&pk.field));
         }
         for field in &spec.fields {
-            if let Some(source) = field.source.as_ref().filter(|s| s.value == "$index") {
+            if let Some(source) =
+                (field.source.as_ref()).filter(|s| s.value.text() == Some("$index"))
+            {
                 let field = field.name.value.clone();
                 self.report(Links::IndexOnRoot { field }.at(source));
             }

@@ -237,6 +237,14 @@ struct Statics {
 }
 
 impl Statics {
+    /// Declares a static built at compile time and returns its name.
+    fn constant(&mut self, suffix: &str, rust_type: &str, init: String) -> String {
+        let name = format!("{}_{suffix}", self.prefix);
+        self.items
+            .push(format!("static {name}: {rust_type} = {init};"));
+        name
+    }
+
     /// Declares a lazily built static and returns its name.
     fn lazy(&mut self, suffix: &str, rust_type: &str, init: String) -> String {
         let name = format!("{}_{suffix}", self.prefix);
@@ -341,9 +349,82 @@ fn tokens(pointer: &Pointer) -> String {
     format!("&[{}]", literals(&pointer.tokens).join(", "))
 }
 
+/// Whether a field is read through a `p::Found`: its source picks an element by its
+/// members' values, or it keeps a capture group of its source's text.
+fn reads_found(field: &Field) -> bool {
+    matches!(field.source, Source::Select(_)) || field.capture.is_some()
+}
+
+/// The `p::Found` of a field that [`reads_found`], before any capture: a selected element's
+/// value, a body value, or a metadata item.
+fn found_expression(field: &Field, statics: &mut Statics) -> String {
+    match &field.source {
+        Source::Body(pointer) => format!("p::found(body, path, {})", tokens(pointer)),
+        Source::Select(selection) => {
+            let matching: Vec<String> = (selection.matching.iter())
+                .map(|(member, value)| format!("({}, {})", rust_string(member), rust_string(value)))
+                .collect();
+            let name = statics.constant(
+                "SELECTION",
+                "p::Selection",
+                format!(
+                    "p::Selection {{ array: {}, matching: &[{}], then: {} }}",
+                    tokens(&selection.array),
+                    matching.join(", "),
+                    tokens(&selection.then)
+                ),
+            );
+            format!("p::selected(body, path, &{name})")
+        }
+        Source::Metadata { item } => format!("p::found_meta(meta, {})", rust_string(item.name())),
+        Source::Header { name } => format!(
+            "p::found_meta(meta, {})",
+            rust_string(&format!("header.{name}"))
+        ),
+        Source::Index => unreachable!("validated: $index has no capture"),
+    }
+}
+
+/// `.capture(…)?` of a field with a `capture`, else nothing. The captured text is read as
+/// a JSON number or boolean by fields that read those.
+fn capture_call(field: &Field, statics: &mut Statics) -> String {
+    let Some(capture) = &field.capture else {
+        return String::new();
+    };
+    let regex = statics.lazy(
+        "CAPTURE",
+        "regex::Regex",
+        format!("regex::Regex::new({})", rust_string(&capture.pattern)),
+    );
+    let literal = field.field_type.is_numeric()
+        || field.field_type == FieldType::Bool
+        || (field.formats.iter())
+            .any(|f| matches!(f, TimeFormat::UnixSeconds | TimeFormat::UnixMillis));
+    format!(".capture(&{regex}, {}, {literal})?", capture.group)
+}
+
 /// The expression reading a field of a patch: only when the body has it (JSON null
 /// included), and then without the default. Metadata is always part of a patch.
 fn patch_expression(field: &Field, reader: &str, statics: &mut Statics) -> String {
+    if reads_found(field) && !field.source.is_metadata() {
+        let found = found_expression(field, statics);
+        let capture = capture_call(field, statics);
+        let read = if field.nullable {
+            "optional"
+        } else {
+            "required"
+        };
+        let value = format!("Some(sql::Value::from(found{capture}.{read}({reader})?))");
+        return match &field.source {
+            Source::Body(pointer) => format!(
+                "match body.pointer({}) {{ None => None, Some(_) => {{ let found = {found}; {value} }} }}",
+                rust_string(&pointer.text)
+            ),
+            _ => format!(
+                "{{ let found = {found}; if found.is_present() {{ {value} }} else {{ None }} }}"
+            ),
+        };
+    }
     let Source::Body(pointer) = &field.source else {
         return format!(
             "Some(sql::Value::from({}))",
@@ -374,6 +455,9 @@ fn parse_expression(field: &Field, reader: &str, statics: &mut Statics) -> Strin
             read
         };
     }
+    if reads_found(field) {
+        return found_parse_expression(field, reader, statics);
+    }
     let (from, tokens) = match &field.source {
         Source::Body(pointer) => ("field", format!("body, path, {}", tokens(pointer))),
         Source::Metadata { item } => ("meta", format!("meta, {}", rust_string(item.name()))),
@@ -382,6 +466,7 @@ fn parse_expression(field: &Field, reader: &str, statics: &mut Statics) -> Strin
             format!("meta, {}", rust_string(&format!("header.{name}"))),
         ),
         Source::Index => unreachable!("read above"),
+        Source::Select(_) => unreachable!("read by found_parse_expression"),
     };
     // Defaults live in statics; the JSON path is only built when a value is refused.
     let default = field.default.as_ref().map(|default| {
@@ -402,6 +487,34 @@ fn parse_expression(field: &Field, reader: &str, statics: &mut Statics) -> Strin
         }
         Some(default) => format!("p::{from}_or({tokens}, &{default}, {reader})?"),
     }
+}
+
+/// [`parse_expression`] of a field that [`reads_found`].
+fn found_parse_expression(field: &Field, reader: &str, statics: &mut Statics) -> String {
+    let found = found_expression(field, statics);
+    let found = found + &capture_call(field, statics);
+    let default = field
+        .default
+        .as_ref()
+        .map(|default| default_static(default, statics));
+    match default {
+        None if field.nullable => format!("{found}.optional({reader})?"),
+        None => format!("{found}.required({reader})?"),
+        Some(default) if field.nullable => format!("Some({found}.or(&{default}, {reader})?)"),
+        Some(default) => format!("{found}.or(&{default}, {reader})?"),
+    }
+}
+
+/// The static holding a field's default, as a JSON value.
+fn default_static(default: &serde_json::Value, statics: &mut Statics) -> String {
+    statics.lazy(
+        "DEFAULT",
+        "nomnom_runtime::json::Value",
+        format!(
+            "nomnom_runtime::json::from_str({})",
+            rust_string(&default.to_string())
+        ),
+    )
 }
 
 fn field_view(entity: &Entity, field: &Field) -> FieldView {
@@ -733,7 +846,7 @@ pub fn entity_view(project: &Project, entity: &Entity) -> EntityView {
         reads_body: entity
             .fields
             .iter()
-            .any(|f| !f.from_parent && matches!(f.source, Source::Body(_))),
+            .any(|f| !f.from_parent && matches!(f.source, Source::Body(_) | Source::Select(_))),
         reads_index: (entity.fields.iter()).any(|f| !f.from_parent && f.source == Source::Index),
         reads_metadata: entity.reads_metadata(),
         delete_reads_metadata: entity.fields.iter().any(|f| {
@@ -759,6 +872,7 @@ mod tests {
                 text: "/n".into(),
                 tokens: vec!["n".into()],
             }),
+            capture: None,
             formats: Vec::new(),
             default: None,
             checks: Checks {

@@ -301,6 +301,8 @@ fn the_json_schema_accepts_exactly_what_the_parser_accepts() {
             "/$defs/entity/properties/parent_key/items/properties",
             "parent_key",
         ),
+        ("/$defs/select/properties", "select"),
+        ("/$defs/capture/properties", "capture"),
     ] {
         assert_eq!(
             schema_keys(&schema, pointer),

@@ -45,6 +45,10 @@ diagnostics_snapshot!(
     "pointers.yaml"
 );
 diagnostics_snapshot!(
+    selections_and_captures_the_runtime_cannot_read,
+    "selections.yaml"
+);
+diagnostics_snapshot!(
     unknown_keys_and_other_problems_are_reported_together,
     "unknown_and_semantic.yaml"
 );

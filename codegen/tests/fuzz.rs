@@ -502,6 +502,11 @@ fn token_soup() -> impl Strategy<Value = String> {
         "fields",
         "children",
         "source",
+        "array",
+        "where",
+        "then",
+        "capture",
+        "group",
         "parent_key",
         "field",
         "from",
@@ -747,6 +752,58 @@ fn source() -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// A `source` that picks an array's element by a member's value, as YAML: mostly valid,
+/// now and then without `where`, with an empty member name or an unknown key.
+fn selection() -> BoxedStrategy<String> {
+    (
+        pointer(),
+        prop_oneof![100 => "[a-z]{1,6}", 1 => Just(String::new())],
+        text(),
+        prop_oneof![4 => pointer(), 2 => Just(String::new())],
+        0u8..200,
+    )
+        .prop_map(|(array, member, value, then, shape)| {
+            let (array, member, value, then) = (
+                yaml_string(&array),
+                yaml_string(&member),
+                yaml_string(&value),
+                yaml_string(&then),
+            );
+            match shape {
+                0 => format!("{{ array: {array}, then: {then} }}"),
+                1 => format!("{{ array: {array}, where: {{}}, then: {then} }}"),
+                2 => format!("{{ array: {array}, wher: {{ {member}: {value} }} }}"),
+                3..=12 => format!("{{ array: {array}, where: {{ {member}: {value} }} }}"),
+                _ => format!("{{ array: {array}, where: {{ {member}: {value} }}, then: {then} }}"),
+            }
+        })
+        .boxed()
+}
+
+/// Capture patterns with groups, and a few the regex crate or the group refuse.
+const CAPTURES: &[&str] = &[
+    "^([A-Za-z]+)/(.+)$",
+    "(\\d+)",
+    "^(?P<kind>[a-z]+)-",
+    "(ñ|🦀)+",
+    "(\"#)",
+    "^([a-z]+",
+    "a{1000}{1000}",
+];
+
+/// A `capture` as YAML: mostly a pattern and a group it has.
+fn capture() -> BoxedStrategy<String> {
+    (
+        prop_oneof![40 => select(&CAPTURES[..5]), 1 => select(CAPTURES)],
+        prop_oneof![40 => Just(Some(1u32)), 12 => Just(None), 6 => Just(Some(0)), 1 => (2u32..4).prop_map(Some)],
+    )
+        .prop_map(|(pattern, group)| match group {
+            None => format!("{{ pattern: {} }}", yaml_string(pattern)),
+            Some(group) => format!("{{ pattern: {}, group: {group} }}", yaml_string(pattern)),
+        })
+        .boxed()
+}
+
 /// Timestamp and date formats, with patterns chrono refuses and names nomnom does not know.
 const FORMATS: &[&str] = &[
     "rfc3339",
@@ -816,6 +873,10 @@ struct FieldSpec {
     ty: &'static str,
     nullable: Option<bool>,
     source: Option<String>,
+    /// A selecting `source` (YAML), written instead of `source`.
+    selection: Option<String>,
+    /// A `capture` (YAML).
+    capture: Option<String>,
     format: Vec<&'static str>,
     description: Option<String>,
     default: Option<String>,
@@ -873,11 +934,16 @@ fn field() -> BoxedStrategy<FieldSpec> {
             prop::collection::vec(text(), 0..3),
             0u16..300,
         ),
+        (
+            prop::option::weighted(0.02, selection()),
+            prop::option::weighted(0.03, capture()),
+        ),
     )
         .prop_map(
             |(
                 (name, ty, nullable, source, description, default, column, format),
                 (min, max, min_length, max_length, precision, scale, pattern, allowed, misplace),
+                (selection, capture),
             )| {
                 // Metadata mostly goes into a field that can hold it.
                 let (ty, nullable) = match source.as_deref() {
@@ -945,12 +1011,21 @@ fn field() -> BoxedStrategy<FieldSpec> {
                     (_, 1) if misplace < 10 => "{ a: 1 }".into(),
                     (_, _) => yaml_string("def\"ault */ \\"),
                 });
+                // Captures mostly from a string, into one value.
+                let capture = capture.filter(|_| {
+                    misplaced
+                        || !(ty.ends_with("[]")
+                            || ty == "json"
+                            || source.as_deref() == Some("$index"))
+                });
                 FieldSpec {
                     name,
                     column,
                     ty,
                     nullable,
                     source,
+                    selection,
+                    capture,
                     format: if timely || misplaced {
                         format
                     } else {
@@ -1143,6 +1218,8 @@ fn settle(entity: &mut EntitySpec, parent: Option<&EntitySpec>) {
             field.name = name.clone();
             field.column = None;
             field.source = None;
+            field.selection = None;
+            field.capture = None;
             field.default = None;
             if next(20) == 0 {
                 field.nullable = Some(!from.nullable.unwrap_or(false));
@@ -1184,6 +1261,8 @@ fn settle(entity: &mut EntitySpec, parent: Option<&EntitySpec>) {
             ty: "i64",
             nullable: None,
             source: None,
+            selection: None,
+            capture: None,
             format: Vec::new(),
             description: None,
             default: None,
@@ -1414,8 +1493,13 @@ impl EntitySpec {
             if let Some(n) = f.nullable {
                 parts.push(format!("nullable: {n}"));
             }
-            if let Some(s) = &f.source {
+            if let Some(s) = &f.selection {
+                parts.push(format!("source: {s}"));
+            } else if let Some(s) = &f.source {
                 parts.push(format!("source: {}", yaml_string(s)));
+            }
+            if let Some(c) = &f.capture {
+                parts.push(format!("capture: {c}"));
             }
             if let Some(c) = &f.column {
                 parts.push(format!("column: {}", yaml_string(c)));

@@ -61,6 +61,312 @@ fn array_index(token: &str) -> Option<usize> {
         .flatten()
 }
 
+/// A source that picks an array's element by its members' values (`source: { array,
+/// where, then }`): the first element of the array at `array` that is an object whose
+/// members named in `matching` are strings equal to the given ones, exactly; then the
+/// value at `then` inside that element. Elements that are not objects are skipped.
+#[derive(Debug, Clone, Copy)]
+pub struct Selection {
+    pub array: &'static [&'static str],
+    pub matching: &'static [(&'static str, &'static str)],
+    pub then: &'static [&'static str],
+}
+
+/// The element `selection` picks below `value`: its position in the array, and the value
+/// at `then` inside it (`None` when the element lacks it, or it is null). `None` when the
+/// array is absent, is not an array, or no element matches.
+pub fn select<'a>(value: &'a Value, selection: &Selection) -> Option<(usize, Option<&'a Value>)> {
+    let Value::Array(items) = lookup(value, selection.array)? else {
+        return None;
+    };
+    items.iter().enumerate().find_map(|(index, item)| {
+        let Value::Object(members) = item else {
+            return None;
+        };
+        let matches = (selection.matching.iter())
+            .all(|(name, wanted)| members.get(*name).and_then(Value::as_str) == Some(*wanted));
+        matches.then(|| (index, lookup(item, selection.then)))
+    })
+}
+
+/// A value a field's source found, or did not, and the JSON path (or `$name`) naming it in
+/// errors: what generated parsers read when a source picks an element by its members'
+/// values ([`selected`]) or keeps a capture group of a string ([`Found::capture`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found<'a> {
+    /// The value; `None` when absent (a nullable field is then `NULL`, a default applies).
+    pub value: Option<std::borrow::Cow<'a, Value>>,
+    /// Where the value is (or was looked for): `/code/coding/1/code`, `$request_id`.
+    pub path: String,
+    /// Why it is absent, said by a required field's error (else "is required").
+    pub missing: Option<String>,
+    /// What a conversion error adds: the text a pattern captured, and the pattern.
+    pub context: Option<String>,
+}
+
+/// The value at `tokens` below `body` (found at `path`), as a [`Found`].
+pub fn found<'a>(body: &'a Value, path: &str, tokens: &[&str]) -> Found<'a> {
+    Found {
+        value: lookup(body, tokens).map(std::borrow::Cow::Borrowed),
+        path: join(path, tokens),
+        missing: None,
+        context: None,
+    }
+}
+
+/// Metadata item `name` of `meta` (see [`metadata`]), as a [`Found`] named `$name`.
+pub fn found_meta<'a>(meta: &'a Value, name: &str) -> Found<'a> {
+    Found {
+        value: meta.get(name).map(std::borrow::Cow::Borrowed),
+        path: format!("${name}"),
+        missing: None,
+        context: None,
+    }
+}
+
+/// The value `selection` picks below `body` (found at `path`). Its path names the element
+/// taken (`/code/coding/1/code`); when no element matches, the array's, and a required
+/// field's error says which member values were looked for.
+pub fn selected<'a>(body: &'a Value, path: &str, selection: &Selection) -> Found<'a> {
+    match select(body, selection) {
+        Some((index, value)) => {
+            let mut tokens: Vec<&str> = selection.array.to_vec();
+            let index = index.to_string();
+            tokens.push(&index);
+            tokens.extend_from_slice(selection.then);
+            Found {
+                value: value.map(std::borrow::Cow::Borrowed),
+                path: join(path, &tokens),
+                missing: None,
+                context: None,
+            }
+        }
+        None => {
+            let wanted: Vec<String> = (selection.matching.iter())
+                .map(|(name, value)| format!("{name} is {value:?}"))
+                .collect();
+            Found {
+                value: None,
+                path: join(path, selection.array),
+                missing: Some(format!(
+                    "is required: no element of the array has {}",
+                    wanted.join(" and ")
+                )),
+                context: None,
+            }
+        }
+    }
+}
+
+impl<'a> Found<'a> {
+    /// Whether a value was found (a patch sets only those).
+    pub fn is_present(&self) -> bool {
+        self.value.is_some()
+    }
+
+    /// Group `group` of `pattern`'s first match in the value, a string: absent when the
+    /// pattern does not match or the group takes no part in the match. With `literal`
+    /// (fields read from JSON numbers or booleans), a captured text that is a JSON number,
+    /// `true` or `false` becomes that value, so `"123"` reads as an integer.
+    pub fn capture(self, pattern: &regex::Regex, group: usize, literal: bool) -> Result<Self> {
+        let Some(value) = &self.value else {
+            return Ok(self);
+        };
+        let Value::String(text) = value.as_ref() else {
+            return Err(type_error(
+                &self.path,
+                &format!("a string to match {}", pattern.as_str()),
+                value,
+            ));
+        };
+        let Some(captured) = (pattern.captures(text)).and_then(|c| c.get(group)) else {
+            let missing = format!(
+                "is required: {text:?} does not match {} (group {group})",
+                pattern.as_str()
+            );
+            return Ok(Found {
+                value: None,
+                missing: Some(missing),
+                ..self
+            });
+        };
+        let captured = captured.as_str();
+        let value = literal
+            .then(|| crate::json::from_str(captured).ok())
+            .flatten()
+            .filter(|v| v.is_number() || v.is_boolean())
+            .unwrap_or_else(|| Value::String(captured.to_owned()));
+        Ok(Found {
+            value: Some(std::borrow::Cow::Owned(value)),
+            context: Some(format!(
+                "{captured:?}, captured from {text:?} by {}",
+                pattern.as_str()
+            )),
+            ..self
+        })
+    }
+
+    fn convert<T>(
+        &self,
+        value: &Value,
+        convert: impl FnOnce(&Value, &str) -> Result<T>,
+    ) -> Result<T> {
+        convert(value, "").map_err(|err| ParseError {
+            path: self.path.clone() + &err.path,
+            message: match &self.context {
+                None => err.message,
+                Some(context) => format!("{} ({context})", err.message),
+            },
+            ..err
+        })
+    }
+
+    /// A required field's value, converted by `convert`.
+    pub fn required<T>(self, convert: impl FnOnce(&Value, &str) -> Result<T>) -> Result<T> {
+        match &self.value {
+            None => Err(ParseError::new(
+                self.path,
+                self.missing.unwrap_or_else(|| "is required".to_owned()),
+            )),
+            Some(value) => self.convert(value, convert),
+        }
+    }
+
+    /// A nullable field's value: `None` when absent.
+    pub fn optional<T>(self, convert: impl FnOnce(&Value, &str) -> Result<T>) -> Result<Option<T>> {
+        (self.value.as_ref())
+            .map(|value| self.convert(value, convert))
+            .transpose()
+    }
+
+    /// A value, or `default` when absent.
+    pub fn or<T>(
+        self,
+        default: &Value,
+        convert: impl FnOnce(&Value, &str) -> Result<T>,
+    ) -> Result<T> {
+        self.convert(self.value.as_deref().unwrap_or(default), convert)
+    }
+}
+
+#[cfg(test)]
+mod selection_tests {
+    use super::*;
+    use crate::json::json;
+
+    const LOINC: Selection = Selection {
+        array: &["code", "coding"],
+        matching: &[("system", "http://loinc.org")],
+        then: &["code"],
+    };
+
+    #[test]
+    fn the_first_element_whose_members_match_is_taken() {
+        let body = json!({"code": {"coding": [
+            "not an object",
+            {"system": "http://snomed.info/sct", "code": "27113001"},
+            {"system": "http://loinc.org/", "code": "near miss"},
+            {"system": "http://loinc.org", "code": "29463-7"},
+            {"system": "http://loinc.org", "code": "second"}
+        ]}});
+        let found = selected(&body, "", &LOINC);
+        assert_eq!(found.path, "/code/coding/3/code");
+        assert_eq!(found.required(text).unwrap(), "29463-7");
+        // An error names the element taken.
+        let err = selected(&body, "/entry/0", &LOINC)
+            .required(integer::<i64>)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/entry/0/code/coding/3/code: expected an integer, got a string"
+        );
+    }
+
+    #[test]
+    fn no_match_is_absent() {
+        let body = json!({"code": {"coding": [{"system": "http://snomed.info/sct", "code": "1"}, {"code": "2"}]}});
+        let found = selected(&body, "", &LOINC);
+        assert_eq!(found.clone().optional(text), Ok(None));
+        assert_eq!(found.clone().or(&json!("none"), text).unwrap(), "none");
+        assert_eq!(
+            found.required(text).unwrap_err().to_string(),
+            "/code/coding: is required: no element of the array has system is \"http://loinc.org\""
+        );
+        for body in [
+            json!({}),
+            json!({"code": {"coding": {"system": "http://loinc.org"}}}),
+        ] {
+            assert_eq!(selected(&body, "", &LOINC).optional(text), Ok(None));
+        }
+        // Every member must match, as a string.
+        let both = Selection {
+            matching: &[("system", "http://loinc.org"), ("version", "2.0")],
+            ..LOINC
+        };
+        let body = json!({"code": {"coding": [
+            {"system": "http://loinc.org", "version": 2.0, "code": "number"},
+            {"system": "http://loinc.org", "version": "2.0", "code": "string"}
+        ]}});
+        assert_eq!(selected(&body, "", &both).required(text).unwrap(), "string");
+        // The element itself, with no `then`.
+        let element = Selection { then: &[], ..LOINC };
+        assert_eq!(selected(&body, "", &element).path, "/code/coding/0");
+    }
+
+    #[test]
+    fn captures_are_read_as_the_field_reads_values() {
+        let pattern = regex::Regex::new("^([A-Za-z]+)/(.+)$").unwrap();
+        let body = json!({"subject": {"reference": "Patient/123"}, "n": 5});
+        let capture = |group, literal| {
+            found(&body, "", &["subject", "reference"]).capture(&pattern, group, literal)
+        };
+        assert_eq!(
+            capture(1, false).unwrap().required(text).unwrap(),
+            "Patient"
+        );
+        assert_eq!(capture(2, false).unwrap().required(text).unwrap(), "123");
+        assert_eq!(capture(2, true).unwrap().required(integer::<i64>), Ok(123));
+        let letters = regex::Regex::new("^([A-Za-z]+)/([a-z]+)$").unwrap();
+        let absent = found(&body, "", &["subject", "reference"])
+            .capture(&letters, 1, false)
+            .unwrap();
+        assert_eq!(absent.clone().optional(text), Ok(None));
+        assert_eq!(
+            absent.required(text).unwrap_err().to_string(),
+            "/subject/reference: is required: \"Patient/123\" does not match ^([A-Za-z]+)/([a-z]+)$ (group 1)"
+        );
+        let err = capture(1, true)
+            .unwrap()
+            .required(integer::<i64>)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/subject/reference: expected an integer, got a string (\"Patient\", captured from \"Patient/123\" by ^([A-Za-z]+)/(.+)$)"
+        );
+        let err = found(&body, "", &["n"])
+            .capture(&pattern, 1, false)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/n: expected a string to match ^([A-Za-z]+)/(.+)$, got a number"
+        );
+        // Absent stays absent; metadata is named `$name`.
+        assert_eq!(
+            found(&body, "", &["x"])
+                .capture(&pattern, 1, false)
+                .unwrap()
+                .value,
+            None
+        );
+        let meta = json!({"request_id": "Patient/7"});
+        let id = found_meta(&meta, "request_id")
+            .capture(&pattern, 2, true)
+            .unwrap();
+        assert_eq!(id.path, "$request_id");
+        assert_eq!(id.required(integer::<i32>), Ok(7));
+    }
+}
+
 /// `path` extended by `tokens`, escaped as a JSON pointer.
 pub fn join(path: &str, tokens: &[&str]) -> String {
     let mut out = path.to_owned();

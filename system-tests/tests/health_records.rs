@@ -4,7 +4,9 @@
 //! every observation and patient is stored; decimals keep every published digit
 //! (`66.899999999999991`, `1E-22`, `-1.000000000000000000E+245`), in their columns and in
 //! the JSON of the whole resource; array elements without an identity of their own
-//! (components, names) become rows in their order, identical ones included.
+//! (components, names) become rows in their order, identical ones included; the LOINC code
+//! is found wherever it is among an observation's codings, and a reference's type and id
+//! are captured from its text.
 
 mod common;
 
@@ -198,6 +200,48 @@ async fn records_become_rows(database_url: String) {
         ),
         dated
     );
+    // The LOINC code wherever it is among the codings: f206's first coding is the lab's
+    // own and its second LOINC's; f202 has two LOINC codings (the first is taken), after
+    // the lab's; herd1's is the first; 20minute-apgar-score has only a SNOMED coding.
+    assert_eq!(
+        lines(
+            &database_url,
+            "SELECT id || ' ' || COALESCE(code, '-') || ' ' || COALESCE(loinc, '-') AS line
+             FROM observation WHERE id IN ('20minute-apgar-score', 'f202', 'f206', 'herd1')
+             ORDER BY id"
+        ),
+        [
+            "20minute-apgar-score 443849008 -",
+            "f202 BT 8310-5",
+            "f206 104177 600-7",
+            "herd1 80219-9 80219-9"
+        ]
+    );
+    // References split into their type and id; a local reference (#newborn) has neither.
+    assert_eq!(
+        lines(
+            &database_url,
+            "SELECT id || ' ' || COALESCE(subject_type, '-') || ' ' || COALESCE(subject_id, '-') AS line
+             FROM observation WHERE id IN ('10minute-apgar-score', '656', 'f206', 'herd1')
+             ORDER BY id"
+        ),
+        [
+            "10minute-apgar-score - -",
+            "656 Patient PatientId-patientId",
+            "f206 Patient f201",
+            "herd1 Group herd1"
+        ]
+    );
+    // Every reference of the form Type/id was split, and only those.
+    assert_eq!(
+        count(
+            &database_url,
+            "SELECT count(*) AS n FROM observation
+             WHERE (subject_type IS NULL) <> (subject NOT LIKE '%/%' OR subject IS NULL)"
+        ),
+        0
+    );
+
     // Names in their order; the first and third share their given names.
     assert_eq!(
         lines(

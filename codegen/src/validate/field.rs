@@ -7,8 +7,10 @@ use super::MAX_VARCHAR;
 use super::names::{column_problem, identifier_problem, parse_pointer};
 use super::problem::{FieldRule, Naming, Rule};
 use crate::diagnostics::{Problem, did_you_mean};
-use crate::model::{Checks, Field, FieldType, Metadata, Pointer, Source, TimeFormat};
-use crate::spec::FieldSpec;
+use crate::model::{
+    Capture, Checks, Field, FieldType, Metadata, Pointer, Selection, Source, TimeFormat,
+};
+use crate::spec::{CaptureSpec, FieldSpec, SelectSpec, SourceSpec};
 
 /// Checks a field and builds it; `None` when it cannot be built (its problems are in
 /// `problems`).
@@ -33,8 +35,12 @@ pub fn field(spec: &FieldSpec, problems: &mut Vec<Problem>) -> Option<Field> {
         }
         Some(Source::Header { .. }) => problems.extend(header(spec, field_type, array)),
         Some(Source::Index) => problems.extend(index(spec, field_type, array)),
-        Some(Source::Body(_)) | None => {}
+        Some(Source::Body(_) | Source::Select(_)) | None => {}
     }
+    let capture = spec
+        .capture
+        .as_ref()
+        .and_then(|written| capture(spec, written, source.as_ref(), field_type, array, problems));
     problems.extend(default(spec, field_type, array));
     let formats = formats(spec, field_type, problems);
     let column = match &spec.column {
@@ -52,6 +58,7 @@ pub fn field(spec: &FieldSpec, problems: &mut Vec<Problem>) -> Option<Field> {
         array,
         nullable: spec.nullable.as_ref().is_some_and(|n| n.value),
         source,
+        capture,
         formats,
         default: spec.default.as_ref().map(|d| d.value.clone()),
         checks: checks(spec),
@@ -267,10 +274,24 @@ fn not_for_type<T>(key: &'static str, spec: &FieldSpec, at: &Spanned<T>) -> Prob
     .at(at)
 }
 
-/// Where the value is: `source` (a JSON pointer into the body, `""` for all of it, or
-/// `$metadata`), or the body's member of the field's name.
+/// Where the value is: `source` (a JSON pointer into the body, `""` for all of it,
+/// `$metadata`, or an element picked by its members' values), or the body's member of the
+/// field's name.
 fn source(spec: &FieldSpec) -> Result<Source, Problem> {
-    match &spec.source {
+    let written = spec.source.as_ref().map(|s| match &s.value {
+        SourceSpec::Text(text) => Ok(Spanned {
+            value: text.clone(),
+            referenced: s.referenced,
+            defined: s.defined,
+        }),
+        SourceSpec::Select(select) => Err((s, select)),
+    });
+    let text = match written {
+        Some(Err((at, select))) => return selection(at, select).map(Source::Select),
+        Some(Ok(text)) => Some(text),
+        None => None,
+    };
+    match &text {
         Some(s) if s.value.is_empty() => Ok(Source::Body(Pointer {
             text: String::new(),
             tokens: Vec::new(),
@@ -304,11 +325,149 @@ fn source(spec: &FieldSpec) -> Result<Source, Problem> {
                 .at(s)),
             }
         }
-        Some(s) => parse_pointer(s).map(Source::Body),
+        Some(s) => match bracket_selection(s) {
+            Some(problem) => Err(problem),
+            None => parse_pointer(s).map(Source::Body),
+        },
         None => Ok(Source::Body(Pointer {
             text: format!("/{}", spec.name.value.replace('~', "~0").replace('/', "~1")),
             tokens: vec![spec.name.value.clone()],
         })),
+    }
+}
+
+/// `source: { array, where, then }`: `array` a pointer to the array, `where` at least
+/// one member, each named, `then` a pointer inside the element (or `""`).
+fn selection<T>(at: &Spanned<T>, select: &SelectSpec) -> Result<Selection, Problem> {
+    let Some(array) = &select.array else {
+        return Err(FieldRule::SelectionKey { key: "array" }.at(at));
+    };
+    let array = parse_pointer(array)?;
+    let Some(matching) = &select.matching else {
+        return Err(FieldRule::SelectionKey { key: "where" }.at(at));
+    };
+    if matching.value.is_empty() {
+        return Err(FieldRule::SelectionNoMember.at(matching));
+    }
+    if matching.value.keys().any(String::is_empty) {
+        return Err(FieldRule::SelectionEmptyMember.at(matching));
+    }
+    let then = match &select.then {
+        None => Pointer {
+            text: String::new(),
+            tokens: Vec::new(),
+        },
+        Some(then) if then.value.is_empty() => Pointer {
+            text: String::new(),
+            tokens: Vec::new(),
+        },
+        Some(then) => parse_pointer(then)?,
+    };
+    Ok(Selection {
+        array,
+        matching: (matching.value.iter())
+            .map(|(member, value)| (member.clone(), value.value.clone()))
+            .collect(),
+        then,
+    })
+}
+
+/// A pointer with a bracketed condition (`/code/coding[system=http://loinc.org]/code`)
+/// is a pointer to members nobody names so: most likely a selection written as other
+/// tools write it. Refused, with the mapping that says it.
+fn bracket_selection(text: &Spanned<String>) -> Option<Problem> {
+    static BRACKETS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"^(/[^\[\]]*)\[([^=\[\]]*)=([^\[\]]*)\](.*)$").expect("valid")
+    });
+    let raw = &text.value;
+    let suggestion = match BRACKETS.captures(raw) {
+        Some(c) if !c[2].is_empty() && (c[4].is_empty() || c[4].starts_with('/')) => {
+            let then = if c[4].is_empty() {
+                String::new()
+            } else {
+                format!(", then: {}", &c[4])
+            };
+            Some(format!(
+                "{{ array: {}, where: {{ {}: {:?} }}{then} }}",
+                &c[1], &c[2], &c[3]
+            ))
+        }
+        _ if raw.find('[').is_some_and(|at| raw[at..].contains(']')) => None,
+        _ => return None,
+    };
+    Some(
+        FieldRule::BracketSelection {
+            source: raw.clone(),
+            suggestion,
+        }
+        .at(text),
+    )
+}
+
+/// `capture: { pattern, group }` of a field read from a string (the body or metadata):
+/// the pattern compiles as the worker compiles it, the group exists, and the field holds
+/// one value the captured text can be read as.
+fn capture(
+    spec: &FieldSpec,
+    written: &Spanned<CaptureSpec>,
+    source: Option<&Source>,
+    field_type: FieldType,
+    array: bool,
+    problems: &mut Vec<Problem>,
+) -> Option<Capture> {
+    if source == Some(&Source::Index) {
+        problems.push(FieldRule::CaptureSource.at(written));
+        return None;
+    }
+    if array || matches!(field_type, FieldType::Json) {
+        let type_name = spec.field_type.value.clone();
+        problems.push(FieldRule::CaptureType { type_name }.at(written));
+        return None;
+    }
+    let Some(pattern) = &written.value.pattern else {
+        problems.push(FieldRule::CapturePattern.at(written));
+        return None;
+    };
+    let regex = match regex::Regex::new(&pattern.value) {
+        Ok(regex) => regex,
+        Err(error) => {
+            problems.push(invalid_pattern(&pattern.value, &error).at(pattern));
+            return None;
+        }
+    };
+    let group = written.value.group.as_ref().map_or(1, |g| g.value);
+    if group as usize >= regex.captures_len() {
+        let rule = FieldRule::CaptureGroup {
+            pattern: pattern.value.clone(),
+            group,
+            groups: regex.captures_len() - 1,
+        };
+        let at = match &written.value.group {
+            Some(at) => rule.at(at),
+            None => rule.at(pattern),
+        };
+        problems.push(at);
+        return None;
+    }
+    Some(Capture {
+        pattern: pattern.value.clone(),
+        group,
+    })
+}
+
+/// The problem of a pattern the regex crate refuses: its last line says why.
+fn invalid_pattern(pattern: &str, error: &regex::Error) -> FieldRule {
+    let reason = match error {
+        regex::Error::CompiledTooBig(limit) => format!(
+            "the compiled pattern exceeds the regex crate's size limit ({limit} bytes): use smaller repetition counts"
+        ),
+        _ => (error.to_string().lines().last())
+            .unwrap_or("check the syntax")
+            .to_owned(),
+    };
+    FieldRule::InvalidPattern {
+        pattern: pattern.to_owned(),
+        reason,
     }
 }
 
@@ -347,7 +506,7 @@ fn metadata(
 /// a default.
 fn header(spec: &FieldSpec, field_type: FieldType, array: bool) -> Option<Problem> {
     let at = spec.source.as_ref()?;
-    let source = at.value.clone();
+    let source = at.value.text()?.to_owned();
     if array || !field_type.is_textual() {
         let type_name = spec.field_type.value.clone();
         let types = "string or text";

@@ -737,6 +737,32 @@ pub enum FieldRule {
         column: String,
         entity: String,
     },
+    /// `source: { … }` without `array` or `where`.
+    SelectionKey {
+        key: &'static str,
+    },
+    /// `where: {}`.
+    SelectionNoMember,
+    /// `where: { "": … }`.
+    SelectionEmptyMember,
+    /// `/code/coding[system=…]/code`: a selection written inside a pointer.
+    BracketSelection {
+        source: String,
+        suggestion: Option<String>,
+    },
+    /// `capture` of `$index`.
+    CaptureSource,
+    /// `capture` in an array or json field.
+    CaptureType {
+        type_name: String,
+    },
+    CapturePattern,
+    /// `groups`: how many the pattern has (group 0, the whole match, aside).
+    CaptureGroup {
+        pattern: String,
+        group: u32,
+        groups: usize,
+    },
 }
 
 impl Display for FieldRule {
@@ -797,6 +823,21 @@ impl Display for FieldRule {
             DuplicateColumn { column, entity } => {
                 write!(f, "column {column:?} appears twice in {entity:?}")
             }
+            SelectionKey { key } => write!(f, "a selecting `source` needs `{key}`"),
+            SelectionNoMember => write!(f, "`where` names no member"),
+            SelectionEmptyMember => write!(f, "`where` names a member called \"\""),
+            BracketSelection { source, .. } => write!(
+                f,
+                "{source:?} selects an element in brackets, which a JSON pointer cannot say"
+            ),
+            CaptureSource => write!(f, "`capture` cannot apply to $index, which is a number"),
+            CaptureType { type_name } => {
+                write!(f, "`capture` does not apply to type {type_name}")
+            }
+            CapturePattern => write!(f, "`capture` needs a `pattern`"),
+            CaptureGroup { pattern, group, .. } => {
+                write!(f, "pattern {pattern:?} has no group {group}")
+            }
         }
     }
 }
@@ -822,6 +863,13 @@ impl Rule for FieldRule {
                 "invalid_format"
             }
             DuplicateColumn { .. } => "duplicate_column",
+            SelectionKey { .. }
+            | SelectionNoMember
+            | SelectionEmptyMember
+            | BracketSelection { .. } => "invalid_selection",
+            CaptureSource | CaptureType { .. } | CapturePattern | CaptureGroup { .. } => {
+                "invalid_capture"
+            }
         }
     }
 
@@ -845,6 +893,14 @@ impl Rule for FieldRule {
             FormatNotForDate { .. } => "not for dates",
             InvalidTimePattern { reason, .. } => reason,
             DuplicateColumn { .. } => "second column of this name",
+            SelectionKey { .. } => "incomplete selection",
+            SelectionNoMember => "no member",
+            SelectionEmptyMember => "empty member name",
+            BracketSelection { .. } => "brackets in a pointer",
+            CaptureSource => "not a string",
+            CaptureType { .. } => "not one value",
+            CapturePattern => "no pattern",
+            CaptureGroup { .. } => "no such group",
         }
         .to_owned()
     }
@@ -902,6 +958,17 @@ impl Rule for FieldRule {
             FormatNotForDate { .. } => "a date reads rfc3339 (YYYY-MM-DD) or a strftime pattern such as \"%d/%m/%Y\"; store Unix times as timestamptz".to_owned(),
             InvalidTimePattern { .. } => "see chrono's strftime specifiers: %Y-%m-%d %H:%M:%S %z, …".to_owned(),
             DuplicateColumn { .. } => "give one of the fields another `column:`".to_owned(),
+            SelectionKey { key: "array" } => "add `array: /<pointer>` naming the array whose element is picked, for example `source: { array: /code/coding, where: { system: \"http://loinc.org\" }, then: /code }`".to_owned(),
+            SelectionKey { .. } => "add `where: { <member>: <value> }`: the element taken is the first whose member equals the value, for example `where: { system: \"http://loinc.org\" }`".to_owned(),
+            SelectionNoMember => "name the member that picks the element and its value, for example `where: { url: \"http://hl7.org/fhir/StructureDefinition/patient-birthPlace\" }`".to_owned(),
+            SelectionEmptyMember => "write the member's name, for example `where: { system: \"http://loinc.org\" }`".to_owned(),
+            BracketSelection { suggestion: Some(suggestion), .. } => format!("pick the element with a mapping: `source: {suggestion}`"),
+            BracketSelection { .. } => "pick an element with a mapping, one condition per source: `source: { array: /code/coding, where: { system: \"http://loinc.org\" }, then: /code }`".to_owned(),
+            CaptureSource => "capture from a string: a body value (a JSON pointer) or metadata; remove `capture` from this field".to_owned(),
+            CaptureType { .. } => "a capture is one text: give the field a type of one value (text, an integer, a decimal, a date, …), not an array or json".to_owned(),
+            CapturePattern => "add `pattern: \"<regex>\"` with a group in parentheses, for example `capture: { pattern: \"^([A-Za-z]+)/(.+)$\", group: 2 }`".to_owned(),
+            CaptureGroup { groups: 0, .. } => "put the part to keep in parentheses, or use `group: 0` for the whole match".to_owned(),
+            CaptureGroup { groups, .. } => format!("the pattern has groups 1 to {groups} (0 is the whole match); name one of them with `group`"),
         })
     }
 }

@@ -32,7 +32,19 @@ pub static OBSERVATION: Entity = Entity {
                 column_type: ColumnType::Text,
             },
             Column {
+                name: "loinc",
+                column_type: ColumnType::Text,
+            },
+            Column {
                 name: "subject",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "subject_type",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "subject_id",
                 column_type: ColumnType::Text,
             },
             Column {
@@ -91,7 +103,10 @@ impl Row for crate::models::Observation {
             self.code_text.clone().into(),
             self.code_system.clone().into(),
             self.code.clone().into(),
+            self.loinc.clone().into(),
             self.subject.clone().into(),
+            self.subject_type.clone().into(),
+            self.subject_id.clone().into(),
             self.effective.clone().into(),
             self.effective_start.into(),
             self.effective_end.into(),

@@ -11,7 +11,10 @@ pub struct Observation {
     pub code_text: Option<String>,
     pub code_system: Option<String>,
     pub code: Option<String>,
+    pub loinc: Option<String>,
     pub subject: Option<String>,
+    pub subject_type: Option<String>,
+    pub subject_id: Option<String>,
     pub effective: Option<String>,
     #[doc = " the first instant `effective` covers."]
     pub effective_start: Option<chrono::DateTime<chrono::Utc>>,

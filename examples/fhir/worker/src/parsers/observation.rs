@@ -9,6 +9,20 @@ use nomnom_runtime::row::Row as _;
 
 use crate::models::Observation;
 
+static OBSERVATION_LOINC_SELECTION: p::Selection = p::Selection {
+    array: &["code", "coding"],
+    matching: &[("system", "http://loinc.org")],
+    then: &["code"],
+};
+static OBSERVATION_SUBJECT_TYPE_CAPTURE: std::sync::LazyLock<regex::Regex> =
+    std::sync::LazyLock::new(|| {
+        regex::Regex::new("^([A-Za-z]+)/(.+)$").expect("validated by nomnom")
+    });
+static OBSERVATION_SUBJECT_ID_CAPTURE: std::sync::LazyLock<regex::Regex> =
+    std::sync::LazyLock::new(|| {
+        regex::Regex::new("^([A-Za-z]+)/(.+)$").expect("validated by nomnom")
+    });
+
 /// Parses one `observation` row found at `path` in the message; `meta` is the
 /// message's metadata (`nomnom_runtime::parse::metadata`).
 pub fn parse(body: &Value, path: &str, _meta: &Value) -> Result<Observation, ParseError> {
@@ -46,7 +60,14 @@ pub fn parse(body: &Value, path: &str, _meta: &Value) -> Result<Observation, Par
         code_text: p::optional_field(body, path, &["code", "text"], p::text)?,
         code_system: p::optional_field(body, path, &["code", "coding", "0", "system"], p::text)?,
         code: p::optional_field(body, path, &["code", "coding", "0", "code"], p::text)?,
+        loinc: p::selected(body, path, &OBSERVATION_LOINC_SELECTION).optional(p::text)?,
         subject: p::optional_field(body, path, &["subject", "reference"], p::text)?,
+        subject_type: p::found(body, path, &["subject", "reference"])
+            .capture(&OBSERVATION_SUBJECT_TYPE_CAPTURE, 1, false)?
+            .optional(p::text)?,
+        subject_id: p::found(body, path, &["subject", "reference"])
+            .capture(&OBSERVATION_SUBJECT_ID_CAPTURE, 2, false)?
+            .optional(p::text)?,
         effective: p::optional_field(body, path, &["effectiveDateTime"], p::partial_timestamp)?,
         effective_start: p::optional_field(
             body,
