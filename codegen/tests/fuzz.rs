@@ -973,7 +973,7 @@ fn field() -> BoxedStrategy<FieldSpec> {
                 };
                 let numeric = matches!(ty, "i16" | "i32" | "i64" | "f32" | "f64" | "decimal");
                 // Now and then a decimal without precision and scale (any size).
-                let constrained = ty == "decimal" && precision % 5 != 0;
+                let constrained = ty == "decimal" && (precision % 5 != 0 || misplace % 3 != 0);
                 let textual = matches!(ty, "string" | "text");
                 // Now and then a key that does not apply to the type.
                 let misplaced = misplace == 0;
@@ -1581,9 +1581,11 @@ fn structured_specs_generate_well_formed_crates() {
         refusals.borrow()
     );
     // The strategy aims at valid specs: a change that made most of them invalid would
-    // leave the generator untested.
+    // leave the generator untested. One in five: the spec now refuses more on purpose
+    // (unscaled decimal keys, bad selections and captures, taken partial bounds), and the
+    // share moves between 46 and 65 of 257 with the seed.
     assert!(
-        valid.get() * 4 >= total.get(),
+        valid.get() * 5 >= total.get(),
         "only {} of {} random specs validate",
         valid.get(),
         total.get()
