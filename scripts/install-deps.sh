@@ -120,53 +120,58 @@ if ! cmp -s "$requirements" "$stamp" \
 fi
 echo "deployment test tools: $("$venv/bin/python" -c 'import helm_python; print("helm", helm_python.helm_sdk_version())') (helm-python-sdk), kubernetes-validate $("$venv/bin/python" -c 'import kubernetes_validate.version as v; print(v.__version__)')"
 
-# Real third-party payloads for the system tests (system-tests/tests/webhooks.rs): the
-# GitHub webhook examples of @octokit/webhooks-examples, fetched from the npm registry and
-# checked against a pinned checksum.
-examples="$root/.tools/webhooks-examples"
-examples_version=7.6.1
-examples_sha256=89e6cb1c6345d32e3dd775617fa54effbdc26c859e514898d7728e95e9738280
-if [ ! -f "$examples/$examples_version/api.github.com/index.json" ]; then
-  # Python's standard library: no curl or npm needed on a fresh machine.
-  python3 - "$examples/$examples_version" "$examples_version" "$examples_sha256" <<'PY'
+# Downloads npm package tarball $1, checks it against its pinned sha256 $3 and unpacks it
+# into $2 without the leading "package/". Optional: $4, comma-separated file-name prefixes
+# to keep (top-level files only), and $5, a size in bytes from which files are skipped.
+# Python's standard library: no curl or npm needed on a fresh machine.
+fetch_npm_package() {
+  python3 - "$@" <<'PY'
 import hashlib, io, sys, tarfile, urllib.request
-target, version, sha256 = sys.argv[1:]
-url = f"https://registry.npmjs.org/@octokit/webhooks-examples/-/webhooks-examples-{version}.tgz"
-data = urllib.request.urlopen(url, timeout=60).read()
+url, target, sha256 = sys.argv[1:4]
+prefixes = tuple(sys.argv[4].split(",")) if len(sys.argv) > 4 else None
+max_size = int(sys.argv[5]) if len(sys.argv) > 5 else None
+data = urllib.request.urlopen(url, timeout=120).read()
 if hashlib.sha256(data).hexdigest() != sha256:
     sys.exit(f"error: {url} does not match its pinned checksum")
 with tarfile.open(fileobj=io.BytesIO(data)) as archive:
     for member in archive.getmembers():
         member.name = member.name.split("/", 1)[-1]  # drop the leading "package/"
-        if member.isfile() and ".." not in member.name.split("/"):
-            archive.extract(member, target)
+        parts = member.name.split("/")
+        if not member.isfile() or ".." in parts:
+            continue
+        if prefixes is not None and (len(parts) > 1 or not member.name.startswith(prefixes)):
+            continue
+        if max_size is not None and member.size >= max_size:
+            continue
+        archive.extract(member, target)
 PY
+}
+
+# Real third-party payloads for the system tests (system-tests/tests/webhooks.rs): the
+# GitHub webhook examples of @octokit/webhooks-examples, from the npm registry.
+examples="$root/.tools/webhooks-examples"
+examples_version=7.6.1
+if [ ! -f "$examples/$examples_version/api.github.com/index.json" ]; then
+  fetch_npm_package \
+    "https://registry.npmjs.org/@octokit/webhooks-examples/-/webhooks-examples-$examples_version.tgz" \
+    "$examples/$examples_version" \
+    89e6cb1c6345d32e3dd775617fa54effbdc26c859e514898d7728e95e9738280
 fi
 echo "webhook payloads: @octokit/webhooks-examples $examples_version in $examples/$examples_version"
 
 # Real health records for the system tests (system-tests/tests/health_records.rs): the
 # examples HL7 publishes with FHIR R4, as the npm registry ships them
-# (hl7.fhir.r4.examples), checksum-pinned. Only the clinical resources are kept (the
-# package is mostly terminology and profiles, 190 MB unpacked).
+# (hl7.fhir.r4.examples). Only the clinical resources are kept, and not the big bundles,
+# which are the specification itself (the package is mostly terminology and profiles,
+# 190 MB unpacked).
 fhir="$root/.tools/fhir-examples"
 fhir_version=4.0.1
-fhir_sha256=dce87f1b5b9341867033f7d1f544fa1b5232503f6d62813887ac6b8a8b6cb682
 if [ ! -f "$fhir/$fhir_version/Observation-decimal.json" ]; then
-  python3 - "$fhir/$fhir_version" "$fhir_version" "$fhir_sha256" <<'PY'
-import hashlib, io, sys, tarfile, urllib.request
-target, version, sha256 = sys.argv[1:]
-url = f"https://registry.npmjs.org/hl7.fhir.r4.examples/-/hl7.fhir.r4.examples-{version}.tgz"
-data = urllib.request.urlopen(url, timeout=120).read()
-if hashlib.sha256(data).hexdigest() != sha256:
-    sys.exit(f"error: {url} does not match its pinned checksum")
-kept = ("Observation-", "Patient-", "Bundle-", "Condition-", "Encounter-", "Claim-")
-with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-    for member in archive.getmembers():
-        member.name = member.name.split("/", 1)[-1]  # drop the leading "package/"
-        # The big bundles are the specification itself (profiles, value sets): not records.
-        if (member.isfile() and "/" not in member.name and member.name.startswith(kept)
-                and member.size < 1_000_000):
-            archive.extract(member, target)
-PY
+  fetch_npm_package \
+    "https://registry.npmjs.org/hl7.fhir.r4.examples/-/hl7.fhir.r4.examples-$fhir_version.tgz" \
+    "$fhir/$fhir_version" \
+    dce87f1b5b9341867033f7d1f544fa1b5232503f6d62813887ac6b8a8b6cb682 \
+    Observation-,Patient-,Bundle-,Condition-,Encounter-,Claim- \
+    1000000
 fi
 echo "health records: hl7.fhir.r4.examples $fhir_version in $fhir/$fhir_version"

@@ -469,16 +469,10 @@ fn parse_expression(field: &Field, reader: &str, statics: &mut Statics) -> Strin
         Source::Select(_) => unreachable!("read by found_parse_expression"),
     };
     // Defaults live in statics; the JSON path is only built when a value is refused.
-    let default = field.default.as_ref().map(|default| {
-        statics.lazy(
-            "DEFAULT",
-            "nomnom_runtime::json::Value",
-            format!(
-                "nomnom_runtime::json::from_str({})",
-                rust_string(&default.to_string())
-            ),
-        )
-    });
+    let default = field
+        .default
+        .as_ref()
+        .map(|default| default_static(default, statics));
     match default {
         None if field.nullable => format!("p::optional_{from}({tokens}, {reader})?"),
         None => format!("p::{from}({tokens}, {reader})?"),
