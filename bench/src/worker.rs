@@ -50,7 +50,8 @@ impl Workload {
             let body = serde_json::to_vec(&order)?;
             let change = tpch_worker::parse(&envelope, &nomnom_runtime::json::from_slice(&body)?)
                 .map_err(|e| anyhow::anyhow!("{e}"))?
-                .change;
+                .changes
+                .remove(0);
             workload.bodies.push(body.into());
             // A created row has every value; the stream sequence (the message's, as if
             // the stream held only these) comes last, as in the table.

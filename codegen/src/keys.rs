@@ -122,6 +122,8 @@ enum Level {
     Select,
     /// A field's `capture`.
     Capture,
+    /// A root entity's `fan_out`.
+    FanOut,
 }
 
 /// A deserializer that only records the field names a derived `Deserialize` asks for.
@@ -178,8 +180,8 @@ fn fields_of<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
 /// The keys the spec struct at `level` accepts.
 fn accepted(level: Level) -> &'static [&'static str] {
     use crate::spec::{
-        CaptureSpec, EntitySpec, FieldSpec, OperationSpec, ParentKeySpec, RoutingSpec, SelectSpec,
-        SpecFile,
+        CaptureSpec, EntitySpec, FanOutSpec, FieldSpec, OperationSpec, ParentKeySpec, RoutingSpec,
+        SelectSpec, SpecFile,
     };
     match level {
         Level::File => fields_of::<SpecFile>(),
@@ -190,6 +192,7 @@ fn accepted(level: Level) -> &'static [&'static str] {
         Level::ParentKey => fields_of::<ParentKeySpec>(),
         Level::Select => fields_of::<SelectSpec>(),
         Level::Capture => fields_of::<CaptureSpec>(),
+        Level::FanOut => fields_of::<FanOutSpec>(),
     }
 }
 
@@ -204,6 +207,7 @@ pub fn known_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("parent_key", accepted(Level::ParentKey)),
         ("select", accepted(Level::Select)),
         ("capture", accepted(Level::Capture)),
+        ("fan_out", accepted(Level::FanOut)),
     ]
 }
 
@@ -241,6 +245,7 @@ fn check(node: &Node, level: Level, problems: &mut Vec<Problem>) {
             (Level::Entity, "parent_key") => Some(Level::ParentKey),
             (Level::Field, "source") => Some(Level::Select),
             (Level::Field, "capture") => Some(Level::Capture),
+            (Level::Entity, "fan_out") => Some(Level::FanOut),
             _ => None,
         };
         if let Some(child) = child {

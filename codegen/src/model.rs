@@ -86,6 +86,22 @@ pub struct Entity {
     pub parent: Option<ParentLink>,
     /// Names of direct children.
     pub children: Vec<String>,
+    /// Root entities only: records of other root entities carried in the body.
+    pub fan_out: Option<FanOut>,
+}
+
+/// An array of records inside a root entity's body, each routed to a root entity by its
+/// own discriminator and written with the entity's row.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanOut {
+    /// The array, in the entity's body.
+    pub array: Pointer,
+    /// The record in each element (no tokens: the element itself).
+    pub record: Pointer,
+    /// The fields of a record naming its route; the first present wins.
+    pub discriminators: Vec<Pointer>,
+    /// Whether elements no root entity takes are skipped (else the message is refused).
+    pub ignore_unrouted: bool,
 }
 
 /// Column types of the spec.

@@ -106,6 +106,29 @@ pub struct EntitySpec {
     /// Children only: which child fields take which parent fields' values.
     #[serde(default)]
     pub parent_key: Vec<ParentKeySpec>,
+    /// Root entities only: an array of records of other root entities, each routed by
+    /// its own discriminator and written with this entity's row.
+    #[serde(default)]
+    pub fan_out: Option<S<FanOutSpec>>,
+}
+
+/// Records carried inside a message (a bundle, a batch event), each of a root entity
+/// named by its own discriminator.
+#[derive(Debug, Deserialize)]
+pub struct FanOutSpec {
+    /// JSON pointer to the array of elements in the entity's body.
+    pub array: S<String>,
+    /// JSON pointer to the record in each element; default `""`: the element itself.
+    #[serde(default)]
+    pub record: Option<S<String>>,
+    /// JSON pointer (or a list: the first present wins) to the route in each record;
+    /// default: `routing.discriminator`.
+    #[serde(default)]
+    pub discriminator: Option<S<OneOrMany>>,
+    /// `dead_letter` (default): an element no root entity takes refuses the message;
+    /// `ignore`: it is skipped.
+    #[serde(default)]
+    pub unrouted: Option<S<String>>,
 }
 
 /// Child field ← parent field.

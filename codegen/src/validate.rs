@@ -12,7 +12,8 @@ use serde_saphyr::Spanned;
 
 use crate::diagnostics::{Problem, did_you_mean};
 use crate::model::{
-    Entity, Field, FieldType, Operation, OperationKind, ParentLink, Project, WriteMode,
+    Entity, FanOut, Field, FieldType, Operation, OperationKind, ParentLink, Pointer, Project,
+    WriteMode,
 };
 use crate::spec::{EntitySpec, FieldSpec, OneOrMany, OperationSpec, ParentKeySpec, SpecFile};
 pub use names::to_pascal;
@@ -45,6 +46,7 @@ pub fn validate(spec: &SpecFile) -> Result<Project, Vec<Problem>> {
         v.entity(entity, None);
     }
     v.check_routing(spec);
+    v.fan_outs(spec);
     if !v.problems.is_empty() {
         return Err(v.problems);
     }
@@ -164,6 +166,8 @@ impl Validator {
             fields,
             parent: parent_link,
             children: spec.children.iter().map(|c| c.name.value.clone()).collect(),
+            // Set by `fan_outs`, which knows the spec's routing.
+            fan_out: None,
         });
         for child in &spec.children {
             self.entity(child, Some(&name));
@@ -609,6 +613,9 @@ impl Validator {
         if let Some(route) = &spec.route {
             self.report(Links::RouteOnChild.at(route));
         }
+        if let Some(fan_out) = &spec.fan_out {
+            self.report(Links::FanOutOnChild.at(fan_out));
+        }
         let entity = spec.name.value.clone();
         let source = match &spec.source {
             Some(s) => parse_pointer(s).map_err(|p| self.report(p)).ok(),
@@ -700,6 +707,70 @@ impl Validator {
             }
         }
         written.value.0.clone()
+    }
+
+    /// Each root entity's `fan_out`: its pointers, its discriminator (its own, else the
+    /// spec's routing discriminator) and what becomes of records no entity takes.
+    fn fan_outs(&mut self, spec: &SpecFile) {
+        let routing = spec.routing.as_ref().and_then(|r| r.discriminator.as_ref());
+        for root in &spec.entities {
+            let Some(written) = &root.fan_out else {
+                continue;
+            };
+            let fan_out = &written.value;
+            let array = parse_pointer(&fan_out.array).map_err(|p| self.report(p));
+            let record = match &fan_out.record {
+                Some(r) if r.value.is_empty() => Ok(Pointer {
+                    text: String::new(),
+                    tokens: Vec::new(),
+                }),
+                Some(r) => parse_pointer(r).map_err(|p| self.report(p)),
+                None => Ok(Pointer {
+                    text: String::new(),
+                    tokens: Vec::new(),
+                }),
+            };
+            let discriminators = match fan_out.discriminator.as_ref().or(routing) {
+                Some(d) if !d.value.0.is_empty() => (items(d).iter())
+                    .map(|d| parse_pointer(d).map_err(|p| self.report(p)))
+                    .collect::<Result<Vec<_>, ()>>(),
+                Some(d) => {
+                    let raw = String::new();
+                    self.report(Naming::NotAPointer { raw }.at(d));
+                    Err(())
+                }
+                None => {
+                    let entity = root.name.value.clone();
+                    self.report(Links::FanOutWithoutDiscriminator { entity }.at(written));
+                    Err(())
+                }
+            };
+            let ignore_unrouted = match &fan_out.unrouted {
+                None => Ok(false),
+                Some(u) if u.value == "dead_letter" => Ok(false),
+                Some(u) if u.value == "ignore" => Ok(true),
+                Some(u) => {
+                    let value = u.value.clone();
+                    self.report(Links::InvalidUnrouted { value }.at(u));
+                    Err(())
+                }
+            };
+            let (Ok(array), Ok(record), Ok(discriminators), Ok(ignore_unrouted)) =
+                (array, record, discriminators, ignore_unrouted)
+            else {
+                continue;
+            };
+            if let Some(entity) =
+                (self.entities.iter_mut()).find(|e| e.parent.is_none() && e.name == root.name.value)
+            {
+                entity.fan_out = Some(FanOut {
+                    array,
+                    record,
+                    discriminators,
+                    ignore_unrouted,
+                });
+            }
+        }
     }
 
     fn check_routing(&mut self, spec: &SpecFile) {

@@ -139,6 +139,17 @@ pub struct EntityView {
     pub reads_metadata: bool,
     /// Whether a key or version field is (what a delete reads).
     pub delete_reads_metadata: bool,
+    /// A root entity's records of other root entities.
+    pub fan_out: Option<FanOutView>,
+}
+
+/// `nomnom_runtime::parse::FanOut`'s pointers, as Rust string literals of their tokens.
+#[derive(Debug, Serialize)]
+pub struct FanOutView {
+    pub array: Vec<String>,
+    pub record: Vec<String>,
+    pub discriminators: Vec<Vec<String>>,
+    pub ignore_unrouted: bool,
 }
 
 /// A Rust string literal for arbitrary text.
@@ -788,6 +799,14 @@ pub fn entity_view(project: &Project, entity: &Entity) -> EntityView {
         table: entity.table.clone(),
         doc: doc_text(&entity.description),
         routes: literals(&entity.routes),
+        fan_out: entity.fan_out.as_ref().map(|f| FanOutView {
+            array: literals(&f.array.tokens),
+            record: literals(&f.record.tokens),
+            discriminators: (f.discriminators.iter())
+                .map(|d| literals(&d.tokens))
+                .collect(),
+            ignore_unrouted: f.ignore_unrouted,
+        }),
         key_fields: fields_named(&fields, &entity.upsert_key, false),
         diesel_primary_key: fields_named(&fields, &entity.primary_key, true)
             .into_iter()

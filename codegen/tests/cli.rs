@@ -303,6 +303,7 @@ fn the_json_schema_accepts_exactly_what_the_parser_accepts() {
         ),
         ("/$defs/select/properties", "select"),
         ("/$defs/capture/properties", "capture"),
+        ("/$defs/fan_out/properties", "fan_out"),
     ] {
         assert_eq!(
             schema_keys(&schema, pointer),

@@ -48,6 +48,7 @@ diagnostics_snapshot!(
     selections_and_captures_the_runtime_cannot_read,
     "selections.yaml"
 );
+diagnostics_snapshot!(records_fanned_out_the_runtime_cannot_route, "fan_out.yaml");
 diagnostics_snapshot!(
     unknown_keys_and_other_problems_are_reported_together,
     "unknown_and_semantic.yaml"

@@ -19,7 +19,7 @@ const FIXTURES: &[&str] = &[
 ];
 
 /// Fixtures with a `behaviour.rs`: tests of their generated parsers, run.
-const BEHAVIOURS: &[&str] = &["operations", "shapes"];
+const BEHAVIOURS: &[&str] = &["operations", "routed", "shapes"];
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

@@ -81,6 +81,9 @@ pub struct Change {
     pub version: Option<Version>,
     /// Rows of the descendants, grouped by entity.
     pub children: Vec<ChildRows>,
+    /// Where the root row is in the message body: `""` for the body itself, a record's
+    /// JSON pointer for a record fanned out of it (`/entry/2/resource`).
+    pub path: String,
 }
 
 /// Rows of one descendant entity, in body order.
@@ -124,7 +127,37 @@ impl Change {
             values: values.into_iter().map(Some).collect(),
             version: None,
             children: Vec::new(),
+            path: String::new(),
         }
+    }
+
+    /// The change of a record found at `path` in the message: its paths, and its
+    /// children's, become paths in the message.
+    #[must_use]
+    pub fn within(mut self, path: &str) -> Self {
+        if path.is_empty() {
+            return self;
+        }
+        self.path.insert_str(0, path);
+        for group in &mut self.children {
+            for row_path in &mut group.paths {
+                row_path.insert_str(0, path);
+            }
+        }
+        self
+    }
+
+    /// The root row's key as text, or `None` if a key column is missing or NULL (such
+    /// keys never collide).
+    fn key_text(&self) -> Option<String> {
+        let key = crate::sql::key_positions(&self.entity.table)
+            .iter()
+            .map(|p| match self.values.get(*p) {
+                Some(Some(Value::Null)) | Some(None) | None => None,
+                Some(Some(value)) => Some(value),
+            })
+            .collect::<Option<Vec<&Value>>>()?;
+        Some(format!("{key:?}"))
     }
 
     /// Sets the version.
@@ -212,6 +245,83 @@ impl Change {
             })
             .collect();
         parts.join(", ")
+    }
+}
+
+/// The changes one message asks for: its own row's, then those of the records fanned out
+/// of it (`fan_out` in the spec), in body order, applied in one transaction.
+#[derive(Debug, Default)]
+pub struct Records {
+    changes: Vec<Change>,
+    /// The change of each root key so far, by table and key.
+    keys: HashMap<(&'static str, String), usize>,
+}
+
+impl Records {
+    /// Adds `change`. Two records with the same key of one table in one message would
+    /// be one row, the last silently replacing the first: the message is refused instead,
+    /// naming both paths, as for children. Creates in an `ignore_duplicates` table keep
+    /// the first, as they do for a key that exists.
+    pub fn push(&mut self, change: Change) -> Result<(), ParseError> {
+        // Most messages hold one change: keys are only compared once a second comes.
+        if self.changes.len() == 1
+            && let Some(key) = self.changes[0].key_text()
+        {
+            self.keys
+                .insert((self.changes[0].entity.table.name, key), 0);
+        }
+        if !self.changes.is_empty()
+            && let Some(key) = change.key_text()
+        {
+            let table = &change.entity.table;
+            let next = self.changes.len();
+            match self.keys.entry((table.name, key)) {
+                Entry::Vacant(slot) => {
+                    slot.insert(next);
+                }
+                Entry::Occupied(seen) => {
+                    let first = &self.changes[*seen.get()];
+                    if table.write == WriteMode::IgnoreDuplicates
+                        && first.op == Op::Create
+                        && change.op == Op::Create
+                    {
+                        return Ok(());
+                    }
+                    let shown: Vec<String> = (crate::sql::key_positions(table).iter())
+                        .filter_map(|p| {
+                            let value = change.values.get(*p)?.as_ref()?;
+                            Some(format!("{} = {value}", table.columns[*p].name))
+                        })
+                        .collect();
+                    let (a, b) = (place(&first.path), place(&change.path));
+                    return Err(ParseError::new(
+                        common_parent(&first.path, &change.path),
+                        format!(
+                            "{a} and {b} have the same key ({}): one message can hold one \
+                             row per key of table {}; remove or merge the duplicates",
+                            shown.join(", "),
+                            table.name
+                        ),
+                    ));
+                }
+            }
+        }
+        self.changes.push(change);
+        Ok(())
+    }
+
+    /// The changes, in the order they were added.
+    pub fn into_changes(self) -> Vec<Change> {
+        self.changes
+    }
+}
+
+/// A root row by its path: the message's own, or a record's.
+fn place(path: &str) -> String {
+    if path.is_empty() {
+        "the message's root row".to_owned()
+    } else {
+        path.to_owned()
     }
 }
 

@@ -28,6 +28,19 @@ impl ParseError {
         }
     }
 
+    /// The error of a record found at `path` in the message (a fanned-out record): its
+    /// path becomes the path in the message. Metadata (`$name`) has no place in the body.
+    #[must_use]
+    pub fn within(self, path: &str) -> Self {
+        if path.is_empty() || self.path.starts_with('$') {
+            return self;
+        }
+        Self {
+            path: format!("{path}{}", self.path),
+            ..self
+        }
+    }
+
     /// The error of a message routed to `entity`.
     pub fn in_entity(self, entity: &'static str) -> Self {
         Self {
@@ -1022,6 +1035,97 @@ pub fn rows<'a>(value: Option<&'a Value>, path: &str) -> Result<Vec<(&'a Value, 
             .collect()),
         Some(object @ Value::Object(_)) => Ok(vec![(object, path.to_owned())]),
         Some(other) => Err(type_error(path, "an array or an object", other)),
+    }
+}
+
+/// Records carried in a root entity's body (`fan_out` in the spec): the elements of an
+/// array, each holding a record of a root entity that its own discriminator names.
+#[derive(Debug, Clone, Copy)]
+pub struct FanOut {
+    /// The array, below the entity's body.
+    pub array: &'static [&'static str],
+    /// The record, below each element; empty: the element itself.
+    pub record: &'static [&'static str],
+    /// The fields of a record naming its route; the first present wins.
+    pub discriminators: &'static [&'static [&'static str]],
+    /// Whether an element that names no route the worker takes (or has no record) is
+    /// skipped; else the message is refused, naming the element.
+    pub ignore_unrouted: bool,
+    /// The routes the worker takes, for error messages.
+    pub routes: &'static str,
+}
+
+impl FanOut {
+    /// The records of `body` (found at `path` in the message), in array order, each with
+    /// what `route` gives for the route it names, and its path in the message.
+    pub fn records<'v, R>(
+        &self,
+        body: &'v Value,
+        path: &str,
+        route: impl Fn(&str) -> Option<R>,
+    ) -> Result<Vec<(R, &'v Value, String)>> {
+        let at = join(path, self.array);
+        let elements = rows(lookup(body, self.array), &at)?;
+        let mut records = Vec::with_capacity(elements.len());
+        for (element, element_path) in elements {
+            match self.route(element, &element_path, &route) {
+                Ok(record) => records.push(record),
+                Err(_) if self.ignore_unrouted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(records)
+    }
+
+    /// The record of one element and what `route` gives for its route; the error says
+    /// why it has none.
+    fn route<'v, R>(
+        &self,
+        element: &'v Value,
+        element_path: &str,
+        route: &impl Fn(&str) -> Option<R>,
+    ) -> Result<(R, &'v Value, String)> {
+        let path = join(element_path, self.record);
+        let record = match lookup(element, self.record) {
+            Some(record @ Value::Object(_)) => record,
+            Some(other) => return Err(type_error(&path, "a record (an object)", other)),
+            None => {
+                return Err(ParseError::new(
+                    element_path,
+                    format!(
+                        "has no record at {}: no entity to route it to",
+                        join("", self.record)
+                    ),
+                ));
+            }
+        };
+        let named = (self.discriminators.iter())
+            .find_map(|tokens| lookup(record, tokens).map(|value| (tokens, value)));
+        let Some((tokens, value)) = named else {
+            let first = self.discriminators.first().copied().unwrap_or_default();
+            return Err(ParseError::new(
+                join(&path, first),
+                format!("names no entity: expected one of {}", self.routes),
+            ));
+        };
+        let at = join(&path, tokens);
+        let name = value.as_str().ok_or_else(|| {
+            type_error(
+                &at,
+                &format!("the entity's route as a string, one of {}", self.routes),
+                value,
+            )
+        })?;
+        let routed = route(name).ok_or_else(|| {
+            ParseError::new(
+                &at,
+                format!(
+                    "no entity takes {name:?} records; this worker takes {}",
+                    self.routes
+                ),
+            )
+        })?;
+        Ok((routed, record, path))
     }
 }
 

@@ -1,8 +1,9 @@
 //! Keyed changes converge to stream order: random operation sequences on a small key
-//! space, cut into random batches, some nak'd and redelivered after newer ones, some
-//! delivered twice, written by one to three concurrent workers through the worker's own
-//! write path, on real PostgreSQL and SQLite. The final tables must equal a model that
-//! applies the messages one by one in stream order.
+//! space, some carried several to one stream message (a bundle's records, `fan_out`), cut
+//! into random batches, some nak'd and redelivered after newer ones, some delivered twice,
+//! written by one to three concurrent workers through the worker's own write path, on
+//! real PostgreSQL and SQLite. The final tables must equal a model that applies the
+//! records one by one in stream order, those of one stream message at its sequence.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{
@@ -199,6 +200,7 @@ impl Message {
                     values,
                     version: None,
                     children: Vec::new(),
+                    path: String::new(),
                 };
                 if matches!(op, Op::Create | Op::Upsert) {
                     for (no, (label, notes)) in parts {
@@ -247,6 +249,7 @@ impl Message {
                     values,
                     version: Some(*v),
                     children: Vec::new(),
+                    path: String::new(),
                 }
             }
         }
@@ -265,7 +268,8 @@ struct Tables {
 /// Applies the messages one by one: items in stream order (sequence = position + 1),
 /// docs in version order, the sequence breaking ties. A patch of a missing row does
 /// nothing.
-fn model(messages: &[Message]) -> Tables {
+/// `seqs`: each message's stream sequence (those carried together share one).
+fn model(messages: &[Message], seqs: &[i64]) -> Tables {
     #[derive(Clone)]
     struct ItemRow {
         name: Option<String>,
@@ -283,8 +287,8 @@ fn model(messages: &[Message]) -> Tables {
     let mut items: BTreeMap<i64, ItemRow> = BTreeMap::new();
     let mut docs: BTreeMap<i64, DocRow> = BTreeMap::new();
     let mut doc_messages = Vec::new();
-    for (index, message) in messages.iter().enumerate() {
-        let seq = index as i64 + 1;
+    for (message, seq) in messages.iter().zip(seqs) {
+        let seq = *seq;
         match message.clone() {
             Message::Item {
                 op,
@@ -465,13 +469,59 @@ fn fate() -> impl Strategy<Value = Fate> {
     prop_oneof![4 => Just(Fate::Ack), 2 => Just(Fate::Nak), 1 => Just(Fate::LostAck)]
 }
 
-/// A generated scenario: the messages, where batches end, what befalls each delivery.
+/// A generated scenario: the records, which ride together in one stream message, where
+/// batches end, what befalls each delivery.
 #[derive(Debug, Clone)]
 struct Scenario {
     messages: Vec<Message>,
+    /// Whether a record rides in the stream message of the one before it (unless that
+    /// message holds its key already: the parser refuses such a message).
+    carried: Vec<bool>,
     cuts: Vec<bool>,
     fates: Vec<Fate>,
     workers: usize,
+}
+
+impl Message {
+    /// The table and key of its root row.
+    fn key(&self) -> (&'static str, i64) {
+        match self {
+            Message::Item { id, .. } => ("item", *id),
+            Message::Doc { id, .. } => ("doc", *id),
+        }
+    }
+}
+
+impl Scenario {
+    /// The stream messages: the indexes of the records each carries, in order.
+    fn stream(&self) -> Vec<Vec<usize>> {
+        let mut stream: Vec<Vec<usize>> = Vec::new();
+        for (index, message) in self.messages.iter().enumerate() {
+            match stream.last_mut() {
+                Some(current)
+                    if self.carried[index]
+                        && !current
+                            .iter()
+                            .any(|i| self.messages[*i].key() == message.key()) =>
+                {
+                    current.push(index);
+                }
+                _ => stream.push(vec![index]),
+            }
+        }
+        stream
+    }
+
+    /// Each record's stream sequence: its stream message's.
+    fn seqs(&self) -> Vec<i64> {
+        let mut seqs = vec![0; self.messages.len()];
+        for (n, records) in self.stream().iter().enumerate() {
+            for index in records {
+                seqs[*index] = n as i64 + 1;
+            }
+        }
+        seqs
+    }
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
@@ -479,12 +529,14 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         let len = messages.len();
         (
             Just(messages),
+            prop::collection::vec(prop::bool::weighted(0.25), len),
             prop::collection::vec(prop::bool::weighted(0.3), len),
             prop::collection::vec(fate(), 3 * len),
             1..=3usize,
         )
-            .prop_map(|(messages, cuts, fates, workers)| Scenario {
+            .prop_map(|(messages, carried, cuts, fates, workers)| Scenario {
                 messages,
+                carried,
                 cuts,
                 fates,
                 workers,
@@ -492,7 +544,8 @@ fn scenario() -> impl Strategy<Value = Scenario> {
     })
 }
 
-fn pending(index: usize, message: &Message) -> Pending {
+/// The stream message at `index` carrying `records`.
+fn pending(index: usize, records: &[&Message]) -> Pending {
     let seq = index as i64 + 1;
     let now = chrono::Utc::now();
     Pending {
@@ -507,15 +560,16 @@ fn pending(index: usize, message: &Message) -> Pending {
             processed_at: now,
             stream_sequence: Some(seq),
         },
-        change: message.change(),
+        changes: records.iter().map(|m| m.change()).collect(),
     }
 }
 
 /// Runs a scenario through `workers` concurrent writers; returns the final tables.
 fn run(scenario: &Scenario, connect: &(dyn Fn() -> AnyConnection + Sync)) -> Tables {
+    let stream = scenario.stream();
     let mut batches: VecDeque<Vec<usize>> = VecDeque::new();
     let mut current = Vec::new();
-    for (index, cut) in scenario.cuts.iter().enumerate() {
+    for (index, cut) in scenario.cuts.iter().take(stream.len()).enumerate() {
         current.push(index);
         if *cut {
             batches.push_back(std::mem::take(&mut current));
@@ -527,7 +581,11 @@ fn run(scenario: &Scenario, connect: &(dyn Fn() -> AnyConnection + Sync)) -> Tab
     let queue = Mutex::new(batches);
     let in_flight = AtomicUsize::new(0);
     let deliveries = AtomicUsize::new(0);
-    let messages = Arc::new(scenario.messages.clone());
+    let stream: Arc<Vec<Vec<&Message>>> = Arc::new(
+        (stream.iter())
+            .map(|records| records.iter().map(|i| &scenario.messages[*i]).collect())
+            .collect(),
+    );
     std::thread::scope(|scope| {
         for _ in 0..scenario.workers {
             scope.spawn(|| {
@@ -555,7 +613,7 @@ fn run(scenario: &Scenario, connect: &(dyn Fn() -> AnyConnection + Sync)) -> Tab
                         Fate::Nak => true,
                         Fate::Ack | Fate::LostAck => {
                             let pending: Vec<Pending> =
-                                batch.iter().map(|i| pending(*i, &messages[*i])).collect();
+                                batch.iter().map(|i| pending(*i, &stream[*i])).collect();
                             let written = write_batch(&mut conn, &pending, 0)
                                 .unwrap_or_else(|e| panic!("write failed: {e}"));
                             assert!(written.refused.is_empty(), "refused: {:?}", written.refused);
@@ -571,13 +629,13 @@ fn run(scenario: &Scenario, connect: &(dyn Fn() -> AnyConnection + Sync)) -> Tab
         }
     });
     let mut conn = connect();
-    // Every message has a final status row, whatever became of it.
+    // Every stream message has a final status row, whatever became of it.
     let statuses = lines(
         &mut conn,
         "SELECT status AS line FROM nomnom_message_status \
          WHERE status IN ('persisted', 'skipped_stale', 'skipped_missing')",
     );
-    assert_eq!(statuses.len(), scenario.messages.len(), "{statuses:?}");
+    assert_eq!(statuses.len(), stream.len(), "{statuses:?}");
     Tables::read(&mut conn)
 }
 
@@ -615,7 +673,7 @@ fn converges(url: &str, ddl: &str) {
     };
     proptest!(config, |(scenario in scenario())| {
         reset(&mut connect());
-        prop_assert_eq!(run(&scenario, &connect), model(&scenario.messages));
+        prop_assert_eq!(run(&scenario, &connect), model(&scenario.messages, &scenario.seqs()));
     });
 }
 
@@ -654,13 +712,13 @@ fn star_star_unstar_in_one_batch_leaves_no_star() {
     let batch: Vec<Pending> = messages
         .iter()
         .enumerate()
-        .map(|(i, m)| pending(i, m))
+        .map(|(i, m)| pending(i, &[m]))
         .collect();
     write_batch(&mut conn, &batch, 0).unwrap();
     assert_eq!(Tables::read(&mut conn), Tables::default());
     // The first star again, as a new message with its old sequence (a replica that
     // held it): older than the tombstone, so skipped.
-    let mut late = pending(0, &messages[0]);
+    let mut late = pending(0, &[&messages[0]]);
     late.record.message_id = uuid::Uuid::from_u128(99);
     let written = write_batch(&mut conn, &[late], 0).unwrap();
     assert_eq!(written.stale, 1);
@@ -718,10 +776,10 @@ fn a_recreated_stream_orders_after_the_old_one() {
         parts: Parts::new(),
     };
     // Sequence 5 of the old stream, then sequence 1 (index 0) of the new one.
-    let mut created = pending(4, &item(Op::Upsert));
+    let mut created = pending(4, &[&item(Op::Upsert)]);
     created.record.message_id = uuid::Uuid::from_u128(1_000);
     write_batch(&mut conn, &[created], old).unwrap();
-    let written = write_batch(&mut conn, &[pending(0, &item(Op::Delete))], new).unwrap();
+    let written = write_batch(&mut conn, &[pending(0, &[&item(Op::Delete)])], new).unwrap();
     assert_eq!(written.stale, 0);
     assert_eq!(Tables::read(&mut conn), Tables::default());
 }

@@ -194,7 +194,7 @@ fn pending(seq: i64, change: Change) -> Pending {
             processed_at: now,
             stream_sequence: Some(seq),
         },
-        change,
+        changes: vec![change],
     }
 }
 

@@ -56,63 +56,95 @@ fn elements(records: &[(String, Vec<u8>)], pointer: &str) -> i64 {
         .sum()
 }
 
-async fn records_become_rows(database_url: String) {
-    let nats = NatsServer::start();
-    let api = common::start_api_with(nats_api::ApiConfig {
-        nats: NatsConfig {
-            url: nats.url(),
-            ..Default::default()
-        },
-        database_url: Some(database_url.clone()),
-        ..Default::default()
-    })
-    .await;
-    let config = WorkerConfig {
-        nats: NatsConfig {
-            url: nats.url(),
-            ..Default::default()
-        },
-        database_url: database_url.clone(),
-        batch_size: 50,
-        batch_wait: Duration::from_millis(100),
-        ..Default::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(async move {
-        run(fhir_worker::Schema, config, async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("worker runs");
-    });
+/// nats-api and the `fhir` worker on `database_url`, against a nats-server of their own.
+struct Pipeline {
+    nats: NatsServer,
+    api: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    worker: tokio::task::JoinHandle<()>,
+}
 
+impl Pipeline {
+    async fn start(database_url: &str) -> Self {
+        let nats = NatsServer::start();
+        let api = common::start_api_with(nats_api::ApiConfig {
+            nats: NatsConfig {
+                url: nats.url(),
+                ..Default::default()
+            },
+            database_url: Some(database_url.to_owned()),
+            ..Default::default()
+        })
+        .await;
+        let config = WorkerConfig {
+            nats: NatsConfig {
+                url: nats.url(),
+                ..Default::default()
+            },
+            database_url: database_url.to_owned(),
+            batch_size: 50,
+            batch_wait: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(async move {
+            run(fhir_worker::Schema, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("worker runs");
+        });
+        Self {
+            nats,
+            api,
+            stop,
+            worker,
+        }
+    }
+
+    /// Posts each record as published, with no route: its own `resourceType` routes it.
+    async fn post(&self, records: &[(String, Vec<u8>)]) {
+        let client = reqwest::Client::new();
+        for (name, raw) in records {
+            // The bytes as published: a client that re-encoded them through a float would
+            // already have lost the digits this test is about.
+            let reply = client
+                .post(format!("{}/api/ingest/message", self.api))
+                .header("content-type", "application/json")
+                .body(raw.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                reply.status(),
+                202,
+                "{name}: {}",
+                reply.text().await.unwrap()
+            );
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.worker.await.unwrap();
+    }
+}
+
+async fn records_become_rows(database_url: String) {
+    let pipeline = Pipeline::start(&database_url).await;
+    let nats = &pipeline.nats;
     let observations = records("Observation");
     let patients = records("Patient");
-    let client = reqwest::Client::new();
-    for (name, raw) in observations.iter().chain(&patients) {
-        // The bytes as published: a client that re-encoded them through a float would
-        // already have lost the digits this test is about.
-        let reply = client
-            .post(format!("{api}/api/ingest/message"))
-            .header("content-type", "application/json")
-            .body(raw.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            reply.status(),
-            202,
-            "{name}: {}",
-            reply.text().await.unwrap()
-        );
-    }
+    pipeline
+        .post(&[observations.clone(), patients.clone()].concat())
+        .await;
     let (n_observations, n_patients) = (observations.len() as i64, patients.len() as i64);
     wait_for(Duration::from_secs(60), "every record stored", || {
         count(&database_url, "SELECT count(*) AS n FROM observation") == n_observations
             && count(&database_url, "SELECT count(*) AS n FROM patient") == n_patients
     })
     .await;
-    assert_eq!(dlq_len(&nats).await, 0, "no record was dead-lettered");
+    assert_eq!(dlq_len(nats).await, 0, "no record was dead-lettered");
     assert_eq!(
         count(
             &database_url,
@@ -259,9 +291,190 @@ async fn records_become_rows(database_url: String) {
         ),
         ["1974-12-25 male"]
     );
+    pipeline.stop().await;
+}
 
-    let _ = stop.send(());
-    worker.await.unwrap();
+/// A record a bundle carries that the spec stores (a patient, an observation or a
+/// bundle), read from the published JSON without the worker: its type, id and path.
+struct Carried {
+    resource: String,
+    id: Option<String>,
+    path: String,
+    record: Value,
+}
+
+/// The records `bundle` (found at `path`) carries, in the order the worker reads them:
+/// each record before the records it carries.
+fn carried(bundle: &Value, path: &str, out: &mut Vec<Carried>) {
+    let entries = bundle.get("entry").and_then(Value::as_array);
+    for (n, entry) in entries.into_iter().flatten().enumerate() {
+        let Some(record) = entry.get("resource") else {
+            continue;
+        };
+        let resource = record["resourceType"].as_str().unwrap_or_default();
+        if !["Patient", "Observation", "Bundle"].contains(&resource) {
+            continue;
+        }
+        let at = format!("{path}/entry/{n}/resource");
+        out.push(Carried {
+            resource: resource.to_owned(),
+            id: record["id"].as_str().map(str::to_owned),
+            path: at.clone(),
+            record: record.clone(),
+        });
+        if resource == "Bundle" {
+            carried(record, &at, out);
+        }
+    }
+}
+
+/// Why a bundle must be refused, as its dead letter says it: its first record without
+/// an id (the key), or the first two records of one type with one id; `None` if neither.
+fn refusal(records: &[Carried]) -> Option<String> {
+    for (n, record) in records.iter().enumerate() {
+        let Some(id) = &record.id else {
+            return Some(format!("{}/id: ", record.path));
+        };
+        let first = records[..n]
+            .iter()
+            .find(|r| r.resource == record.resource && r.id.as_ref() == Some(id));
+        if let Some(first) = first {
+            return Some(format!(
+                "{} and {} have the same key (id = {id:?})",
+                first.path, record.path
+            ));
+        }
+    }
+    None
+}
+
+/// Every bundle HL7 publishes, posted as it is: the patients, observations and bundles it
+/// carries (nested bundles' included) become rows of their own, with their children, in
+/// the bundle's transaction; records of other types are skipped. A bundle with a record
+/// the spec cannot store (no id, or two with one key) is dead-lettered whole, naming the
+/// record's path, and none of its records is stored.
+async fn bundles_fan_out_into_their_records(database_url: String) {
+    let pipeline = Pipeline::start(&database_url).await;
+    let bundles = records("Bundle");
+    pipeline.post(&bundles).await;
+
+    // The expected rows, from the published JSON: each table's distinct ids over the
+    // stored bundles, and the names of each patient's last version (upserts: the last
+    // message wins).
+    let mut refused: Vec<(String, String)> = Vec::new();
+    let mut ids: std::collections::BTreeMap<&str, std::collections::BTreeSet<String>> =
+        Default::default();
+    let mut names: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, raw) in &bundles {
+        let bundle: Value = serde_json::from_slice(raw).unwrap();
+        let mut records = vec![Carried {
+            resource: "Bundle".into(),
+            id: bundle["id"].as_str().map(str::to_owned),
+            path: String::new(),
+            record: bundle.clone(),
+        }];
+        carried(&bundle, "", &mut records);
+        if let Some(why) = refusal(&records) {
+            refused.push((bundle["id"].as_str().unwrap().to_owned(), why));
+            continue;
+        }
+        for record in records {
+            let table = match record.resource.as_str() {
+                "Patient" => "patient",
+                "Observation" => "observation",
+                _ => "bundle",
+            };
+            let id = record.id.unwrap();
+            if table == "patient" {
+                let n = record.record["name"].as_array().map_or(0, Vec::len);
+                names.insert(id.clone(), n);
+            }
+            ids.entry(table).or_default().insert(id);
+        }
+    }
+    // What HL7 published: transaction bundles whose records have no id yet (they are
+    // to be created), a document with an id-less record, and a collection that repeats
+    // its records; bundles of bundles (a collection of 17 search results).
+    let refused_ids: Vec<&str> = refused.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        refused_ids,
+        ["bundle-references", "bundle-transaction", "father", "hla-1"]
+    );
+    assert!(
+        ids["bundle"].len() > bundles.len() - refused.len(),
+        "nested bundles"
+    );
+    assert!(
+        ids["observation"].len() > 400,
+        "{}",
+        ids["observation"].len()
+    );
+
+    let dead = refused.len() as i64;
+    wait_for(
+        Duration::from_secs(120),
+        "every bundle persisted or dead-lettered",
+        || {
+            count(
+                &database_url,
+                "SELECT count(*) AS n FROM nomnom_message_status
+             WHERE status IN ('persisted', 'dead_lettered')",
+            ) == bundles.len() as i64
+        },
+    )
+    .await;
+    for table in ["bundle", "patient", "observation"] {
+        let expected: Vec<String> = ids.get(table).into_iter().flatten().cloned().collect();
+        assert_eq!(
+            lines(
+                &database_url,
+                &format!("SELECT id AS line FROM {table} ORDER BY id")
+            ),
+            {
+                let mut sorted = expected.clone();
+                sorted.sort();
+                sorted
+            },
+            "{table}: exactly the records of the stored bundles"
+        );
+    }
+    assert_eq!(
+        count(&database_url, "SELECT count(*) AS n FROM patient_name"),
+        names.values().sum::<usize>() as i64,
+        "bundled patients' names are their rows"
+    );
+    assert_eq!(dlq_len(&pipeline.nats).await, dead as u64);
+    let mut errors = lines(
+        &database_url,
+        "SELECT error AS line FROM nomnom_message_status WHERE status = 'dead_lettered'",
+    );
+    errors.sort();
+    let mut expected: Vec<&str> = refused.iter().map(|(_, why)| why.as_str()).collect();
+    expected.sort();
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    for why in &expected {
+        assert!(
+            errors.iter().any(|e| e.contains(why)),
+            "a dead letter says {why:?}: {errors:#?}"
+        );
+    }
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_bundles_fan_out_into_their_records_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    bundles_fan_out_into_their_records(format!(
+        "sqlite://{}",
+        dir.path().join("fhir.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_bundles_fan_out_into_their_records_on_postgres() {
+    let postgres = Postgres::start();
+    bundles_fan_out_into_their_records(postgres.create_database("fhir")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

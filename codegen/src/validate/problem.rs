@@ -489,6 +489,16 @@ pub enum Links {
     ParentKeyOnRoot,
     OperationOnChild,
     RouteOnChild,
+    /// `fan_out` on a child entity.
+    FanOutOnChild,
+    /// `fan_out` with no discriminator of its own and no `routing.discriminator`.
+    FanOutWithoutDiscriminator {
+        entity: String,
+    },
+    /// `fan_out.unrouted` is neither `dead_letter` nor `ignore`.
+    InvalidUnrouted {
+        value: String,
+    },
     MissingSource {
         entity: String,
     },
@@ -549,6 +559,12 @@ impl Display for Links {
             ParentKeyOnRoot => write!(f, "`parent_key` is only for child entities"),
             OperationOnChild => write!(f, "`operation` is only for root entities"),
             RouteOnChild => write!(f, "`route` is only for root entities"),
+            FanOutOnChild => write!(f, "`fan_out` is only for root entities"),
+            FanOutWithoutDiscriminator { entity } => write!(
+                f,
+                "the fan_out of {entity:?} has no discriminator: nothing says which entity each record is"
+            ),
+            InvalidUnrouted { value } => write!(f, "`unrouted: {value}` is not a choice"),
             MissingSource { entity } => write!(f, "child entity {entity:?} has no `source`"),
             MissingParentKey { entity } => {
                 write!(f, "child entity {entity:?} has no `parent_key`")
@@ -595,9 +611,10 @@ impl Rule for Links {
             UnknownOperation { .. } => "invalid_operation",
             OperationWithoutKey { .. } => "missing_key",
             AmbiguousOperation { .. } => "ambiguous_operation",
-            SourceOnRoot | ParentKeyOnRoot | OperationOnChild | RouteOnChild | VersionOnChild => {
-                "misplaced_key"
-            }
+            SourceOnRoot | ParentKeyOnRoot | OperationOnChild | RouteOnChild | VersionOnChild
+            | FanOutOnChild => "misplaced_key",
+            FanOutWithoutDiscriminator { .. } => "missing_discriminator",
+            InvalidUnrouted { .. } => "invalid_unrouted",
             MissingSource { .. } => "missing_source",
             MissingParentKey { .. } => "missing_parent_key",
             ParentKeyNotAField { .. } | ParentKeyFromNotAField { .. } | VersionNotAField { .. } => {
@@ -616,7 +633,9 @@ impl Rule for Links {
             OperationWithoutKey { .. } => "operations need a key",
             AmbiguousOperation { .. } => "ambiguous values",
             SourceOnRoot | ParentKeyOnRoot => "on a root entity",
-            OperationOnChild | RouteOnChild | VersionOnChild => "on a child entity",
+            OperationOnChild | RouteOnChild | VersionOnChild | FanOutOnChild => "on a child entity",
+            FanOutWithoutDiscriminator { .. } => "no discriminator",
+            InvalidUnrouted { .. } => "unknown choice",
             MissingSource { .. } => "where are its rows?",
             MissingParentKey { .. } => "not linked to its parent",
             ParentKeyNotAField { .. } => "no such field",
@@ -641,6 +660,9 @@ impl Rule for Links {
             ParentKeyOnRoot => "move this entity under its parent's `children:`".to_owned(),
             OperationOnChild => "children are written with their parent's message; give the root entity the operation".to_owned(),
             RouteOnChild => "children arrive inside their parent's message".to_owned(),
+            FanOutOnChild => "children are rows of their parent; records of other entities fan out from a root entity: move `fan_out` to the root entity whose body holds the array".to_owned(),
+            FanOutWithoutDiscriminator { .. } => "add `discriminator: /<field>` to `fan_out` (or `routing.discriminator`), naming the field of each record that holds one of the root entities' routes".to_owned(),
+            InvalidUnrouted { .. } => "use `dead_letter` (an element no entity takes refuses the message, naming its path) or `ignore` (such elements are skipped)".to_owned(),
             MissingSource { .. } => "add `source: /<array field>` naming the array in the parent's body".to_owned(),
             MissingParentKey { .. } => "add `parent_key: [{field: <child field>, from: <parent field>}]`: children follow their parent, and without a parent_key their rows cannot be found when the parent is replaced or deleted".to_owned(),
             ParentKeyNotAField { .. } | ParentKeyFromNotAField { .. } => return None,

@@ -184,7 +184,7 @@ impl<S: EntitySchema> Worker<S> {
                 Some(Pending {
                     index,
                     record,
-                    change: parsed.change,
+                    changes: parsed.changes,
                 })
             })
             .collect();

@@ -57,7 +57,7 @@ pub trait EntitySchema: Send + Sync + 'static {
     /// The project name from the spec.
     fn project(&self) -> &'static str;
 
-    /// Routes and parses one message body into its change. Errors are permanent
+    /// Routes and parses one message body into its changes. Errors are permanent
     /// (dead-letter).
     fn parse(&self, envelope: &Envelope, body: &Value) -> Result<Parsed, ParseError>;
 
@@ -70,8 +70,9 @@ pub trait EntitySchema: Send + Sync + 'static {
 pub struct Parsed {
     /// The entity the message was routed to.
     pub entity: &'static str,
-    /// What the message does to that entity's row.
-    pub change: Change,
+    /// What the message does to that entity's row, then to the rows of the records
+    /// fanned out of it, if any (never empty; see [`crate::change::Records`]).
+    pub changes: Vec<Change>,
 }
 
 /// Why the worker stopped.

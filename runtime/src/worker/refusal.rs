@@ -13,9 +13,10 @@ use crate::change::{Change, Entity};
 use crate::db::DatabaseKind;
 use crate::sql::{self, AnyConnection, ColumnType, Value, quote};
 
-/// Why the database refused `change`'s rows, for its dead letter and status row. Reads
-/// the database to find the row of a unique violation (outside any transaction).
-pub(super) fn explain(conn: &mut AnyConnection, change: &Change, err: &Error) -> String {
+/// Why the database refused the rows of a message's `changes`, for its dead letter and
+/// status row. Reads the database to find the row of a unique violation (outside any
+/// transaction).
+pub(super) fn explain(conn: &mut AnyConnection, changes: &[Change], err: &Error) -> String {
     let Error::DatabaseError(kind, info) = err else {
         return err.to_string();
     };
@@ -28,7 +29,7 @@ pub(super) fn explain(conn: &mut AnyConnection, change: &Change, err: &Error) ->
         _ => return err.to_string(),
     }
     match Violation::parse(info.as_ref()) {
-        Some(violation) => violation.explain(conn, change),
+        Some(violation) => violation.explain(conn, changes),
         None => err.to_string(),
     }
 }
@@ -78,9 +79,9 @@ impl Violation {
         })
     }
 
-    fn explain(&self, conn: &mut AnyConnection, change: &Change) -> String {
+    fn explain(&self, conn: &mut AnyConnection, changes: &[Change]) -> String {
         let columns = self.columns.join(", ");
-        let found = self.locate(conn, change);
+        let found = self.locate(conn, changes);
         let values = match (&found, &self.values) {
             (Some(found), _) => found.values.clone(),
             (None, Some(values)) => values.clone(),
@@ -101,7 +102,7 @@ impl Violation {
             text.push_str(": ");
             text.push_str(&found.place);
         }
-        let is_key = entity_of(change, &self.table).is_some_and(|e| {
+        let is_key = entity_of(changes, &self.table).is_some_and(|e| {
             e.table.key.len() == self.columns.len()
                 && (e.table.key.iter()).all(|k| self.columns.iter().any(|c| c == k))
         });
@@ -114,28 +115,31 @@ impl Violation {
         text
     }
 
-    /// The row of `change` the database refused: two of its rows with the same values,
+    /// The row of `changes` the database refused: two of its rows with the same values,
     /// else the first whose values a stored row has, else the only candidate.
-    fn locate(&self, conn: &mut AnyConnection, change: &Change) -> Option<Found> {
-        let entity = entity_of(change, &self.table)?;
+    fn locate(&self, conn: &mut AnyConnection, changes: &[Change]) -> Option<Found> {
+        let entity = entity_of(changes, &self.table)?;
         let positions: Vec<usize> = (self.columns.iter())
             .map(|c| entity.table.columns.iter().position(|col| col.name == c))
             .collect::<Option<_>>()?;
         let mut candidates: Vec<(&str, Vec<Value>)> = Vec::new();
-        if change.entity.table.name == self.table {
-            let values = positions
-                .iter()
-                .map(|p| change.values.get(*p).cloned().flatten())
-                .collect::<Option<Vec<Value>>>()?;
-            candidates.push(("", values));
-        }
-        for group in &change.children {
-            if group.entity.table.name != self.table {
-                continue;
+        for change in changes {
+            if change.entity.table.name == self.table
+                && let Some(values) = positions
+                    .iter()
+                    .map(|p| change.values.get(*p).cloned().flatten())
+                    .collect::<Option<Vec<Value>>>()
+            {
+                candidates.push((change.path.as_str(), values));
             }
-            for (row, path) in group.rows.iter().zip(&group.paths) {
-                let values = positions.iter().map(|p| row[*p].clone()).collect();
-                candidates.push((path.as_str(), values));
+            for group in &change.children {
+                if group.entity.table.name != self.table {
+                    continue;
+                }
+                for (row, path) in group.rows.iter().zip(&group.paths) {
+                    let values = positions.iter().map(|p| row[*p].clone()).collect();
+                    candidates.push((path.as_str(), values));
+                }
             }
         }
         let show = |values: &[Value]| {
@@ -175,10 +179,13 @@ impl Violation {
     }
 }
 
-/// The entity of `change` (its root's, or a child's with rows) whose table is `table`.
-fn entity_of(change: &Change, table: &str) -> Option<&'static Entity> {
-    std::iter::once(change.entity)
-        .chain(change.children.iter().map(|c| c.entity))
+/// The entity of `changes` (a root's, or a child's with rows) whose table is `table`.
+fn entity_of(changes: &[Change], table: &str) -> Option<&'static Entity> {
+    changes
+        .iter()
+        .flat_map(|change| {
+            std::iter::once(change.entity).chain(change.children.iter().map(|c| c.entity))
+        })
         .find(|e| e.table.name == table)
 }
 

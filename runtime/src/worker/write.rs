@@ -17,10 +17,11 @@ use crate::{
 pub struct Pending {
     /// Where the message is in its batch.
     pub index: usize,
-    /// Its status row; `stream_sequence` (with the batch's base) orders its change
-    /// against others of its key.
+    /// Its status row; `stream_sequence` (with the batch's base) orders its changes
+    /// against others of their keys.
     pub record: StatusRecord,
-    pub change: Change,
+    /// Its own row's change, then its fanned-out records'.
+    pub changes: Vec<Change>,
 }
 
 /// What a committed batch did.
@@ -79,7 +80,7 @@ pub fn write_batch(
                 written.stale += done.stale;
             }
             Err(err) => {
-                let why = super::refusal::explain(conn, &item.change, &err);
+                let why = super::refusal::explain(conn, &item.changes, &err);
                 written.refused.push((item.index, why));
             }
         }
@@ -139,20 +140,25 @@ fn write(conn: &mut AnyConnection, items: &[Pending], base: i64) -> diesel::Quer
             .iter()
             .filter(|item| claimed.remove(&item.record.message_id))
             .collect();
+        // A message's changes share its sequence: they are one write.
         let changes: Vec<Sequenced<'_>> = mine
             .iter()
-            .map(|item| Sequenced {
-                seq: base + item.record.stream_sequence.unwrap_or(0),
-                message_id: item.record.message_id,
-                change: &item.change,
+            .flat_map(|item| {
+                item.changes.iter().map(|change| Sequenced {
+                    seq: base + item.record.stream_sequence.unwrap_or(0),
+                    message_id: item.record.message_id,
+                    change,
+                })
             })
             .collect();
         let applied = apply::apply(conn, &changes)?;
+        let mut outcomes = applied.outcomes.iter();
         let mut marks: Vec<(Uuid, MessageState, Option<String>)> = mine
             .iter()
-            .zip(&applied.outcomes)
-            .filter(|(_, outcome)| **outcome != Outcome::Applied)
-            .map(|(item, outcome)| status_of(item.record.message_id, *outcome))
+            .filter_map(|item| {
+                let outcome = message_outcome(outcomes.by_ref().take(item.changes.len()));
+                (outcome != Outcome::Applied).then(|| status_of(item.record.message_id, outcome))
+            })
             .collect();
         let stale = marks.len();
         // Earlier patches this batch revised: a late create under a logged patch (now
@@ -166,6 +172,18 @@ fn write(conn: &mut AnyConnection, items: &[Pending], base: i64) -> diesel::Quer
         status::mark(conn, &marks)?;
         Ok(Committed { skipped, stale })
     })
+}
+
+/// What became of a message from what became of its changes: applied if any was (the
+/// others were older than their rows, or patches of missing rows: skipped as they would
+/// be alone), else its own row's outcome.
+fn message_outcome<'a>(mut outcomes: impl Iterator<Item = &'a Outcome>) -> Outcome {
+    let first = outcomes.next().copied().unwrap_or(Outcome::Applied);
+    if first == Outcome::Applied || outcomes.any(|o| *o == Outcome::Applied) {
+        Outcome::Applied
+    } else {
+        first
+    }
 }
 
 /// The status row of a message with `outcome`.

@@ -273,3 +273,48 @@ impl Row for crate::models::PatientName {
         ]
     }
 }
+
+/// Table `bundle` (entity `bundle`).
+pub static BUNDLE: Entity = Entity {
+    table: Table {
+        name: "bundle",
+        columns: &[
+            Column {
+                name: "id",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "bundle_type",
+                column_type: ColumnType::Text,
+            },
+            Column {
+                name: "timestamp",
+                column_type: ColumnType::Timestamptz,
+            },
+            Column {
+                name: "total",
+                column_type: ColumnType::I32,
+            },
+            Column {
+                name: nomnom_runtime::change::SEQUENCE_COLUMN,
+                column_type: ColumnType::I64,
+            },
+        ],
+        key: &["id"],
+        write: WriteMode::Upsert,
+    },
+    versioned: false,
+    operation: false,
+    children: &[],
+};
+
+impl Row for crate::models::Bundle {
+    fn values(&self) -> Vec<Value> {
+        vec![
+            self.id.clone().into(),
+            self.bundle_type.clone().into(),
+            self.timestamp.into(),
+            self.total.into(),
+        ]
+    }
+}

@@ -15,10 +15,13 @@ pub mod models {
     pub use patient::Patient;
     pub mod patient_name;
     pub use patient_name::PatientName;
+    pub mod bundle;
+    pub use bundle::Bundle;
 }
 
 /// One parser per entity.
 pub mod parsers {
+    pub mod bundle;
     pub mod observation;
     pub mod observation_component;
     pub mod patient;
@@ -28,15 +31,30 @@ pub mod parsers {
 use nomnom_runtime::json::Value;
 use nomnom_runtime::{
     Envelope,
+    change::Records,
     db::DatabaseKind,
     parse::{ParseError, lookup},
     worker::{EntitySchema, Migration, Parsed},
 };
 
 /// The routes this worker accepts, for error messages.
-pub const ROUTES: &str = "Observation, Patient";
+pub const ROUTES: &str = "Observation, Patient, Bundle";
 
-/// Routes a message to its entity and parses it into the change it asks for.
+/// A root entity's parser: reads the record at a path in the message (`""`: the message
+/// itself) into the message's changes.
+pub type RecordParser = fn(&Value, &str, &Value, &mut Records) -> Result<(), ParseError>;
+
+/// The root entity a route names, and its parser.
+pub fn entity_for(route: &str) -> Option<(&'static str, RecordParser)> {
+    Some(match route {
+        "Observation" => ("observation", parsers::observation::parse_record),
+        "Patient" => ("patient", parsers::patient::parse_record),
+        "Bundle" => ("bundle", parsers::bundle::parse_record),
+        _ => return None,
+    })
+}
+
+/// Routes a message to its entity and parses it into the changes it asks for.
 pub fn parse(envelope: &Envelope, body: &Value) -> Result<Parsed, ParseError> {
     let route: &str = match &envelope.entity {
         Some(entity) => entity.as_str(),
@@ -58,24 +76,18 @@ pub fn parse(envelope: &Envelope, body: &Value) -> Result<Parsed, ParseError> {
     };
     // No field reads the message's metadata.
     let meta = Value::Null;
-    let (entity, change) = match route {
-        "Observation" => (
-            "observation",
-            parsers::observation::parse_message(body, &meta)
-                .map_err(|e| e.in_entity("observation"))?,
-        ),
-        "Patient" => (
-            "patient",
-            parsers::patient::parse_message(body, &meta).map_err(|e| e.in_entity("patient"))?,
-        ),
-        other => {
-            return Err(ParseError::new(
-                "",
-                format!("unknown entity {other:?}; this worker handles {ROUTES}"),
-            ));
-        }
-    };
-    Ok(Parsed { entity, change })
+    let (entity, parse_record) = entity_for(route).ok_or_else(|| {
+        ParseError::new(
+            "",
+            format!("unknown entity {route:?}; this worker handles {ROUTES}"),
+        )
+    })?;
+    let mut records = Records::default();
+    parse_record(body, "", &meta, &mut records).map_err(|e| e.in_entity(entity))?;
+    Ok(Parsed {
+        entity,
+        changes: records.into_changes(),
+    })
 }
 
 /// What the runtime needs to know about these entities.

@@ -64,3 +64,15 @@ diesel::table! {
         given -> Nullable<Array<Text>>,
     }
 }
+
+diesel::table! {
+    use diesel::sql_types::*;
+
+    bundle (id) {
+        id -> Varchar,
+        bundle_type -> Varchar,
+        timestamp -> Nullable<Timestamptz>,
+        total -> Nullable<Int4>,
+        nomnom_seq -> Int8,
+    }
+}

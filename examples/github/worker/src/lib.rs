@@ -37,6 +37,7 @@ pub mod parsers {
 use nomnom_runtime::json::Value;
 use nomnom_runtime::{
     Envelope,
+    change::Records,
     db::DatabaseKind,
     parse::ParseError,
     worker::{EntitySchema, Migration, Parsed},
@@ -45,7 +46,22 @@ use nomnom_runtime::{
 /// The routes this worker accepts, for error messages.
 pub const ROUTES: &str = "star, issues, issue, pull_request, push";
 
-/// Routes a message to its entity and parses it into the change it asks for.
+/// A root entity's parser: reads the record at a path in the message (`""`: the message
+/// itself) into the message's changes.
+pub type RecordParser = fn(&Value, &str, &Value, &mut Records) -> Result<(), ParseError>;
+
+/// The root entity a route names, and its parser.
+pub fn entity_for(route: &str) -> Option<(&'static str, RecordParser)> {
+    Some(match route {
+        "star" => ("star", parsers::star::parse_record),
+        "issues" | "issue" => ("issue", parsers::issue::parse_record),
+        "pull_request" => ("pull_request", parsers::pull_request::parse_record),
+        "push" => ("push", parsers::push::parse_record),
+        _ => return None,
+    })
+}
+
+/// Routes a message to its entity and parses it into the changes it asks for.
 pub fn parse(envelope: &Envelope, body: &Value) -> Result<Parsed, ParseError> {
     let route: &str = match &envelope.entity {
         Some(entity) => entity.as_str(),
@@ -59,32 +75,18 @@ pub fn parse(envelope: &Envelope, body: &Value) -> Result<Parsed, ParseError> {
         }
     };
     let meta = nomnom_runtime::parse::metadata(envelope);
-    let (entity, change) = match route {
-        "star" => (
-            "star",
-            parsers::star::parse_message(body, &meta).map_err(|e| e.in_entity("star"))?,
-        ),
-        "issues" | "issue" => (
-            "issue",
-            parsers::issue::parse_message(body, &meta).map_err(|e| e.in_entity("issue"))?,
-        ),
-        "pull_request" => (
-            "pull_request",
-            parsers::pull_request::parse_message(body, &meta)
-                .map_err(|e| e.in_entity("pull_request"))?,
-        ),
-        "push" => (
-            "push",
-            parsers::push::parse_message(body, &meta).map_err(|e| e.in_entity("push"))?,
-        ),
-        other => {
-            return Err(ParseError::new(
-                "",
-                format!("unknown entity {other:?}; this worker handles {ROUTES}"),
-            ));
-        }
-    };
-    Ok(Parsed { entity, change })
+    let (entity, parse_record) = entity_for(route).ok_or_else(|| {
+        ParseError::new(
+            "",
+            format!("unknown entity {route:?}; this worker handles {ROUTES}"),
+        )
+    })?;
+    let mut records = Records::default();
+    parse_record(body, "", &meta, &mut records).map_err(|e| e.in_entity(entity))?;
+    Ok(Parsed {
+        entity,
+        changes: records.into_changes(),
+    })
 }
 
 /// What the runtime needs to know about these entities.

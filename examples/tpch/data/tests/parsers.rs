@@ -28,7 +28,7 @@ fn parse_change(
     entity: Option<&str>,
     body: &Value,
 ) -> Result<Change, nomnom_runtime::parse::ParseError> {
-    parse(&envelope_for(entity), body).map(|p| p.change)
+    parse(&envelope_for(entity), body).map(|mut p| p.changes.remove(0))
 }
 
 /// A full row's values, as a create carries them.

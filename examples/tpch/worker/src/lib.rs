@@ -25,6 +25,7 @@ pub mod parsers {
 use nomnom_runtime::json::Value;
 use nomnom_runtime::{
     Envelope,
+    change::Records,
     db::DatabaseKind,
     parse::{ParseError, lookup},
     worker::{EntitySchema, Migration, Parsed},
@@ -33,7 +34,20 @@ use nomnom_runtime::{
 /// The routes this worker accepts, for error messages.
 pub const ROUTES: &str = "order, customer";
 
-/// Routes a message to its entity and parses it into the change it asks for.
+/// A root entity's parser: reads the record at a path in the message (`""`: the message
+/// itself) into the message's changes.
+pub type RecordParser = fn(&Value, &str, &Value, &mut Records) -> Result<(), ParseError>;
+
+/// The root entity a route names, and its parser.
+pub fn entity_for(route: &str) -> Option<(&'static str, RecordParser)> {
+    Some(match route {
+        "order" => ("order", parsers::order::parse_record),
+        "customer" => ("customer", parsers::customer::parse_record),
+        _ => return None,
+    })
+}
+
+/// Routes a message to its entity and parses it into the changes it asks for.
 pub fn parse(envelope: &Envelope, body: &Value) -> Result<Parsed, ParseError> {
     let route: &str = match &envelope.entity {
         Some(entity) => entity.as_str(),
@@ -55,23 +69,18 @@ pub fn parse(envelope: &Envelope, body: &Value) -> Result<Parsed, ParseError> {
     };
     // No field reads the message's metadata.
     let meta = Value::Null;
-    let (entity, change) = match route {
-        "order" => (
-            "order",
-            parsers::order::parse_message(body, &meta).map_err(|e| e.in_entity("order"))?,
-        ),
-        "customer" => (
-            "customer",
-            parsers::customer::parse_message(body, &meta).map_err(|e| e.in_entity("customer"))?,
-        ),
-        other => {
-            return Err(ParseError::new(
-                "",
-                format!("unknown entity {other:?}; this worker handles {ROUTES}"),
-            ));
-        }
-    };
-    Ok(Parsed { entity, change })
+    let (entity, parse_record) = entity_for(route).ok_or_else(|| {
+        ParseError::new(
+            "",
+            format!("unknown entity {route:?}; this worker handles {ROUTES}"),
+        )
+    })?;
+    let mut records = Records::default();
+    parse_record(body, "", &meta, &mut records).map_err(|e| e.in_entity(entity))?;
+    Ok(Parsed {
+        entity,
+        changes: records.into_changes(),
+    })
 }
 
 /// What the runtime needs to know about these entities.

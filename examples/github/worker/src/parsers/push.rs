@@ -115,3 +115,16 @@ pub fn parse_message(
 ) -> Result<nomnom_runtime::change::Change, ParseError> {
     parse_row(body, meta, nomnom_runtime::change::Op::Create)
 }
+
+/// Parses the `push` record at `path` in the message (`""`: the message itself)
+/// into the message's `records`.
+pub fn parse_record(
+    body: &Value,
+    path: &str,
+    meta: &Value,
+    records: &mut nomnom_runtime::change::Records,
+) -> Result<(), ParseError> {
+    let change = parse_message(body, meta).map_err(|e| e.within(path))?;
+    records.push(change.within(path))?;
+    Ok(())
+}

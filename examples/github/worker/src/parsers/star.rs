@@ -89,6 +89,19 @@ pub fn parse_message(
     }
 }
 
+/// Parses the `star` record at `path` in the message (`""`: the message itself)
+/// into the message's `records`.
+pub fn parse_record(
+    body: &Value,
+    path: &str,
+    meta: &Value,
+    records: &mut nomnom_runtime::change::Records,
+) -> Result<(), ParseError> {
+    let change = parse_message(body, meta).map_err(|e| e.within(path))?;
+    records.push(change.within(path))?;
+    Ok(())
+}
+
 /// A patch: the key, and the fields the body has; `None` for
 /// the others, which keep their values. Children are left as they are.
 pub fn parse_patch(
@@ -160,6 +173,7 @@ pub fn parse_patch(
         ],
         version: None,
         children: Vec::new(),
+        path: String::new(),
     })
 }
 
@@ -192,5 +206,6 @@ pub fn parse_delete(
         ],
         version: None,
         children: Vec::new(),
+        path: String::new(),
     })
 }

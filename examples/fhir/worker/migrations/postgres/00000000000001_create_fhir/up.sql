@@ -53,3 +53,12 @@ CREATE TABLE IF NOT EXISTS "patient_name" (
     PRIMARY KEY ("patient_id", "position")
 );
 
+CREATE TABLE IF NOT EXISTS "bundle" (
+    "id" VARCHAR(64) NOT NULL,
+    "bundle_type" VARCHAR(20) NOT NULL,
+    "timestamp" TIMESTAMPTZ,
+    "total" INTEGER,
+    "nomnom_seq" BIGINT NOT NULL,
+    PRIMARY KEY ("id")
+);
+

@@ -53,3 +53,12 @@ CREATE TABLE IF NOT EXISTS "patient_name" (
     PRIMARY KEY ("patient_id", "position")
 );
 
+CREATE TABLE IF NOT EXISTS "bundle" (
+    "id" TEXT NOT NULL,
+    "bundle_type" TEXT NOT NULL,
+    "timestamp" TEXT,
+    "total" INTEGER,
+    "nomnom_seq" BIGINT NOT NULL,
+    PRIMARY KEY ("id")
+);
+
