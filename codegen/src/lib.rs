@@ -5,6 +5,7 @@
 //! The `nomnom` binary (`main.rs`) is a thin CLI over [`load`] and the later stages.
 
 pub mod diagnostics;
+pub mod evolve;
 pub mod keys;
 pub mod layout;
 pub mod model;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use nomnom_codegen::{
     LoadError, layout,
-    render::{self, Databases, RenderOptions, RuntimeDependency},
+    render::{self, Databases, Files, History, RenderError, RenderOptions, RuntimeDependency},
     write::{self, Change},
 };
 
@@ -75,6 +75,10 @@ struct GenerateArgs {
     /// Exit 3 if generating would change any file (for CI).
     #[arg(long)]
     check: bool,
+    /// Write a migration that drops tables or columns gone from the spec (their data is
+    /// lost); without it, such a change is refused.
+    #[arg(long)]
+    allow_destructive: bool,
     /// Refer to nomnom-runtime by path (relative to the output directory).
     #[arg(long, conflicts_with = "runtime_version")]
     runtime_path: Option<String>,
@@ -240,8 +244,27 @@ fn generate(args: &GenerateArgs) -> ExitCode {
         Err(code) => return code,
     };
     let options = render_options(args);
-    let mut files = match render::render(&project, &options) {
+    let snapshot = args.output.join(nomnom_codegen::evolve::SNAPSHOT);
+    let previous = match std::fs::read_to_string(&snapshot) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => {
+            return fail(
+                exit::IO,
+                format!("cannot read {}: {err}", snapshot.display()),
+            );
+        }
+        Ok(text) => match nomnom_codegen::evolve::Snapshot::parse(&text) {
+            Ok(previous) => Some(previous),
+            Err(message) => return fail(exit::IO, RenderError::Snapshot { message }),
+        },
+    };
+    let history = History {
+        previous,
+        allow_destructive: args.allow_destructive,
+    };
+    let mut files = match render::render_with_history(&project, &options, &history) {
         Ok(files) => files,
+        Err(err @ RenderError::Refused(_)) => return fail(exit::INVALID_SPEC, err),
         Err(err) => return fail(exit::IO, err),
     };
     if options.own_workspace {
@@ -256,7 +279,7 @@ fn generate(args: &GenerateArgs) -> ExitCode {
     let output = &args.output;
     let changes = write::plan(output, &files);
     if args.dry_run || args.check {
-        return report_pending(output, &changes, args.check);
+        return report_pending(output, &files, &changes, args.check);
     }
     match write::apply(output, &files, &changes, args.force) {
         Ok(written) => {
@@ -272,8 +295,9 @@ fn generate(args: &GenerateArgs) -> ExitCode {
     }
 }
 
-/// `--dry-run` and `--check`: what would change, without writing.
-fn report_pending(output: &Path, changes: &[Change], check: bool) -> ExitCode {
+/// `--dry-run` and `--check`: what would change, without writing; `--dry-run` also shows
+/// the SQL of a new migration.
+fn report_pending(output: &Path, files: &Files, changes: &[Change], check: bool) -> ExitCode {
     let pending: Vec<&Change> = changes
         .iter()
         .filter(|c| !matches!(c, Change::Unchanged(_)))
@@ -286,6 +310,12 @@ fn report_pending(output: &Path, changes: &[Change], check: bool) -> ExitCode {
             Change::Unchanged(_) => unreachable!(),
         };
         println!("{verb} {}", output.join(change.path()).display());
+        if !check && change.path().starts_with("migrations/") && change.path().ends_with("/up.sql")
+        {
+            for line in files[change.path()].lines() {
+                println!("    {line}");
+            }
+        }
     }
     if check && !pending.is_empty() {
         return fail(

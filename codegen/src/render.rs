@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 
 use tera::{Context, Tera};
 
+use crate::evolve::{self, Dialect, MigrationId, Refusal, Snapshot, Step};
 use crate::model::{Entity, Project};
 use crate::view::{EntityView, discriminator_view, entity_view, rust_string};
 
@@ -97,6 +98,34 @@ pub enum RenderError {
     RustfmtMissing(String),
     #[error("rustfmt rejected generated {file} (a nomnom bug, please report it): {message}")]
     Rustfmt { file: String, message: String },
+    #[error(
+        "{} cannot read the schema the crate was generated for ({message}); restore it from version control",
+        crate::evolve::SNAPSHOT
+    )]
+    Snapshot { message: String },
+    #[error("{}", refused_text(.0))]
+    Refused(Vec<Refusal>),
+}
+
+/// Every refused change, with what to do, one per line.
+fn refused_text(refused: &[Refusal]) -> String {
+    let mut text = format!(
+        "the spec changed in {} way(s) that would lose stored data or break messages already in the stream:",
+        refused.len()
+    );
+    for r in refused {
+        text.push_str(&format!("\n  - {}\n    help: {}", r.change, r.help));
+    }
+    text
+}
+
+/// What the crate on disk says of its past: the schema it was generated for.
+#[derive(Debug, Default)]
+pub struct History {
+    /// `migrations/schema.toml` of the crate being regenerated; `None` for a new crate.
+    pub previous: Option<Snapshot>,
+    /// Write dropping migrations too (`--allow-destructive`).
+    pub allow_destructive: bool,
 }
 
 /// Generated files: relative path → contents, in a stable order.
@@ -121,8 +150,6 @@ const TEMPLATES: &[(&str, &str)] = templates![
     "parser.rs.tera",
     "schema.rs.tera",
     "database.rs.tera",
-    "up.sql.tera",
-    "down.sql.tera",
 ];
 
 /// A TOML basic string for arbitrary text. Not JSON's encoding (which the template
@@ -400,11 +427,10 @@ fn rust_files(
     Ok(())
 }
 
-/// The crate's other files: Cargo.toml, Docker, README and the SQL migrations.
+/// The crate's other files: Cargo.toml, Docker and README.
 fn text_files(
     tera: &Tera,
     context: &Context,
-    project: &Project,
     options: &RenderOptions,
     files: &mut Files,
 ) -> Result<(), RenderError> {
@@ -428,29 +454,78 @@ fn text_files(
         context,
     )?;
     text("README.md", "README.md.tera", "<!--", context)?;
-    for (enabled, dialect) in [
-        (options.postgres(), "postgres"),
-        (options.sqlite(), "sqlite"),
-    ] {
-        if !enabled {
-            continue;
+    Ok(())
+}
+
+/// A migration to write: every table (`None`: a new crate), or these steps.
+type NewMigration = (MigrationId, Option<Vec<Step>>);
+
+/// The new migration (all of it for a new crate; the difference for one with a history,
+/// none if the schema is the same) and the schema snapshot, into `files`; returns every
+/// migration of the crate, oldest first. Migrations already on disk are not rendered: they
+/// stay as they are.
+fn migration_files(
+    project: &Project,
+    entities: &[EntityView],
+    options: &RenderOptions,
+    history: &History,
+    files: &mut Files,
+) -> Result<Vec<MigrationId>, RenderError> {
+    let tables = evolve::tables(project, entities);
+    // The new migration: every table (a new crate), or the steps from the old schema.
+    let (migrations, new): (Vec<MigrationId>, Option<NewMigration>) = match &history.previous {
+        None => {
+            let first = MigrationId {
+                version: format!("{:014}", 1),
+                name: format!("create_{}", project.name.replace('-', "_")),
+            };
+            (vec![first.clone()], Some((first, None)))
         }
-        let mut sql = context.clone();
-        sql.insert("dialect", dialect);
-        let dir = format!(
-            "migrations/{dialect}/00000000000001_create_{}",
-            project.name.replace('-', "_")
-        );
-        for step in ["up", "down"] {
-            text(
-                &format!("{dir}/{step}.sql"),
-                &format!("{step}.sql.tera"),
-                "--",
-                &sql,
-            )?;
+        Some(previous) => {
+            let diff = evolve::diff(&previous.tables, &tables);
+            // With --allow-destructive, only drops pass: the other refusals would
+            // still break stored rows or queued messages.
+            let blocking: Vec<Refusal> = (diff.refused.iter())
+                .filter(|r| !history.allow_destructive || !r.droppable)
+                .cloned()
+                .collect();
+            if !blocking.is_empty() {
+                return Err(RenderError::Refused(blocking));
+            }
+            let mut migrations = previous.migrations.clone();
+            if diff.steps.is_empty() {
+                (migrations, None)
+            } else {
+                let next = evolve::next_migration(&migrations, &diff.steps);
+                migrations.push(next.clone());
+                (migrations, Some((next, Some(diff.steps))))
+            }
+        }
+    };
+    if let Some((id, steps)) = new {
+        for (enabled, dialect) in [
+            (options.postgres(), Dialect::Postgres),
+            (options.sqlite(), Dialect::Sqlite),
+        ] {
+            if !enabled {
+                continue;
+            }
+            let sql = match &steps {
+                None => evolve::create_all(&project.name, &tables, dialect),
+                Some(steps) => evolve::steps_sql(steps, dialect),
+            };
+            let dir = format!("migrations/{}/{}", dialect.name(), id.dir());
+            let header = header("--", &options.spec_name);
+            files.insert(format!("{dir}/up.sql"), header.clone() + &sql.up);
+            files.insert(format!("{dir}/down.sql"), header + &sql.down);
         }
     }
-    Ok(())
+    let snapshot = Snapshot::new(migrations.clone(), tables);
+    files.insert(
+        evolve::SNAPSHOT.to_owned(),
+        header("#", &options.spec_name) + &snapshot.to_text(),
+    );
+    Ok(migrations)
 }
 
 fn entity_views(project: &Project) -> Vec<EntityView> {
@@ -472,14 +547,26 @@ pub fn cargo_toml(project: &Project, options: &RenderOptions) -> Result<String, 
     Ok(header("#", &options.spec_name) + &body)
 }
 
-/// Renders every file of the worker crate.
+/// Renders every file of a new worker crate.
 pub fn render(project: &Project, options: &RenderOptions) -> Result<Files, RenderError> {
+    render_with_history(project, options, &History::default())
+}
+
+/// Renders every file of the worker crate, after `history`: the migrations it had, and a
+/// new one with the difference between the schema it was generated for and the spec's.
+pub fn render_with_history(
+    project: &Project,
+    options: &RenderOptions,
+    history: &History,
+) -> Result<Files, RenderError> {
     let tera = tera()?;
     let entities = entity_views(project);
-    let context = context(project, &entities, options);
+    let mut context = context(project, &entities, options);
     let mut files = Files::new();
+    let migrations = migration_files(project, &entities, options, history, &mut files)?;
+    context.insert("migrations", &migrations);
     rust_files(&tera, &context, &entities, options, &mut files)?;
-    text_files(&tera, &context, project, options, &mut files)?;
+    text_files(&tera, &context, options, &mut files)?;
     // The README header is an HTML comment: close it.
     if let Some(readme) = files.get_mut("README.md") {
         *readme = readme.replacen(" `nomnom generate`.\n", " `nomnom generate`. -->\n", 1);

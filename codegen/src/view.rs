@@ -609,8 +609,9 @@ fn field_view(entity: &Entity, field: &Field) -> FieldView {
     }
 }
 
-fn index_name(table: &str, columns: &[String]) -> String {
-    let name = format!("ix_{table}_{}", columns.join("_"));
+/// `<prefix>_<table>_<columns>`, within PostgreSQL's 63-byte identifiers.
+pub fn index_name(prefix: &str, table: &str, columns: &[String]) -> String {
+    let name = format!("{prefix}_{table}_{}", columns.join("_"));
     if name.len() <= 63 {
         return name;
     }
@@ -823,7 +824,7 @@ pub fn entity_view(project: &Project, entity: &Entity) -> EntityView {
             .map(|fields| {
                 let columns = entity.columns(fields);
                 IndexView {
-                    name: index_name(&entity.table, &columns),
+                    name: index_name("ix", &entity.table, &columns),
                     columns,
                 }
             })
