@@ -21,6 +21,19 @@ impl DatabaseKind {
         }
     }
 
+    /// A query returning the names of table `name`'s columns, as `name` (Text); no rows if
+    /// the table does not exist.
+    pub fn columns_sql(self, name: &str) -> String {
+        let name = name.replace('\'', "''");
+        match self {
+            Self::Postgres => format!(
+                "SELECT CAST(column_name AS TEXT) AS name FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = '{name}'"
+            ),
+            Self::Sqlite => format!("SELECT name FROM pragma_table_info('{name}')"),
+        }
+    }
+
     /// A query returning one row with column `n` (BigInt): 1 if table `name` exists, else 0.
     pub fn table_exists_sql(self, name: &str) -> String {
         let name = name.replace('\'', "''");

@@ -16,6 +16,26 @@ pub use connection::{
 pub use error::{ErrorClass, classify, is_transient};
 pub use url::{DatabaseUrl, DatabaseUrlError, redact_password};
 
+/// The columns of `table` the database does not have (all of them when the table is
+/// missing), asked of the catalog: a worker newer than the database's schema.
+pub fn missing_columns(
+    conn: &mut AnyConnection,
+    table: &crate::sql::Table,
+) -> diesel::QueryResult<Vec<&'static str>> {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Column {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    let sql = conn.kind().columns_sql(table.name);
+    let found: Vec<Column> = with_backend!(conn, c => diesel::sql_query(sql).load(c))?;
+    Ok((table.columns.iter())
+        .map(|c| c.name)
+        .filter(|name| !found.iter().any(|f| f.name == *name))
+        .collect())
+}
+
 /// The database backends nomnom writes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatabaseKind {

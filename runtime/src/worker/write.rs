@@ -48,6 +48,17 @@ struct Committed {
 pub enum WriteError {
     #[error("database unavailable: {0}")]
     Unavailable(#[source] diesel::result::Error),
+    /// The database's schema is older than this worker's: its migrations have not run
+    /// yet (a rolling upgrade, or a migration job still running). The messages are
+    /// fine: retry them once it has.
+    #[error(
+        "the database schema is behind this worker: table {table} has no column {}; run this worker's migrations (start it with its migrations, or run `--migrate-only`)",
+        .columns.join(", ")
+    )]
+    SchemaBehind {
+        table: &'static str,
+        columns: Vec<&'static str>,
+    },
     #[error("writer task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -69,7 +80,7 @@ pub fn write_batch(
                 stale: done.stale,
             });
         }
-        Err(err) => database_at_fault(conn, err)?,
+        Err(err) => database_at_fault(conn, err, batch)?,
     };
     tracing::warn!(error = %err, messages = batch.len(), "batch refused by the database; writing message by message");
     let mut written = Written::default();
@@ -101,7 +112,7 @@ fn write_alone(
         attempts += 1;
         let err = match write(conn, std::slice::from_ref(item), base) {
             Ok(done) => return Ok(Ok(done)),
-            Err(err) => database_at_fault(conn, err)?,
+            Err(err) => database_at_fault(conn, err, std::slice::from_ref(item))?,
         };
         if db::classify(&err) == ErrorClass::Data || attempts == 2 {
             return Ok(Err(err));
@@ -110,16 +121,44 @@ fn write_alone(
 }
 
 /// `Err` when a failed write is the database's fault: its kind says so (a lost
-/// connection, a serialization failure), or the database does not take a write now.
+/// connection, a serialization failure), the database does not take a write now, or
+/// its schema lacks a table or column the batch writes (asked of the catalog).
 fn database_at_fault(
     conn: &mut AnyConnection,
     err: diesel::result::Error,
+    items: &[Pending],
 ) -> Result<diesel::result::Error, WriteError> {
     if db::is_transient(&err) || db::probe(conn).is_err() {
-        Err(WriteError::Unavailable(err))
-    } else {
-        Ok(err)
+        return Err(WriteError::Unavailable(err));
     }
+    if let Some(behind) = schema_behind(conn, items) {
+        return Err(behind);
+    }
+    Ok(err)
+}
+
+/// The first table `items` write that lacks columns in the database, if any.
+fn schema_behind(conn: &mut AnyConnection, items: &[Pending]) -> Option<WriteError> {
+    let mut seen = HashSet::new();
+    let tables = (items.iter())
+        .flat_map(|item| &item.changes)
+        .flat_map(|change| {
+            std::iter::once(change.entity).chain(change.children.iter().map(|c| c.entity))
+        })
+        .map(|entity| &entity.table)
+        .filter(|table| seen.insert(table.name));
+    for table in tables.collect::<Vec<_>>() {
+        match db::missing_columns(conn, table) {
+            Ok(columns) if !columns.is_empty() => {
+                return Some(WriteError::SchemaBehind {
+                    table: table.name,
+                    columns,
+                });
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// One write transaction: status rows, then the changes of the messages it claimed.

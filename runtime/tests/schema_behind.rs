@@ -1,0 +1,130 @@
+//! A worker newer than the database's schema (a rolling upgrade whose migration has not
+//! run yet): the rows it writes have a column, or a table, the database lacks. That is
+//! the schema's fault, not the messages': the batch is retried (never dead-lettered),
+//! with an error that says so, and it is written once the migration has run. On real
+//! PostgreSQL and SQLite, through the worker's write path.
+
+use nomnom_runtime::{
+    change::{Change, Child, Entity, Op},
+    db,
+    sql::{Column, ColumnType, Table, Value, WriteMode},
+    status::{MessageState, StatusRecord},
+    worker::write::{Pending, WriteError, write_batch},
+};
+use nomnom_test_support::Postgres;
+
+const fn column(name: &'static str, column_type: ColumnType) -> Column {
+    Column { name, column_type }
+}
+
+static LINE: Entity = Entity {
+    table: Table {
+        name: "line",
+        columns: &[
+            column("order_id", ColumnType::I64),
+            column("no", ColumnType::I32),
+        ],
+        key: &["order_id", "no"],
+        write: WriteMode::Upsert,
+    },
+    versioned: false,
+    operation: false,
+    children: &[],
+};
+
+/// The new spec's order: `note` is new, and so is the `line` child.
+static ORDER: Entity = Entity {
+    table: Table {
+        name: "orders",
+        columns: &[
+            column("id", ColumnType::I64),
+            column("note", ColumnType::Text),
+            column("nomnom_seq", ColumnType::I64),
+        ],
+        key: &["id"],
+        write: WriteMode::Upsert,
+    },
+    versioned: false,
+    operation: false,
+    children: &[Child {
+        entity: &LINE,
+        parent_key: &[("order_id", "id")],
+    }],
+};
+
+fn order(id: i64) -> Pending {
+    let mut change = Change::row(
+        &ORDER,
+        Op::Create,
+        vec![Value::I64(id), Value::Text("gift".into())],
+    );
+    change
+        .push_child(&LINE, "/lines/0", vec![Value::I64(id), Value::I32(1)])
+        .unwrap();
+    let now = chrono::Utc::now();
+    Pending {
+        index: 0,
+        record: StatusRecord {
+            message_id: uuid::Uuid::from_u128(id as u128),
+            entity: Some("order".into()),
+            status: MessageState::Persisted,
+            attempts: 1,
+            error: None,
+            received_at: now,
+            processed_at: now,
+            stream_sequence: Some(id),
+        },
+        changes: vec![change],
+    }
+}
+
+fn retried_until_the_schema_catches_up(url: &str) {
+    let mut conn = db::connect(url).unwrap();
+    nomnom_runtime::worker::create_runtime_tables(&mut conn).unwrap();
+    // The old spec's schema: no `note`, no `line`.
+    db::run_script(
+        &mut conn,
+        "CREATE TABLE orders (id BIGINT PRIMARY KEY, nomnom_seq BIGINT NOT NULL)",
+    )
+    .unwrap();
+
+    let err = write_batch(&mut conn, &[order(1)], 0).expect_err("retried, not refused");
+    assert!(
+        matches!(&err, WriteError::SchemaBehind { table: "orders", columns } if columns == &["note"]),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("run this worker's migrations"),
+        "{err}"
+    );
+
+    db::run_script(&mut conn, "ALTER TABLE orders ADD COLUMN note TEXT").unwrap();
+    let err = write_batch(&mut conn, &[order(1)], 0).expect_err("the child's table is missing");
+    assert!(
+        matches!(&err, WriteError::SchemaBehind { table: "line", columns } if columns == &["order_id", "no"]),
+        "{err:?}"
+    );
+
+    db::run_script(
+        &mut conn,
+        "CREATE TABLE line (order_id BIGINT NOT NULL, no INTEGER NOT NULL, PRIMARY KEY (order_id, no))",
+    )
+    .unwrap();
+    let written = write_batch(&mut conn, &[order(1)], 0).unwrap();
+    assert!(written.refused.is_empty(), "{:?}", written.refused);
+}
+
+#[test]
+fn a_schema_behind_the_worker_is_retried_on_postgres() {
+    let postgres = Postgres::start();
+    retried_until_the_schema_catches_up(&postgres.create_database("behind"));
+}
+
+#[test]
+fn a_schema_behind_the_worker_is_retried_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    retried_until_the_schema_catches_up(&format!(
+        "sqlite://{}",
+        dir.path().join("behind.db").display()
+    ));
+}
