@@ -448,6 +448,26 @@ fn a_spec_evolves_under_a_database_that_keeps_its_rows() {
         );
     }
 
+    // A migration edited after it ran is reported, not skipped.
+    for (database, dialect) in [(&pg, "postgres"), (&lite, "sqlite")] {
+        let up = project.worker().join(format!(
+            "migrations/{dialect}/00000000000002_add_orders_o_note/up.sql"
+        ));
+        let original = std::fs::read_to_string(&up).unwrap();
+        std::fs::write(&up, original.replace("TEXT;", "VARCHAR(10);")).unwrap();
+        let mut conn = database.conn();
+        let kind = conn.kind();
+        let err = migrate(&mut conn, &OnDisk::read(&project.worker()), kind)
+            .expect_err("an edited migration");
+        assert!(
+            err.to_string()
+                .contains("migration 00000000000002_add_orders_o_note was changed after it ran"),
+            "{err}"
+        );
+        std::fs::write(&up, original).unwrap();
+        database.migrate(&project.worker());
+    }
+
     // The evolved crate, with its eight migrations, compiles cleanly.
     let output = clippy_workspace(project.dir.path(), &["worker".to_owned()]);
     assert!(

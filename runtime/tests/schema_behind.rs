@@ -2,7 +2,8 @@
 //! run yet): the rows it writes have a column, or a table, the database lacks. That is
 //! the schema's fault, not the messages': the batch is retried (never dead-lettered),
 //! with an error that says so, and it is written once the migration has run. On real
-//! PostgreSQL and SQLite, through the worker's write path.
+//! PostgreSQL and SQLite, through the worker's write path. And a migration edited after it
+//! ran is reported, not skipped.
 
 use nomnom_runtime::{
     change::{Change, Child, Entity, Op},
@@ -127,4 +128,61 @@ fn a_schema_behind_the_worker_is_retried_on_sqlite() {
         "sqlite://{}",
         dir.path().join("behind.db").display()
     ));
+}
+
+/// A worker whose only migration is `up`.
+struct OneMigration(&'static str);
+
+impl nomnom_runtime::worker::EntitySchema for OneMigration {
+    fn project(&self) -> &'static str {
+        "old"
+    }
+
+    fn parse(
+        &self,
+        _: &nomnom_runtime::Envelope,
+        _: &nomnom_runtime::json::Value,
+    ) -> Result<nomnom_runtime::worker::Parsed, nomnom_runtime::parse::ParseError> {
+        Err(nomnom_runtime::parse::ParseError::new("", "not used"))
+    }
+
+    fn migrations(&self, _: db::DatabaseKind) -> &'static [nomnom_runtime::worker::Migration] {
+        Vec::leak(vec![nomnom_runtime::worker::Migration {
+            version: "00000000000001",
+            name: "create_old",
+            up: self.0,
+            down: "DROP TABLE old",
+        }])
+    }
+}
+
+/// Databases migrated by a nomnom that recorded no checksums: the column is added, the
+/// checksum of what ran is adopted, and an edit after that is reported.
+#[test]
+fn migrations_recorded_before_checksums_are_adopted_then_guarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let mut conn = db::connect(&url).unwrap();
+    db::run_script(
+        &mut conn,
+        "CREATE TABLE nomnom_migrations (version TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL);
+         INSERT INTO nomnom_migrations VALUES ('00000000000001', 'create_old');
+         CREATE TABLE old (id INTEGER PRIMARY KEY);",
+    )
+    .unwrap();
+    let kind = conn.kind();
+    let up = "CREATE TABLE old (id INTEGER PRIMARY KEY);";
+    nomnom_runtime::worker::migrate(&mut conn, &OneMigration(up), kind).unwrap();
+    nomnom_runtime::worker::migrate(&mut conn, &OneMigration(up), kind).unwrap();
+    let err = nomnom_runtime::worker::migrate(
+        &mut conn,
+        &OneMigration("CREATE TABLE old (id INTEGER PRIMARY KEY, name TEXT);"),
+        kind,
+    )
+    .expect_err("edited after it ran");
+    assert!(
+        err.to_string()
+            .contains("migration 00000000000001_create_old was changed after it ran"),
+        "{err}"
+    );
 }

@@ -8,7 +8,16 @@ use crate::{
     status,
 };
 
-const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS nomnom_migrations (version TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL)";
+const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS nomnom_migrations (version TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL, checksum TEXT)";
+
+/// The SHA-256 of a migration's `up` SQL, as `nomnom_migrations.checksum` records it.
+fn checksum(migration: &Migration) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(migration.up.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// Serialises replicas that start at once (PostgreSQL; SQLite has one writer anyway).
 fn lock_migrations(conn: &mut AnyConnection) -> diesel::QueryResult<()> {
@@ -35,39 +44,77 @@ pub fn migrate<S: EntitySchema>(
     })
     .map_err(fail("status"))?;
     for migration in schema.migrations(kind) {
-        apply(conn, migration).map_err(fail(migration.version))?;
+        match apply(conn, migration).map_err(fail(migration.version))? {
+            Applied::Now | Applied::Before => {}
+            Applied::Edited { recorded } => {
+                return Err(WorkerError::MigrationEdited {
+                    version: migration.version.to_owned(),
+                    name: migration.name.to_owned(),
+                    recorded,
+                    now: checksum(migration),
+                });
+            }
+        }
     }
     Ok(())
 }
 
-/// Whether `migration` is recorded as applied.
-fn is_applied(conn: &mut AnyConnection, migration: &Migration) -> diesel::QueryResult<bool> {
-    #[derive(diesel::QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let sql = format!(
-        "SELECT count(*) AS n FROM nomnom_migrations WHERE version = {}",
-        conn.kind().placeholder(1)
-    );
-    let count = with_backend!(conn, c => diesel::sql_query(sql)
-        .bind::<diesel::sql_types::Text, _>(migration.version)
-        .get_result::<Count>(c))?;
-    Ok(count.n > 0)
+/// What became of one migration.
+enum Applied {
+    Now,
+    /// Applied before, with the same SQL (or before checksums were recorded).
+    Before,
+    /// Applied before, but its SQL is not what ran: it was edited since.
+    Edited {
+        recorded: String,
+    },
 }
 
-fn apply(conn: &mut AnyConnection, migration: &Migration) -> diesel::QueryResult<()> {
+/// The checksum recorded for `migration` if it was applied (`Some(None)`: applied before
+/// checksums were recorded); `None` if it was not.
+fn recorded(
+    conn: &mut AnyConnection,
+    migration: &Migration,
+) -> diesel::QueryResult<Option<Option<String>>> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        checksum: Option<String>,
+    }
+    let sql = format!(
+        "SELECT checksum FROM nomnom_migrations WHERE version = {}",
+        conn.kind().placeholder(1)
+    );
+    let rows = with_backend!(conn, c => diesel::sql_query(sql)
+        .bind::<diesel::sql_types::Text, _>(migration.version)
+        .load::<Row>(c))?;
+    Ok(rows.into_iter().next().map(|r| r.checksum))
+}
+
+fn apply(conn: &mut AnyConnection, migration: &Migration) -> diesel::QueryResult<Applied> {
+    let sum = checksum(migration);
+    let quote = |text: &str| text.replace('\'', "''");
     conn.transaction(|conn| {
         lock_migrations(conn)?;
-        if is_applied(conn, migration)? {
-            return Ok(());
+        match recorded(conn, migration)? {
+            Some(Some(recorded)) if recorded == sum => return Ok(Applied::Before),
+            Some(Some(recorded)) => return Ok(Applied::Edited { recorded }),
+            Some(None) => {
+                // Recorded by a nomnom without checksums: adopt this one.
+                let adopt = format!(
+                    "UPDATE nomnom_migrations SET checksum = '{sum}' WHERE version = '{}'",
+                    quote(migration.version)
+                );
+                db::run_script(conn, &adopt)?;
+                return Ok(Applied::Before);
+            }
+            None => {}
         }
         db::run_script(conn, migration.up)?;
         let record = format!(
-            "INSERT INTO nomnom_migrations (version, name) VALUES ('{}', '{}')",
-            migration.version.replace('\'', "''"),
-            migration.name.replace('\'', "''")
+            "INSERT INTO nomnom_migrations (version, name, checksum) VALUES ('{}', '{}', '{sum}')",
+            quote(migration.version),
+            quote(migration.name)
         );
         db::run_script(conn, &record)?;
         tracing::info!(
@@ -75,7 +122,7 @@ fn apply(conn: &mut AnyConnection, migration: &Migration) -> diesel::QueryResult
             name = migration.name,
             "applied migration"
         );
-        Ok(())
+        Ok(Applied::Now)
     })
 }
 
@@ -101,6 +148,22 @@ pub(super) fn warn_if_commits_are_asynchronous(conn: &mut AnyConnection) {
 /// patch log and stream incarnations (inside the caller's transaction, if any).
 pub fn create_runtime_tables(conn: &mut AnyConnection) -> diesel::QueryResult<()> {
     db::run_script(conn, MIGRATIONS_TABLE)?;
+    // A migrations table made before checksums were recorded gains the column.
+    let migrations = crate::sql::Table {
+        name: "nomnom_migrations",
+        columns: &[crate::sql::Column {
+            name: "checksum",
+            column_type: crate::sql::ColumnType::Text,
+        }],
+        key: &[],
+        write: crate::sql::WriteMode::Insert,
+    };
+    if !db::missing_columns(conn, &migrations)?.is_empty() {
+        db::run_script(
+            conn,
+            "ALTER TABLE nomnom_migrations ADD COLUMN checksum TEXT",
+        )?;
+    }
     db::run_script(conn, crate::apply::TOMBSTONES_DDL)?;
     db::run_script(conn, crate::apply::PATCHES_DDL)?;
     db::run_script(conn, crate::apply::STREAMS_DDL)?;

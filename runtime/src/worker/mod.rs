@@ -87,6 +87,15 @@ pub enum WorkerError {
         version: String,
         source: diesel::result::Error,
     },
+    #[error(
+        "migration {version}_{name} was changed after it ran on this database (recorded sha256 {recorded}, now {now}); migrations are append-only: restore its up.sql from version control and change the spec instead, which adds a migration"
+    )]
+    MigrationEdited {
+        version: String,
+        name: String,
+        recorded: String,
+        now: String,
+    },
     #[error(transparent)]
     Nats(#[from] crate::nats::NatsConnectError),
     #[error(transparent)]
