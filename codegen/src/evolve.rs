@@ -70,6 +70,9 @@ pub struct ColumnSchema {
     /// The spec's `default`: what rows stored before the column existed get.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<serde_json::Value>,
+    /// The spec's `renamed_from`: the column's old name, for the diff (not kept).
+    #[serde(skip)]
+    pub renamed_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +101,7 @@ fn table(entity: &Entity, view: &EntityView) -> TableSchema {
             sqlite: column.sqlite_type.to_owned(),
             nullable: column.nullable,
             default: field.default.clone().filter(|d| !d.is_null()),
+            renamed_from: field.renamed_from.clone(),
         })
         .collect();
     columns.extend(view.guard.iter().map(|guard| ColumnSchema {
@@ -106,6 +110,7 @@ fn table(entity: &Entity, view: &EntityView) -> TableSchema {
         sqlite: "BIGINT".into(),
         nullable: false,
         default: None,
+        renamed_from: None,
     }));
     TableSchema {
         name: view.table.clone(),
@@ -150,6 +155,12 @@ pub enum Step {
         table: String,
         column: ColumnSchema,
     },
+    /// A column renamed (`renamed_from`), its values kept.
+    RenameColumn {
+        table: String,
+        from: String,
+        to: String,
+    },
     /// A `string` column given a larger (or no) `max_length`.
     WidenColumn {
         table: String,
@@ -188,6 +199,7 @@ impl Step {
             Step::DropTable(t) => format!("drop_{}", t.name),
             Step::AddColumn { table, column } => format!("add_{table}_{}", column.name),
             Step::DropColumn { table, column } => format!("drop_{table}_{}", column.name),
+            Step::RenameColumn { table, to, .. } => format!("rename_{table}_{to}"),
             Step::WidenColumn { table, to, .. } => format!("widen_{table}_{}", to.name),
             Step::RelaxNullable { to, column, .. } => format!("relax_{}_{column}", to.name),
             Step::CreateIndex { index, .. } => format!("add_{}", index.name),
@@ -254,8 +266,39 @@ fn diff_table(old: &TableSchema, new: &TableSchema, diff: &mut Diff) {
         });
     }
     let mut relaxed = None;
+    // Renames first: the later steps, and the old workers' rows, see the new name.
+    let mut renamed: Vec<&str> = Vec::new();
     for column in &new.columns {
-        let Some(before) = old.columns.iter().find(|c| c.name == column.name) else {
+        let Some(from) = &column.renamed_from else {
+            continue;
+        };
+        let was = old.columns.iter().any(|c| c.name == *from);
+        let is = old.columns.iter().any(|c| c.name == column.name);
+        if was && !is && !new.columns.iter().any(|c| c.name == *from) {
+            diff.steps.push(Step::RenameColumn {
+                table: name.clone(),
+                from: from.clone(),
+                to: column.name.clone(),
+            });
+            renamed.push(from);
+        }
+    }
+    let old_column = |name: &str| {
+        old.columns.iter().find(|c| c.name == name).or_else(|| {
+            let from = new
+                .columns
+                .iter()
+                .find(|c| c.name == name)?
+                .renamed_from
+                .as_deref()?;
+            renamed
+                .contains(&from)
+                .then(|| old.columns.iter().find(|c| c.name == from))
+                .flatten()
+        })
+    };
+    for column in &new.columns {
+        let Some(before) = old_column(&column.name) else {
             if !column.nullable && column.default.is_none() {
                 diff.refused.push(Refusal {
                     change: format!(
@@ -312,25 +355,34 @@ fn diff_table(old: &TableSchema, new: &TableSchema, diff: &mut Diff) {
         // ones come after). `to` relaxes what the spec relaxes; `from` is for down.
         let mut to = old.clone();
         for c in &mut to.columns {
+            // Renamed before this step.
+            if let Some(now) = (new.columns.iter())
+                .find(|n| n.renamed_from.as_deref() == Some(c.name.as_str()))
+                .filter(|_| renamed.contains(&c.name.as_str()))
+            {
+                c.name = now.name.clone();
+            }
             if let Some(now) = new.columns.iter().find(|n| n.name == c.name) {
                 c.nullable = c.nullable || now.nullable;
             }
         }
         to.columns.extend(
             (new.columns.iter())
-                .filter(|c| !old.columns.iter().any(|o| o.name == c.name))
+                .filter(|c| old_column(&c.name).is_none())
                 .cloned(),
         );
         let mut from = to.clone();
         for c in &mut from.columns {
-            if let Some(before) = old.columns.iter().find(|o| o.name == c.name) {
+            if let Some(before) = old_column(&c.name) {
                 c.nullable = before.nullable;
             }
         }
         diff.steps.push(Step::RelaxNullable { from, to, column });
     }
     for column in &old.columns {
-        if !new.columns.iter().any(|c| c.name == column.name) {
+        if !new.columns.iter().any(|c| c.name == column.name)
+            && !renamed.contains(&column.name.as_str())
+        {
             diff.refused.push(Refusal {
                 change: format!("field {name}.{} is gone from the spec", column.name),
                 help: "its values would be dropped: put the field back (it can be nullable \
@@ -476,6 +528,10 @@ fn step_sql(step: &Step, dialect: Dialect) -> (String, String) {
                     false
                 )
             ),
+        ),
+        Step::RenameColumn { table, from, to } => (
+            format!("ALTER TABLE \"{table}\" RENAME COLUMN \"{from}\" TO \"{to}\";\n"),
+            format!("ALTER TABLE \"{table}\" RENAME COLUMN \"{to}\" TO \"{from}\";\n"),
         ),
         Step::WidenColumn { table, from, to } => match dialect {
             Dialect::Postgres => (

@@ -312,6 +312,8 @@ pub struct Field {
     pub name: String,
     /// The column's name (default: the field's name).
     pub column: String,
+    /// The column's name before a rename (`renamed_from`).
+    pub renamed_from: Option<String>,
     /// The type of the value, or of each element of an array.
     pub field_type: FieldType,
     /// An array of `field_type` values (`type: text[]`).

@@ -172,6 +172,10 @@ pub struct FieldSpec {
     /// Column name; default: the field name.
     #[serde(default)]
     pub column: Option<S<String>>,
+    /// The column's name before a rename: the next migration renames it, keeping its
+    /// values.
+    #[serde(default)]
+    pub renamed_from: Option<S<String>>,
     /// JSON pointer into the body (`""`: the whole body), message metadata
     /// (`$message_id`, …), or an array's element picked by its members' values
     /// (`{ array, where, then }`); default `/<name>`.

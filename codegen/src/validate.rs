@@ -348,6 +348,7 @@ impl Validator {
                 formats: Vec::new(),
                 checks: Default::default(),
                 description: Some(format!("{what} `{}` covers.", field.name)),
+                renamed_from: None,
                 ..field.clone()
             })
         })

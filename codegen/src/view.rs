@@ -896,6 +896,7 @@ mod tests {
             },
             description: None,
             from_parent: false,
+            renamed_from: None,
         }
     }
 

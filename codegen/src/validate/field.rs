@@ -50,10 +50,14 @@ pub fn field(spec: &FieldSpec, problems: &mut Vec<Problem>) -> Option<Field> {
             column.value.clone()
         }
     };
+    if let Some(old) = &spec.renamed_from {
+        problems.extend(column_problem(old));
+    }
     let source = source.filter(|_| name_ok)?;
     Some(Field {
         name: spec.name.value.clone(),
         column,
+        renamed_from: spec.renamed_from.as_ref().map(|r| r.value.clone()),
         field_type,
         array,
         nullable: spec.nullable.as_ref().is_some_and(|n| n.value),
