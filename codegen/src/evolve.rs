@@ -58,6 +58,9 @@ pub struct TableSchema {
     pub unique: Vec<Vec<String>>,
     #[serde(default)]
     pub indexes: Vec<IndexSchema>,
+    /// The spec's `renamed_from`: the table's old name, for the diff (not kept).
+    #[serde(skip)]
+    pub renamed_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +116,7 @@ fn table(entity: &Entity, view: &EntityView) -> TableSchema {
         renamed_from: None,
     }));
     TableSchema {
+        renamed_from: entity.renamed_from.clone(),
         name: view.table.clone(),
         columns,
         primary_key: view.primary_key.clone(),
@@ -147,6 +151,11 @@ impl Dialect {
 pub enum Step {
     CreateTable(TableSchema),
     DropTable(TableSchema),
+    /// A table renamed (`renamed_from`), its rows kept.
+    RenameTable {
+        from: String,
+        to: String,
+    },
     AddColumn {
         table: String,
         column: ColumnSchema,
@@ -197,6 +206,7 @@ impl Step {
         match self {
             Step::CreateTable(t) => format!("create_{}", t.name),
             Step::DropTable(t) => format!("drop_{}", t.name),
+            Step::RenameTable { to, .. } => format!("rename_{to}"),
             Step::AddColumn { table, column } => format!("add_{table}_{}", column.name),
             Step::DropColumn { table, column } => format!("drop_{table}_{}", column.name),
             Step::RenameColumn { table, to, .. } => format!("rename_{table}_{to}"),
@@ -229,14 +239,30 @@ pub struct Diff {
 /// Compares `old` with `new`, table by table (in `new`'s order) and column by column.
 pub fn diff(old: &[TableSchema], new: &[TableSchema]) -> Diff {
     let mut diff = Diff::default();
+    let mut renamed: Vec<&str> = Vec::new();
     for table in new {
-        match old.iter().find(|t| t.name == table.name) {
-            None => diff.steps.push(Step::CreateTable(table.clone())),
-            Some(before) => diff_table(before, table, &mut diff),
+        let was = (table.renamed_from.as_deref())
+            .filter(|from| !new.iter().any(|t| t.name == *from))
+            .and_then(|from| old.iter().find(|t| t.name == from));
+        match (old.iter().find(|t| t.name == table.name), was) {
+            (Some(before), _) => diff_table(before, table, &mut diff),
+            (None, Some(before)) => {
+                diff.steps.push(Step::RenameTable {
+                    from: before.name.clone(),
+                    to: table.name.clone(),
+                });
+                renamed.push(&before.name);
+                let before = TableSchema {
+                    name: table.name.clone(),
+                    ..before.clone()
+                };
+                diff_table(&before, table, &mut diff);
+            }
+            (None, None) => diff.steps.push(Step::CreateTable(table.clone())),
         }
     }
     for table in old.iter().rev() {
-        if !new.iter().any(|t| t.name == table.name) {
+        if !new.iter().any(|t| t.name == table.name) && !renamed.contains(&table.name.as_str()) {
             diff.refused.push(Refusal {
                 change: format!("entity table {} is gone from the spec", table.name),
                 help: "its rows would be dropped: put the entity back, or pass \
@@ -507,6 +533,10 @@ fn step_sql(step: &Step, dialect: Dialect) -> (String, String) {
         Step::DropTable(table) => (
             format!("DROP TABLE IF EXISTS \"{}\";\n", table.name),
             create_table(table, &table.name, dialect) + &create_indexes(table, &table.name),
+        ),
+        Step::RenameTable { from, to } => (
+            format!("ALTER TABLE \"{from}\" RENAME TO \"{to}\";\n"),
+            format!("ALTER TABLE \"{to}\" RENAME TO \"{from}\";\n"),
         ),
         Step::AddColumn { table, column } => (
             format!(

@@ -70,6 +70,8 @@ pub struct Entity {
     /// Rust type name (PascalCase).
     pub type_name: String,
     pub table: String,
+    /// The table's name before a rename (`renamed_from`).
+    pub renamed_from: Option<String>,
     pub description: Option<String>,
     /// Routing values, for root entities (at least one); empty for children.
     pub routes: Vec<String>,

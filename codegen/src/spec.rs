@@ -71,6 +71,9 @@ pub struct EntitySpec {
     /// Table name; default: the entity name.
     #[serde(default)]
     pub table: Option<S<String>>,
+    /// The table's name before a rename: the next migration renames it, keeping its rows.
+    #[serde(default)]
+    pub renamed_from: Option<S<String>>,
     #[serde(default)]
     pub description: Option<String>,
     /// Value (or list of values) of the API's entity hint or of the discriminator that

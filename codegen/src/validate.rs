@@ -123,6 +123,11 @@ impl Validator {
         let name = spec.name.value.clone();
         let type_name = self.check_entity_name(spec);
         let table = self.check_table(spec);
+        if let Some(problem) =
+            (spec.renamed_from.as_ref()).and_then(|old| identifier_problem(old, "table name"))
+        {
+            self.report(problem);
+        }
         let guard = match (parent, &spec.version) {
             (Some(_), _) => 0,
             (None, None) => 1,
@@ -154,6 +159,7 @@ impl Validator {
             name: name.clone(),
             type_name,
             table,
+            renamed_from: spec.renamed_from.as_ref().map(|r| r.value.clone()),
             description: spec.description.clone(),
             routes,
             write,
