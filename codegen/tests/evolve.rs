@@ -5,15 +5,13 @@
 //! SQLite holding rows. Old migrations stay byte for byte, rows are never lost, narrowing
 //! changes are refused, drops need `--allow-destructive`, and the evolved crate compiles.
 
-// Not every helper: this test generates through the CLI.
-#[allow(dead_code)]
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{clippy_workspace, runtime_dir, workspace_root};
+use common::{clippy_workspace, nomnom, runtime_dir, text, workspace_root};
 use nomnom_codegen::evolve::Snapshot;
 use nomnom_runtime::{
     Envelope,
@@ -75,22 +73,6 @@ impl EntitySchema for OnDisk {
             DatabaseKind::Sqlite => self.sqlite,
         }
     }
-}
-
-fn nomnom(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nomnom"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// Every file under `dir`, by relative path.

@@ -1,9 +1,31 @@
-//! What the generator's test binaries share: compiling generated crates for real.
+//! What the generator's test binaries share: running `nomnom`, and compiling generated
+//! crates for real.
+
+// Each test binary uses some of these.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub use nomnom_test_support::workspace_root;
+
+/// Runs the `nomnom` binary with `args` in `cwd`.
+pub fn nomnom(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nomnom"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+/// What a run printed, stdout then stderr.
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
 
 /// The runtime generated crates depend on by path.
 pub fn runtime_dir() -> PathBuf {
