@@ -4,12 +4,14 @@
 //! crate and its migrations applied by the worker's own migrator to a real PostgreSQL and
 //! SQLite holding rows. Old migrations stay byte for byte, rows are never lost, narrowing
 //! changes are refused, drops need `--allow-destructive`, and the evolved crate compiles.
+//! And a rolling upgrade: the old and the new worker binaries, built from two
+//! generations, consume one stream into one PostgreSQL while the new one migrates.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 
 use common::{clippy_workspace, nomnom, runtime_dir, text, workspace_root};
 use nomnom_codegen::evolve::Snapshot;
@@ -502,4 +504,221 @@ fn a_spec_evolves_under_a_database_that_keeps_its_rows() {
         "the evolved crate does not compile cleanly:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Builds the crate's worker binary (the shared target directory) and copies it to
+/// `to`, before the next generation replaces the crate.
+fn build_worker(project: &Project, to: &Path) {
+    let output = common::cargo_workspace(
+        project.dir.path(),
+        &["worker".to_owned()],
+        &["build", "--quiet", "-p", "evolving-worker"],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    std::fs::copy(target.join("debug/evolving-worker"), to).unwrap();
+}
+
+/// A worker process on the test's NATS and database; killed when dropped.
+struct WorkerProcess(std::process::Child);
+
+impl WorkerProcess {
+    fn start(binary: &Path, nats_url: &str, database_url: &str) -> Self {
+        let port = nomnom_test_support::free_port();
+        let child = Command::new(binary)
+            .env("NATS_URL", nats_url)
+            .env("DATABASE_URL", database_url)
+            .env("NOMNOM_WORKER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("NOMNOM_BATCH_SIZE", "20")
+            .env("NOMNOM_LOG_FORMAT", "text")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Publishes `orders` as nats-api would (envelopes routed to `order`); returns the line
+/// items they carry.
+async fn publish(js: &async_nats::jetstream::Context, orders: &[serde_json::Value]) -> i64 {
+    use nomnom_runtime::{Body, EntityName, envelope, subject};
+    for order in orders {
+        let entity = EntityName::parse("order").unwrap();
+        let message = Envelope {
+            message_id: envelope::new_message_id(),
+            received_at: envelope::now_micros(),
+            entity: Some(entity.clone()),
+            idempotency_key: None,
+            request_id: None,
+            headers: Default::default(),
+            content_type: "application/json".into(),
+            body: Body::Inline(bytes::Bytes::from(order.to_string())),
+        };
+        let subject = subject::message_subject(
+            &nomnom_runtime::StreamSettings::default().subject_prefix,
+            Some(&entity),
+            message.message_id,
+        );
+        let encoded = message.encode();
+        let ack = match encoded.headers {
+            Some(headers) => {
+                js.publish_with_headers(subject, headers, encoded.payload)
+                    .await
+            }
+            None => js.publish(subject, encoded.payload).await,
+        };
+        ack.unwrap().await.unwrap();
+    }
+    orders
+        .iter()
+        .map(|o| o["lineitems"].as_array().unwrap().len() as i64)
+        .sum()
+}
+
+/// Polls `check` every 50 ms for up to `seconds`.
+fn wait_for(seconds: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A rolling upgrade: the old worker consumes; the new one (a new nullable field) starts
+/// beside it and migrates while the old one keeps writing; both consume one stream into
+/// one PostgreSQL; then the old one stops. Every order is a row exactly once, nothing is
+/// dead-lettered, and the new field is filled wherever the new worker wrote.
+#[test]
+fn an_old_worker_keeps_running_beside_the_new_one_while_it_migrates() {
+    let postgres = Postgres::start();
+    let database = Database {
+        url: postgres.create_database("rolling"),
+    };
+    let nats = nomnom_test_support::NatsServer::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let js = runtime.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        nomnom_runtime::stream::ensure_stream(&js, &Default::default())
+            .await
+            .unwrap();
+        js
+    });
+    let mut project = Project::new();
+    project.edit("project: tpch\n", "project: evolving\n");
+    let bins = tempfile::tempdir().unwrap();
+    let (old_bin, new_bin) = (bins.path().join("old"), bins.path().join("new"));
+    assert!(project.generate(&[]).status.success());
+    build_worker(&project, &old_bin);
+    project.edit(
+        "      - { name: o_comment, type: string, max_length: 79 }\n",
+        "      - { name: o_comment, type: string, max_length: 79 }\n      - { name: o_note, type: text, nullable: true }\n",
+    );
+    assert!(project.generate(&[]).status.success());
+    build_worker(&project, &new_bin);
+
+    let orders: Vec<serde_json::Value> = tpch_data::orders(0.01)
+        .take(400)
+        .map(|mut order| {
+            let key = order["o_orderkey"].clone();
+            order["o_note"] = serde_json::json!(format!("note {key}"));
+            order
+        })
+        .collect();
+    let count = |sql: &str| database.lines(sql)[0].parse::<i64>().unwrap();
+    let orders_stored = || database_rows(&database).unwrap_or(-1);
+
+    // The old worker alone.
+    let old = WorkerProcess::start(&old_bin, &nats.url(), &database.url);
+    let mut items = runtime.block_on(publish(&js, &orders[..100]));
+    wait_for(60, "the old worker's first orders", || {
+        orders_stored() == 100
+    });
+
+    // The new worker beside it: it migrates while the old one keeps writing.
+    let new = WorkerProcess::start(&new_bin, &nats.url(), &database.url);
+    items += runtime.block_on(publish(&js, &orders[100..300]));
+    wait_for(120, "both workers' orders", || orders_stored() == 300);
+
+    // The old worker stops; the new one takes everything.
+    drop(old);
+    items += runtime.block_on(publish(&js, &orders[300..]));
+    wait_for(120, "the new worker's orders", || orders_stored() == 400);
+
+    assert_eq!(
+        count("SELECT CAST(count(*) AS TEXT) AS line FROM lineitem"),
+        items,
+        "every line item exactly once"
+    );
+    assert_eq!(
+        count(
+            "SELECT CAST(count(*) AS TEXT) AS line FROM nomnom_message_status WHERE status = 'persisted'"
+        ),
+        400
+    );
+    assert_eq!(
+        count(
+            "SELECT CAST(count(*) AS TEXT) AS line FROM nomnom_message_status WHERE status <> 'persisted'"
+        ),
+        0,
+        "nothing dead-lettered or retried for good"
+    );
+    // The new field: as sent wherever the new worker wrote (every order of the last
+    // hundred), NULL where the old one did; never anything else.
+    assert_eq!(
+        count(
+            "SELECT CAST(count(*) AS TEXT) AS line FROM orders
+             WHERE o_note IS NOT NULL AND o_note <> 'note ' || CAST(o_orderkey AS TEXT)"
+        ),
+        0
+    );
+    let last: Vec<String> = orders[300..]
+        .iter()
+        .map(|o| o["o_orderkey"].to_string())
+        .collect();
+    assert_eq!(
+        count(&format!(
+            "SELECT CAST(count(*) AS TEXT) AS line FROM orders
+             WHERE o_note IS NOT NULL AND o_orderkey IN ({})",
+            last.join(", ")
+        )),
+        100
+    );
+    drop(new);
+}
+
+/// Orders stored so far, or `None` while the table does not exist yet.
+fn database_rows(database: &Database) -> Option<i64> {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    use diesel::RunQueryDsl;
+    match database.conn() {
+        AnyConnection::Postgresql(mut pg) => diesel::sql_query("SELECT count(*) AS n FROM orders")
+            .get_result::<Count>(&mut pg)
+            .ok()
+            .map(|c| c.n),
+        AnyConnection::Sqlite(mut lite) => diesel::sql_query("SELECT count(*) AS n FROM orders")
+            .get_result::<Count>(&mut lite)
+            .ok()
+            .map(|c| c.n),
+    }
 }
