@@ -401,17 +401,23 @@ impl LoadedRule {
                 self.check_macs(&[&signature], HEADER, |mac| mac.update(body))
             }
             Scheme::StandardWebhooks => {
-                const ID: &str = "webhook-id";
-                const TIMESTAMP: &str = "webhook-timestamp";
-                const SIGNATURE: &str = "webhook-signature";
-                let id = header_text(headers, ID).ok_or_else(|| missing(ID))?;
-                let timestamp =
-                    header_text(headers, TIMESTAMP).ok_or_else(|| missing(TIMESTAMP))?;
-                let value = header_text(headers, SIGNATURE).ok_or_else(|| missing(SIGNATURE))?;
+                // Svix, where the specification comes from, sends the same headers
+                // under its own prefix.
+                let svix = !headers.contains_key("webhook-id") && headers.contains_key("svix-id");
+                let (id_header, timestamp_header, signature_header) = if svix {
+                    ("svix-id", "svix-timestamp", "svix-signature")
+                } else {
+                    ("webhook-id", "webhook-timestamp", "webhook-signature")
+                };
+                let id = header_text(headers, id_header).ok_or_else(|| missing(id_header))?;
+                let timestamp = header_text(headers, timestamp_header)
+                    .ok_or_else(|| missing(timestamp_header))?;
+                let value = header_text(headers, signature_header)
+                    .ok_or_else(|| missing(signature_header))?;
                 let seconds = timestamp
                     .parse::<i64>()
                     .map_err(|_| SignatureError::Malformed {
-                        header: TIMESTAMP,
+                        header: timestamp_header,
                         expected: "Unix seconds",
                     })?;
                 // Version prefixes other than v1 (v1a: asymmetric) are not ours to check.
@@ -422,13 +428,13 @@ impl LoadedRule {
                     .collect();
                 if signatures.is_empty() {
                     return Err(SignatureError::Malformed {
-                        header: SIGNATURE,
+                        header: signature_header,
                         expected: "v1,<base64>, space-separated",
                     });
                 }
                 // The signature first: a forged delivery learns nothing from the clock.
                 let refs: Vec<&[u8]> = signatures.iter().map(Vec::as_slice).collect();
-                self.check_macs(&refs, SIGNATURE, |mac| {
+                self.check_macs(&refs, signature_header, |mac| {
                     mac.update(id.as_bytes());
                     mac.update(b".");
                     mac.update(timestamp.as_bytes());
@@ -595,6 +601,24 @@ mod tests {
         assert!(matches!(
             hooks.verify(None, &sent, body, 1_614_265_330 + 301),
             Err(SignatureError::Stale { off: 301, .. })
+        ));
+        // Svix's own header names.
+        let svix: HeaderMap = sent
+            .iter()
+            .map(|(name, value)| {
+                let renamed = name.as_str().replace("webhook-", "svix-");
+                (
+                    HeaderName::from_bytes(renamed.as_bytes()).unwrap(),
+                    value.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(hooks.verify(None, &svix, body, 1_614_265_330), Ok(true));
+        assert!(matches!(
+            hooks.verify(None, &svix, b"{}", 1_614_265_330),
+            Err(SignatureError::Mismatch {
+                header: "svix-signature"
+            })
         ));
     }
 

@@ -234,6 +234,22 @@ async fn github_signatures_are_checked_over_the_raw_body_and_bearer_keys_still_w
         )
         .await;
     assert_eq!(status, 202, "bearer keys keep working");
+    // Batches are verified over their whole body too.
+    let batch = b"{\"n\":1}\n{\"n\":2}\n";
+    let (status, _) = api.post("/api/ingest/batch/star", &[], batch).await;
+    assert_eq!(status, 401);
+    let signature = github_signature("second-secret", batch);
+    let (status, answer) = api
+        .post(
+            "/api/ingest/batch/star",
+            &[
+                ("X-Hub-Signature-256", &signature),
+                ("Content-Type", "application/x-ndjson"),
+            ],
+            batch,
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
     // Status lookups still need the key.
     let status = api
         .http
@@ -249,7 +265,9 @@ async fn github_signatures_are_checked_over_the_raw_body_and_bearer_keys_still_w
         [
             String::from_utf8(BODY.to_vec()).unwrap(),
             String::from_utf8(BODY.to_vec()).unwrap(),
-            r#"{"from":"ops"}"#.to_owned()
+            r#"{"from":"ops"}"#.to_owned(),
+            r#"{"n":1}"#.to_owned(),
+            r#"{"n":2}"#.to_owned()
         ]
     );
 }
