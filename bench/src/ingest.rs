@@ -16,6 +16,8 @@ use crate::util::{
 
 const API_KEY: &str = "bench-key-0123456789";
 const BODY_BYTES: usize = 512;
+/// The GitHub webhook secret of the nats-api that verifies signatures.
+const WEBHOOK_SECRET: &str = "bench-webhook-secret-0123456789";
 
 /// What the memory benchmark reports about nats-api.
 #[derive(Debug, Default, Clone, Copy)]
@@ -44,6 +46,33 @@ fn start_api(nats: &NatsServer, port: u16) -> anyhow::Result<Proc> {
             ("NOMNOM_LOG_FORMAT", "json".to_owned()),
         ],
     )
+}
+
+/// nats-api verifying GitHub signatures (`X-Hub-Signature-256`) instead of API keys.
+fn start_signed_api(nats: &NatsServer, port: u16) -> anyhow::Result<Proc> {
+    Proc::spawn(
+        &binary("nats-api"),
+        &[],
+        &[
+            ("NATS_URL", nats.url()),
+            ("NOMNOM_LISTEN", format!("127.0.0.1:{port}")),
+            (
+                "NOMNOM_WEBHOOKS",
+                "scheme=github,secrets-env=BENCH_WEBHOOK_SECRET".to_owned(),
+            ),
+            ("BENCH_WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
+            ("NOMNOM_LOG_FORMAT", "json".to_owned()),
+        ],
+    )
+}
+
+/// GitHub's `X-Hub-Signature-256` value for `body`.
+fn github_signature(body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 async fn js_of(nats: &NatsServer) -> anyhow::Result<jetstream::Context> {
@@ -125,7 +154,9 @@ fn run_wrk(url: &str, script: &std::path::Path, seconds: u64) -> anyhow::Result<
 }
 
 /// Benchmark 1: single 512-byte messages, 64 connections, nats-api (API keys, metrics,
-/// request ids: everything on) against the minimal publish-and-await handler.
+/// request ids: everything on) against the minimal publish-and-await handler; and, in the
+/// same run, nats-api verifying a GitHub HMAC-SHA256 signature of every body instead of
+/// an API key (1b).
 pub async fn single_messages(
     options: &Options,
     report: &mut Vec<Row>,
@@ -134,8 +165,9 @@ pub async fn single_messages(
     let nats = NatsServer::start();
     let js = js_of(&nats).await?;
     ensure_stream(&js, &StreamSettings::default()).await?;
-    let (api_port, baseline_port) = (free_port(), free_port());
+    let (api_port, baseline_port, signed_port) = (free_port(), free_port(), free_port());
     let api = start_api(&nats, api_port)?;
+    let _signed_api = start_signed_api(&nats, signed_port)?;
     let _baseline = Proc::spawn(
         &binary("baseline-api"),
         &[&format!("127.0.0.1:{baseline_port}"), &nats.url()],
@@ -150,6 +182,32 @@ pub async fn single_messages(
     let client = reqwest::Client::new();
     let baseline_url = format!("http://127.0.0.1:{baseline_port}/api/ingest/message/order");
     let api_url = format!("http://127.0.0.1:{api_port}/api/ingest/message/order");
+    let signed_url = format!("http://127.0.0.1:{signed_port}/api/ingest/message/order");
+    wait_http_ok(
+        &format!("http://127.0.0.1:{signed_port}/ready"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let signature = github_signature(body.as_bytes());
+    for (name, value, status) in [
+        ("X-Hub-Signature-256", signature.as_str(), 202),
+        ("X-Hub-Signature-256", "sha256=00", 401),
+    ] {
+        let reply = client
+            .post(&signed_url)
+            .header("content-type", "application/json")
+            .header(name, value)
+            .body(body.clone())
+            .send()
+            .await?;
+        if reply.status() != status {
+            bail!(
+                "the signing nats-api answered {} where {status} was due: {}",
+                reply.status(),
+                reply.text().await?
+            );
+        }
+    }
     crate::util::wait_until_async("the baseline API", Duration::from_secs(30), || async {
         client
             .post(&baseline_url)
@@ -178,9 +236,29 @@ pub async fn single_messages(
             "wrk.method = \"POST\"\nwrk.body = '{body}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {API_KEY}\"\n"
         ),
     )?;
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let signed_script = dir.path().join("post-signed.lua");
+    std::fs::write(
+        &signed_script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{body}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"X-Hub-Signature-256\"] = \"{signature}\"\n"
+        ),
+    )?;
+    let (mut ours, mut theirs, mut signed) = (Vec::new(), Vec::new(), Vec::new());
     let mut loaded_kib = 0;
     for run in 0..options.runs {
+        purge(&js).await?;
+        let verified = run_wrk(&signed_url, &signed_script, seconds)?;
+        if verified.errors > 0 {
+            bail!("signed requests failed under load: the figures would not be comparable");
+        }
+        println!(
+            "  run {}: nats-api verifying GitHub signatures {} req/s (p50 {:.2} ms, p99 {:.2} ms)",
+            run + 1,
+            thousands(verified.requests_per_second),
+            verified.p50_ms,
+            verified.p99_ms
+        );
+        signed.push(verified);
         purge(&js).await?;
         let base = run_wrk(&baseline_url, &script, seconds)?;
         purge(&js).await?;
@@ -234,6 +312,34 @@ pub async fn single_messages(
             "{:.2} / {:.2} ms",
             pick(&theirs, |w| w.p50_ms),
             pick(&theirs, |w| w.p99_ms)
+        ),
+        ratio: String::new(),
+        target: String::new(),
+        verdict: Verdict::Info,
+    });
+    let signed_rps = pick(&signed, |w| w.requests_per_second);
+    report.push(Row {
+        benchmark: "1b. single-message ingest, GitHub signature verified (HMAC-SHA256 of 512 B)"
+            .into(),
+        measure: "requests/s (baseline: nats-api with an API key)".into(),
+        figure: thousands(signed_rps),
+        baseline: thousands(rps),
+        ratio: format!("{:.2}×", signed_rps / rps),
+        target: String::new(),
+        verdict: Verdict::Info,
+    });
+    report.push(Row {
+        benchmark: "1b. single-message ingest, GitHub signature verified".into(),
+        measure: "latency p50 / p99".into(),
+        figure: format!(
+            "{:.2} / {:.2} ms",
+            pick(&signed, |w| w.p50_ms),
+            pick(&signed, |w| w.p99_ms)
+        ),
+        baseline: format!(
+            "{:.2} / {:.2} ms",
+            pick(&ours, |w| w.p50_ms),
+            pick(&ours, |w| w.p99_ms)
         ),
         ratio: String::new(),
         target: String::new(),

@@ -22,7 +22,7 @@ use clap::{Parser, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Bench {
-    /// 1. single-message HTTP ingest under wrk vs a minimal publish-and-await handler
+    /// 1. single-message HTTP ingest under wrk vs a minimal publish-and-await handler; 1b. verifying GitHub signatures instead
     Ingest,
     /// 2. NDJSON batch ingest vs raw pipelined JetStream publishing
     Batch,

@@ -33,6 +33,18 @@ EXTERNAL_NATS = {
 
 VALUE_SETS: dict[str, dict] = {
     "defaults": {},
+    # docs/webhooks.md: GitHub deliveries, signed, routed and deduplicated by header.
+    "github-webhooks": {
+        "api": {
+            "webhookSecrets": {"existingSecret": "github-webhook"},
+            "extraEnv": {
+                "NOMNOM_WEBHOOKS": "scheme=github,secrets-file=/etc/nomnom/webhook-secrets/github",
+                "NOMNOM_ENTITY_HEADER": "X-GitHub-Event",
+                "NOMNOM_IDEMPOTENCY_HEADERS": "X-GitHub-Delivery",
+                "NOMNOM_CAPTURE_HEADERS": "X-GitHub-Event,X-GitHub-Delivery",
+            },
+        }
+    },
     "keda": {"worker": {"autoscaling": {"keda": {"enabled": True, "lagThreshold": 2500}}}},
     "external-nats-creds": {
         **EXTERNAL_NATS,
@@ -428,6 +440,21 @@ def test_external_nats_with_creds_file_and_mutual_tls(rendered):
     keys = env_value(container(api), "NOMNOM_API_KEYS_FILE")
     mounts = {m["name"]: m["mountPath"] for m in container(api)["volumeMounts"]}
     assert keys == f"{mounts['api-keys']}/api-keys"
+
+
+def test_webhook_secrets_are_mounted_whole_so_rotation_reaches_the_files(rendered):
+    api = one(rendered["github-webhooks"], "Deployment", f"{RELEASE}-api")
+    c = container(api)
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in api["spec"]["template"]["spec"]["volumes"]}
+    assert mounts["webhook-secrets"]["mountPath"] == "/etc/nomnom/webhook-secrets"
+    assert mounts["webhook-secrets"]["readOnly"] is True
+    assert "subPath" not in mounts["webhook-secrets"], "a subPath mount is never updated"
+    assert volumes["webhook-secrets"]["secret"] == {"secretName": "github-webhook", "defaultMode": 0o440}
+    rule = env_value(c, "NOMNOM_WEBHOOKS")
+    assert rule.split("secrets-file=")[1].startswith(mounts["webhook-secrets"]["mountPath"] + "/")
+    defaults = container(one(rendered["defaults"], "Deployment", f"{RELEASE}-api"))
+    assert "webhook-secrets" not in {m["name"] for m in defaults.get("volumeMounts", [])}
 
 
 def test_external_nats_with_user_password_from_a_secret(rendered):

@@ -74,10 +74,19 @@ impl ApiKeys {
 /// Keys shared by all requests and replaced atomically on reload.
 pub type SharedKeys = Arc<RwLock<Arc<ApiKeys>>>;
 
-/// Middleware: refuses requests without a valid key when keys are configured.
+/// Put on a POST that came without a valid API key while webhook rules are configured:
+/// the handler, once it has the body, verifies its signature, or refuses it when no rule
+/// covers its route and `keys_required`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unverified {
+    pub keys_required: bool,
+}
+
+/// Middleware: refuses requests without a valid key when keys are configured, except
+/// POSTs a webhook rule may cover, which go on marked [`Unverified`].
 pub async fn require_api_key(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let keys = state
@@ -85,7 +94,8 @@ pub async fn require_api_key(
         .read()
         .map(|k| Arc::clone(&k))
         .unwrap_or_default();
-    if !keys.is_enabled() {
+    let webhooks = !state.config.webhooks.is_empty();
+    if !keys.is_enabled() && !webhooks {
         return next.run(request).await;
     }
     let presented = request
@@ -98,7 +108,14 @@ pub async fn require_api_key(
         })
         .map(str::trim);
     match presented {
-        Some(key) if keys.accepts(key) => next.run(request).await,
+        Some(key) if keys.is_enabled() && keys.accepts(key) => next.run(request).await,
+        _ if webhooks && request.method() == http::Method::POST => {
+            request.extensions_mut().insert(Unverified {
+                keys_required: keys.is_enabled(),
+            });
+            next.run(request).await
+        }
+        _ if !keys.is_enabled() => next.run(request).await,
         _ => {
             metrics::counter!("ingest_auth_failures_total").increment(1);
             ApiError::Unauthorized.into_response()

@@ -1,5 +1,6 @@
 //! nats-api configuration: a plain struct with defaults, and the clap flags that fill it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,11 +8,26 @@ use std::time::Duration;
 use axum::http::HeaderName;
 
 use nomnom_runtime::{
-    NatsConfig, StreamSettings,
+    EntityName, NatsConfig, StreamSettings,
     cli::{NatsArgs, StreamArgs},
     defaults, duration,
     telemetry::LogFormat,
 };
+
+use crate::webhook::WebhookRule;
+
+/// The header that names the entity when the URL does not, by default.
+pub const DEFAULT_ENTITY_HEADER: &str = "x-entity";
+/// The header the idempotency key is read from, by default.
+pub const DEFAULT_IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// Headers that are never copied into a message: credentials.
+pub const NEVER_CAPTURED: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+];
 
 /// Everything nats-api needs to run. Build with `..Default::default()`.
 #[derive(Debug, Clone)]
@@ -40,6 +56,55 @@ pub struct ApiConfig {
     /// Request headers copied into each message's envelope, for specs that read them
     /// (`source: $header.<name>`).
     pub capture_headers: Vec<HeaderName>,
+    /// The header that names the entity when the URL does not (`X-GitHub-Event`).
+    pub entity_header: HeaderName,
+    /// Values of the entity header that are not route names themselves, and their routes
+    /// (`System Hook` → `system_hook`).
+    pub entity_map: BTreeMap<String, EntityName>,
+    /// Headers the idempotency key is read from, the first present one wins
+    /// (`X-GitHub-Delivery`, `webhook-id`).
+    pub idempotency_headers: Vec<HeaderName>,
+    /// Webhook signature rules; empty: no verification (and no cost).
+    pub webhooks: Vec<WebhookRule>,
+}
+
+/// A configuration that cannot work, refused at start.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "--capture-header {0} (NOMNOM_CAPTURE_HEADERS) would copy credentials into every message; remove it"
+    )]
+    CapturedCredential(String),
+    #[error(
+        "--capture-header {0} (NOMNOM_CAPTURE_HEADERS) would copy a webhook token into every message; remove it"
+    )]
+    CapturedToken(String),
+    #[error(
+        "--idempotency-header (NOMNOM_IDEMPOTENCY_HEADERS) is empty; name at least one header, e.g. Idempotency-Key"
+    )]
+    NoIdempotencyHeader,
+}
+
+impl ApiConfig {
+    /// Checks what can be checked without I/O.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for name in &self.capture_headers {
+            if NEVER_CAPTURED.contains(&name.as_str()) {
+                return Err(ConfigError::CapturedCredential(name.to_string()));
+            }
+            if self
+                .webhooks
+                .iter()
+                .any(|rule| rule.scheme == crate::webhook::Scheme::Token && rule.header == name)
+            {
+                return Err(ConfigError::CapturedToken(name.to_string()));
+            }
+        }
+        if self.idempotency_headers.is_empty() {
+            return Err(ConfigError::NoIdempotencyHeader);
+        }
+        Ok(())
+    }
 }
 
 impl Default for ApiConfig {
@@ -65,6 +130,10 @@ impl Default for ApiConfig {
             api_keys_file: None,
             database_url: None,
             capture_headers: Vec::new(),
+            entity_header: HeaderName::from_static(DEFAULT_ENTITY_HEADER),
+            entity_map: BTreeMap::new(),
+            idempotency_headers: vec![HeaderName::from_static(DEFAULT_IDEMPOTENCY_HEADER)],
+            webhooks: Vec::new(),
         }
     }
 }
@@ -129,6 +198,31 @@ pub struct ApiArgs {
         value_parser = header_name
     )]
     pub capture_headers: Vec<HeaderName>,
+    /// The request header that names the entity when the URL does not (e.g.
+    /// `X-GitHub-Event`); the URL and the header must agree when both name one.
+    #[arg(long, env = "NOMNOM_ENTITY_HEADER", default_value = DEFAULT_ENTITY_HEADER, value_parser = header_name)]
+    pub entity_header: HeaderName,
+    /// `VALUE=ROUTE`: the route of an entity-header value that is not a route name
+    /// itself (e.g. `System Hook=system_hook`; repeat, or separate with commas).
+    #[arg(long = "entity-map", env = "NOMNOM_ENTITY_MAP", value_delimiter = ',', value_parser = entity_mapping)]
+    pub entity_map: Vec<(String, EntityName)>,
+    /// A request header the idempotency key is read from (e.g. `X-GitHub-Delivery`,
+    /// `webhook-id`); repeat for several, the first one a request has wins.
+    #[arg(
+        long = "idempotency-header",
+        env = "NOMNOM_IDEMPOTENCY_HEADERS",
+        value_delimiter = ',',
+        default_value = DEFAULT_IDEMPOTENCY_HEADER,
+        value_parser = header_name
+    )]
+    pub idempotency_headers: Vec<HeaderName>,
+    /// A webhook signature rule: `scheme=github|standard-webhooks|stripe|token`, then
+    /// `secrets-file=PATH` (re-read when it changes, and on SIGHUP) and/or
+    /// `secrets-env=VARIABLE`, optional `route=NAME` (repeat; none: every route),
+    /// `tolerance=5m`, `header=X-Gitlab-Token`. Repeat the flag for several rules
+    /// (`;` between rules in the environment variable). See docs/webhooks.md.
+    #[arg(long = "webhook", env = "NOMNOM_WEBHOOKS", value_delimiter = ';', value_parser = WebhookRule::parse)]
+    pub webhooks: Vec<WebhookRule>,
     /// Log format.
     #[arg(long, env = "NOMNOM_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
@@ -139,6 +233,15 @@ fn header_name(text: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(text.trim().as_bytes()).map_err(|_| {
         format!("{text:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)")
     })
+}
+
+/// `VALUE=ROUTE` (split at the last `=`: a route has none).
+fn entity_mapping(text: &str) -> Result<(String, EntityName), String> {
+    let (value, route) = text
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{text:?} is not VALUE=ROUTE, e.g. 'System Hook=system_hook'"))?;
+    let route = EntityName::parse(route.trim()).map_err(|e| format!("{text:?}: {e}"))?;
+    Ok((value.trim().to_owned(), route))
 }
 
 impl ApiArgs {
@@ -164,6 +267,10 @@ impl ApiArgs {
             api_keys_file: self.api_keys_file.clone(),
             database_url: self.database_url.clone().filter(|u| !u.trim().is_empty()),
             capture_headers: self.capture_headers.clone(),
+            entity_header: self.entity_header.clone(),
+            entity_map: self.entity_map.iter().cloned().collect(),
+            idempotency_headers: self.idempotency_headers.clone(),
+            webhooks: self.webhooks.clone(),
         }
     }
 }
@@ -190,5 +297,58 @@ mod tests {
         assert_eq!(from_flags.body_read_timeout, default.body_read_timeout);
         assert_eq!(from_flags.shutdown_grace, default.shutdown_grace);
         assert_eq!(from_flags.nats.client_name, default.nats.client_name);
+        assert_eq!(from_flags.entity_header, default.entity_header);
+        assert_eq!(from_flags.idempotency_headers, default.idempotency_headers);
+        assert_eq!(from_flags.webhooks, default.webhooks);
+    }
+
+    #[test]
+    fn webhook_flags_fill_the_config() {
+        let args = ApiArgs::try_parse_from([
+            "nats-api",
+            "--entity-header",
+            "X-GitHub-Event",
+            "--entity-map",
+            "System Hook=system_hook,Push Hook=push",
+            "--idempotency-header",
+            "X-GitHub-Delivery",
+            "--webhook",
+            "scheme=github,secrets-env=GITHUB_SECRETS",
+            "--webhook",
+            "scheme=stripe,route=stripe,secrets-file=/run/secrets/stripe,tolerance=2m",
+        ])
+        .unwrap();
+        let config = args.to_config();
+        assert_eq!(config.entity_header.as_str(), "x-github-event");
+        assert_eq!(config.entity_map["System Hook"].as_str(), "system_hook");
+        assert_eq!(config.idempotency_headers[0].as_str(), "x-github-delivery");
+        assert_eq!(config.webhooks.len(), 2);
+        assert_eq!(config.webhooks[1].tolerance, Duration::from_secs(120));
+        assert!(ApiArgs::try_parse_from(["nats-api", "--entity-map", "System Hook"]).is_err());
+    }
+
+    #[test]
+    fn credentials_are_never_captured() {
+        for name in ["authorization", "cookie", "proxy-authorization"] {
+            let config = ApiConfig {
+                capture_headers: vec![HeaderName::from_static(name)],
+                ..Default::default()
+            };
+            assert!(
+                matches!(config.validate(), Err(ConfigError::CapturedCredential(_))),
+                "{name}"
+            );
+        }
+        let mut token = WebhookRule::new(crate::webhook::Scheme::Token);
+        token.secrets = vec!["t".into()];
+        let config = ApiConfig {
+            capture_headers: vec![HeaderName::from_static("x-gitlab-token")],
+            webhooks: vec![token],
+            ..Default::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::CapturedToken(_))
+        ));
     }
 }

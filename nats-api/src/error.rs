@@ -16,6 +16,11 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("missing or invalid API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
+    /// A webhook signature that is missing, malformed, wrong or too old.
+    #[error(transparent)]
+    Signature(#[from] crate::webhook::SignatureError),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -58,7 +63,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::Signature(_) => StatusCode::UNAUTHORIZED,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -74,6 +80,8 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. } => code,
             Self::Unauthorized => "unauthorized",
+            Self::Signature(_) => "invalid_signature",
+            Self::UnsupportedMediaType(_) => "unsupported_content_type",
             Self::NotFound(_) => "not_found",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Unprocessable(_) => "idempotency_key_reused",

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::{
-    Json,
+    Extension, Json,
     body::Body,
     extract::{Path, State},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
@@ -19,15 +19,13 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::{
+    auth::Unverified,
+    config::ApiConfig,
     error::{ApiError, ErrorDetail},
     publish::{Accepted, envelope_for},
     state::AppState,
 };
 
-/// Header that names the entity when the URL does not.
-pub const ENTITY_HEADER: &str = "x-entity";
-/// Header with the client's idempotency key.
-pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// Header carrying the request id (set by the request-id layer when absent).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -66,16 +64,85 @@ impl RequestMeta {
     fn read(
         path_entity: Option<&str>,
         headers: &HeaderMap,
-        capture: &[HeaderName],
+        config: &ApiConfig,
     ) -> Result<Self, ApiError> {
         Ok(Self {
             received_at: envelope::now_micros(),
-            entity: entity_hint(path_entity, headers)?,
-            key: idempotency_key(headers)?,
+            entity: entity_hint(path_entity, headers, config)?,
+            key: idempotency_key(headers, &config.idempotency_headers)?,
             request_id: request_id(headers),
-            captured: captured_headers(headers, capture)?,
+            captured: captured_headers(headers, &config.capture_headers)?,
         })
     }
+}
+
+/// Authenticates a request the API-key middleware let through [`Unverified`]: by the
+/// signature of the webhook rule covering its route, over the raw body. Nothing else
+/// happens to a request that fails here.
+fn authenticate(
+    state: &AppState,
+    unverified: Option<Extension<Unverified>>,
+    route: Option<&EntityName>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let Some(Extension(Unverified { keys_required })) = unverified else {
+        return Ok(());
+    };
+    let now = Utc::now().timestamp();
+    match state.current_webhooks().verify(route, headers, body, now) {
+        Ok(true) => Ok(()),
+        Ok(false) if !keys_required => Ok(()),
+        Ok(false) => Err(ApiError::Unauthorized),
+        Err(err) => Err(ApiError::Signature(err)),
+    }
+    .inspect_err(|_| metrics::counter!("ingest_auth_failures_total").increment(1))
+}
+
+/// The JSON document of a single-message body: the body itself, or, in a form-encoded
+/// body (`application/x-www-form-urlencoded`, GitHub's default), its `payload` field.
+/// An error names the content type the body came with.
+fn json_body(bytes: Bytes, headers: &HeaderMap) -> Result<Bytes, ApiError> {
+    let Err(not_json) = check_json_item(&bytes) else {
+        // `curl -d` sends JSON labelled as a form: JSON is JSON whatever the label.
+        return Ok(bytes);
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
+        .unwrap_or_default();
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if not_json.code == "empty_body"
+        || media_type.is_empty()
+        || media_type == "application/json"
+        || media_type.ends_with("+json")
+        || media_type == "text/json"
+    {
+        return Err(ApiError::bad_request(not_json.code, not_json.message));
+    }
+    if media_type == "application/x-www-form-urlencoded" {
+        let payload = form_urlencoded::parse(&bytes)
+            .find(|(name, _)| name == "payload")
+            .map(|(_, value)| Bytes::from(value.into_owned()));
+        let Some(payload) = payload else {
+            return Err(ApiError::bad_request(
+                "invalid_form",
+                "the body is form-encoded (Content-Type: application/x-www-form-urlencoded) without a payload field, and is not JSON either; send JSON (Content-Type: application/json), or the JSON in a payload field",
+            ));
+        };
+        return check_json_item(&payload).map(|()| payload).map_err(|e| {
+            ApiError::bad_request(e.code, format!("the form's payload field: {}", e.message))
+        });
+    }
+    Err(ApiError::UnsupportedMediaType(format!(
+        "the body was sent as {content_type} and is not JSON ({}); send JSON (Content-Type: application/json), or a form (application/x-www-form-urlencoded) with the JSON in a payload field",
+        not_json.message
+    )))
 }
 
 /// The values of the headers nats-api captures (`--capture-header`): text, since the
@@ -106,6 +173,7 @@ fn captured_headers(
 /// `POST /api/ingest/message` and `POST /api/ingest/message/{entity}`.
 pub async fn message(
     State(state): State<AppState>,
+    unverified: Option<Extension<Unverified>>,
     entity: Option<Path<String>>,
     headers: HeaderMap,
     body: Body,
@@ -113,10 +181,11 @@ pub async fn message(
     let meta = RequestMeta::read(
         entity.as_ref().map(|Path(e)| e.as_str()),
         &headers,
-        &state.config.capture_headers,
+        &state.config,
     )?;
     let bytes = read_body(body, &headers, state.config.max_body_bytes).await?;
-    check_json(&bytes).inspect_err(|_| count("message", "rejected"))?;
+    authenticate(&state, unverified, meta.entity.as_ref(), &headers, &bytes)?;
+    let bytes = json_body(bytes, &headers).inspect_err(|_| count("message", "rejected"))?;
     let envelope = envelope_for(
         bytes,
         meta.entity,
@@ -165,46 +234,77 @@ fn outcome_of(error: &ApiError) -> &'static str {
     }
 }
 
-/// The entity hint from the URL or the `X-Entity` header (they must agree).
-fn entity_hint(path: Option<&str>, headers: &HeaderMap) -> Result<Option<EntityName>, ApiError> {
+/// The entity hint from the URL or the entity header (`X-Entity` unless configured;
+/// they must agree). A header value is looked up in `--entity-map` first.
+fn entity_hint(
+    path: Option<&str>,
+    headers: &HeaderMap,
+    config: &ApiConfig,
+) -> Result<Option<EntityName>, ApiError> {
+    let name = &config.entity_header;
     let from_header = headers
-        .get(ENTITY_HEADER)
+        .get(name)
         .map(|v| {
-            v.to_str()
-                .map_err(|_| ApiError::bad_request("invalid_entity", "X-Entity is not ASCII"))
+            let text = v.to_str().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_entity",
+                    format!("the {name} header is not visible ASCII text"),
+                )
+            })?;
+            match config.entity_map.get(text) {
+                Some(route) => Ok(route.clone()),
+                None => EntityName::parse(text).map_err(|e| {
+                    ApiError::bad_request(
+                        "invalid_entity",
+                        format!(
+                            "the {name} header names no route: {e}; map the value to a route with --entity-map '{text}=<route>' (NOMNOM_ENTITY_MAP)"
+                        ),
+                    )
+                }),
+            }
         })
         .transpose()?;
-    let text = match (path, from_header) {
-        (Some(p), Some(h)) if p != h => {
-            return Err(ApiError::bad_request(
-                "invalid_entity",
-                format!("the URL names entity {p:?} but X-Entity says {h:?}; send one of them"),
-            ));
-        }
-        (Some(text), _) | (None, Some(text)) => text,
-        (None, None) => return Ok(None),
-    };
-    EntityName::parse(text)
-        .map(Some)
-        .map_err(|e| ApiError::bad_request("invalid_entity", e.to_string()))
+    let from_path = path
+        .map(|p| {
+            EntityName::parse(p).map_err(|e| ApiError::bad_request("invalid_entity", e.to_string()))
+        })
+        .transpose()?;
+    match (from_path, from_header) {
+        (Some(p), Some(h)) if p != h => Err(ApiError::bad_request(
+            "invalid_entity",
+            format!(
+                "the URL names entity {:?} but the {name} header names {:?}; send one of them",
+                p.as_str(),
+                h.as_str()
+            ),
+        )),
+        (Some(entity), _) | (None, Some(entity)) => Ok(Some(entity)),
+        (None, None) => Ok(None),
+    }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
-    headers
-        .get(IDEMPOTENCY_KEY_HEADER)
-        .map(|value| {
-            value
-                .to_str()
-                .ok()
-                .and_then(|text| IdempotencyKey::parse(text).ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_idempotency_key",
-                        envelope::IdempotencyKeyError.to_string(),
-                    )
-                })
+/// The idempotency key from the first of `names` the request has.
+fn idempotency_key(
+    headers: &HeaderMap,
+    names: &[HeaderName],
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some((name, value)) = names
+        .iter()
+        .find_map(|name| headers.get(name).map(|value| (name, value)))
+    else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| IdempotencyKey::parse(text).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                format!("the {name} header: {}", envelope::IdempotencyKeyError),
+            )
         })
-        .transpose()
 }
 
 fn request_id(headers: &HeaderMap) -> Option<String> {
@@ -488,6 +588,7 @@ fn split_batch(body: &Bytes, headers: &HeaderMap) -> Result<Vec<SplitItem>, ApiE
 /// `POST /api/ingest/batch` and `POST /api/ingest/batch/{entity}`.
 pub async fn batch(
     State(state): State<AppState>,
+    unverified: Option<Extension<Unverified>>,
     entity: Option<Path<String>>,
     headers: HeaderMap,
     body: Body,
@@ -495,9 +596,10 @@ pub async fn batch(
     let meta = RequestMeta::read(
         entity.as_ref().map(|Path(e)| e.as_str()),
         &headers,
-        &state.config.capture_headers,
+        &state.config,
     )?;
     let bytes = read_body(body, &headers, state.config.max_batch_bytes).await?;
+    authenticate(&state, unverified, meta.entity.as_ref(), &headers, &bytes)?;
     let items = split_batch(&bytes, &headers)?;
     if items.len() > state.config.max_batch_items {
         return Err(ApiError::PayloadTooLarge(format!(

@@ -13,6 +13,7 @@ pub mod publish;
 pub mod server;
 pub mod state;
 pub mod status;
+pub mod webhook;
 
 use std::future::Future;
 use std::time::Duration;
@@ -100,6 +101,7 @@ pub async fn serve_on(
     };
     let state = AppState::start(config).await?;
     reload_keys_on_sighup(state.clone());
+    reload_changed_webhook_secrets(state.clone());
     let address = listener.local_addr().ok();
     tracing::info!(address = ?address, stream = %state.config.stream.name, nats = %state.config.nats.url, "nats-api listening");
     let finished = server::serve(listener, app(state.clone()), options, shutdown).await;
@@ -126,6 +128,42 @@ fn reload_keys_on_sighup(state: AppState) {
                     tracing::error!(error = %err, "cannot reload API keys; keeping the old ones")
                 }
             }
+            if !state.config.webhooks.is_empty() {
+                reload_webhooks(&state);
+            }
         }
     });
+}
+
+/// Re-reads the webhook secrets files when their contents change (a rotated Kubernetes
+/// secret, an edited file), checked every [`webhook::SECRETS_POLL_INTERVAL`].
+fn reload_changed_webhook_secrets(state: AppState) {
+    if !state
+        .config
+        .webhooks
+        .iter()
+        .any(|r| r.secrets_file.is_some())
+    {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut seen = webhook::secrets_files_fingerprint(&state.config.webhooks);
+        loop {
+            tokio::time::sleep(webhook::SECRETS_POLL_INTERVAL).await;
+            let now = webhook::secrets_files_fingerprint(&state.config.webhooks);
+            if now != seen {
+                seen = now;
+                reload_webhooks(&state);
+            }
+        }
+    });
+}
+
+fn reload_webhooks(state: &AppState) {
+    match state.reload_webhooks() {
+        Ok(count) => tracing::info!(secrets = count, "reloaded webhook secrets"),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot reload webhook secrets; keeping the old ones")
+        }
+    }
 }

@@ -10,9 +10,13 @@ use nomnom_runtime::{status::StatusStore, stream};
 
 use crate::{
     auth::{ApiKeys, SharedKeys},
-    config::ApiConfig,
+    config::{ApiConfig, ConfigError},
     publish::{Publisher, StreamHealth},
+    webhook::{WebhookError, Webhooks},
 };
+
+/// Webhook rules and secrets shared by all requests, replaced whole on reload.
+pub type SharedWebhooks = Arc<RwLock<Arc<Webhooks>>>;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +27,10 @@ pub enum StartupError {
     Stream(#[from] stream::StreamSetupError),
     #[error(transparent)]
     Status(#[from] nomnom_runtime::status::StatusError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
     #[error(
         "cannot read the API keys file {path}: {source}; fix the path or unset NOMNOM_API_KEYS_FILE"
     )]
@@ -46,6 +54,8 @@ pub struct AppState {
     pub publisher: Publisher,
     pub status: Option<StatusStore>,
     pub api_keys: SharedKeys,
+    /// Signature rules (`--webhook`); verification runs only when some are configured.
+    pub webhooks: SharedWebhooks,
     pub metrics: PrometheusHandle,
 }
 
@@ -63,6 +73,17 @@ impl AppState {
     /// database if configured, and starts the task that creates or updates the stream.
     pub async fn start(config: ApiConfig) -> Result<Self, StartupError> {
         config.stream.validate()?;
+        config.validate()?;
+        let webhooks = Webhooks::load(&config.webhooks)?;
+        if config.webhooks.iter().all(|r| !r.routes.is_empty())
+            && !config.webhooks.is_empty()
+            && config.api_keys.is_empty()
+            && config.api_keys_file.is_none()
+        {
+            tracing::warn!(
+                "webhook rules cover only some routes and no API keys are set: other routes accept unauthenticated requests; set NOMNOM_API_KEYS or add a rule without route="
+            );
+        }
         let keys =
             ApiKeys::load(&config.api_keys, config.api_keys_file.as_deref()).map_err(|source| {
                 StartupError::ApiKeysFile {
@@ -88,6 +109,7 @@ impl AppState {
             publisher,
             status,
             api_keys: Arc::new(RwLock::new(Arc::new(keys))),
+            webhooks: Arc::new(RwLock::new(Arc::new(webhooks))),
             metrics: nomnom_runtime::metrics::install(),
         };
         tokio::spawn(keep_stream_in_sync(
@@ -123,6 +145,27 @@ impl AppState {
             *slot = Arc::new(keys);
         }
         Ok(count)
+    }
+}
+
+impl AppState {
+    /// Re-reads the webhook secrets (files changed, or SIGHUP). Keeps the old ones if
+    /// they cannot be read.
+    pub fn reload_webhooks(&self) -> Result<usize, WebhookError> {
+        let webhooks = Webhooks::load(&self.config.webhooks)?;
+        let count = webhooks.secrets();
+        if let Ok(mut slot) = self.webhooks.write() {
+            *slot = Arc::new(webhooks);
+        }
+        Ok(count)
+    }
+
+    /// The webhook rules as they are now.
+    pub fn current_webhooks(&self) -> Arc<Webhooks> {
+        self.webhooks
+            .read()
+            .map(|w| Arc::clone(&w))
+            .unwrap_or_default()
     }
 }
 

@@ -79,7 +79,11 @@ async fn the_entity_hint_comes_from_the_path_or_a_header() {
         )
         .await;
     assert_eq!(conflicting.status, StatusCode::BAD_REQUEST);
-    assert!(conflicting.error_message().contains("X-Entity says"));
+    assert!(
+        conflicting
+            .error_message()
+            .contains("x-entity header names \"customer\"")
+    );
 
     for bad in ["a.b", "a%20b", "_", "%C3%A4"] {
         let reply = h.post(&format!("/api/ingest/message/{bad}"), "{}").await;
