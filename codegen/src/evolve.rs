@@ -70,9 +70,10 @@ pub struct ColumnSchema {
     pub postgres: String,
     pub sqlite: String,
     pub nullable: bool,
-    /// The spec's `default`: what rows stored before the column existed get.
+    /// The spec's `default` as JSON text (TOML has no null, which a `json` default may
+    /// hold): what rows stored before the column existed get.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default: Option<serde_json::Value>,
+    pub default: Option<String>,
     /// The spec's `renamed_from`: the column's old name, for the diff (not kept).
     #[serde(skip)]
     pub renamed_from: Option<String>,
@@ -103,7 +104,9 @@ fn table(entity: &Entity, view: &EntityView) -> TableSchema {
             postgres: column.postgres_type.clone(),
             sqlite: column.sqlite_type.to_owned(),
             nullable: column.nullable,
-            default: field.default.clone().filter(|d| !d.is_null()),
+            default: (field.default.as_ref())
+                .filter(|d| !d.is_null())
+                .map(ToString::to_string),
             renamed_from: field.renamed_from.clone(),
         })
         .collect();
@@ -665,19 +668,19 @@ fn column_sql(column: &ColumnSchema, dialect: Dialect, with_default: bool) -> St
 }
 
 /// The spec's default as an SQL literal of the column's type.
-fn default_sql(value: &serde_json::Value, column: &ColumnSchema, dialect: Dialect) -> String {
+fn default_sql(json: &str, column: &ColumnSchema, dialect: Dialect) -> String {
     let text = |s: &str| format!("'{}'", s.replace('\'', "''"));
     if column.postgres == "JSONB" {
-        return text(&value.to_string());
+        return text(json);
     }
-    match value {
-        serde_json::Value::Bool(b) => match dialect {
-            Dialect::Postgres => if *b { "TRUE" } else { "FALSE" }.to_owned(),
-            Dialect::Sqlite => if *b { "1" } else { "0" }.to_owned(),
+    match serde_json::from_str(json) {
+        Ok(serde_json::Value::Bool(b)) => match dialect {
+            Dialect::Postgres => if b { "TRUE" } else { "FALSE" }.to_owned(),
+            Dialect::Sqlite => if b { "1" } else { "0" }.to_owned(),
         },
-        serde_json::Value::Number(n) => n.to_string(),
-        serde_json::Value::String(s) => text(s),
-        other => text(&other.to_string()),
+        Ok(serde_json::Value::Number(n)) => n.to_string(),
+        Ok(serde_json::Value::String(s)) => text(&s),
+        _ => text(json),
     }
 }
 
@@ -774,6 +777,50 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_defaults_with_nulls_round_trip_through_the_snapshot() {
+        let column = ColumnSchema {
+            name: "extra".into(),
+            postgres: "JSONB".into(),
+            sqlite: "TEXT".into(),
+            nullable: false,
+            default: Some(r#"{"a":null,"b":[1,null]}"#.into()),
+            renamed_from: None,
+        };
+        let table = TableSchema {
+            name: "t".into(),
+            columns: vec![column.clone()],
+            primary_key: vec!["extra".into()],
+            unique: Vec::new(),
+            indexes: Vec::new(),
+            renamed_from: None,
+        };
+        let snapshot = Snapshot::new(Vec::new(), vec![table]);
+        assert_eq!(Snapshot::parse(&snapshot.to_text()), Ok(snapshot));
+        assert_eq!(
+            default_sql(
+                column.default.as_deref().unwrap(),
+                &column,
+                Dialect::Postgres
+            ),
+            r#"'{"a":null,"b":[1,null]}'"#
+        );
+        let flag = ColumnSchema {
+            postgres: "BOOLEAN".into(),
+            default: Some("false".into()),
+            ..column.clone()
+        };
+        assert_eq!(default_sql("false", &flag, Dialect::Sqlite), "0");
+        let text = ColumnSchema {
+            postgres: "TEXT".into(),
+            ..column
+        };
+        assert_eq!(
+            default_sql(r#""it's""#, &text, Dialect::Postgres),
+            "'it''s'"
+        );
+    }
 
     #[test]
     fn varchar_widens_to_longer_or_text_only() {
