@@ -391,6 +391,62 @@ impl IntoVersion for chrono::DateTime<chrono::Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sql::{Column, ColumnType};
+
+    const fn entity(name: &'static str, write: WriteMode) -> Entity {
+        Entity {
+            table: Table {
+                name,
+                columns: &[
+                    Column {
+                        name: "id",
+                        column_type: ColumnType::I64,
+                    },
+                    Column {
+                        name: "nomnom_seq",
+                        column_type: ColumnType::I64,
+                    },
+                ],
+                key: &["id"],
+                write,
+            },
+            versioned: false,
+            operation: false,
+            children: &[],
+        }
+    }
+
+    static SEEN: Entity = entity("seen", WriteMode::IgnoreDuplicates);
+    static KEPT: Entity = entity("kept", WriteMode::Upsert);
+
+    fn record(entity: &'static Entity, id: i64, path: &str) -> Change {
+        Change::row(entity, Op::Create, vec![Value::I64(id)]).within(path)
+    }
+
+    #[test]
+    fn records_with_one_key_keep_the_first_only_where_duplicates_are_skipped() {
+        let mut records = Records::default();
+        records.push(record(&KEPT, 1, "")).unwrap();
+        records.push(record(&SEEN, 1, "/e/0")).unwrap();
+        records.push(record(&SEEN, 1, "/e/1")).unwrap();
+        records.push(record(&SEEN, 2, "/e/2")).unwrap();
+        let paths: Vec<String> = records.into_changes().into_iter().map(|c| c.path).collect();
+        assert_eq!(
+            paths,
+            ["", "/e/0", "/e/2"],
+            "the second `seen` 1 is skipped"
+        );
+
+        let mut records = Records::default();
+        records.push(record(&KEPT, 1, "/e/0")).unwrap();
+        let err = records.push(record(&KEPT, 1, "/e/3")).unwrap_err();
+        assert_eq!(err.path, "/e");
+        assert!(
+            err.message
+                .starts_with("/e/0 and /e/3 have the same key (id = 1)"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn versions_order_like_their_fields() {

@@ -241,3 +241,18 @@ fn status_of(id: Uuid, outcome: Outcome) -> (Uuid, MessageState, Option<String>)
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_persisted_if_any_of_its_rows_was_written() {
+        use Outcome::*;
+        let of = |outcomes: &[Outcome]| message_outcome(outcomes.iter());
+        assert_eq!(of(&[Applied]), Applied);
+        assert_eq!(of(&[Stale, Missing, Applied]), Applied);
+        assert_eq!(of(&[Stale, Missing]), Stale, "else its own row's outcome");
+        assert_eq!(of(&[Missing, Stale]), Missing);
+    }
+}
