@@ -6,7 +6,7 @@
 //!
 //! Only changes that keep every stored row and every message already in the stream valid
 //! are written on their own: new tables, new columns that are nullable or have a default,
-//! indexes and unique keys added, indexes dropped, strings widened, `nullable` relaxed.
+//! indexes and unique keys added or dropped, strings widened, `nullable` relaxed.
 //! The others (dropping, retyping, narrowing, changing a key) are refused with what to do,
 //! and dropping can be forced with `--allow-destructive`.
 
@@ -197,6 +197,13 @@ pub enum Step {
         table: String,
         columns: Vec<String>,
     },
+    /// Unique keys removed from a table. `from` and `to` are the table as the step finds
+    /// it and leaves it, for SQLite, which rebuilds the table to drop a constraint.
+    DropUnique {
+        from: TableSchema,
+        to: TableSchema,
+        keys: Vec<Vec<String>>,
+    },
 }
 
 impl Step {
@@ -218,6 +225,9 @@ impl Step {
             Step::CreateIndex { index, .. } => format!("add_{}", index.name),
             Step::DropIndex { index, .. } => format!("drop_{}", index.name),
             Step::AddUnique { table, columns } => format!("unique_{table}_{}", columns.join("_")),
+            Step::DropUnique { to, keys, .. } => {
+                format!("drop_unique_{}_{}", to.name, keys[0].join("_"))
+            }
         }
     }
 }
@@ -449,17 +459,39 @@ fn diff_table(old: &TableSchema, new: &TableSchema, diff: &mut Diff) {
             });
         }
     }
-    for columns in &old.unique {
-        if !new.unique.contains(columns) {
-            diff.refused.push(Refusal {
-                change: format!(
-                    "unique ({}) of {name} is gone from the spec",
-                    columns.join(", ")
-                ),
-                help: "nomnom does not drop unique constraints yet: keep it in `unique:`".into(),
-                droppable: false,
-            });
+    let dropped: Vec<Vec<String>> = (old.unique.iter())
+        .filter(|key| !new.unique.contains(key))
+        .cloned()
+        .collect();
+    if !dropped.is_empty() {
+        // The table as its other steps leave it: the old columns (renamed as the spec now
+        // names them, the dropped ones gone) in their order, then the added ones.
+        let mut columns: Vec<ColumnSchema> = Vec::new();
+        for column in &old.columns {
+            let now = (new.columns.iter())
+                .find(|n| {
+                    n.renamed_from.as_deref() == Some(column.name.as_str())
+                        && renamed.contains(&column.name.as_str())
+                })
+                .or_else(|| new.columns.iter().find(|n| n.name == column.name));
+            columns.extend(now.cloned());
         }
+        for column in &new.columns {
+            if !columns.iter().any(|c| c.name == column.name) {
+                columns.push(column.clone());
+            }
+        }
+        let to = TableSchema {
+            columns,
+            ..new.clone()
+        };
+        let mut from = to.clone();
+        from.unique.extend(dropped.iter().cloned());
+        diff.steps.push(Step::DropUnique {
+            from,
+            to,
+            keys: dropped,
+        });
     }
 }
 
@@ -607,16 +639,25 @@ fn step_sql(step: &Step, dialect: Dialect) -> (String, String) {
             format!("DROP INDEX IF EXISTS \"{}\";\n", index.name),
             create_index(table, index),
         ),
-        Step::AddUnique { table, columns } => {
-            let name = unique_index_name(table, columns);
-            (
-                format!(
-                    "CREATE UNIQUE INDEX IF NOT EXISTS \"{name}\" ON \"{table}\" ({});\n",
-                    quoted(columns)
-                ),
-                format!("DROP INDEX IF EXISTS \"{name}\";\n"),
-            )
-        }
+        Step::DropUnique { from, to, keys } => match dialect {
+            Dialect::Postgres => {
+                let mut up = String::new();
+                let mut down = String::new();
+                for key in keys {
+                    up.push_str(&drop_unique_postgres(&to.name, key));
+                    down.push_str(&create_unique_index(&to.name, key));
+                }
+                (up, down)
+            }
+            Dialect::Sqlite => (rebuild(to), rebuild(from)),
+        },
+        Step::AddUnique { table, columns } => (
+            create_unique_index(table, columns),
+            format!(
+                "DROP INDEX IF EXISTS \"{}\";\n",
+                unique_index_name(table, columns)
+            ),
+        ),
     }
 }
 
@@ -711,6 +752,46 @@ fn create_index(table: &str, index: &IndexSchema) -> String {
         "CREATE INDEX IF NOT EXISTS \"{}\" ON \"{table}\" ({});\n",
         index.name,
         quoted(&index.columns)
+    )
+}
+
+/// PostgreSQL: drops the unique key on `key`'s columns, whether a table's first migration
+/// made it (a constraint PostgreSQL named) or a later one (a unique index, which keeps its
+/// old table's name when the table is renamed): both are found by their columns.
+fn drop_unique_postgres(table: &str, key: &[String]) -> String {
+    let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let relation = literal(&format!("\"{table}\""));
+    let columns: Vec<String> = key.iter().map(|c| literal(c)).collect();
+    let columns = columns.join(", ");
+    let table = literal(table);
+    format!(
+        "DO $$
+DECLARE
+    key SMALLINT[] := ARRAY(
+        SELECT a.attnum FROM unnest(ARRAY[{columns}]) WITH ORDINALITY AS k(name, position)
+        JOIN pg_attribute a ON a.attrelid = {relation}::regclass AND a.attname = k.name
+        ORDER BY k.position);
+    found TEXT;
+BEGIN
+    FOR found IN SELECT conname FROM pg_constraint
+                 WHERE conrelid = {relation}::regclass AND contype = 'u' AND conkey = key LOOP
+        EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', {table}, found);
+    END LOOP;
+    FOR found IN SELECT indexrelid::regclass::TEXT FROM pg_index
+                 WHERE indrelid = {relation}::regclass AND indisunique AND NOT indisprimary
+                   AND indkey::TEXT = array_to_string(key, ' ') LOOP
+        EXECUTE 'DROP INDEX ' || found;
+    END LOOP;
+END $$;
+"
+    )
+}
+
+fn create_unique_index(table: &str, key: &[String]) -> String {
+    format!(
+        "CREATE UNIQUE INDEX IF NOT EXISTS \"{}\" ON \"{table}\" ({});\n",
+        unique_index_name(table, key),
+        quoted(key)
     )
 }
 

@@ -79,6 +79,11 @@ struct GenerateArgs {
     /// lost); without it, such a change is refused.
     #[arg(long)]
     allow_destructive: bool,
+    /// For a crate whose migrations were generated before nomnom kept
+    /// `migrations/schema.toml`: the spec they were generated from. Its difference from
+    /// `--entities` becomes a new migration; the old ones stay as they are.
+    #[arg(long, value_name = "OLD_ENTITIES")]
+    baseline: Option<PathBuf>,
     /// Refer to nomnom-runtime by path (relative to the output directory).
     #[arg(long, conflicts_with = "runtime_version")]
     runtime_path: Option<String>,
@@ -258,6 +263,41 @@ fn generate(args: &GenerateArgs) -> ExitCode {
             Err(message) => return fail(exit::IO, RenderError::Snapshot { message }),
         },
     };
+    let on_disk = migrations_on_disk(&args.output);
+    let previous = match (previous, &args.baseline) {
+        (Some(_), Some(_)) => {
+            return fail(
+                exit::USAGE,
+                format!(
+                    "{} has a schema history ({}): run without --baseline",
+                    args.output.display(),
+                    nomnom_codegen::evolve::SNAPSHOT
+                ),
+            );
+        }
+        (None, Some(_)) if on_disk.is_empty() => {
+            return fail(
+                exit::USAGE,
+                format!(
+                    "--baseline names the spec of a crate's existing migrations, and {} has \
+                     none: run without --baseline",
+                    args.output.join("migrations").display()
+                ),
+            );
+        }
+        (None, Some(baseline)) => {
+            let old = match load(baseline) {
+                Ok(old) => old,
+                Err(code) => return code,
+            };
+            Some(nomnom_codegen::evolve::Snapshot::new(
+                on_disk.clone(),
+                render::schema_tables(&old),
+            ))
+        }
+        (previous, None) => previous,
+    };
+    let adopting = previous.is_none() && !on_disk.is_empty();
     let history = History {
         previous,
         allow_destructive: args.allow_destructive,
@@ -267,6 +307,23 @@ fn generate(args: &GenerateArgs) -> ExitCode {
         Err(err @ RenderError::Refused(_)) => return fail(exit::INVALID_SPEC, err),
         Err(err) => return fail(exit::IO, err),
     };
+    // Migrations without a schema history: adopt them only if this spec renders them
+    // byte for byte; anything else would rewrite a migration a database may have run.
+    if adopting && let Some(differs) = first_rewritten_migration(&args.output, &files) {
+        return fail(
+            exit::INVALID_SPEC,
+            format!(
+                "{} has migrations but no {}: an older nomnom generated them, from a spec \
+                 that is not this one ({differs} would change). Pass the spec they were \
+                 generated from with --baseline (for example `git show HEAD:{} > old.yaml`, \
+                 then --baseline old.yaml): the difference becomes a new migration and the \
+                 old ones stay as they are",
+                args.output.display(),
+                nomnom_codegen::evolve::SNAPSHOT,
+                args.entities.display(),
+            ),
+        );
+    }
     if options.own_workspace {
         match layout::lockfile(&project, &options) {
             Ok(Some(lock)) => {
@@ -293,6 +350,59 @@ fn generate(args: &GenerateArgs) -> ExitCode {
         }
         Err(err) => fail(exit::IO, err),
     }
+}
+
+/// The migrations a crate has on disk (`migrations/<dialect>/<version>_<name>/`), of
+/// both dialects, oldest first.
+fn migrations_on_disk(output: &Path) -> Vec<nomnom_codegen::evolve::MigrationId> {
+    let mut found = std::collections::BTreeMap::new();
+    for dialect in ["postgres", "sqlite"] {
+        let Ok(entries) = std::fs::read_dir(output.join("migrations").join(dialect)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some((version, rest)) = name.split_once('_')
+                && version.len() == 14
+                && version.bytes().all(|b| b.is_ascii_digit())
+                && entry.path().is_dir()
+            {
+                found.insert(version.to_owned(), rest.to_owned());
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|(version, name)| nomnom_codegen::evolve::MigrationId { version, name })
+        .collect()
+}
+
+/// The first migration file on disk that `files` would change (or that they lack).
+fn first_rewritten_migration(output: &Path, files: &Files) -> Option<String> {
+    for dialect in ["postgres", "sqlite"] {
+        let dir = output.join("migrations").join(dialect);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for migration in entries.iter().filter(|p| p.is_dir()) {
+            for file in ["up.sql", "down.sql"] {
+                let path = migration.join(file);
+                let Ok(relative) = path.strip_prefix(output) else {
+                    continue;
+                };
+                let relative = relative.to_string_lossy().replace('\\', "/");
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    continue;
+                };
+                if files.get(&relative) != Some(&text) {
+                    return Some(relative);
+                }
+            }
+        }
+    }
+    None
 }
 
 /// `--dry-run` and `--check`: what would change, without writing; `--dry-run` also shows

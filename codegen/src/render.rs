@@ -536,6 +536,11 @@ fn entity_views(project: &Project) -> Vec<EntityView> {
         .collect()
 }
 
+/// The tables `project`'s migrations build, as `migrations/schema.toml` records them.
+pub fn schema_tables(project: &Project) -> Vec<evolve::TableSchema> {
+    evolve::tables(project, &entity_views(project))
+}
+
 /// The crate's Cargo.toml alone (what [`render`] writes there).
 pub fn cargo_toml(project: &Project, options: &RenderOptions) -> Result<String, RenderError> {
     let entities = entity_views(project);
