@@ -13,6 +13,7 @@
 mod codegen;
 mod e2e;
 mod ingest;
+mod memory;
 mod util;
 mod worker;
 
@@ -32,6 +33,8 @@ enum Bench {
     E2e,
     /// 6. code generation time and the generated worker's build time
     Codegen,
+    /// 7. nats-api's memory under bursts of concurrent maximum-size bodies, against its body budget
+    Memory,
 }
 
 #[derive(Debug, Parser)]
@@ -154,6 +157,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if wanted(Bench::Codegen) {
         println!("\n== 6. code generation ==");
         codegen::generation(&options, &mut report)?;
+    }
+    if wanted(Bench::Memory) {
+        println!("\n== 7. nats-api memory under bursts of maximum-size bodies ==");
+        memory::bursts(&options, &mut report).await?;
     }
     util::print_report(&report);
     Ok(report

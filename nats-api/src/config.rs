@@ -40,6 +40,10 @@ pub struct ApiConfig {
     /// Largest batch request body, in bytes.
     pub max_batch_bytes: usize,
     pub max_batch_items: usize,
+    /// Bytes of request bodies held in memory at once, across all requests; beyond it,
+    /// 503 with `Retry-After`. Default: half the container's memory limit (256 MiB
+    /// without one).
+    pub body_budget_bytes: usize,
     /// Bound on one publish, from send to JetStream's stored acknowledgement.
     pub publish_timeout: Duration,
     /// Publishes awaiting acknowledgement at once; beyond it, 429.
@@ -121,6 +125,7 @@ impl Default for ApiConfig {
             max_body_bytes: defaults::API_MAX_BODY_BYTES,
             max_batch_bytes: defaults::API_MAX_BATCH_BYTES,
             max_batch_items: defaults::API_MAX_BATCH_ITEMS,
+            body_budget_bytes: crate::budget::default_budget_bytes(),
             publish_timeout: defaults::API_PUBLISH_TIMEOUT,
             max_in_flight: defaults::API_MAX_IN_FLIGHT,
             header_read_timeout: defaults::API_HEADER_READ_TIMEOUT,
@@ -160,6 +165,10 @@ pub struct ApiArgs {
     /// Most items in one batch.
     #[arg(long, env = "NOMNOM_MAX_BATCH_ITEMS", default_value_t = defaults::API_MAX_BATCH_ITEMS)]
     pub max_batch_items: usize,
+    /// Bytes of request bodies held in memory at once (503 and Retry-After beyond it);
+    /// default: half the container's memory limit, or 256 MiB without one.
+    #[arg(long, env = "NOMNOM_BODY_BUDGET_BYTES")]
+    pub body_budget_bytes: Option<usize>,
     /// Bound on one publish before answering 503.
     #[arg(long, env = "NOMNOM_PUBLISH_TIMEOUT", default_value = "5s", value_parser = duration::parse)]
     pub publish_timeout: Duration,
@@ -253,6 +262,8 @@ impl ApiArgs {
             max_body_bytes: self.max_body_bytes,
             max_batch_bytes: self.max_batch_bytes,
             max_batch_items: self.max_batch_items,
+            body_budget_bytes: (self.body_budget_bytes)
+                .unwrap_or_else(crate::budget::default_budget_bytes),
             publish_timeout: self.publish_timeout,
             max_in_flight: self.max_in_flight,
             header_read_timeout: self.header_read_timeout,

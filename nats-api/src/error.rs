@@ -33,6 +33,9 @@ pub enum ApiError {
     Overloaded,
     #[error("{0}; retry after {RETRY_AFTER_SECONDS}s")]
     Unavailable(String),
+    /// The body budget is spent: nothing of the request was read or published.
+    #[error("{0}; retry after {RETRY_AFTER_SECONDS}s")]
+    Busy(String),
     #[error("the stream is full: {0}")]
     InsufficientStorage(String),
     /// Something that should not happen; the detail goes to the log, not to the client.
@@ -70,7 +73,7 @@ impl ApiError {
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -88,6 +91,7 @@ impl ApiError {
             Self::RequestTimeout(_) => "request_timeout",
             Self::Overloaded => "overloaded",
             Self::Unavailable(_) => "unavailable",
+            Self::Busy(_) => "busy",
             Self::InsufficientStorage(_) => "insufficient_storage",
             Self::Internal(_) => "internal",
         }
@@ -97,7 +101,7 @@ impl ApiError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Overloaded | Self::Unavailable(_) | Self::InsufficientStorage(_)
+            Self::Overloaded | Self::Unavailable(_) | Self::Busy(_) | Self::InsufficientStorage(_)
         )
     }
 

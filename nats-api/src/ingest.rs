@@ -9,10 +9,9 @@ use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, future::BoxFuture, stream::FuturesOrdered};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use nomnom_runtime::{EntityName, Envelope, IdempotencyKey, envelope, envelope::format_time};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -20,6 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     auth::Unverified,
+    budget::{BodyBudget, Reservation},
     config::ApiConfig,
     error::{ApiError, ErrorDetail},
     publish::{Accepted, envelope_for},
@@ -183,7 +183,21 @@ pub async fn message(
         &headers,
         &state.config,
     )?;
-    let bytes = read_body(body, &headers, state.config.max_body_bytes).await?;
+    // The body and its encoded copy count against the budget until it is published.
+    let limit = state.config.max_body_bytes;
+    let length = declared_length(&headers, limit)?;
+    // Of unknown length, it reserves as it comes.
+    let mut reservation = state
+        .budget
+        .try_reserve(2 * length.unwrap_or(UNKNOWN_LENGTH_FIRST))?;
+    let bytes = read_rest(
+        BytesMut::new(),
+        body.into_data_stream(),
+        length,
+        limit,
+        Some((&state.budget, &mut reservation)),
+    )
+    .await?;
     authenticate(&state, unverified, meta.entity.as_ref(), &headers, &bytes)?;
     let bytes = json_body(bytes, &headers).inspect_err(|_| count("message", "rejected"))?;
     let envelope = envelope_for(
@@ -315,38 +329,67 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Reads the whole body, refusing more than `limit` bytes and slow senders.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = |size: String| {
-        ApiError::PayloadTooLarge(format!(
-            "the body is {size} bytes; the limit is {limit} bytes"
-        ))
-    };
-    if let Some(length) = headers
+fn too_large(size: impl std::fmt::Display, limit: usize) -> ApiError {
+    ApiError::PayloadTooLarge(format!(
+        "the body is {size} bytes; the limit is {limit} bytes"
+    ))
+}
+
+/// The body's `Content-Length`, refused at once when over `limit`.
+fn declared_length(headers: &HeaderMap, limit: usize) -> Result<Option<usize>, ApiError> {
+    let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && length > limit as u64
-    {
-        return Err(too_large(length.to_string()));
+        .and_then(|v| v.parse::<u64>().ok());
+    match length {
+        Some(length) if length > limit as u64 => Err(too_large(length, limit)),
+        Some(length) => Ok(Some(length as usize)),
+        None => Ok(None),
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) => {
-            if err.downcast_ref::<LengthLimitError>().is_some() {
-                Err(too_large("more than".to_owned() + &format!(" {limit}")))
-            } else if is_timeout(err.as_ref()) {
-                Err(ApiError::RequestTimeout(
-                    "the request body was not received in time".into(),
-                ))
-            } else {
-                Err(ApiError::bad_request(
-                    "unreadable_body",
-                    format!("could not read the request body: {err}"),
-                ))
-            }
+}
+
+/// What a single body of unknown length reserves at first (twice this): it grows as the
+/// body comes.
+const UNKNOWN_LENGTH_FIRST: usize = 64 * 1024;
+
+/// What went wrong reading a body: too slow, or cut off.
+fn body_error(err: &axum::Error) -> ApiError {
+    if is_timeout(err) {
+        ApiError::RequestTimeout("the request body was not received in time".into())
+    } else {
+        ApiError::bad_request(
+            "unreadable_body",
+            format!("could not read the request body: {err}"),
+        )
+    }
+}
+
+/// Reads the rest of a body after `head`, refusing more than `limit` bytes and slow
+/// senders. With a known length, the buffer is allocated once, at its size.
+async fn read_rest(
+    mut head: BytesMut,
+    mut stream: axum::body::BodyDataStream,
+    length: Option<usize>,
+    limit: usize,
+    mut growing: Option<(&BodyBudget, &mut Reservation)>,
+) -> Result<Bytes, ApiError> {
+    head.reserve(length.unwrap_or(0).saturating_sub(head.len()));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| body_error(&e))?;
+        let size = head.len() + chunk.len();
+        if size > limit {
+            return Err(too_large(format!("more than {limit}"), limit));
         }
+        // The body and its encoded copy; grown by doubling, up to the limit's.
+        if let Some((budget, reservation)) = growing.as_mut()
+            && 2 * size > reservation.bytes()
+        {
+            let wanted = (2 * reservation.bytes()).max(2 * size).min(2 * limit);
+            budget.grow(reservation, wanted)?;
+        }
+        head.extend_from_slice(&chunk);
     }
+    Ok(head.freeze())
 }
 
 fn is_timeout(mut err: &(dyn std::error::Error + 'static)) -> bool {
@@ -517,6 +560,10 @@ pub struct BatchItem {
 /// The answer to a batch.
 #[derive(Debug, Serialize)]
 pub struct BatchResponse {
+    /// Why the batch was read only in part (too many items or bytes, a body cut off);
+    /// the items read before are listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail<'static>>,
     pub accepted: usize,
     pub rejected: usize,
     pub failed: usize,
@@ -586,6 +633,12 @@ fn split_batch(body: &Bytes, headers: &HeaderMap) -> Result<Vec<SplitItem>, ApiE
 }
 
 /// `POST /api/ingest/batch` and `POST /api/ingest/batch/{entity}`.
+///
+/// NDJSON is read as a stream: each line is checked and published as it arrives, so a
+/// batch holds at most one line and a window of unacknowledged items, whatever its size.
+/// A JSON array, or a batch whose webhook signature covers the whole body, is read whole
+/// first (the array is refused whole if malformed; the signature is checked before
+/// anything is published).
 pub async fn batch(
     State(state): State<AppState>,
     unverified: Option<Extension<Unverified>>,
@@ -598,9 +651,85 @@ pub async fn batch(
         &headers,
         &state.config,
     )?;
-    let bytes = read_body(body, &headers, state.config.max_batch_bytes).await?;
-    authenticate(&state, unverified, meta.entity.as_ref(), &headers, &bytes)?;
-    let items = split_batch(&bytes, &headers)?;
+    let limit = state.config.max_batch_bytes;
+    let length = declared_length(&headers, limit)?;
+    let whole = 2 * length.unwrap_or(limit);
+    let mut stream = body.into_data_stream();
+    if unverified.is_some() || batch_kind(&headers) == BatchKind::Array {
+        let reservation = state.budget.try_reserve(whole)?;
+        let bytes = read_rest(BytesMut::new(), stream, length, limit, None).await?;
+        return whole_batch(&state, unverified, meta, &headers, bytes, reservation).await;
+    }
+    let reservation = state
+        .budget
+        .try_reserve(whole.min(streaming_reservation(&state.config)))?;
+    // Without a content type that says which, the first byte does: `[` is an array.
+    let mut head = BytesMut::new();
+    let first = loop {
+        if let Some(first) = head.iter().find(|b| !b.is_ascii_whitespace()) {
+            break Some(*first);
+        }
+        match stream.next().await {
+            Some(chunk) => head.extend_from_slice(&chunk.map_err(|e| body_error(&e))?),
+            None => break None,
+        }
+    };
+    if first == Some(b'[') && batch_kind(&headers) == BatchKind::Either {
+        drop(reservation);
+        let reservation = state.budget.try_reserve(whole)?;
+        let bytes = read_rest(head, stream, length, limit, None).await?;
+        return whole_batch(&state, unverified, meta, &headers, bytes, reservation).await;
+    }
+    streaming_batch(&state, meta, head, stream, reservation).await
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum BatchKind {
+    Ndjson,
+    Array,
+    /// No content type that says: NDJSON, unless the body starts with `[`.
+    Either,
+}
+
+fn batch_kind(headers: &HeaderMap) -> BatchKind {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if ["ndjson", "jsonl", "json-seq", "jsonlines"]
+        .iter()
+        .any(|t| content_type.contains(t))
+    {
+        BatchKind::Ndjson
+    } else if content_type.starts_with("application/json") {
+        BatchKind::Array
+    } else {
+        BatchKind::Either
+    }
+}
+
+/// Bytes of unacknowledged items one streaming batch keeps in flight (each counted twice:
+/// its line and its encoded message).
+const WINDOW_BYTES: usize = 8 * 1024 * 1024;
+
+/// What a streaming batch reserves: the line being read (at most a single body's size)
+/// and its copy, and the window of items in flight.
+fn streaming_reservation(config: &ApiConfig) -> usize {
+    2 * config.max_body_bytes + WINDOW_BYTES
+}
+
+/// A batch read whole: split, checked and published.
+async fn whole_batch(
+    state: &AppState,
+    unverified: Option<Extension<Unverified>>,
+    meta: RequestMeta,
+    headers: &HeaderMap,
+    bytes: Bytes,
+    _reservation: Reservation,
+) -> Result<Response, ApiError> {
+    authenticate(state, unverified, meta.entity.as_ref(), headers, &bytes)?;
+    let items = split_batch(&bytes, headers)?;
     if items.len() > state.config.max_batch_items {
         return Err(ApiError::PayloadTooLarge(format!(
             "the batch has {} items; the limit is {}",
@@ -608,14 +737,211 @@ pub async fn batch(
             state.config.max_batch_items
         )));
     }
+    let mut batch = PipelinedBatch::default();
+    for (line, item) in items {
+        batch.item(state, &meta, line, item).await;
+    }
+    let items = batch.finish().await;
     metrics::histogram!("ingest_batch_size_items").record(items.len() as f64);
-    let mut batch = PipelinedBatch::new(&items);
-    for (index, (_, item)) in items.into_iter().enumerate() {
+    Ok(batch_response(items, meta.received_at, None))
+}
+
+/// An NDJSON batch read line by line, each line published as it arrives.
+async fn streaming_batch(
+    state: &AppState,
+    meta: RequestMeta,
+    head: BytesMut,
+    mut stream: axum::body::BodyDataStream,
+    _reservation: Reservation,
+) -> Result<Response, ApiError> {
+    let config = &state.config;
+    let limit = config.max_batch_bytes;
+    let mut read = 0;
+    let mut lines = Lines::new(BytesMut::new(), config.max_body_bytes);
+    let mut batch = PipelinedBatch::default();
+    let mut chunk = Some(head.freeze());
+    let mut ended = false;
+    // Why reading stopped before the end of the body, if it did.
+    let mut stopped: Option<ApiError> = None;
+    'read: loop {
+        // Bytes past the limit are not read: the lines before it are.
+        let mut over = false;
+        if let Some(chunk) = chunk.take() {
+            let room = limit - read;
+            over = chunk.len() > room;
+            let taken = &chunk[..chunk.len().min(room)];
+            read += taken.len();
+            lines.push(taken);
+        }
+        while let Some((line, item)) = lines.next(ended && !over) {
+            if batch.results.len() == config.max_batch_items {
+                stopped = Some(ApiError::PayloadTooLarge(format!(
+                    "the batch has more than {max} items (line {line} is item {next}); the first {max} were read and are listed, the rest was not read: send at most {max} items per batch",
+                    max = config.max_batch_items,
+                    next = config.max_batch_items + 1,
+                )));
+                break 'read;
+            }
+            batch.item(state, &meta, Some(line), item).await;
+        }
+        if over {
+            stopped = Some(ApiError::PayloadTooLarge(format!(
+                "the batch is more than {limit} bytes, the limit; the lines that end before byte {limit} were read and are listed, the rest was not read"
+            )));
+            break;
+        }
+        if ended {
+            break;
+        }
+        match stream.next().await {
+            None => ended = true,
+            Some(Ok(next)) => chunk = Some(next),
+            Some(Err(err)) => {
+                stopped = Some(body_error(&err));
+                break;
+            }
+        }
+    }
+    if batch.results.is_empty() {
+        return Err(stopped.unwrap_or_else(|| {
+            ApiError::bad_request(
+                "empty_body",
+                "the batch is empty; send a JSON array or NDJSON lines",
+            )
+        }));
+    }
+    let items = batch.finish().await;
+    metrics::histogram!("ingest_batch_size_items").record(items.len() as f64);
+    Ok(batch_response(items, meta.received_at, stopped))
+}
+
+/// The lines of an NDJSON body as it streams in: each non-blank line, copied out on its
+/// own (so an item in flight holds only itself), with its 1-based number. A line over
+/// `max` bytes is an item refused as too large, and is skipped without being held.
+struct Lines {
+    pending: BytesMut,
+    /// Lines completed so far.
+    number: usize,
+    /// Inside a line already refused as too large.
+    skipping: bool,
+    max: usize,
+}
+
+impl Lines {
+    fn new(head: BytesMut, max: usize) -> Self {
+        Self {
+            pending: head,
+            number: 0,
+            skipping: false,
+            max,
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        if self.skipping {
+            // Only the end of the over-long line matters.
+            if let Some(end) = memchr::memchr(b'\n', chunk) {
+                self.number += 1;
+                self.skipping = false;
+                self.pending.extend_from_slice(&chunk[end + 1..]);
+            }
+        } else {
+            self.pending.extend_from_slice(chunk);
+        }
+    }
+
+    /// The next complete line (at the end of the body, the last one too).
+    fn next(&mut self, at_end: bool) -> Option<(usize, Result<Bytes, ErrorDetail<'static>>)> {
+        loop {
+            if self.skipping {
+                return None;
+            }
+            let (line, rest) = match memchr::memchr(b'\n', &self.pending) {
+                Some(end) if end <= self.max + 1 => (&self.pending[..end], end + 1),
+                None if self.pending.len() <= self.max && !at_end => return None,
+                None if self.pending.is_empty() => return None,
+                None if self.pending.len() <= self.max => (&self.pending[..], self.pending.len()),
+                // Longer than any item may be: refused, and skipped to its end.
+                found => {
+                    let number = self.number + 1;
+                    match found {
+                        Some(end) => {
+                            self.number += 1;
+                            self.pending.advance(end + 1);
+                        }
+                        None => {
+                            self.pending.clear();
+                            self.skipping = !at_end;
+                            if at_end {
+                                self.number += 1;
+                            }
+                        }
+                    }
+                    return Some((
+                        number,
+                        Err(ErrorDetail {
+                            code: "payload_too_large",
+                            message: format!(
+                                "the item is more than {} bytes, the largest a message may be",
+                                self.max
+                            ),
+                        }),
+                    ));
+                }
+            };
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let item =
+                (!line.iter().all(u8::is_ascii_whitespace)).then(|| Bytes::copy_from_slice(line));
+            self.number += 1;
+            self.pending.advance(rest);
+            if let Some(item) = item {
+                let checked = check_json_item(&item).map(|()| item);
+                return Some((self.number, checked));
+            }
+        }
+    }
+}
+
+/// An acknowledgement awaited: the item's index, its bytes, and what JetStream said.
+type Settled = (usize, usize, Result<Accepted, ApiError>);
+
+/// A batch being published: sends go out while earlier acknowledgements are
+/// outstanding, but at most [`PipelinedBatch::WINDOW`] of this request's (and
+/// [`WINDOW_BYTES`]) are in flight, so one batch cannot take the whole in-flight budget.
+#[derive(Default)]
+struct PipelinedBatch {
+    results: Vec<BatchItem>,
+    /// Acknowledgements awaited, oldest first, each with its item's index and bytes.
+    pending: FuturesOrdered<BoxFuture<'static, Settled>>,
+    in_flight_bytes: usize,
+}
+
+impl PipelinedBatch {
+    const WINDOW: usize = 1024;
+
+    /// Adds the next item: publishes it, or records why it is refused. Every item starts
+    /// `rejected`, until its publish says otherwise.
+    async fn item(
+        &mut self,
+        state: &AppState,
+        meta: &RequestMeta,
+        line: Option<usize>,
+        item: Result<Bytes, ErrorDetail<'static>>,
+    ) {
+        let index = self.results.len();
+        self.results.push(BatchItem {
+            index,
+            line,
+            status: "rejected",
+            message_id: None,
+            duplicate: false,
+            error: None,
+        });
         let bytes = match item {
             Ok(bytes) => bytes,
             Err(detail) => {
-                batch.results[index].error = Some(detail);
-                continue;
+                self.results[index].error = Some(detail);
+                return;
             }
         };
         let item_key = meta.key.as_ref().map(|k| k.for_batch_item(index));
@@ -627,55 +953,40 @@ pub async fn batch(
             meta.captured.clone(),
             meta.received_at,
         );
-        batch.publish(&state, index, envelope).await;
-    }
-    Ok(batch_response(batch.finish().await, meta.received_at))
-}
-
-/// A batch being published: sends go out while earlier acknowledgements are
-/// outstanding, but at most [`PipelinedBatch::WINDOW`] of this request's are in flight,
-/// so one batch cannot take the whole in-flight budget.
-struct PipelinedBatch {
-    results: Vec<BatchItem>,
-    /// Acknowledgements awaited, oldest first, each with its item's index.
-    pending: FuturesOrdered<BoxFuture<'static, (usize, Result<Accepted, ApiError>)>>,
-}
-
-impl PipelinedBatch {
-    const WINDOW: usize = 1024;
-
-    /// Every item starts `rejected`, until its publish says otherwise.
-    fn new(items: &[SplitItem]) -> Self {
-        let results = items
-            .iter()
-            .enumerate()
-            .map(|(index, (line, _))| BatchItem {
-                index,
-                line: *line,
-                status: "rejected",
-                message_id: None,
-                duplicate: false,
-                error: None,
-            })
-            .collect();
-        Self {
-            results,
-            pending: FuturesOrdered::new(),
-        }
+        self.publish(state, index, envelope).await;
     }
 
     async fn publish(&mut self, state: &AppState, index: usize, envelope: Envelope) {
         let message_id = envelope.message_id;
-        let mut sent = state.publisher.send(envelope.clone()).await;
-        // Over the global in-flight limit: wait for one of our own acks, then retry once.
-        if matches!(sent, Err(ApiError::Overloaded)) && !self.pending.is_empty() {
+        let size = 2 * match &envelope.body {
+            envelope::Body::Inline(bytes) => bytes.len(),
+            envelope::Body::Stored(_) => 0,
+        };
+        while !self.pending.is_empty() && self.in_flight_bytes + size > WINDOW_BYTES {
             self.settle_one().await;
-            sent = state.publisher.send(envelope).await;
         }
+        // Over the global in-flight limit: the batch waits (for one of its own acks, or a
+        // moment) and retries, until its publish timeout; meanwhile it reads no more of
+        // its body, which slows its sender.
+        let deadline = tokio::time::Instant::now() + state.config.publish_timeout;
+        let sent = loop {
+            match state.publisher.send(envelope.clone()).await {
+                Err(ApiError::Overloaded) if tokio::time::Instant::now() < deadline => {
+                    if self.pending.is_empty() {
+                        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    } else {
+                        self.settle_one().await;
+                    }
+                }
+                sent => break sent,
+            }
+        };
         match sent {
-            Ok(ack) => self
-                .pending
-                .push_back(Box::pin(async move { (index, ack.wait().await) })),
+            Ok(ack) => {
+                self.in_flight_bytes += size;
+                self.pending
+                    .push_back(Box::pin(async move { (index, size, ack.wait().await) }));
+            }
             Err(err) => {
                 self.results[index].message_id = Some(message_id);
                 self.record(index, Err(err));
@@ -688,7 +999,8 @@ impl PipelinedBatch {
 
     /// Waits for the oldest outstanding acknowledgement.
     async fn settle_one(&mut self) {
-        if let Some((index, outcome)) = self.pending.next().await {
+        if let Some((index, size, outcome)) = self.pending.next().await {
+            self.in_flight_bytes -= size;
             self.record(index, outcome);
         }
     }
@@ -716,7 +1028,13 @@ impl PipelinedBatch {
     }
 }
 
-fn batch_response(items: Vec<BatchItem>, received_at: DateTime<Utc>) -> Response {
+/// The answer listing every item read; `stopped` says why reading ended early (its
+/// status is the answer's, with the items read before it listed).
+fn batch_response(
+    items: Vec<BatchItem>,
+    received_at: DateTime<Utc>,
+    stopped: Option<ApiError>,
+) -> Response {
     let tally = |status: &str| items.iter().filter(|i| i.status == status).count();
     let (accepted, rejected, failed) = (tally("accepted"), tally("rejected"), tally("failed"));
     for (outcome, n) in [
@@ -730,7 +1048,9 @@ fn batch_response(items: Vec<BatchItem>, received_at: DateTime<Utc>) -> Response
     let overloaded = items
         .iter()
         .any(|i| i.error.as_ref().is_some_and(|e| e.code == "overloaded"));
-    let status = if rejected + failed == 0 {
+    let status = if let Some(stopped) = &stopped {
+        stopped.status()
+    } else if rejected + failed == 0 {
         StatusCode::ACCEPTED
     } else if accepted > 0 {
         StatusCode::MULTI_STATUS
@@ -741,9 +1061,13 @@ fn batch_response(items: Vec<BatchItem>, received_at: DateTime<Utc>) -> Response
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    if let Some(stopped) = &stopped {
+        tracing::debug!(error = %stopped, items = items.len(), "batch read in part");
+    }
     let mut response = (
         status,
         Json(BatchResponse {
+            error: stopped.as_ref().map(ApiError::detail),
             accepted,
             rejected,
             failed,
@@ -752,7 +1076,7 @@ fn batch_response(items: Vec<BatchItem>, received_at: DateTime<Utc>) -> Response
         }),
     )
         .into_response();
-    if failed > 0 {
+    if failed > 0 || stopped.as_ref().is_some_and(ApiError::is_retryable) {
         response.headers_mut().insert(
             header::RETRY_AFTER,
             HeaderValue::from(nomnom_runtime::defaults::RETRY_AFTER_SECONDS),
@@ -809,6 +1133,65 @@ mod tests {
         let lines: Vec<_> = items.iter().map(|(l, r)| (*l, r.is_ok())).collect();
         assert_eq!(lines, [(Some(1), true), (Some(3), false), (Some(4), true)]);
         assert_eq!(items[2].1.as_ref().unwrap().as_ref(), b"[2]");
+    }
+
+    /// Every line `Lines` gives for `chunks`: its number, and its text or error code.
+    fn stream_lines(chunks: &[&str], max: usize) -> Vec<(usize, String)> {
+        let mut lines = Lines::new(BytesMut::new(), max);
+        let mut out = Vec::new();
+        let mut take = |lines: &mut Lines, at_end| {
+            while let Some((number, item)) = lines.next(at_end) {
+                let text = match item {
+                    Ok(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+                    Err(detail) => detail.code.to_owned(),
+                };
+                out.push((number, text));
+            }
+        };
+        for chunk in chunks {
+            lines.push(chunk.as_bytes());
+            take(&mut lines, false);
+        }
+        take(&mut lines, true);
+        out
+    }
+
+    #[test]
+    fn streamed_lines_keep_their_numbers_across_chunks() {
+        let expected = [
+            (1, "{\"a\":1}".to_owned()),
+            (3, "invalid_json".to_owned()),
+            (4, "[2]".to_owned()),
+            (5, "{\"last\":true}".to_owned()),
+        ];
+        let body = "{\"a\":1}\n\n{bad\r\n[2]\n{\"last\":true}";
+        // Whole, and cut at every byte.
+        assert_eq!(stream_lines(&[body], 100), expected);
+        for cut in 1..body.len() {
+            let (a, b) = body.split_at(cut);
+            assert_eq!(stream_lines(&[a, b], 100), expected, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn an_over_long_line_is_refused_and_skipped_without_being_held() {
+        let long = "x".repeat(50);
+        let body = format!("[1]\n\"{long}\"\n[3]\n\"{long}\"");
+        let expected = [
+            (1, "[1]".to_owned()),
+            (2, "payload_too_large".to_owned()),
+            (3, "[3]".to_owned()),
+            (4, "payload_too_large".to_owned()),
+        ];
+        assert_eq!(stream_lines(&[&body], 20), expected);
+        let pieces: Vec<String> = body.chars().map(String::from).collect();
+        let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        assert_eq!(stream_lines(&pieces, 20), expected, "one byte at a time");
+        let mut lines = Lines::new(BytesMut::new(), 20);
+        lines.push(format!("[1]\n\"{long}").as_bytes());
+        while lines.next(false).is_some() {}
+        lines.push(long.as_bytes());
+        assert!(lines.pending.is_empty(), "the refused line is not held");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! [`run`] is the whole service, used by the binary.
 
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod health;

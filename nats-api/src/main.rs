@@ -13,6 +13,7 @@ static ALLOCATOR: nomnom_runtime::Allocator = nomnom_runtime::Allocator;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
+    nomnom_runtime::allocator::return_freed_memory_promptly();
     let args = ApiArgs::parse();
     if let Some(healthcheck::Command::Healthcheck { path }) = &args.command {
         return Ok(healthcheck::exit_code(args.listen, path));

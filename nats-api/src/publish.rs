@@ -145,13 +145,25 @@ impl Publisher {
         let started = Instant::now();
         let deadline = started + self.publish_timeout;
         self.unavailable_if_disconnected()?;
-        let mut message = envelope.encode();
         let max_payload = self.client.server_info().max_payload;
-        if header_block_size(message.headers.as_ref()) + message.payload.len() > max_payload {
-            envelope.body = Body::Stored(self.store_body(&envelope, deadline).await?);
-            message = envelope.encode();
-            metrics::counter!("ingest_claim_checks_total").increment(1);
-        }
+        // A body over max_payload goes to the Object Store before it is encoded: no copy.
+        let encoded = match &envelope.body {
+            Body::Inline(body) if body.len() > max_payload => None,
+            _ => Some(envelope.encode()),
+        };
+        let message = match encoded {
+            Some(message)
+                if header_block_size(message.headers.as_ref()) + message.payload.len()
+                    <= max_payload =>
+            {
+                message
+            }
+            _ => {
+                envelope.body = Body::Stored(self.store_body(&envelope, deadline).await?);
+                metrics::counter!("ingest_claim_checks_total").increment(1);
+                envelope.encode()
+            }
+        };
         let subject = subject::message_subject(
             &self.settings.subject_prefix,
             envelope.entity.as_ref(),

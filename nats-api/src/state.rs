@@ -57,6 +57,8 @@ pub struct AppState {
     /// Signature rules (`--webhook`); verification runs only when some are configured.
     pub webhooks: SharedWebhooks,
     pub metrics: PrometheusHandle,
+    /// Bytes of request bodies that may be held at once.
+    pub budget: crate::budget::BodyBudget,
 }
 
 impl std::fmt::Debug for AppState {
@@ -103,7 +105,9 @@ impl AppState {
             .backpressure_on_inflight(false)
             .build(client.clone());
         let publisher = Publisher::new(js.clone(), Arc::new(config.stream.clone()), &config);
+        let budget = crate::budget::BodyBudget::new(config.body_budget_bytes);
         let state = Self {
+            budget,
             config: Arc::new(config),
             client: Arc::new(client),
             publisher,

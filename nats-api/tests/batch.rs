@@ -4,6 +4,7 @@ mod common;
 
 use axum::{body::Body, http::Request, http::StatusCode};
 use common::Harness;
+use futures::StreamExt;
 use nomnom_test_support::NatsServer;
 
 fn ndjson(uri: &str, body: &str) -> Request<Body> {
@@ -145,18 +146,92 @@ async fn batch_limits_are_enforced() {
         c.max_batch_bytes = 100;
     })
     .await;
+    // NDJSON streams: the items before the limit are published and listed.
     let reply = h.send(ndjson("/api/ingest/batch", "1\n2\n3\n4\n")).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        reply.text
+    );
+    assert!(
+        reply
+            .error_message()
+            .contains("the batch has more than 3 items (line 4 is item 4)"),
+        "{}",
+        reply.text
+    );
+    assert_eq!(reply.json["accepted"], 3, "{}", reply.text);
+    assert_eq!(h.stream_len().await, 3);
+    // A declared length over the byte limit is refused before anything is read.
+    let big = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(200));
+    let mut request = ndjson("/api/ingest/batch", &big);
+    request
+        .headers_mut()
+        .insert("content-length", big.len().into());
+    let reply = h.send(request).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(reply.error_message().contains("the limit is 100 bytes"));
+    // Without one, the bytes are counted as they come.
+    let reply = h
+        .send(ndjson("/api/ingest/batch", &format!("[1]\n{big}")))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        reply.text
+    );
+    assert!(
+        reply.error_message().contains("more than 100 bytes"),
+        "{}",
+        reply.text
+    );
+    // A JSON array is read whole: over the limit, nothing of it is published.
+    let array = format!("[{}]", vec!["1"; 4].join(","));
+    let reply = h
+        .send(
+            Request::post("/api/ingest/batch")
+                .header("content-type", "application/json")
+                .body(Body::from(array))
+                .unwrap(),
+        )
+        .await;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(
         reply.error_message().contains("the limit is 3"),
         "{}",
         reply.text
     );
-    let big = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(200));
-    let reply = h.send(ndjson("/api/ingest/batch", &big)).await;
-    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(reply.error_message().contains("the limit is 100 bytes"));
-    assert_eq!(h.stream_len().await, 0);
+    assert_eq!(h.stream_len().await, 3 + 1);
+}
+
+/// An NDJSON body that never ends: a batch that read it whole would never answer.
+#[tokio::test]
+async fn an_endless_ndjson_batch_is_answered_at_its_item_limit() {
+    let h = Harness::start_with(NatsServer::start(), |c| c.max_batch_items = 5).await;
+    let endless = futures::stream::iter(0u64..)
+        .map(|n| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(format!("{{\"n\":{n}}}\n"))));
+    let request = Request::post("/api/ingest/batch/order")
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(endless))
+        .unwrap();
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(20), h.send(request))
+        .await
+        .expect("answered while the body was still coming");
+    assert_eq!(
+        reply.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        reply.text
+    );
+    assert_eq!(reply.json["accepted"], 5);
+    assert_eq!(h.stream_len().await, 5);
+    let (_, envelope) = h.stored(5).await;
+    let nomnom_runtime::envelope::Body::Inline(body) = envelope.body else {
+        panic!("inline body")
+    };
+    assert_eq!(&body[..], b"{\"n\":4}");
 }
 
 #[tokio::test]

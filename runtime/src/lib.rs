@@ -3,6 +3,7 @@
 //!
 //! Only this crate defines the wire format (see [`envelope`]).
 
+pub mod allocator;
 pub mod apply;
 pub mod change;
 pub mod cli;
@@ -31,8 +32,4 @@ pub use nats::NatsConfig;
 pub use stream::StreamSettings;
 pub use subject::EntityName;
 
-/// The global allocator of nats-api and of every generated worker (`#[global_allocator]`
-/// in their `main.rs`): mimalloc, which spends less CPU on the per-message allocations
-/// than glibc's malloc, and far less than musl's in the static images. Re-exported so
-/// generated crates need no dependency of their own.
-pub use mimalloc::MiMalloc as Allocator;
+pub use allocator::Allocator;

@@ -129,6 +129,7 @@ pub fn main<S: EntitySchema>(schema: S) -> ExitCode {
     if let Some(crate::healthcheck::Command::Healthcheck { path }) = &args.command {
         return crate::healthcheck::exit_code(args.listen, path);
     }
+    crate::allocator::return_freed_memory_promptly();
     telemetry::init(args.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
