@@ -188,7 +188,7 @@ async fn batch_limits_are_enforced() {
         reply.text
     );
     // A JSON array is read whole: over the limit, nothing of it is published.
-    let array = format!("[{}]", vec!["1"; 4].join(","));
+    let array = format!("[{}]", ["1"; 4].join(","));
     let reply = h
         .send(
             Request::post("/api/ingest/batch")
