@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use nomnom_runtime::defaults;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
@@ -96,17 +97,12 @@ fn readable(n: usize) -> String {
 }
 
 /// The default budget: half the container's memory limit (cgroup v2 `memory.max`, or v1
-/// `memory.limit_in_bytes`), or [`FALLBACK_BYTES`] where no limit is set.
+/// `memory.limit_in_bytes`), or [`defaults::API_BODY_BUDGET_BYTES`] where none is set.
 pub fn default_budget_bytes() -> usize {
     memory_limit_bytes()
-        .map(|limit| (limit / 2).max(MIN_BYTES))
-        .unwrap_or(FALLBACK_BYTES)
+        .map(|limit| (limit / 2).max(defaults::API_MIN_BODY_BUDGET_BYTES))
+        .unwrap_or(defaults::API_BODY_BUDGET_BYTES)
 }
-
-/// The budget where the process has no memory limit.
-pub const FALLBACK_BYTES: usize = 256 * 1024 * 1024;
-/// Never less than this: one maximum-size single body and its encoded copy.
-const MIN_BYTES: usize = 32 * 1024 * 1024;
 
 fn memory_limit_bytes() -> Option<usize> {
     [

@@ -391,3 +391,33 @@ fn the_healthcheck_subcommand_probes_the_running_api_on_its_listen_port() {
         "{nobody:?}"
     );
 }
+
+/// The environment of a running process, from /proc.
+fn environment_of(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+/// mimalloc reads its options only at start: nats-api runs itself again in place (the
+/// same process id) with those that give freed memory back; an operator's value wins.
+#[test]
+fn nats_api_runs_with_the_allocator_options_that_return_memory() {
+    let nats = NatsServer::start();
+    let api = Api::start(&nats, &[("MIMALLOC_PURGE_DELAY", "50")]);
+    let environment = environment_of(api.child.id());
+    assert!(
+        environment.contains(&"MIMALLOC_ARENA_EAGER_COMMIT=0".to_owned()),
+        "{environment:?}"
+    );
+    assert!(
+        environment.contains(&"MIMALLOC_PURGE_DELAY=50".to_owned()),
+        "{environment:?}"
+    );
+    assert_eq!(
+        api.get("/health").0,
+        200,
+        "the process answering is the one started"
+    );
+}

@@ -36,6 +36,11 @@ pub const API_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub const API_MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
 /// Most items in one batch request.
 pub const API_MAX_BATCH_ITEMS: usize = 10_000;
+/// Bytes of request bodies `nats-api` holds at once when the container has no memory
+/// limit (with one, half of it).
+pub const API_BODY_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+/// The smallest default budget: a maximum-size single body and its encoded copy, twice.
+pub const API_MIN_BODY_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 /// Bound on one publish (send + stored acknowledgement) before answering 503.
 pub const API_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Publishes awaiting their JetStream acknowledgement at once, across all requests;
