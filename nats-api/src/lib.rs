@@ -109,8 +109,11 @@ pub async fn serve_on(
     if !finished {
         tracing::warn!("shutdown grace period ended with requests still in flight");
     }
-    // Acks of answered requests were awaited already; flush anything still buffered.
-    let _ = tokio::time::timeout(Duration::from_secs(5), state.client.flush()).await;
+    // Acks of answered requests were awaited already; flush anything still buffered. Not
+    // while NATS is down: a flush would wait for the reconnection.
+    if state.client.connection_state() == async_nats::connection::State::Connected {
+        let _ = tokio::time::timeout(Duration::from_secs(5), state.client.flush()).await;
+    }
     tracing::info!("nats-api stopped");
     Ok(())
 }

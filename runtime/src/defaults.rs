@@ -83,5 +83,8 @@ pub const WORKER_RETRY_FIRST_DELAY: Duration = Duration::from_secs(1);
 pub const WORKER_RETRY_MAX_DELAY: Duration = Duration::from_secs(30);
 /// Stream of dead-lettered messages.
 pub const DLQ_STREAM: &str = "MESSAGES_DLQ";
+/// How long a SIGTERM waits for the batch being written before the worker exits without
+/// acknowledging it; under Kubernetes' default 30 s termination grace period.
+pub const WORKER_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// Address of a worker's /health, /ready and /metrics.
 pub const WORKER_LISTEN: &str = "0.0.0.0:9090";

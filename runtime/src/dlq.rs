@@ -69,6 +69,26 @@ pub struct DeadLetters {
     prefix: String,
 }
 
+impl DlqError {
+    /// JetStream did not answer, or answered that it cannot serve now: worth waiting
+    /// for, unlike a refusal.
+    pub fn is_unavailable(&self) -> bool {
+        use jetstream::context::CreateStreamErrorKind;
+        match self {
+            Self::Create { source, .. } => match source.kind() {
+                CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => {
+                    true
+                }
+                CreateStreamErrorKind::JetStream(error) => {
+                    crate::stream::is_unavailable_code(&error)
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 impl DeadLetters {
     /// Creates the dead-letter stream `dlq_stream` if it does not exist.
     pub async fn ensure(

@@ -96,6 +96,24 @@ pub enum NatsConnectError {
     },
 }
 
+impl NatsConnectError {
+    /// The server could not be reached (down, restarting, its name not resolving yet):
+    /// worth waiting for, unlike a refused login, a TLS or a configuration error.
+    pub fn is_unreachable(&self) -> bool {
+        use async_nats::ConnectErrorKind;
+        match self {
+            Self::Connect { source, .. } => matches!(
+                source.kind(),
+                ConnectErrorKind::Dns
+                    | ConnectErrorKind::TimedOut
+                    | ConnectErrorKind::Io
+                    | ConnectErrorKind::MaxReconnects
+            ),
+            _ => false,
+        }
+    }
+}
+
 impl NatsConfig {
     /// Connects, failing within `connect_timeout` if the server cannot be reached.
     pub async fn connect(&self) -> Result<async_nats::Client, NatsConnectError> {

@@ -93,9 +93,21 @@ impl Delivery {
     }
 }
 
+/// What became of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Processed {
+    /// Every message settled (acknowledged, naked or dead-lettered).
+    Settled,
+    /// Shutdown was requested and its grace period ended with the write still running:
+    /// nothing of the batch was acknowledged (or naked, or dead-lettered). The database
+    /// rolls the transaction back when the process exits, unless it committed, in which
+    /// case the redeliveries find their status rows and are skipped.
+    Abandoned,
+}
+
 impl<S: EntitySchema> Worker<S> {
     /// Runs one fetched batch through decode → parse → write → settle.
-    pub(super) async fn process(&self, messages: Vec<jetstream::Message>) {
+    pub(super) async fn process(&self, messages: Vec<jetstream::Message>) -> Processed {
         let started = Instant::now();
         let mut batch: Vec<Delivery> = messages.into_iter().map(Delivery::new).collect();
         metrics::counter!("worker_messages_consumed_total").increment(batch.len() as u64);
@@ -110,13 +122,16 @@ impl<S: EntitySchema> Worker<S> {
         if started.elapsed() > self.progress_every() {
             report_progress(&batch).await;
         }
-        self.write(&mut batch).await;
+        if self.write(&mut batch).await == Processed::Abandoned {
+            return Processed::Abandoned;
+        }
         self.settle(&batch).await;
         tracing::debug!(
             messages = batch.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "batch done"
         );
+        Processed::Settled
     }
 
     /// How often a batch in hand tells JetStream it is still being worked on.
@@ -174,7 +189,7 @@ impl<S: EntitySchema> Worker<S> {
 
     /// Writes the parsed messages in one transaction with their status rows; marks the
     /// refused ones for the dead-letter stream, or all for a retry if the database failed.
-    async fn write(&self, batch: &mut [Delivery]) {
+    async fn write(&self, batch: &mut [Delivery]) -> Processed {
         let pending: Vec<Pending> = batch
             .iter_mut()
             .enumerate()
@@ -201,6 +216,7 @@ impl<S: EntitySchema> Worker<S> {
                         Outcome::DeadLetter(format!("the database refused the rows: {err}"));
                 }
             }
+            Err(WriteError::Abandoned) => return Processed::Abandoned,
             Err(error) => {
                 // The database is down: retry later, and stop fetching until it is back.
                 self.health.set_database_ok(false);
@@ -212,11 +228,14 @@ impl<S: EntitySchema> Worker<S> {
                 }
             }
         }
+        Processed::Settled
     }
 
     /// Runs the write transaction off the async runtime. A write held up (locks, a slow
     /// disk) must not outlive ack_wait: it keeps telling JetStream the batch is in
-    /// progress until the transaction ends.
+    /// progress until the transaction ends. Once shutdown is requested, it waits for the
+    /// write at most the shutdown grace period, then gives up on it
+    /// ([`WriteError::Abandoned`]).
     async fn commit(
         &self,
         pending: Vec<Pending>,
@@ -234,10 +253,23 @@ impl<S: EntitySchema> Worker<S> {
         tokio::pin!(write);
         let every = self.progress_every();
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let grace = self.config.shutdown_grace;
+        let mut deadline = None;
         loop {
+            let give_up = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 result = &mut write => return result?,
                 _ = heartbeat.tick() => report_progress(batch).await,
+                () = self.shutdown.wait(), if deadline.is_none() => {
+                    tracing::info!(grace_ms = grace.as_millis() as u64, "shutdown requested mid-write; finishing the batch in hand");
+                    deadline = Some(tokio::time::Instant::now() + grace);
+                }
+                () = give_up => return Err(WriteError::Abandoned),
             }
         }
     }
@@ -275,11 +307,20 @@ impl<S: EntitySchema> Worker<S> {
                 tracing::warn!(error = %err, sequence = delivery.sequence, "ack failed; the message will be redelivered and skipped");
             }
         }
-        if !committed.is_empty()
-            && failed_acks < committed.len()
-            && let Err(err) = self.js.client().flush().await
-        {
-            tracing::warn!(error = %err, "acks not confirmed; unconfirmed messages will be redelivered and skipped");
+        // Bounded: with NATS gone, a flush waits for the reconnection.
+        if !committed.is_empty() && failed_acks < committed.len() {
+            let client = self.js.client();
+            match tokio::time::timeout(self.config.nats.request_timeout, client.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "acks not confirmed; unconfirmed messages will be redelivered and skipped");
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "acks not confirmed in time (NATS unreachable?); unconfirmed messages will be redelivered and skipped"
+                    );
+                }
+            }
         }
         metrics::counter!("worker_messages_persisted_total").increment(committed.len() as u64);
     }

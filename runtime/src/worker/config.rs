@@ -64,6 +64,11 @@ pub struct WorkerArgs {
     /// Run the migrations and exit.
     #[arg(long)]
     pub migrate_only: bool,
+    /// How long a SIGTERM waits for the batch being written; then the worker exits
+    /// without acknowledging it (it is redelivered). Keep it under the orchestrator's
+    /// grace period (Kubernetes: 30 s by default).
+    #[arg(long, env = "NOMNOM_SHUTDOWN_GRACE", default_value = "20s", value_parser = duration::parse)]
+    pub shutdown_grace: Duration,
     /// Address of the worker's /health, /ready and /metrics endpoints.
     #[arg(long, env = "NOMNOM_WORKER_LISTEN", default_value = defaults::WORKER_LISTEN)]
     pub listen: std::net::SocketAddr,
@@ -91,6 +96,8 @@ pub struct WorkerConfig {
     /// How long tombstones of deleted keys are kept.
     pub tombstone_retention: Duration,
     pub migrate_only: bool,
+    /// How long a SIGTERM waits for the batch being written.
+    pub shutdown_grace: Duration,
     /// Where /health, /ready and /metrics are served; `None` serves nothing.
     pub listen: Option<std::net::SocketAddr>,
 }
@@ -114,6 +121,7 @@ impl Default for WorkerConfig {
             dlq_stream: defaults::DLQ_STREAM.to_owned(),
             tombstone_retention: defaults::WORKER_TOMBSTONE_RETENTION,
             migrate_only: false,
+            shutdown_grace: defaults::WORKER_SHUTDOWN_GRACE,
             listen: None,
         }
     }
@@ -135,6 +143,7 @@ impl WorkerArgs {
             dlq_stream: self.dlq_stream.clone(),
             tombstone_retention: self.tombstone_retention,
             migrate_only: self.migrate_only,
+            shutdown_grace: self.shutdown_grace,
             listen: Some(self.listen),
         }
     }

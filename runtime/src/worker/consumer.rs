@@ -14,7 +14,7 @@ use async_nats::jetstream::{
 };
 use futures::StreamExt;
 
-use super::{WorkerConfig, WorkerError};
+use super::{Shutdown, WorkerConfig, WorkerError};
 use crate::stream;
 
 /// Fetch failures in a row after which the worker gives up (exits non-zero).
@@ -63,14 +63,8 @@ impl Consumer {
     pub(super) async fn ensure(
         js: jetstream::Context,
         config: &WorkerConfig,
-    ) -> Result<Self, WorkerError> {
-        let (inner, stream_created) =
-            create(&js, config)
-                .await
-                .map_err(|source| WorkerError::Consumer {
-                    name: config.consumer.clone(),
-                    source,
-                })?;
+    ) -> Result<Self, ConsumerSetupError> {
+        let (inner, stream_created) = create(&js, config).await?;
         Ok(Self {
             js,
             config: config.clone(),
@@ -96,16 +90,17 @@ impl Consumer {
     }
 
     /// The messages of a fetched batch. After a failed fetch, recovers the stream and
-    /// consumer (and returns no messages), or gives up.
+    /// consumer (and returns no messages), or gives up. `None`: shutdown was requested
+    /// while waiting for JetStream to come back.
     pub(super) async fn receive(
         &mut self,
         fetched: Result<Batch, BatchError>,
-    ) -> Result<Vec<jetstream::Message>, WorkerError> {
+        shutdown: &Shutdown,
+    ) -> Result<Option<Vec<jetstream::Message>>, WorkerError> {
         let mut batch = match fetched {
             Ok(batch) => batch,
             Err(err) => {
-                self.recover(Box::new(err)).await?;
-                return Ok(Vec::new());
+                return Ok(self.recover(Box::new(err), shutdown).await?.then(Vec::new));
             }
         };
         let mut messages = Vec::new();
@@ -121,15 +116,22 @@ impl Consumer {
         }
         match error {
             None => self.failures = 0,
-            Some(err) if messages.is_empty() => self.recover(err).await?,
+            Some(err) if messages.is_empty() => {
+                return Ok(self.recover(err, shutdown).await?.then_some(messages));
+            }
             Some(_) => {}
         }
-        Ok(messages)
+        Ok(Some(messages))
     }
 
     /// After a fetch error: recreates the stream and consumer if they were deleted; gives
-    /// up (exit non-zero) when that keeps failing, instead of idling forever.
-    async fn recover(&mut self, error: async_nats::Error) -> Result<(), WorkerError> {
+    /// up (exit non-zero) when that keeps failing, instead of idling forever. Waits for
+    /// JetStream while it is unreachable; false if shutdown was requested meanwhile.
+    async fn recover(
+        &mut self,
+        error: async_nats::Error,
+        shutdown: &Shutdown,
+    ) -> Result<bool, WorkerError> {
         self.failures += 1;
         tracing::warn!(%error, attempt = self.failures, "fetch failed; checking the stream and consumer");
         if self.failures > MAX_FETCH_FAILURES {
@@ -140,12 +142,17 @@ impl Consumer {
         }
         let mut delay = Duration::from_millis(200 * u64::from(self.failures));
         loop {
-            tokio::time::sleep(delay).await;
+            if !shutdown.sleep(delay).await {
+                return Ok(false);
+            }
             // JetStream unreachable or without a quorum (a cluster that lost nodes) is not
             // a lost stream: wait for it, logging each attempt, instead of exiting.
             // Anything else (a refusal) ends the worker with the reason.
-            let unavailable = match self.recreate().await {
-                Ok(()) => return Ok(()),
+            let Some(recreated) = shutdown.unless_requested(self.recreate()).await else {
+                return Ok(false);
+            };
+            let unavailable = match recreated {
+                Ok(()) => return Ok(true),
                 Err(WorkerError::Stream(err)) if err.is_unavailable() => err.to_string(),
                 Err(WorkerError::Consumer { source, .. }) if source.is_unavailable() => {
                     source.to_string()

@@ -2,16 +2,21 @@
 //! state, the endpoints, and the worker's database connection.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use super::WorkerError;
 use crate::db::{self, AnyConnection};
 
-/// What /ready reports.
+/// What /ready reports. Served from the start, so /health answers while the worker
+/// still waits for NATS or the database.
 #[derive(Debug, Default)]
 pub(super) struct Health {
     database_ok: AtomicBool,
+    /// Migrated, and the stream and consumer set up: fetching.
+    started: AtomicBool,
+    /// The NATS connection, once there is one.
+    nats: OnceLock<async_nats::Client>,
 }
 
 impl Health {
@@ -22,20 +27,32 @@ impl Health {
     pub(super) fn set_database_ok(&self, ok: bool) {
         self.database_ok.store(ok, Ordering::Release);
     }
+
+    pub(super) fn set_started(&self) {
+        self.started.store(true, Ordering::Release);
+    }
+
+    pub(super) fn set_nats(&self, client: async_nats::Client) {
+        let _ = self.nats.set(client);
+    }
+
+    fn nats_connected(&self) -> bool {
+        self.nats.get().is_some_and(|client| {
+            client.connection_state() == async_nats::connection::State::Connected
+        })
+    }
 }
 
 /// Serves /health, /ready and /metrics on `listen`, in the background.
 pub(super) async fn serve(
     listen: std::net::SocketAddr,
     health: Arc<Health>,
-    client: async_nats::Client,
 ) -> Result<(), WorkerError> {
     use axum::{Json, Router, routing::get};
     let metrics = crate::metrics::install();
     let ready = move || {
         let health = Arc::clone(&health);
-        let client = client.clone();
-        async move { readiness(&health, &client) }
+        async move { readiness(&health) }
     };
     let app = Router::new()
         .route(
@@ -63,15 +80,14 @@ pub(super) async fn serve(
     Ok(())
 }
 
-/// /ready: 200 when both NATS and the database are reachable, else 503.
-fn readiness(
-    health: &Health,
-    client: &async_nats::Client,
-) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+/// /ready: 200 when the worker has started and both NATS and the database are
+/// reachable, else 503.
+fn readiness(health: &Health) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
     use axum::http::StatusCode;
-    let nats = client.connection_state() == async_nats::connection::State::Connected;
+    let nats = health.nats_connected();
     let database = health.database_ok();
-    let code = if nats && database {
+    let started = health.started.load(Ordering::Acquire);
+    let code = if nats && database && started {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -82,6 +98,7 @@ fn readiness(
             "status": if code == StatusCode::OK { "ready" } else { "unavailable" },
             "nats": if nats { "connected" } else { "disconnected" },
             "database": if database { "ok" } else { "unavailable" },
+            "worker": if started { "fetching" } else { "starting" },
         })),
     )
 }

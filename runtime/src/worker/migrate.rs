@@ -1,5 +1,7 @@
 //! Migrations: the status, tombstone and patch log tables and the schema's own, applied once across replicas.
 
+use std::time::{Duration, Instant};
+
 use diesel::{Connection, RunQueryDsl};
 
 use super::{EntitySchema, Migration, WorkerError};
@@ -19,12 +21,79 @@ fn checksum(migration: &Migration) -> String {
         .collect()
 }
 
-/// Serialises replicas that start at once (PostgreSQL; SQLite has one writer anyway).
-fn lock_migrations(conn: &mut AnyConnection) -> diesel::QueryResult<()> {
-    if let AnyConnection::Postgresql(pg) = conn {
-        diesel::sql_query("SELECT pg_advisory_xact_lock(7236423147236412)").execute(pg)?;
+/// The advisory lock that serialises migrations across replicas (PostgreSQL).
+const MIGRATION_LOCK: i64 = 7236423147236412;
+
+/// Longest pause between two attempts at the migration lock.
+const LOCK_POLL_MAX: Duration = Duration::from_millis(500);
+
+/// Why a migration step did not happen.
+enum Interrupt {
+    Database(diesel::result::Error),
+    /// Shutdown was requested while another process held the migration lock.
+    Stopped,
+}
+
+impl From<diesel::result::Error> for Interrupt {
+    fn from(err: diesel::result::Error) -> Self {
+        Self::Database(err)
     }
-    Ok(())
+}
+
+/// Whether the migrations ran, or shutdown came first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrated {
+    Done,
+    /// Shutdown was requested while another process was running the migrations (it
+    /// held their lock); this one changed nothing.
+    Stopped,
+}
+
+/// Serialises replicas that start at once (PostgreSQL; SQLite has one writer anyway).
+/// The lock is tried, not waited for inside the database (`pg_advisory_xact_lock` would
+/// park the connection where nothing can interrupt it): while another process holds it,
+/// it is tried again after a growing pause, and `stop()` ends the wait.
+fn lock_migrations(conn: &mut AnyConnection, stop: &dyn Fn() -> bool) -> Result<(), Interrupt> {
+    #[derive(diesel::QueryableByName)]
+    struct Locked {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        locked: bool,
+    }
+    let AnyConnection::Postgresql(pg) = conn else {
+        return Ok(());
+    };
+    let mut pause = Duration::from_millis(20);
+    let mut waited = false;
+    loop {
+        let locked = diesel::sql_query(format!(
+            "SELECT pg_try_advisory_xact_lock({MIGRATION_LOCK}) AS locked"
+        ))
+        .get_result::<Locked>(pg)?
+        .locked;
+        if locked {
+            if waited {
+                tracing::info!("migration lock acquired");
+            }
+            return Ok(());
+        }
+        if !waited {
+            tracing::warn!(
+                "another process is running the migrations (it holds their lock); waiting for it"
+            );
+            waited = true;
+        }
+        let until = Instant::now() + pause;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            if stop() {
+                return Err(Interrupt::Stopped);
+            }
+            std::thread::sleep(left.min(Duration::from_millis(20)));
+        }
+        if stop() {
+            return Err(Interrupt::Stopped);
+        }
+        pause = (pause * 2).min(LOCK_POLL_MAX);
+    }
 }
 
 /// Creates the status table and applies the schema's migrations not applied yet. On
@@ -34,19 +103,35 @@ pub fn migrate<S: EntitySchema>(
     schema: &S,
     kind: DatabaseKind,
 ) -> Result<(), WorkerError> {
-    let fail = |version: &str| {
-        let version = version.to_owned();
-        move |source| WorkerError::Migration { version, source }
+    migrate_unless(conn, schema, kind, &|| false).map(|_| ())
+}
+
+/// Like [`migrate`], giving up (with [`Migrated::Stopped`]) when `stop()` says so while
+/// another process holds the migration lock.
+pub fn migrate_unless<S: EntitySchema>(
+    conn: &mut AnyConnection,
+    schema: &S,
+    kind: DatabaseKind,
+    stop: &dyn Fn() -> bool,
+) -> Result<Migrated, WorkerError> {
+    let fail = |version: &str, interrupt| match interrupt {
+        Interrupt::Database(source) => Err(WorkerError::Migration {
+            version: version.to_owned(),
+            source,
+        }),
+        Interrupt::Stopped => Ok(Migrated::Stopped),
     };
-    conn.transaction(|conn| {
-        lock_migrations(conn)?;
-        create_runtime_tables(conn)
-    })
-    .map_err(fail("status"))?;
+    if let Err(interrupt) = conn.transaction(|conn| {
+        lock_migrations(conn, stop)?;
+        create_runtime_tables(conn).map_err(Interrupt::from)
+    }) {
+        return fail("status", interrupt);
+    }
     for migration in schema.migrations(kind) {
-        match apply(conn, migration).map_err(fail(migration.version))? {
-            Applied::Now | Applied::Before => {}
-            Applied::Edited { recorded } => {
+        match apply(conn, migration, stop) {
+            Err(interrupt) => return fail(migration.version, interrupt),
+            Ok(Applied::Now | Applied::Before) => {}
+            Ok(Applied::Edited { recorded }) => {
                 return Err(WorkerError::MigrationEdited {
                     version: migration.version.to_owned(),
                     name: migration.name.to_owned(),
@@ -56,7 +141,7 @@ pub fn migrate<S: EntitySchema>(
             }
         }
     }
-    Ok(())
+    Ok(Migrated::Done)
 }
 
 /// What became of one migration.
@@ -91,11 +176,15 @@ fn recorded(
     Ok(rows.into_iter().next().map(|r| r.checksum))
 }
 
-fn apply(conn: &mut AnyConnection, migration: &Migration) -> diesel::QueryResult<Applied> {
+fn apply(
+    conn: &mut AnyConnection,
+    migration: &Migration,
+    stop: &dyn Fn() -> bool,
+) -> Result<Applied, Interrupt> {
     let sum = checksum(migration);
     let quote = |text: &str| text.replace('\'', "''");
     conn.transaction(|conn| {
-        lock_migrations(conn)?;
+        lock_migrations(conn, stop)?;
         match recorded(conn, migration)? {
             Some(Some(recorded)) if recorded == sum => return Ok(Applied::Before),
             Some(Some(recorded)) => return Ok(Applied::Edited { recorded }),

@@ -33,14 +33,17 @@ mod consumer;
 mod health;
 mod migrate;
 mod refusal;
+mod shutdown;
 pub mod write;
 
 pub use config::{WorkerArgs, WorkerConfig};
 pub use consumer::ConsumerSetupError;
-pub use migrate::{create_runtime_tables, migrate};
+pub use migrate::{Migrated, create_runtime_tables, migrate, migrate_unless};
 
+use batch::Processed;
 use consumer::Consumer;
 use health::{Database, Health};
+use shutdown::{Backoff, Shutdown};
 
 /// One migration of the generated schema.
 #[derive(Debug, Clone, Copy)]
@@ -138,7 +141,17 @@ pub fn main<S: EntitySchema>(schema: S) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(schema, args.to_config(), shutdown_signal())) {
+    let config = args.to_config();
+    let result = runtime.block_on(async {
+        // Handlers first: a SIGTERM while the worker still waits for NATS or the database
+        // must be observed, not end the process with the signal.
+        let signal = shutdown_signal();
+        run(schema, config, signal).await
+    });
+    // A write abandoned at the end of the grace period may still hold a blocking thread:
+    // do not wait for it (the database rolls back what the connection did not commit).
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "worker stopped");
@@ -148,32 +161,58 @@ pub fn main<S: EntitySchema>(schema: S) -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is
+/// called, not when the future is first polled.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        let terminate = async {
+            match terminate {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending().await,
             }
-            Err(_) => std::future::pending().await,
+        };
+        let interrupt = async {
+            match interrupt {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = interrupt => tracing::info!("SIGINT received; stopping"),
+            () = terminate => tracing::info!("SIGTERM received; stopping"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = terminate => {},
     }
 }
 
-/// Runs the worker until `shutdown` resolves; the batch in hand is finished first.
+/// Runs the worker until `shutdown` resolves; the batch in hand is finished first (within
+/// `shutdown_grace`). Every wait (for NATS, JetStream, the database, the migration lock,
+/// a backoff) ends when `shutdown` resolves, and the worker then returns `Ok`.
 pub async fn run<S: EntitySchema>(
     schema: S,
     config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     config.validate()?;
-    match Worker::start(schema, config).await? {
-        Some(worker) => worker.run(shutdown).await,
-        None => Ok(()),
+    let (trigger, stop) = Shutdown::new();
+    let work = async {
+        match Worker::start(schema, config, &stop).await? {
+            Some(worker) => worker.run(&stop).await,
+            None => Ok(()),
+        }
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        result = &mut work => return result,
+        () = shutdown => trigger.fire(),
     }
+    work.await
 }
 
 /// How often a worker deletes tombstones past their retention.
@@ -190,33 +229,164 @@ struct Worker<S: EntitySchema> {
     sequence_bases: Arc<SequenceBases>,
     config: WorkerConfig,
     health: Arc<Health>,
+    shutdown: Shutdown,
+}
+
+/// Runs blocking `work` off the async runtime, passing its panic on.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        // Only a runtime shutting down cancels a blocking task.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Tries `attempt` until it succeeds, fails for good (`retry` says no), or shutdown is
+/// requested (`Ok(None)`), logging `waiting` with each retryable error and pausing with
+/// a growing delay in between.
+async fn wait_for<T, E, Fut>(
+    shutdown: &Shutdown,
+    waiting: &str,
+    mut attempt: impl FnMut() -> Fut,
+    retry: impl Fn(&E) -> bool,
+) -> Result<Option<T>, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    loop {
+        match shutdown.unless_requested(attempt()).await {
+            None => return Ok(None),
+            Some(Ok(value)) => return Ok(Some(value)),
+            Some(Err(err)) if retry(&err) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "{waiting}");
+                if !shutdown.sleep(delay).await {
+                    return Ok(None);
+                }
+            }
+            Some(Err(err)) => return Err(err),
+        }
+    }
 }
 
 impl<S: EntitySchema> Worker<S> {
     /// Connects, migrates, and sets up the streams, the consumer and the health
-    /// endpoints. `None` with `--migrate-only`, once the migrations are applied.
-    async fn start(schema: S, config: WorkerConfig) -> Result<Option<Self>, WorkerError> {
+    /// endpoints, waiting for NATS, JetStream and the database as long as they are
+    /// unreachable. `None` with `--migrate-only` once the migrations are applied, or when
+    /// shutdown is requested first.
+    async fn start(
+        schema: S,
+        config: WorkerConfig,
+        shutdown: &Shutdown,
+    ) -> Result<Option<Self>, WorkerError> {
         let url = DatabaseUrl::parse(&config.database_url).map_err(db::ConnectError::from)?;
-        let mut conn = db::connect(&config.database_url)?;
-        migrate(&mut conn, &schema, url.kind)?;
-        migrate::warn_if_commits_are_asynchronous(&mut conn);
+        let health = Arc::new(Health::default());
+        if !config.migrate_only
+            && let Some(listen) = config.listen
+        {
+            health::serve(listen, Arc::clone(&health)).await?;
+        }
+        let stopped = || {
+            tracing::info!("shutdown requested while starting; exiting");
+            Ok(None)
+        };
+
+        // The database: PostgreSQL may be down or still starting; a SQLite file that
+        // cannot be opened will not open by waiting.
+        let database_url = config.database_url.clone();
+        let conn = wait_for(
+            shutdown,
+            "database unreachable; waiting for it",
+            || {
+                let url = database_url.clone();
+                blocking(move || db::connect(&url))
+            },
+            |_| url.kind == DatabaseKind::Postgres,
+        )
+        .await?;
+        let Some(mut conn) = conn else {
+            return stopped();
+        };
+        let schema = Arc::new(schema);
+        let (conn, migrated) = {
+            let schema = Arc::clone(&schema);
+            let stop = shutdown.clone();
+            let kind = url.kind;
+            blocking(move || {
+                let migrated = migrate_unless(&mut conn, &*schema, kind, &|| stop.requested());
+                if matches!(migrated, Ok(Migrated::Done)) {
+                    migrate::warn_if_commits_are_asynchronous(&mut conn);
+                }
+                (conn, migrated)
+            })
+            .await
+        };
+        if migrated? == Migrated::Stopped {
+            return stopped();
+        }
         if config.migrate_only {
             tracing::info!("migrations applied; exiting (--migrate-only)");
             return Ok(None);
         }
-        let js = jetstream::new(config.nats.connect().await?);
-        stream::ensure_stream(&js, &config.stream).await?;
-        let dead_letters =
-            DeadLetters::ensure(js.clone(), &config.dlq_stream, config.stream.replicas).await?;
-        let consumer = Consumer::ensure(js.clone(), &config).await?;
-        tracing::info!(consumer = %config.consumer, stream = %config.stream.name, database = %url.redacted(), "worker started");
-        let health = Arc::new(Health::default());
         health.set_database_ok(true);
-        if let Some(listen) = config.listen {
-            health::serve(listen, Arc::clone(&health), js.client()).await?;
+
+        // NATS, then JetStream: the stream, the dead-letter stream and the consumer.
+        let nats = config.nats.clone();
+        let Some(client) = wait_for(
+            shutdown,
+            "NATS unreachable; waiting for it",
+            || nats.connect(),
+            crate::nats::NatsConnectError::is_unreachable,
+        )
+        .await?
+        else {
+            return stopped();
+        };
+        health.set_nats(client.clone());
+        let js = jetstream::new(client);
+        let unavailable = "JetStream unavailable; waiting for it";
+        if wait_for(
+            shutdown,
+            unavailable,
+            || stream::ensure_stream(&js, &config.stream),
+            stream::StreamSetupError::is_unavailable,
+        )
+        .await?
+        .is_none()
+        {
+            return stopped();
         }
+        let Some(dead_letters) = wait_for(
+            shutdown,
+            unavailable,
+            || DeadLetters::ensure(js.clone(), &config.dlq_stream, config.stream.replicas),
+            DlqError::is_unavailable,
+        )
+        .await?
+        else {
+            return stopped();
+        };
+        let Some(consumer) = wait_for(
+            shutdown,
+            unavailable,
+            || Consumer::ensure(js.clone(), &config),
+            ConsumerSetupError::is_unavailable,
+        )
+        .await
+        .map_err(|source| WorkerError::Consumer {
+            name: config.consumer.clone(),
+            source,
+        })?
+        else {
+            return stopped();
+        };
+        tracing::info!(consumer = %config.consumer, stream = %config.stream.name, database = %url.redacted(), "worker started");
+        health.set_started();
         Ok(Some(Self {
-            schema: Arc::new(schema),
+            schema,
             db: Database::new(conn, config.database_url.clone()),
             js,
             dead_letters,
@@ -224,29 +394,42 @@ impl<S: EntitySchema> Worker<S> {
             sequence_bases: Arc::default(),
             config,
             health,
+            shutdown: shutdown.clone(),
         }))
     }
 
-    /// Takes and processes batches until `shutdown` resolves.
-    async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
-        tokio::pin!(shutdown);
+    /// Takes and processes batches until shutdown is requested.
+    async fn run(mut self, shutdown: &Shutdown) -> Result<(), WorkerError> {
         let mut last_prune: Option<std::time::Instant> = None;
         loop {
             if !self.health.database_ok() {
                 // Fetching now would only burn deliveries: wait for the database first.
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = self.db.wait_until_reachable(&self.health) => {},
+                if shutdown
+                    .unless_requested(self.db.wait_until_reachable(&self.health))
+                    .await
+                    .is_none()
+                {
+                    break;
                 }
             }
             let wait = self.config.batch_wait.max(Duration::from_millis(10));
-            let fetched = tokio::select! {
-                () = &mut shutdown => break,
-                fetched = self.consumer.fetch(self.config.batch_size, wait) => fetched,
+            let Some(fetched) = shutdown
+                .unless_requested(self.consumer.fetch(self.config.batch_size, wait))
+                .await
+            else {
+                break;
             };
-            let messages = self.consumer.receive(fetched).await?;
-            if !messages.is_empty() {
-                self.process(messages).await;
+            let Some(messages) = self.consumer.receive(fetched, shutdown).await? else {
+                break;
+            };
+            if !messages.is_empty() && self.process(messages).await == Processed::Abandoned {
+                tracing::warn!(
+                    "the batch in hand was still being written at the end of the shutdown grace period; exiting without acknowledging it (it will be redelivered, and skipped if it was committed)"
+                );
+                break;
+            }
+            if shutdown.requested() {
+                break;
             }
             if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(std::time::Instant::now());

@@ -61,6 +61,11 @@ pub enum WriteError {
     },
     #[error("writer task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// Shutdown was requested and the grace period ended before the write did.
+    #[error(
+        "the write outlasted the shutdown grace period; it was left to the database to commit or roll back"
+    )]
+    Abandoned,
 }
 
 /// Writes a batch in one transaction. When it fails and the database is fine, writes
