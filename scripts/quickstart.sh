@@ -148,14 +148,23 @@ NATS_URL="nats://127.0.0.1:$nats_port" DATABASE_URL="$database_url" \
   "$target_dir/debug/tpch-worker" >"$state_dir/tpch-worker.log" 2>&1 &
 worker_pid=$!
 echo $worker_pid >"$state_dir/tpch-worker.pid"
+# The worker waits for a database that is down (as it would for a restart in
+# production); here, one that is not up at start is a mistake to report at once.
+waiting_for_database() {
+  grep -a -m1 'database unreachable; waiting for it' "$state_dir/tpch-worker.log" 2>/dev/null \
+    | sed 's/\x1b\[[0-9;]*m//g; s/.*waiting for it error=//' | cut -c1-300
+}
 for _ in $(seq 1 150); do
   curl -fs "http://127.0.0.1:$worker_port/ready" >/dev/null && break
   kill -0 "$worker_pid" 2>/dev/null || break
+  [ -n "$(waiting_for_database)" ] && break
   sleep 0.2
 done
 if ! curl -fs "http://127.0.0.1:$worker_port/ready" >/dev/null; then
+  hint="$(waiting_for_database)"
+  [ -n "$hint" ] || hint="$(log_hint tpch-worker)"
   case "$database_url" in
-    postgres*) fail "the worker cannot start: $(log_hint tpch-worker); check DATABASE_URL and that PostgreSQL is running" ;;
+    postgres*) fail "the worker cannot start: $hint; check DATABASE_URL and that PostgreSQL is running" ;;
     *) fail "the worker cannot start: $(log_hint tpch-worker) (log: $state_dir/tpch-worker.log)" ;;
   esac
 fi
