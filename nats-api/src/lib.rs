@@ -112,7 +112,7 @@ pub async fn serve_on(
     // Acks of answered requests were awaited already; flush anything still buffered. Not
     // while NATS is down: a flush would wait for the reconnection.
     if state.client.connection_state() == async_nats::connection::State::Connected {
-        let _ = tokio::time::timeout(Duration::from_secs(5), state.client.flush()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), state.client.flush()).await;
     }
     tracing::info!("nats-api stopped");
     Ok(())

@@ -22,6 +22,27 @@ impl Api {
     }
 
     fn start_on(nats_url: &str, extra_env: &[(&str, &str)]) -> Api {
+        let api = Api::spawn(nats_url, extra_env);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while api.get("/ready").0 != 200 {
+            assert!(Instant::now() < deadline, "nats-api did not become ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        api
+    }
+
+    /// Starts nats-api and returns once it answers /health (ready or not).
+    fn start_unready(nats_url: &str, extra_env: &[(&str, &str)]) -> Api {
+        let api = Api::spawn(nats_url, extra_env);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while api.get("/health").0 != 200 {
+            assert!(Instant::now() < deadline, "nats-api did not answer /health");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        api
+    }
+
+    fn spawn(nats_url: &str, extra_env: &[(&str, &str)]) -> Api {
         let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_nats-api"));
         command
@@ -37,13 +58,7 @@ impl Api {
             command.env(key, value);
         }
         let child = command.spawn().expect("spawn nats-api");
-        let api = Api { child, port };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while api.get("/ready").0 != 200 {
-            assert!(Instant::now() < deadline, "nats-api did not become ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        api
+        Api { child, port }
     }
 
     fn url(&self, path: &str) -> String {
@@ -80,6 +95,31 @@ impl Api {
         assert!(status.success());
     }
 }
+
+impl Api {
+    /// SIGTERM, then the exit status and how long it took; fails the test if the process
+    /// still runs after `within`.
+    fn terminate(&mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
+        let sent = Instant::now();
+        self.signal("TERM");
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let took = sent.elapsed();
+                eprintln!("nats-api exited {status} {took:?} after SIGTERM");
+                return (status, took);
+            }
+            assert!(
+                sent.elapsed() < within,
+                "nats-api still running {within:?} after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// How long nats-api may take to exit after SIGTERM with nothing in flight: far under
+/// its grace period (25 s by default).
+const EXIT_WITHIN: Duration = Duration::from_secs(3);
 
 impl Drop for Api {
     fn drop(&mut self) {
@@ -420,4 +460,91 @@ fn nats_api_runs_with_the_allocator_options_that_return_memory() {
         200,
         "the process answering is the one started"
     );
+}
+
+#[test]
+fn sigterm_with_nats_down_at_start_exits_zero() {
+    let nowhere = format!("nats://127.0.0.1:{}", free_port());
+    let mut api = Api::start_unready(&nowhere, &[]);
+    let (code, body) = api.get("/ready");
+    assert_eq!(code, 503, "{body}");
+    let (status, _) = api.terminate(EXIT_WITHIN);
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn sigterm_after_nats_was_lost_exits_zero() {
+    let mut nats = NatsServer::start();
+    let mut api = Api::start(&nats, &[]);
+    nats.stop();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while api.get("/ready").0 != 503 {
+        assert!(Instant::now() < deadline, "/ready never said NATS was lost");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, _) = api.terminate(EXIT_WITHIN);
+    assert!(status.success(), "{status}");
+}
+
+/// Publishes stored by JetStream whose acknowledgements never come back (held by a
+/// proxy) when SIGTERM arrives: each request gets a clear 503 at the publish timeout, the
+/// process exits 0 right after (long before its grace period), and a retry with the same
+/// keys stores nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_publishes_in_flight_and_nats_unresponsive_exits_zero_and_loses_nothing() {
+    const REQUESTS: u64 = 10;
+    let nats = NatsServer::start();
+    let proxy = TcpProxy::start(nats.port());
+    let mut api = Api::start_on(
+        &format!("nats://127.0.0.1:{}", proxy.port()),
+        &[("NOMNOM_PUBLISH_TIMEOUT", "2s")],
+    );
+    let _ = stream_len(&nats).await;
+    proxy.hold_downstream();
+    let post = |url: String, n: u64| {
+        reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .header("idempotency-key", format!("in-flight-{n}"))
+            .body(format!(r#"{{"o_orderkey": {n}}}"#))
+            .send()
+    };
+    let requests: Vec<_> = (0..REQUESTS)
+        .map(|n| tokio::spawn(post(api.url("/api/ingest/message/order"), n)))
+        .collect();
+    // All stored, none answered: every request is in flight.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stream_len(&nats).await < REQUESTS {
+        assert!(
+            Instant::now() < deadline,
+            "the messages never reached the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, took) = tokio::task::spawn_blocking(move || {
+        let result = api.terminate(Duration::from_secs(10));
+        drop(api);
+        result
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(5), "exited after {took:?}");
+    for request in requests {
+        let reply = request
+            .await
+            .unwrap()
+            .expect("an answer, not a cut connection");
+        assert_eq!(reply.status(), 503);
+        let body = reply.text().await.unwrap();
+        assert!(body.contains("error"), "{body}");
+    }
+    drop(proxy);
+    // Retried with their keys: stored once each.
+    let api = Api::start(&nats, &[]);
+    for n in 0..REQUESTS {
+        let reply = post(api.url("/api/ingest/message/order"), n).await.unwrap();
+        assert_eq!(reply.status(), 202);
+    }
+    assert_eq!(stream_len(&nats).await, REQUESTS);
 }
