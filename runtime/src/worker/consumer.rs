@@ -115,6 +115,16 @@ impl Consumer {
             }
         }
         match error {
+            // A fetch while NATS is gone ends empty, without an error, at its expiry: not
+            // a success. Waiting for JetStream says so in the log (and is where SIGTERM
+            // finds the worker) instead of fetching in silence.
+            None if messages.is_empty()
+                && self.js.client().connection_state()
+                    != async_nats::connection::State::Connected =>
+            {
+                let lost = "the NATS connection is lost".into();
+                return Ok(self.recover(lost, shutdown).await?.then(Vec::new));
+            }
             None => self.failures = 0,
             Some(err) if messages.is_empty() => {
                 return Ok(self.recover(err, shutdown).await?.then_some(messages));
