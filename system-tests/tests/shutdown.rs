@@ -122,20 +122,25 @@ impl Worker {
     /// SIGTERM; the exit status and how long the worker took to exit. Fails the test if
     /// it is still running after `within` (and SIGKILLs it).
     fn terminate(&mut self, within: Duration) -> (ExitStatus, Duration) {
+        self.stop_with("TERM", within)
+    }
+
+    /// Like [`Worker::terminate`], with `signal` (`TERM`, `INT`).
+    fn stop_with(&mut self, signal: &str, within: Duration) -> (ExitStatus, Duration) {
         let mut child = self.child.take().unwrap();
         let sent = Instant::now();
-        send_signal(&child, "TERM");
+        send_signal(&child, signal);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 let took = sent.elapsed();
-                eprintln!("worker exited {status} {took:?} after SIGTERM");
+                eprintln!("worker exited {status} {took:?} after SIG{signal}");
                 return (status, took);
             }
             if sent.elapsed() > within {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "the worker was still running {within:?} after SIGTERM:\n{}",
+                    "the worker was still running {within:?} after SIG{signal}:\n{}",
                     self.log()
                 );
             }
@@ -187,13 +192,20 @@ async fn sigterm_while_nats_is_down_at_start_exits_zero() {
     let pg = Postgres::start();
     let url = pg.create_database("nats_down");
     let mut worker = Worker::start(&nowhere(), &url, &[]);
-    worker
-        .wait_log(Duration::from_secs(30), "NATS unreachable; waiting for it")
-        .await;
-    worker
-        .assert_alive_but_not_ready("\"nats\":\"disconnected\"")
-        .await;
+    let mut interrupted = Worker::start(&nowhere(), &url, &[]);
+    for worker in [&mut worker, &mut interrupted] {
+        worker
+            .wait_log(Duration::from_secs(30), "NATS unreachable; waiting for it")
+            .await;
+        worker
+            .assert_alive_but_not_ready("\"nats\":\"disconnected\"")
+            .await;
+    }
     worker.terminate_cleanly();
+    // Ctrl-C the same.
+    let (status, _) = interrupted.stop_with("INT", EXIT_WITHIN);
+    assert!(status.success(), "exit status after SIGINT: {status}");
+    assert!(interrupted.log().contains("SIGINT received"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
