@@ -6,17 +6,15 @@
 /// `main.rs`). Re-exported so generated crates need no dependency of their own.
 pub use mimalloc::MiMalloc as Allocator;
 
-/// mimalloc's options that make freed memory go back to the system within moments:
-/// arenas committed on first use rather than eagerly (eagerly committed memory is never
-/// purged), and purged at once rather than after a second.
-const OPTIONS: [(&str, &str); 2] = [
-    ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
-    ("MIMALLOC_PURGE_DELAY", "0"),
-];
+/// mimalloc's option that makes freed memory go back to the system: arenas committed on
+/// first use rather than eagerly, since eagerly committed arena memory is never purged.
+/// (Purging at once as well, `MIMALLOC_PURGE_DELAY=0`, halved nats-api's batch throughput
+/// for no gain: the default delay of one second returns the memory as soon.)
+const OPTIONS: [(&str, &str); 1] = [("MIMALLOC_ARENA_EAGER_COMMIT", "0")];
 
 /// Call first in `main`. mimalloc reads its options from the environment once, when the
-/// process starts, before `main`; so, unless they are set already (by the image, or by
-/// the operator, whose values win), the process runs itself again with them, in place
+/// process starts, before `main`; so, unless it is set already (by the image, or by the
+/// operator, whose value wins), the process runs itself again with it, in place
 /// (`exec`: the same process id, arguments and environment otherwise). After a burst of
 /// large request bodies, resident memory then returns near idle within seconds
 /// (benchmark 7 in docs/benchmarks.md).
@@ -42,7 +40,7 @@ pub fn return_freed_memory_promptly() {
     }
 }
 
-/// Whether this process runs with the options above.
+/// Whether this process runs with the option above (or an operator's value for it).
 pub fn returns_freed_memory_promptly() -> bool {
     OPTIONS
         .iter()
