@@ -38,7 +38,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+  DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" iptables ca-certificates >/dev/null
 fi
 echo "$("$docker" --version); $(docker-compose --version); mmdebstrap $(mmdebstrap --version | awk '{print $2}')"
@@ -81,6 +81,10 @@ fi
 "$docker" info --format 'engine {{.ServerVersion}}, storage {{.Driver}}, cgroup {{.CgroupVersion}}'
 
 step "Rust musl target (for the builder image)"
+command -v rustup >/dev/null || {
+  echo "error: rustup is missing: the builder image takes this machine's Rust toolchain with the musl target; install Rust with rustup (https://rustup.rs)" >&2
+  exit 1
+}
 if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
   rustup target add x86_64-unknown-linux-musl
 fi
@@ -113,11 +117,11 @@ image_exists() { "$docker" image inspect "$1" >/dev/null 2>&1; }
 # sit behind a proxy with its own CA), and this machine's Rust toolchain with the musl
 # target, so that nothing is downloaded but crates.
 builder_tag="nomnom-local/rust-builder:$rust_version-$base_images"
-if ! image_exists "$builder_tag"; then
-  step "base image $builder_tag (mmdebstrap, docker import)"
+make_builder() {
+  local dir
   dir="$(mktemp -d "$state/tmp/builder.XXXXXX")"
   debian_rootfs gcc,libc6-dev,linux-libc-dev,musl-tools,perl,make,ca-certificates "$dir/rootfs"
-  musl_include="$dir/rootfs/usr/include/x86_64-linux-musl"
+  local musl_include="$dir/rootfs/usr/include/x86_64-linux-musl"
   for header in linux asm-generic; do ln -s "../$header" "$musl_include/$header"; done
   ln -s ../x86_64-linux-gnu/asm "$musl_include/asm"
   cp /etc/ssl/certs/ca-certificates.crt "$dir/rootfs/etc/ssl/certs/ca-certificates.crt"
@@ -130,7 +134,7 @@ if ! image_exists "$builder_tag"; then
     --change 'ENV CARGO_BUILD_TARGET=x86_64-unknown-linux-musl' \
     --change 'CMD ["/bin/bash"]' - "$builder_tag" >/dev/null
   rm -rf "$dir"
-fi
+}
 
 # NATS and PostgreSQL: one Debian rootfs with PostgreSQL, wget (the compose file's NATS
 # healthcheck) and the nats-server of .tools/venv, imported twice with each entrypoint.
@@ -141,8 +145,8 @@ nats_version="$("$nats_server" --version | sed 's/.*v//')"
 services_hash="$base_images-$(sha256sum deploy/tests/images/postgres-entrypoint.sh | cut -c1-8)"
 nats_tag="nomnom-local/nats:$nats_version-$services_hash"
 postgres_tag="nomnom-local/postgres:$services_hash"
-if ! image_exists "$nats_tag" || ! image_exists "$postgres_tag"; then
-  step "base images $nats_tag and $postgres_tag (mmdebstrap, docker import)"
+make_services() {
+  local dir
   dir="$(mktemp -d "$state/tmp/services.XXXXXX")"
   debian_rootfs postgresql,wget,ca-certificates "$dir/rootfs"
   install -m 0755 "$nats_server" "$dir/rootfs/usr/local/bin/nats-server"
@@ -154,7 +158,23 @@ if ! image_exists "$nats_tag" || ! image_exists "$postgres_tag"; then
     --change 'ENV PGDATA=/var/lib/postgresql/data' --change 'EXPOSE 5432' \
     "$dir/rootfs.tar" "$postgres_tag" >/dev/null
   rm -rf "$dir"
+}
+
+# Both at once: mostly downloads and unpacking.
+pids=()
+if ! image_exists "$builder_tag"; then
+  step "base image $builder_tag (mmdebstrap, docker import)"
+  make_builder &
+  pids+=($!)
 fi
+if ! image_exists "$nats_tag" || ! image_exists "$postgres_tag"; then
+  step "base images $nats_tag and $postgres_tag (mmdebstrap, docker import)"
+  make_services &
+  pids+=($!)
+fi
+for pid in "${pids[@]}"; do
+  wait "$pid" || { echo "error: building the base images failed (above)" >&2; exit 1; }
+done
 "$docker" image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^nomnom-local/'
 
 export NOMNOM_RUST_IMAGE="$builder_tag" NATS_IMAGE="$nats_tag" POSTGRES_IMAGE="$postgres_tag"

@@ -97,3 +97,8 @@ def pytest_collection_modifyitems(config, items):
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = selected
+
+
+# The Docker tests' shared fixtures, defined once for both of their modules (a session
+# fixture imported into each module would be set up once per module).
+from docker_support import curl_home, engine, images, orders, top_stack  # noqa: E402,F401

@@ -15,16 +15,13 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from test_docker import (  # noqa: F401 (fixtures)
+from docker_support import (
     DOCKER,
     Stack,
     build_args,
     compose_env,
     curl_examples,
-    curl_home,
-    engine,
     http,
-    images,
     message_status,
     poll,
     record,
