@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command README.md gives, and what CI runs: installs what is missing
 # (nats-server; PostgreSQL when root; the deployment tests' Python packages), then format
-# check, the deployment files' tests, clippy, and every test against real nats-server and
-# PostgreSQL processes.
+# check, the deployment files' tests, clippy, every test against real nats-server and
+# PostgreSQL processes, and the Docker images and compose stacks (scripts/docker-test.sh).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -29,10 +29,15 @@ echo "==> benchmark harness, quick mode (checks it runs; its figures mean nothin
 cargo run --quiet --locked -p nomnom-bench -- --quick
 
 echo "==> tests"
-# Doc tests first: nextest's summary (the real count) must be the last word.
+# Doc tests first: nextest's summary (the real count) must be the last word of the Rust tests.
 cargo test --workspace --locked --doc --quiet
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --profile ci
 else
   cargo test --workspace --locked
 fi
+
+echo "==> the images built and the compose stacks run with a Docker engine (scripts/docker-test.sh)"
+# Last: it needs root (it installs and starts its own dockerd), and it runs the TPC-H data
+# generator and nomnom, built by now.
+scripts/docker-test.sh

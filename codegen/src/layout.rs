@@ -32,6 +32,19 @@ pub fn default_runtime(output: &Path, version: &str) -> RuntimeDependency {
     }
 }
 
+/// A `--runtime-path` as the generated files spell it, whatever its spelling on the
+/// command line: relative to the crate directory `output` when the two share a directory
+/// (with `.` and `..` detours and symbolic links resolved), else absolute. A relative
+/// `given` is relative to `output`, as a path in Cargo.toml is.
+pub fn runtime_path(output: &Path, given: &Path) -> String {
+    let output = absolute(output);
+    let runtime = absolute(&output.join(given));
+    relative(&output, &runtime)
+        .unwrap_or(runtime)
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// `path` made absolute against the current directory, `.` and `..` resolved lexically,
 /// and symbolic links resolved in the part that exists (the output may not exist yet).
 pub fn absolute(path: &Path) -> PathBuf {

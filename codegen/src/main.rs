@@ -230,7 +230,9 @@ fn render_options(args: &GenerateArgs) -> RenderOptions {
     RenderOptions {
         databases: args.database,
         runtime: match (&args.runtime_path, &args.runtime_version) {
-            (Some(path), _) => RuntimeDependency::Path(path.clone()),
+            (Some(path), _) => {
+                RuntimeDependency::Path(layout::runtime_path(&args.output, Path::new(path)))
+            }
             (None, Some(version)) => RuntimeDependency::Version(version.clone()),
             (None, None) => layout::default_runtime(&args.output, env!("CARGO_PKG_VERSION")),
         },

@@ -42,51 +42,73 @@ pub struct RenderOptions {
     pub own_workspace: bool,
 }
 
-/// The Docker build context: with a path runtime, the directory holding both the crate
-/// and the runtime (the runtime's parent); else the crate itself. Returns (context as
-/// seen from the crate, crate as seen from the context).
-fn docker_context(output: &std::path::Path, runtime: &RuntimeDependency) -> (String, String) {
-    use std::path::Component;
+/// Where a Docker build of the crate finds what it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DockerContext {
+    /// The build context as seen from the crate (`.`: the crate alone).
+    context: String,
+    /// The crate as seen from the context.
+    crate_dir: String,
+    /// With a path runtime in the context: the runtime, and the manifest of its
+    /// workspace (whose settings it inherits), as seen from the context.
+    runtime: Option<(String, String)>,
+}
+
+/// The Docker build context: with a path runtime, the deepest directory that holds both
+/// the crate and the runtime's parent (its workspace, whose manifest it inherits from);
+/// else the crate itself. Computed from the real absolute directories, so it does not
+/// depend on how `output` or the runtime path are spelled. Directories that share nothing
+/// but the root have no context: the crate alone.
+fn docker_context(output: &std::path::Path, runtime: &RuntimeDependency) -> DockerContext {
+    use std::path::{Component, Path};
+    let alone = DockerContext {
+        context: ".".into(),
+        crate_dir: ".".into(),
+        runtime: None,
+    };
     let RuntimeDependency::Path(runtime_path) = runtime else {
-        return (".".into(), ".".into());
+        return alone;
     };
-    let runtime_path = std::path::Path::new(runtime_path);
-    if runtime_path.is_absolute() || output.is_absolute() {
-        return (".".into(), ".".into());
-    }
-    // Lexically: the context is the runtime's parent, `up` directories above the crate;
-    // the crate sits in the context under the last `up` components of its own path.
-    let parts: Vec<String> = output
+    let crate_dir = crate::layout::absolute(output);
+    let runtime_dir = crate::layout::absolute(&crate_dir.join(runtime_path));
+    let Some(workspace) = runtime_dir.parent() else {
+        return alone;
+    };
+    let common: std::path::PathBuf = crate_dir
         .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
-            _ => None,
-        })
+        .zip(workspace.components())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
         .collect();
-    let mut up = 0usize;
-    let parent = runtime_path.parent().unwrap_or(std::path::Path::new(""));
-    for component in parent.components() {
-        match component {
-            Component::ParentDir => up += 1,
-            Component::CurDir => {}
-            _ => return (".".into(), ".".into()),
+    if common
+        .components()
+        .all(|c| matches!(c, Component::RootDir | Component::Prefix(_)))
+    {
+        return alone;
+    }
+    // Forward slashes whatever the platform: Dockerfiles and compose files want them.
+    let slashed = |path: &Path| -> String {
+        let parts: Vec<String> = path
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        if parts.is_empty() {
+            ".".into()
+        } else {
+            parts.join("/")
         }
-    }
-    if up > parts.len() {
-        return (".".into(), ".".into());
-    }
-    let down = parts[parts.len() - up..].to_vec();
-    let context = if up == 0 {
-        ".".to_owned()
-    } else {
-        vec![".."; up].join("/")
     };
-    let crate_dir = if down.is_empty() {
-        ".".to_owned()
-    } else {
-        down.join("/")
-    };
-    (context, crate_dir)
+    let inside = |path: &Path| slashed(path.strip_prefix(&common).unwrap_or(path));
+    let up = crate_dir.components().count() - common.components().count();
+    DockerContext {
+        context: if up == 0 {
+            ".".into()
+        } else {
+            vec![".."; up].join("/")
+        },
+        crate_dir: inside(&crate_dir),
+        runtime: Some((inside(&runtime_dir), inside(&workspace.join("Cargo.toml")))),
+    }
 }
 
 /// Why rendering failed (a bug in nomnom, or rustfmt missing).
@@ -372,9 +394,12 @@ fn context(project: &Project, entities: &[EntityView], options: &RenderOptions) 
             RuntimeDependency::Version(version) => format!("version = {}", rust_string(version)),
         },
     );
-    let (docker_context, crate_in_context) = docker_context(&options.output, &options.runtime);
-    context.insert("docker_context", &docker_context);
-    context.insert("crate_in_context", &crate_in_context);
+    let docker = docker_context(&options.output, &options.runtime);
+    context.insert("docker_context", &docker.context);
+    context.insert("crate_in_context", &docker.crate_dir);
+    let (runtime, manifest) = docker.runtime.unwrap_or_default();
+    context.insert("runtime_in_context", &runtime);
+    context.insert("runtime_manifest_in_context", &manifest);
     context.insert("own_workspace", &options.own_workspace);
     context.insert("postgres", &options.postgres());
     context.insert("sqlite", &options.sqlite());
@@ -587,21 +612,60 @@ mod tests {
     #[test]
     fn docker_context_holds_crate_and_runtime() {
         let path = |p: &str| RuntimeDependency::Path(p.into());
+        let root =
+            std::env::temp_dir().join(format!("nomnom-docker-context-{}", std::process::id()));
+        let checkout = root.join("nomnom");
+        std::fs::create_dir_all(checkout.join("runtime")).unwrap();
+        std::fs::create_dir_all(checkout.join("examples/tpch/worker")).unwrap();
+        let crate_dir = checkout.join("examples/tpch/worker");
+        let expected = DockerContext {
+            context: "../../..".into(),
+            crate_dir: "examples/tpch/worker".into(),
+            runtime: Some(("runtime".into(), "Cargo.toml".into())),
+        };
         assert_eq!(
-            docker_context(Path::new("examples/tpch/worker"), &path("../../../runtime")),
-            ("../../..".into(), "examples/tpch/worker".into())
-        );
-        assert_eq!(
-            docker_context(Path::new("worker"), &path("../nomnom/runtime")),
-            (".".into(), ".".into()),
-            "a runtime beside, not above: no shared context can be derived"
+            docker_context(&crate_dir, &path("../../../runtime")),
+            expected
         );
         assert_eq!(
             docker_context(
-                Path::new("worker"),
-                &RuntimeDependency::Version("0.1.0".into())
+                &crate_dir,
+                &path(checkout.join("runtime").to_str().unwrap())
             ),
-            (".".into(), ".".into())
+            expected,
+            "an absolute runtime path: the same context"
         );
+        assert_eq!(
+            docker_context(&crate_dir.join("../worker/."), &path("./../../../runtime")),
+            expected,
+            "detours in either path: the same context"
+        );
+        // A project beside the checkout: the context is the directory holding both.
+        assert_eq!(
+            docker_context(
+                &root.join("my-project/worker"),
+                &path("../../nomnom/runtime")
+            ),
+            DockerContext {
+                context: "../..".into(),
+                crate_dir: "my-project/worker".into(),
+                runtime: Some(("nomnom/runtime".into(), "nomnom/Cargo.toml".into())),
+            }
+        );
+        let alone = DockerContext {
+            context: ".".into(),
+            crate_dir: ".".into(),
+            runtime: None,
+        };
+        assert_eq!(
+            docker_context(&crate_dir, &RuntimeDependency::Version("0.1.0".into())),
+            alone
+        );
+        assert_eq!(
+            docker_context(Path::new("/nomnom-a/worker"), &path("/nomnom-b/runtime")),
+            alone,
+            "sharing nothing but the root: no context holds both"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

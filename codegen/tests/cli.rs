@@ -426,3 +426,145 @@ fn a_rustfmt_that_cannot_run_is_not_reported_as_a_nomnom_bug() {
         "{text}"
     );
 }
+
+/// Every file a directory holds, by its path inside it.
+fn files_in(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let name = path.strip_prefix(dir).unwrap().display().to_string();
+                files.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// The same crate and runtime directories, spelled absolute, relative, or with `.` and
+/// `..` detours, give the same files byte for byte, and `--check` finds each spelling up
+/// to date with the files another wrote. The project sits beside a nomnom checkout (its
+/// runtime, manifest and lock copied): the Docker build context is the directory holding
+/// both, never the crate alone.
+#[test]
+fn generated_files_do_not_depend_on_how_paths_are_spelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().canonicalize().unwrap();
+    let checkout = base.join("nomnom");
+    std::fs::create_dir_all(&checkout).unwrap();
+    for file in ["Cargo.toml", "Cargo.lock"] {
+        std::fs::copy(common::workspace_root().join(file), checkout.join(file)).unwrap();
+    }
+    let copied = Command::new("cp")
+        .args([
+            "-r",
+            common::runtime_dir().to_str().unwrap(),
+            checkout.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::create_dir_all(base.join("my-project")).unwrap();
+    let spec = tpch_spec();
+    let absolute_output = base.join("my-project/worker").display().to_string();
+    let absolute_runtime = checkout.join("runtime").display().to_string();
+    // (working directory, --output, --runtime-path)
+    let spellings: [(&Path, &str, &str); 4] = [
+        (&base, "my-project/worker", "../../nomnom/runtime"),
+        (&checkout, &absolute_output, &absolute_runtime),
+        (&base, "my-project/worker", &absolute_runtime),
+        (
+            &base.join("my-project"),
+            "./worker/../worker/",
+            "./../../nomnom/./runtime",
+        ),
+    ];
+    let run = |(cwd, output, runtime): (&Path, &str, &str), extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--entities",
+            &spec,
+            "--output",
+            output,
+            "--runtime-path",
+            runtime,
+        ];
+        args.extend_from_slice(extra);
+        nomnom(&args, cwd)
+    };
+    let worker = base.join("my-project/worker");
+    let mut first: Option<std::collections::BTreeMap<String, Vec<u8>>> = None;
+    for spelling in spellings {
+        if worker.exists() {
+            std::fs::remove_dir_all(&worker).unwrap();
+        }
+        let generated = run(spelling, &[]);
+        assert!(
+            generated.status.success(),
+            "{spelling:?}: {}",
+            text(&generated)
+        );
+        let files = files_in(&worker);
+        match &first {
+            None => first = Some(files),
+            Some(first) => {
+                assert_eq!(
+                    first.keys().collect::<Vec<_>>(),
+                    files.keys().collect::<Vec<_>>(),
+                    "{spelling:?}"
+                );
+                for (name, bytes) in first {
+                    assert!(
+                        files[name] == *bytes,
+                        "{spelling:?} wrote another {name}:\n{}",
+                        String::from_utf8_lossy(&files[name])
+                    );
+                }
+            }
+        }
+        for other in spellings {
+            let check = run(other, &["--check"]);
+            assert!(
+                check.status.success(),
+                "files written with {spelling:?} are stale for {other:?}: {}",
+                text(&check)
+            );
+        }
+    }
+    let files = first.unwrap();
+    let file = |name: &str| String::from_utf8(files[name].clone()).unwrap();
+    assert!(
+        file("Cargo.toml").contains(r#"nomnom-runtime = { path = "../../nomnom/runtime" }"#),
+        "{}",
+        file("Cargo.toml")
+    );
+    // The context holds the crate and the runtime with its workspace's manifest; the
+    // generated ignore file lets in only those.
+    assert!(
+        file("docker-compose.nats.yml")
+            .contains("      context: ../..\n      dockerfile: my-project/worker/Dockerfile\n"),
+        "{}",
+        file("docker-compose.nats.yml")
+    );
+    assert!(
+        file("Dockerfile").contains("--manifest-path my-project/worker/Cargo.toml"),
+        "{}",
+        file("Dockerfile")
+    );
+    let ignore = file("Dockerfile.dockerignore");
+    let lines: Vec<&str> = ignore.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "*",
+            "!my-project/worker",
+            "!nomnom/runtime",
+            "!nomnom/Cargo.toml"
+        ],
+        "{ignore}"
+    );
+}

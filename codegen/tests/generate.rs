@@ -134,8 +134,9 @@ fn fixture_parsers_behave() {
     );
 }
 
-/// No Docker engine runs here: the generated Dockerfile and compose file are checked
-/// statically: that they parse, and that every path they name exists in the build context.
+/// The generated Dockerfile and compose file, checked statically: that they parse, and
+/// that every path they name exists in the build context (scripts/docker-test.sh builds
+/// and runs them with a Docker engine).
 #[test]
 fn generated_docker_files_hold_together() {
     let crate_dir = workspace_root().join("examples/tpch/worker");

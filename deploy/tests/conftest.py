@@ -1,6 +1,6 @@
 """Shared helpers of the deployment tests.
 
-No Docker engine and no Kubernetes cluster run here: compose files and Dockerfiles are
+Without --docker, no Docker engine and no Kubernetes cluster run: compose files and Dockerfiles are
 parsed and cross-checked against the sources, and the Helm chart is linted and rendered
 by real Helm (helm-python-sdk, Helm v4 as a shared library) and validated against the
 Kubernetes schemas (kubernetes-validate). Everything works offline.
@@ -74,3 +74,31 @@ def load_yaml_documents(text: str) -> list[dict]:
 
 def dumps(value) -> str:
     return json.dumps(value, indent=1, sort_keys=True)
+
+
+# The tests that need a Docker engine (test_docker.py, marked `docker`) run only with
+# --docker, as scripts/docker-test.sh runs them; the others only without it.
+def pytest_addoption(parser):
+    parser.addoption(
+        "--docker",
+        action="store_true",
+        help="run the tests that build images and run compose stacks (scripts/docker-test.sh)",
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "docker: needs a Docker engine (run by scripts/docker-test.sh)")
+
+
+def pytest_collection_modifyitems(config, items):
+    docker = config.getoption("--docker")
+    selected = [item for item in items if (item.get_closest_marker("docker") is not None) == docker]
+    deselected = [item for item in items if item not in selected]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
+# The Docker tests' shared fixtures, defined once for both of their modules (a session
+# fixture imported into each module would be set up once per module).
+from docker_support import curl_home, engine, images, orders, top_stack  # noqa: E402,F401

@@ -103,7 +103,10 @@ def test_multi_stage_build_into_an_empty_image(image: Image):
     build, final = docker.stages
     assert build.name == "build"
     assert "ALPINE_VERSION" in docker.global_args and docker.global_args["ALPINE_VERSION"]
-    assert build.image == "rust:1-alpine${ALPINE_VERSION}", "musl, for a static binary"
+    # The builder is an argument (the Docker tests pass a local one); its public default
+    # is Rust on Alpine: musl, for a static binary.
+    assert build.image == "${RUST_IMAGE}"
+    assert docker.global_args["RUST_IMAGE"] == "rust:1-alpine${ALPINE_VERSION}"
     assert final.image == "scratch", "only the binary and the CA certificates"
     assert not final.all("RUN"), "nothing can run in an empty image"
 
@@ -144,7 +147,11 @@ def test_builds_the_real_package(image: Image):
         assert f"--bin {image.binary}" in cargo
     assert manifest.is_file(), manifest
     assert f'name = "{image.binary}"' in manifest.read_text()
-    assert f"/cargo-target/release/{image.binary} /out/{image.binary}" in cargo
+    # The target the builder builds for: its own (musl on Alpine) unless it sets
+    # CARGO_BUILD_TARGET; the binary is taken from that target's directory.
+    assert '--target "$target"' in cargo
+    assert "target=\"${CARGO_BUILD_TARGET:-$(rustc -vV | sed -n 's/^host: //p')}\"" in cargo
+    assert f'"/cargo-target/$target/release/{image.binary}" /out/{image.binary}' in cargo
 
 
 def test_the_binary_is_static_with_the_databases_built_in(image: Image):
@@ -176,6 +183,10 @@ def test_the_binary_is_static_with_the_databases_built_in(image: Image):
     # for OpenSSL's build.
     for package in ("musl-dev", "perl", "make", "linux-headers"):
         assert re.search(rf"apk add --no-cache [^&]*\b{package}\b", build_runs), package
+    # Another builder than Alpine must bring them: the build checks, and fails saying so.
+    assert re.search(r"if command -v apk >/dev/null; then\s+apk add", build_runs)
+    for tool in ("cargo", "cc", "perl", "make"):
+        assert re.search(rf"for tool in [^;]*\b{tool}\b", build_runs), tool
     env = " ".join(build.all("ENV"))
     assert "crt-static" not in env, "musl links statically by default; -crt-static would undo it"
 
