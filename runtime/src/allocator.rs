@@ -8,8 +8,10 @@ pub use mimalloc::MiMalloc as Allocator;
 
 /// mimalloc's option that makes freed memory go back to the system: arenas committed on
 /// first use rather than eagerly, since eagerly committed arena memory is never purged.
-/// (Purging at once as well, `MIMALLOC_PURGE_DELAY=0`, halved nats-api's batch throughput
-/// for no gain: the default delay of one second returns the memory as soon.)
+/// Purging at once as well (`MIMALLOC_PURGE_DELAY=0`) would return the memory of large
+/// freed bodies even to a process that then sits idle (mimalloc runs delayed purges only
+/// while it allocates), but cost a quarter of nats-api's batch throughput (benchmark 7 in
+/// docs/benchmarks.md), so it is left to the operator.
 const OPTIONS: [(&str, &str); 1] = [("MIMALLOC_ARENA_EAGER_COMMIT", "0")];
 
 /// Call first in `main`. mimalloc reads its options from the environment once, when the
