@@ -24,6 +24,15 @@ pub struct BodyBudget {
 pub struct Reservation {
     permit: OwnedSemaphorePermit,
     bytes: usize,
+    budget: BodyBudget,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // The permit goes back after this: count the budget without it.
+        let in_use = self.budget.in_use_bytes().saturating_sub(self.bytes);
+        metrics::gauge!("ingest_body_budget_in_use_bytes").set(in_use as f64);
+    }
 }
 
 impl Reservation {
@@ -69,6 +78,7 @@ impl BodyBudget {
         let reservation = Reservation {
             permit,
             bytes: units as usize * UNIT,
+            budget: self.clone(),
         };
         metrics::gauge!("ingest_body_budget_in_use_bytes").set(self.in_use_bytes() as f64);
         Ok(reservation)
@@ -80,9 +90,13 @@ impl BodyBudget {
         if bytes <= reservation.bytes {
             return Ok(());
         }
-        let more = self.try_reserve(bytes - reservation.bytes)?;
+        let mut more = self.try_reserve(bytes - reservation.bytes)?;
+        let units = more.permit.num_permits();
         reservation.bytes += more.bytes;
-        reservation.permit.merge(more.permit);
+        reservation
+            .permit
+            .merge(more.permit.split(units).expect("its own permits"));
+        more.bytes = 0;
         Ok(())
     }
 }
