@@ -178,6 +178,14 @@ done
 "$docker" image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^nomnom-local/'
 
 export NOMNOM_RUST_IMAGE="$builder_tag" NATS_IMAGE="$nats_tag" POSTGRES_IMAGE="$postgres_tag"
+# The images are built without LTO and with 16 codegen units unless the caller says
+# otherwise: the dependencies are then compiled once, into the shared cache mount, for
+# all three images, where fat LTO redoes the whole program's code generation for each,
+# on one core (it would make this script about twice as long). The shipped default (fat
+# LTO, one codegen unit; smaller images, docs/deploy.md) is built with:
+#   NOMNOM_DOCKER_LTO=fat NOMNOM_DOCKER_CODEGEN_UNITS=1 scripts/docker-test.sh
+export NOMNOM_DOCKER_LTO="${NOMNOM_DOCKER_LTO:-off}" NOMNOM_DOCKER_CODEGEN_UNITS="${NOMNOM_DOCKER_CODEGEN_UNITS:-16}"
+echo "cargo profile of the images: lto=$NOMNOM_DOCKER_LTO, codegen-units=$NOMNOM_DOCKER_CODEGEN_UNITS"
 export NOMNOM_DOCKER_REPORT="$state/report.json"
 rm -f "$NOMNOM_DOCKER_REPORT"
 step "images built and compose stacks run (deploy/tests/test_docker*.py)"

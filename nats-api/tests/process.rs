@@ -471,6 +471,72 @@ fn nats_api_runs_with_the_allocator_option_that_returns_memory() {
     }
 }
 
+/// Resident memory of a process, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// The memory of a burst of large bodies goes back to the system while nats-api then
+/// sits idle: mimalloc purges what it freed only when it is called again, so without
+/// the purge thread these bodies would stay resident until the next requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_of_a_burst_of_large_bodies_goes_back_while_nats_api_is_idle() {
+    const BODIES: usize = 12;
+    const BODY_BYTES: usize = 6 * 1024 * 1024;
+    const MIB: u64 = 1024;
+    let nats = NatsServer::start();
+    let budget = (512u64 << 20).to_string();
+    let api = Api::start(&nats, &[("NOMNOM_BODY_BUDGET_BYTES", &budget)]);
+    let pid = api.child.id();
+    let idle = rss_kib(pid);
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(BODY_BYTES - 10));
+    let http = reqwest::Client::new();
+    let posts: Vec<_> = (0..BODIES)
+        .map(|_| {
+            let request = http
+                .post(api.url("/api/ingest/message/order"))
+                .header("content-type", "application/json")
+                .body(body.clone());
+            tokio::spawn(request.send())
+        })
+        .collect();
+    for post in posts {
+        let reply = post.await.unwrap().expect("a response");
+        assert_eq!(reply.status(), 202, "{:?}", reply.text().await);
+    }
+    let after_burst = rss_kib(pid);
+    eprintln!("nats-api RSS: idle {idle} KiB, after the burst {after_burst} KiB");
+    assert!(
+        after_burst > idle + 40 * MIB,
+        "the burst ({BODIES} x {BODY_BYTES} B) should have raised RSS from {idle} KiB, not to {after_burst} KiB"
+    );
+    // Within seconds: the purge delay (1 s) and the purge thread's interval (1 s), with
+    // room for a loaded machine. Without the thread, the next purge waits for nats-api's
+    // own next allocations (about 10 s here: its periodic work).
+    let burst_over = Instant::now();
+    let deadline = burst_over + Duration::from_secs(6);
+    loop {
+        let now = rss_kib(pid);
+        if now < idle + 24 * MIB {
+            eprintln!(
+                "back to {now} KiB {:?} after the burst",
+                burst_over.elapsed()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RSS still {now} KiB 6 s after the burst (idle {idle} KiB, after the burst {after_burst} KiB)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[test]
 fn sigterm_with_nats_down_at_start_exits_zero() {
     let nowhere = format!("nats://127.0.0.1:{}", free_port());
