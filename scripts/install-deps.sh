@@ -4,6 +4,9 @@
 #                       else Debian's nats-server (2.9: older than nomnom wants) as root
 #   PostgreSQL server : Debian's postgresql, as root (skipped with --nats-only)
 #   wrk               : Debian's wrk, as root (the benchmark harness's load generator)
+#   prometheus        : Debian's prometheus (with promtool), as root: the chart's alert
+#                       rules checked and unit-tested, and a real Prometheus scraping
+#                       nats-api and a worker (system-tests/tests/observability.rs)
 #   deployment tests  : helm-python-sdk, kubernetes-validate, PyYAML, pytest from PyPI
 #                       into .tools/venv (deploy/tests/requirements.txt; skipped with --nats-only)
 #   webhook payloads  : GitHub's webhook examples as the npm registry ships them
@@ -98,6 +101,19 @@ if ! command -v wrk >/dev/null; then
   fi
 fi
 command -v wrk >/dev/null && echo "wrk: $(command -v wrk)"
+
+# Prometheus and promtool: the Helm chart's alert rules and dashboard are tested with the
+# real tools (deploy/tests/test_observability.py, system-tests/tests/observability.rs).
+# Debian's package starts a service where systemd runs; the tests start their own.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  if is_root && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "warning: prometheus/promtool are missing, so the alert-rule tests cannot run: sudo apt-get install -y prometheus" >&2
+  fi
+fi
+command -v promtool >/dev/null && echo "prometheus $(prometheus --version 2>&1 | awk 'NR==1 {print $3}'): $(command -v prometheus), promtool"
 
 # Python packages of the deployment tests (deploy/tests): Helm as a library, Kubernetes
 # schemas, all offline once installed. Reinstalled only when requirements.txt changes.

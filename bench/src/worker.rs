@@ -81,6 +81,7 @@ fn envelope_for(body: bytes::Bytes) -> Envelope {
         entity: Some(EntityName::parse("order").expect("a valid name")),
         idempotency_key: None,
         request_id: None,
+        traceparent: None,
         headers: Default::default(),
         content_type: "application/json".into(),
         body: Body::Inline(body),

@@ -166,10 +166,12 @@ fn dlq(action: DlqAction) -> ExitCode {
                                 println!("{}", serde_json::to_string(letter).unwrap_or_default());
                             } else {
                                 println!(
-                                    "{}  {:<12} attempts {}  {}",
+                                    "{}  {:<12} attempts {}  request {}  trace {}  {}",
                                     letter.message_id,
                                     letter.entity.as_deref().unwrap_or("-"),
                                     letter.attempts,
+                                    letter.request_id.as_deref().unwrap_or("-"),
+                                    letter.trace_id.as_deref().unwrap_or("-"),
                                     letter.error
                                 );
                             }

@@ -308,7 +308,7 @@ fn dlq_list_and_replay_against_a_real_server() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let id = uuid::Uuid::now_v7();
     let envelope = format!(
-        r#"{{"nomnom":1,"message_id":"{id}","received_at":"2026-11-22T13:30:00.000000Z","entity":"order","content_type":"application/json","body":{{"o_orderkey":-1}}}}"#
+        r#"{{"nomnom":1,"message_id":"{id}","received_at":"2026-11-22T13:30:00.000000Z","entity":"order","request_id":"req-dlq-1","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","content_type":"application/json","body":{{"o_orderkey":-1}}}}"#
     );
     runtime.block_on(async {
         let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
@@ -345,6 +345,21 @@ fn dlq_list_and_replay_against_a_real_server() {
         text(&list).contains(&id.to_string()) && text(&list).contains("must be at least 1"),
         "{}",
         text(&list)
+    );
+    // The letter predates the recorded ids: they are read from its envelope.
+    assert!(
+        text(&list).contains("request req-dlq-1")
+            && text(&list).contains("trace 4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{}",
+        text(&list)
+    );
+    let all = nomnom(&["dlq", "list", "--json", "--nats-url", &url], dir.path());
+    let listed: serde_json::Value =
+        serde_json::from_slice(all.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(listed["request_id"], "req-dlq-1", "{listed}");
+    assert_eq!(
+        listed["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "{listed}"
     );
     let json = nomnom(
         &[

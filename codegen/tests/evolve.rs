@@ -706,6 +706,7 @@ async fn publish(js: &async_nats::jetstream::Context, orders: &[serde_json::Valu
             entity: Some(entity.clone()),
             idempotency_key: None,
             request_id: None,
+            traceparent: None,
             headers: Default::default(),
             content_type: "application/json".into(),
             body: Body::Inline(bytes::Bytes::from(order.to_string())),

@@ -24,7 +24,7 @@ NAMESPACE = "prod"
 # Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas.
 KUBE_VERSIONS = ["1.30.0", kubernetes_validate.utils.latest_version()]
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
-CRD_KINDS = {"ScaledObject", "ServiceMonitor"}
+CRD_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
 
 EXTERNAL_NATS = {
     "nats": {"enabled": False},
@@ -65,6 +65,13 @@ VALUE_SETS: dict[str, dict] = {
     },
     # The overlay shipped for per-component NATS users with least-privilege permissions.
     "per-component-nats-users": yaml.safe_load((CHART / "values-nats-permissions.yaml").read_text()),
+    # docs/operations.md: the alert rules and the Grafana dashboard.
+    "observability": {
+        "metrics": {
+            "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+            "grafanaDashboard": {"enabled": True},
+        }
+    },
     "ingress-hpa": {
         "api": {
             "ingress": {

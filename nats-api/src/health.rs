@@ -5,9 +5,10 @@ use std::time::Duration;
 use async_nats::connection::State as ConnectionState;
 use axum::{
     Json,
-    extract::State,
+    extract::{Request, State},
     http::{StatusCode, header},
-    response::IntoResponse,
+    middleware::Next,
+    response::{IntoResponse, Response},
 };
 use serde::Serialize;
 
@@ -68,6 +69,22 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body))
+}
+
+/// Counts the answers of the ingest and status routes by status code
+/// (`ingest_http_responses_total{status}`): what the dashboard's status codes and the
+/// 503 alert read. Probes and scrapes are not counted.
+pub async fn count_responses(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("ingest_http_responses_total", "status" => status).increment(1);
+    response
+}
+
+/// The counters an alert watches, at zero from the start, so `increase()` sees the first
+/// one (a series that starts at 1 shows no increase).
+pub fn register_counters() {
+    metrics::counter!("ingest_http_responses_total", "status" => "503").increment(0);
 }
 
 /// Prometheus text format.

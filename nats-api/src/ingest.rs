@@ -12,7 +12,9 @@ use axum::{
 use bytes::{Buf, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, future::BoxFuture, stream::FuturesOrdered};
-use nomnom_runtime::{EntityName, Envelope, IdempotencyKey, envelope, envelope::format_time};
+use nomnom_runtime::{
+    EntityName, Envelope, IdempotencyKey, TraceParent, envelope, envelope::format_time,
+};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -56,6 +58,8 @@ struct RequestMeta {
     entity: Option<EntityName>,
     key: Option<IdempotencyKey>,
     request_id: Option<String>,
+    /// This request's place in its trace (set by `tracecontext::continue_trace`).
+    traceparent: Option<TraceParent>,
     /// The configured headers the request has.
     captured: BTreeMap<String, String>,
 }
@@ -64,6 +68,7 @@ impl RequestMeta {
     fn read(
         path_entity: Option<&str>,
         headers: &HeaderMap,
+        traceparent: Option<Extension<TraceParent>>,
         config: &ApiConfig,
     ) -> Result<Self, ApiError> {
         Ok(Self {
@@ -71,6 +76,7 @@ impl RequestMeta {
             entity: entity_hint(path_entity, headers, config)?,
             key: idempotency_key(headers, &config.idempotency_headers)?,
             request_id: request_id(headers),
+            traceparent: traceparent.map(|Extension(t)| t),
             captured: captured_headers(headers, &config.capture_headers)?,
         })
     }
@@ -174,6 +180,7 @@ fn captured_headers(
 pub async fn message(
     State(state): State<AppState>,
     unverified: Option<Extension<Unverified>>,
+    traceparent: Option<Extension<TraceParent>>,
     entity: Option<Path<String>>,
     headers: HeaderMap,
     body: Body,
@@ -181,6 +188,7 @@ pub async fn message(
     let meta = RequestMeta::read(
         entity.as_ref().map(|Path(e)| e.as_str()),
         &headers,
+        traceparent,
         &state.config,
     )?;
     // The body and its encoded copy count against the budget until it is published.
@@ -205,14 +213,18 @@ pub async fn message(
         meta.entity,
         meta.key,
         meta.request_id,
+        meta.traceparent,
         meta.captured,
         meta.received_at,
     );
+    // Every later line about this request (a failed publish, say) names the message.
+    tracing::Span::current().record("message_id", tracing::field::display(envelope.message_id));
     let accepted = state
         .publisher
         .publish(envelope)
         .await
         .inspect_err(|e| count("message", outcome_of(e)))?;
+    tracing::debug!(duplicate = accepted.duplicate, "message accepted");
     count(
         "message",
         if accepted.duplicate {
@@ -642,6 +654,7 @@ fn split_batch(body: &Bytes, headers: &HeaderMap) -> Result<Vec<SplitItem>, ApiE
 pub async fn batch(
     State(state): State<AppState>,
     unverified: Option<Extension<Unverified>>,
+    traceparent: Option<Extension<TraceParent>>,
     entity: Option<Path<String>>,
     headers: HeaderMap,
     body: Body,
@@ -649,6 +662,7 @@ pub async fn batch(
     let meta = RequestMeta::read(
         entity.as_ref().map(|Path(e)| e.as_str()),
         &headers,
+        traceparent,
         &state.config,
     )?;
     let limit = state.config.max_batch_bytes;
@@ -950,6 +964,7 @@ impl PipelinedBatch {
             meta.entity.clone(),
             item_key,
             meta.request_id.clone(),
+            meta.traceparent,
             meta.captured.clone(),
             meta.received_at,
         );

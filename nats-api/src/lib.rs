@@ -14,6 +14,7 @@ pub mod publish;
 pub mod server;
 pub mod state;
 pub mod status;
+pub mod tracecontext;
 pub mod webhook;
 
 use std::future::Future;
@@ -47,14 +48,19 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_key,
-        ));
+        ))
+        // Outside the key check, so a refused request's log lines carry its trace too.
+        .route_layer(middleware::from_fn(tracecontext::continue_trace))
+        .route_layer(middleware::from_fn(health::count_responses));
     Router::new()
         .merge(api)
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(health::openapi))
-        .layer(RequestBodyDeadlineLayer::new(state.config.body_read_timeout))
+        .layer(RequestBodyDeadlineLayer::new(
+            state.config.body_read_timeout,
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request<_>| {
@@ -63,7 +69,17 @@ pub fn app(state: AppState) -> Router {
                         .get(ingest::REQUEST_ID_HEADER)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
-                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                    // trace_id and span_id are set by `tracecontext`, message_id by the
+                    // single-message handler once it has one.
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        request_id = %id,
+                        trace_id = tracing::field::Empty,
+                        span_id = tracing::field::Empty,
+                        message_id = tracing::field::Empty,
+                    )
                 })
                 .on_request(())
                 .on_response(

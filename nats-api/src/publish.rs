@@ -374,6 +374,7 @@ pub fn envelope_for(
     entity: Option<nomnom_runtime::EntityName>,
     idempotency_key: Option<nomnom_runtime::IdempotencyKey>,
     request_id: Option<String>,
+    traceparent: Option<nomnom_runtime::TraceParent>,
     headers: std::collections::BTreeMap<String, String>,
     received_at: DateTime<Utc>,
 ) -> Envelope {
@@ -386,6 +387,7 @@ pub fn envelope_for(
         entity,
         idempotency_key,
         request_id,
+        traceparent,
         headers,
         content_type: envelope::JSON_CONTENT_TYPE.to_owned(),
         body: Body::Inline(trim_whitespace(body)),

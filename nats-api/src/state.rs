@@ -116,6 +116,8 @@ impl AppState {
             webhooks: Arc::new(RwLock::new(Arc::new(webhooks))),
             metrics: nomnom_runtime::metrics::install(),
         };
+        // After install: before it, counters go nowhere.
+        crate::health::register_counters();
         tokio::spawn(keep_stream_in_sync(
             js,
             state.config.stream.clone(),

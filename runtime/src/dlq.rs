@@ -33,6 +33,12 @@ pub struct DeadLetter {
     pub dead_lettered_at: String,
     /// The original envelope, as published by nats-api.
     pub envelope: String,
+    /// The request that brought the message (its `x-request-id`), from the envelope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The W3C trace id the message travelled under, from the envelope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// Sequence of this dead letter in the dead-letter stream: set when read back, not
     /// part of what workers publish.
     #[serde(skip_deserializing, default, skip_serializing_if = "is_unset")]
@@ -57,8 +63,24 @@ impl DeadLetter {
             received_at: format_time(record.received_at),
             dead_lettered_at: format_time(record.processed_at),
             envelope: String::from_utf8_lossy(payload).into_owned(),
+            request_id: None,
+            trace_id: None,
             dlq_sequence: 0,
         }
+        .correlated()
+    }
+
+    /// Fills in the request and trace ids from the envelope, when it can be read (dead
+    /// letters written before they were recorded have only the envelope).
+    fn correlated(mut self) -> Self {
+        if self.request_id.is_none() && self.trace_id.is_none() {
+            let payload = bytes::Bytes::copy_from_slice(self.envelope.as_bytes());
+            if let Ok(envelope) = Envelope::decode(payload) {
+                self.request_id = envelope.request_id;
+                self.trace_id = envelope.traceparent.map(|t| t.trace_id());
+            }
+        }
+        self
     }
 }
 
@@ -234,8 +256,9 @@ pub async fn list(
                 });
             }
         };
-        let mut letter: DeadLetter = serde_json::from_slice(&message.payload)
-            .map_err(|source| DlqError::Malformed { sequence, source })?;
+        let mut letter = serde_json::from_slice::<DeadLetter>(&message.payload)
+            .map_err(|source| DlqError::Malformed { sequence, source })?
+            .correlated();
         letter.dlq_sequence = sequence;
         if filter.matches(&letter) {
             letters.push(letter);

@@ -15,7 +15,9 @@
 //!  "content_type":"application/json","body":{…the client's JSON…}}
 //! ```
 //!
-//! `entity`, `idempotency_key` and `request_id` are omitted when absent, as is `headers`:
+//! `entity`, `idempotency_key`, `request_id` and `traceparent` (a W3C trace context,
+//! `"traceparent":"00-<trace id>-<parent id>-<flags>"`, after `request_id`) are omitted
+//! when absent, as is `headers`:
 //! the request headers nats-api was configured to capture (`--capture-header`), as an
 //! object of lower-case names to values, `"headers":{"x-github-delivery":"…"}`. A body stored in
 //! the Object Store (claim-check) replaces `body` with
@@ -34,6 +36,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::subject::{EntityName, EntityNameError};
+use crate::traceparent::TraceParent;
 
 /// The envelope format version this code writes and reads.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -83,6 +86,9 @@ pub struct Envelope {
     pub entity: Option<EntityName>,
     pub idempotency_key: Option<IdempotencyKey>,
     pub request_id: Option<String>,
+    /// The W3C trace the message belongs to: its parent is nats-api's handling of the
+    /// request. Absent in messages published before nomnom carried it.
+    pub traceparent: Option<TraceParent>,
     /// Request headers nats-api captured (lower-case name → value), for specs that read
     /// them (`source: $header.<name>`).
     pub headers: BTreeMap<String, String>,
@@ -164,6 +170,8 @@ struct WireV1<'a> {
     idempotency_key: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     request_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    traceparent: Option<Cow<'a, str>>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     #[serde(borrow, default)]
@@ -231,6 +239,11 @@ impl Envelope {
         if let Some(request_id) = &self.request_id {
             buffer.put_slice(b",\"request_id\":");
             put_json_string(&mut buffer, request_id);
+        }
+        if let Some(traceparent) = &self.traceparent {
+            buffer.put_slice(b",\"traceparent\":\"");
+            buffer.put_slice(traceparent.to_string().as_bytes());
+            buffer.put_slice(b"\"");
         }
         if !self.headers.is_empty() {
             buffer.put_slice(b",\"headers\":{");
@@ -303,6 +316,9 @@ impl Envelope {
             entity,
             idempotency_key,
             request_id: wire.request_id.map(Cow::into_owned),
+            // Malformed, it was not written by nats-api: the message is still good, the
+            // trace starts again at the worker.
+            traceparent: wire.traceparent.as_deref().and_then(TraceParent::parse),
             headers: wire.headers,
             content_type: wire
                 .content_type
@@ -336,6 +352,9 @@ mod tests {
             entity: Some(EntityName::parse("order").unwrap()),
             idempotency_key: Some(IdempotencyKey::parse("order-42").unwrap()),
             request_id: Some("req-1".into()),
+            traceparent: TraceParent::parse(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
             headers: BTreeMap::from([("x-github-delivery".into(), "72d3162e-\"quoted\"".into())]),
             content_type: JSON_CONTENT_TYPE.into(),
             body: Body::Inline(Bytes::from_static(br#"{"o_orderkey":42}"#)),
@@ -361,6 +380,7 @@ mod tests {
             entity: None,
             idempotency_key: None,
             request_id: None,
+            traceparent: None,
             ..sample()
         };
         let encoded = stored.encode();
@@ -418,6 +438,13 @@ mod tests {
         let encoded = tricky.encode();
         let decoded = Envelope::decode(encoded.payload).unwrap();
         assert_eq!(decoded, tricky);
+    }
+
+    #[test]
+    fn a_malformed_traceparent_is_dropped_not_refused() {
+        let payload = br#"{"nomnom":1,"message_id":"0190d6f2-4c1e-7a3b-8f00-123456789abc","received_at":"2026-11-22T13:30:00.123456Z","traceparent":"00-XYZ","body":{}}"#;
+        let envelope = Envelope::decode(Bytes::from_static(payload)).unwrap();
+        assert_eq!(envelope.traceparent, None);
     }
 
     #[test]

@@ -25,11 +25,13 @@ pub mod status;
 pub mod stream;
 pub mod subject;
 pub mod telemetry;
+pub mod traceparent;
 pub mod worker;
 
 pub use envelope::{Body, BodyRef, Envelope, IdempotencyKey};
 pub use nats::NatsConfig;
 pub use stream::StreamSettings;
 pub use subject::EntityName;
+pub use traceparent::TraceParent;
 
 pub use allocator::Allocator;

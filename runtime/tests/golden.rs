@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use nomnom_runtime::{Body, BodyRef, EntityName, Envelope, IdempotencyKey};
+use nomnom_runtime::{Body, BodyRef, EntityName, Envelope, IdempotencyKey, TraceParent};
 use uuid::Uuid;
 
 /// Headers (`Name: value` lines), a blank line, then the payload exactly as sent.
@@ -64,6 +64,7 @@ fn inline_body_with_every_optional_field() {
             entity: Some(EntityName::parse("order").unwrap()),
             idempotency_key: Some(key),
             request_id: Some("req-7f3a".into()),
+            traceparent: None,
             headers: Default::default(),
             content_type: "application/json".into(),
             body: Body::Inline(Bytes::from_static(
@@ -83,6 +84,7 @@ fn claim_checked_body_without_optional_fields() {
             entity: None,
             idempotency_key: None,
             request_id: None,
+            traceparent: None,
             headers: Default::default(),
             content_type: "application/json".into(),
             body: Body::Stored(BodyRef {
@@ -92,4 +94,34 @@ fn claim_checked_body_without_optional_fields() {
             }),
         },
     );
+}
+
+/// The trace context is an optional field: envelopes without it (above) keep their bytes,
+/// and envelopes written before it existed still read.
+#[test]
+fn inline_body_with_a_trace_context() {
+    check(
+        "envelope_v1_traceparent.txt",
+        &Envelope {
+            message_id: Uuid::parse_str("0190d6f2-4c1e-7a3b-8f00-123456789abc").unwrap(),
+            received_at: fixed_time(),
+            entity: Some(EntityName::parse("order").unwrap()),
+            idempotency_key: None,
+            request_id: Some("req-7f3a".into()),
+            traceparent: TraceParent::parse(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            headers: Default::default(),
+            content_type: "application/json".into(),
+            body: Body::Inline(Bytes::from_static(br#"{"o_orderkey":42}"#)),
+        },
+    );
+    for old in ["envelope_v1_inline.txt", "envelope_v1_stored.txt"] {
+        let text =
+            std::fs::read_to_string(format!("{}/tests/golden/{old}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap();
+        let payload = text.split_once("\n\n").unwrap().1.trim_end();
+        let envelope = Envelope::decode(Bytes::copy_from_slice(payload.as_bytes())).unwrap();
+        assert_eq!(envelope.traceparent, None, "{old}");
+    }
 }

@@ -116,6 +116,7 @@ async fn a_message_can_be_found_by_id_whatever_its_entity() {
             entity: entity.clone(),
             idempotency_key: None,
             request_id: None,
+            traceparent: None,
             headers: Default::default(),
             content_type: envelope::JSON_CONTENT_TYPE.into(),
             body: nomnom_runtime::Body::Inline(Bytes::from_static(b"{}")),

@@ -304,3 +304,104 @@ async fn an_order_over_max_payload_is_fetched_from_the_object_store() {
     );
     p.stop().await;
 }
+
+/// The JSON log lines in `path` (the ones complete so far).
+fn json_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// The first of the worker's log lines saying `message` about message `id`, waited for.
+async fn worker_line(log: &std::path::Path, message: &str, id: &str) -> Value {
+    let mut found = None;
+    let seen = eventually(Duration::from_secs(30), || {
+        found = json_lines(log)
+            .into_iter()
+            .find(|l| l["message"] == message && l["span"]["message_id"] == id);
+        found.is_some()
+    })
+    .await;
+    assert!(
+        seen,
+        "no worker line {message:?} about {id}:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    found.unwrap()
+}
+
+/// A client's request id and trace reach the worker's log lines about its message, for
+/// a persisted and for a dead-lettered message, and the dead letter keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_trace_ids_reach_the_workers_log_lines() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", dir.path().join("tpch.db").display());
+    let log = dir.path().join("worker.log");
+    let nats = NatsServer::start();
+    let api = common::start_api(&nats).await;
+    let worker = common::Worker::start_logging_to(
+        &nats,
+        &database_url,
+        &[
+            ("NOMNOM_LOG_FORMAT", "json"),
+            ("RUST_LOG", "info,nomnom_runtime=debug"),
+        ],
+        &log,
+    );
+    worker.wait_ready().await;
+
+    let client = reqwest::Client::new();
+    let post = |body: Value, request_id: &'static str| {
+        let request = client
+            .post(format!("{api}/api/ingest/message/order"))
+            .header("x-request-id", request_id)
+            .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+            .json(&body);
+        async move {
+            let reply = request.send().await.unwrap();
+            assert_eq!(reply.status(), 202);
+            let body: Value = reply.json().await.unwrap();
+            body["message_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let mut orders = tpch_data::orders(0.001);
+    let good = post(orders.next().unwrap(), "req-good").await;
+    let mut bad = orders.next().unwrap();
+    bad["o_totalprice"] = json!("-1.00");
+    let bad = post(bad, "req-bad").await;
+
+    for (id, request_id, messages) in [
+        (&good, "req-good", &["message persisted"][..]),
+        (
+            &bad,
+            "req-bad",
+            &["message refused by its parser", "message dead-lettered"][..],
+        ),
+    ] {
+        for message in messages {
+            let line = worker_line(&log, message, id).await;
+            let span = &line["span"];
+            assert_eq!(span["request_id"], request_id, "{line}");
+            assert_eq!(span["trace_id"], TRACE, "{line}");
+            assert_eq!(span["entity"], "order", "{line}");
+            assert!(
+                span["parent_span_id"]
+                    .as_str()
+                    .is_some_and(|p| p.len() == 16 && p != "00f067aa0ba902b7"),
+                "the parent is nats-api's span, not the client's: {line}"
+            );
+        }
+    }
+
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let letters = dlq::list(&js, "MESSAGES_DLQ", &dlq::Filter::default())
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].message_id.to_string(), bad);
+    assert_eq!(letters[0].request_id.as_deref(), Some("req-bad"));
+    assert_eq!(letters[0].trace_id.as_deref(), Some(TRACE));
+}

@@ -30,6 +30,8 @@ struct Delivery {
     /// The parsed rows, until they are handed to the writer.
     parsed: Option<Parsed>,
     outcome: Outcome,
+    /// The parent of every log line about this message: its sequence, ids and trace.
+    span: tracing::Span,
 }
 
 /// What becomes of a message.
@@ -65,6 +67,19 @@ impl Delivery {
             .info()
             .map(|i| (i.stream_sequence, i.delivered))
             .unwrap_or((0, 1));
+        // Error level: a span exists only when its level is enabled, and its ids must be
+        // on every line about the message that RUST_LOG lets through. The decoded
+        // envelope fills in the rest.
+        let span = tracing::error_span!(
+            "message",
+            sequence,
+            delivered,
+            message_id = tracing::field::Empty,
+            request_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+            entity = tracing::field::Empty,
+        );
         Self {
             message,
             sequence,
@@ -73,6 +88,7 @@ impl Delivery {
             entity: None,
             parsed: None,
             outcome: Outcome::Persist,
+            span,
         }
     }
 
@@ -126,6 +142,8 @@ impl<S: EntitySchema> Worker<S> {
             return Processed::Abandoned;
         }
         self.settle(&batch).await;
+        metrics::histogram!("worker_batch_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         tracing::debug!(
             messages = batch.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -146,6 +164,15 @@ impl<S: EntitySchema> Worker<S> {
                 delivery.outcome = Outcome::DeadLetter(format!("unreadable envelope: {err}"));
             }
             Ok(envelope) => {
+                let span = &delivery.span;
+                span.record("message_id", tracing::field::display(envelope.message_id));
+                if let Some(request_id) = &envelope.request_id {
+                    span.record("request_id", request_id.as_str());
+                }
+                if let Some(trace) = &envelope.traceparent {
+                    span.record("trace_id", trace.trace_id());
+                    span.record("parent_span_id", trace.parent_id());
+                }
                 if self.config.max_deliver > 0 && delivery.delivered > self.config.max_deliver {
                     // Back after its last delivery without an outcome: the worker crashed
                     // or timed out on it, or could not dead-letter it. Do not try again.
@@ -177,10 +204,17 @@ impl<S: EntitySchema> Worker<S> {
         };
         match parsed {
             Ok(parsed) => {
+                delivery.span.record("entity", parsed.entity);
                 delivery.entity = Some(parsed.entity);
                 delivery.parsed = Some(parsed);
             }
             Err((entity, outcome)) => {
+                if let Some(entity) = entity {
+                    delivery.span.record("entity", entity);
+                }
+                if let Outcome::DeadLetter(error) = &outcome {
+                    tracing::debug!(parent: &delivery.span, %error, "message refused by its parser");
+                }
                 delivery.entity = entity;
                 delivery.outcome = outcome;
             }
@@ -212,6 +246,7 @@ impl<S: EntitySchema> Worker<S> {
                 // Older than their rows, or patches of missing rows: recorded, not errors.
                 metrics::counter!("worker_messages_stale_total").increment(written.stale as u64);
                 for (index, err) in written.refused {
+                    tracing::debug!(parent: &batch[index].span, error = %err, "the database refused the message's rows");
                     batch[index].outcome =
                         Outcome::DeadLetter(format!("the database refused the rows: {err}"));
                 }
@@ -302,9 +337,12 @@ impl<S: EntitySchema> Worker<S> {
         }
         let mut failed_acks = 0;
         for delivery in &committed {
-            if let Err(err) = delivery.message.ack().await {
-                failed_acks += 1;
-                tracing::warn!(error = %err, sequence = delivery.sequence, "ack failed; the message will be redelivered and skipped");
+            match delivery.message.ack().await {
+                Ok(()) => tracing::debug!(parent: &delivery.span, "message persisted"),
+                Err(err) => {
+                    failed_acks += 1;
+                    tracing::warn!(parent: &delivery.span, error = %err, "ack failed; the message will be redelivered and skipped");
+                }
             }
         }
         // Bounded: with NATS gone, a flush waits for the reconnection.
@@ -323,6 +361,18 @@ impl<S: EntitySchema> Worker<S> {
             }
         }
         metrics::counter!("worker_messages_persisted_total").increment(committed.len() as u64);
+        // By entity, once per batch and entity: a labelled counter costs a lookup.
+        let mut by_entity: Vec<(&'static str, u64)> = Vec::new();
+        for entity in committed.iter().filter_map(|d| d.entity) {
+            match by_entity.iter_mut().find(|(e, _)| *e == entity) {
+                Some((_, n)) => *n += 1,
+                None => by_entity.push((entity, 1)),
+            }
+        }
+        for (entity, n) in by_entity {
+            metrics::counter!("worker_messages_persisted_by_entity_total", "entity" => entity)
+                .increment(n);
+        }
     }
 
     /// A transient failure: redeliver after the backoff delay, or give up at the limit.
@@ -332,7 +382,8 @@ impl<S: EntitySchema> Worker<S> {
             self.dead_letter(delivery, &error).await;
         } else {
             let delay = self.config.retry_delay(delivery.delivered);
-            tracing::warn!(%error, sequence = delivery.sequence, retry_in_ms = delay.as_millis() as u64, "transient failure; retrying");
+            tracing::warn!(parent: &delivery.span, %error, retry_in_ms = delay.as_millis() as u64, "transient failure; retrying");
+            metrics::counter!("worker_naks_total").increment(1);
             let _ = delivery.message.ack_with(AckKind::Nak(Some(delay))).await;
         }
     }
@@ -342,6 +393,7 @@ impl<S: EntitySchema> Worker<S> {
     /// no delivery limit of its own) and is dead-lettered then.
     async fn dead_letter(&self, delivery: &Delivery, error: &str) {
         if self.persisted_elsewhere(delivery).await {
+            tracing::debug!(parent: &delivery.span, "already persisted by another delivery; acknowledged");
             let _ = delivery.message.double_ack().await;
             return;
         }
@@ -349,20 +401,21 @@ impl<S: EntitySchema> Worker<S> {
         let letter = DeadLetter::new(&record, delivery.sequence, &delivery.message.payload);
         if let Err(err) = self.dead_letters.publish(&letter).await {
             let delay = self.config.retry_delay(delivery.delivered);
-            tracing::error!(error = %err, sequence = delivery.sequence, retry_in_ms = delay.as_millis() as u64, "dead-letter publish failed; the message will be redelivered");
+            tracing::error!(parent: &delivery.span, error = %err, retry_in_ms = delay.as_millis() as u64, "dead-letter publish failed; the message will be redelivered");
             metrics::counter!("worker_dlq_publish_failures_total").increment(1);
+            metrics::counter!("worker_naks_total").increment(1);
             let _ = delivery.message.ack_with(AckKind::Nak(Some(delay))).await;
             return;
         }
         let stored = self.db.run(move |conn| status::upsert(conn, &record)).await;
         if !matches!(stored, Ok(Ok(()))) {
             tracing::warn!(
-                sequence = delivery.sequence,
+                parent: &delivery.span,
                 "dead-lettered, but its status row could not be written"
             );
         }
         metrics::counter!("worker_dlq_messages_total").increment(1);
-        tracing::warn!(error, sequence = delivery.sequence, "message dead-lettered");
+        tracing::warn!(parent: &delivery.span, error, "message dead-lettered");
         let _ = delivery.message.ack_with(AckKind::Term).await;
     }
 

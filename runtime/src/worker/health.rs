@@ -17,6 +17,8 @@ pub(super) struct Health {
     started: AtomicBool,
     /// The NATS connection, once there is one.
     nats: OnceLock<async_nats::Client>,
+    /// The stream and durable consumer, once set up: /metrics reports their depth and lag.
+    consumer: OnceLock<(String, String)>,
 }
 
 impl Health {
@@ -28,7 +30,8 @@ impl Health {
         self.database_ok.store(ok, Ordering::Release);
     }
 
-    pub(super) fn set_started(&self) {
+    pub(super) fn set_started(&self, stream: &str, consumer: &str) {
+        let _ = self.consumer.set((stream.to_owned(), consumer.to_owned()));
         self.started.store(true, Ordering::Release);
     }
 
@@ -50,6 +53,8 @@ pub(super) async fn serve(
 ) -> Result<(), WorkerError> {
     use axum::{Json, Router, routing::get};
     let metrics = crate::metrics::install();
+    register_counters();
+    let scraped = Arc::clone(&health);
     let ready = move || {
         let health = Arc::clone(&health);
         async move { readiness(&health) }
@@ -64,7 +69,11 @@ pub(super) async fn serve(
             "/metrics",
             get(move || {
                 let metrics = metrics.clone();
-                async move { metrics.render() }
+                let health = Arc::clone(&scraped);
+                async move {
+                    observe(&health).await;
+                    metrics.render()
+                }
             }),
         );
     let listener = tokio::net::TcpListener::bind(listen)
@@ -78,6 +87,59 @@ pub(super) async fn serve(
         let _ = axum::serve(listener, app).await;
     });
     Ok(())
+}
+
+/// The worker's counters, at zero from the start: an alert on `increase()` then sees the
+/// first dead letter, and a dashboard shows 0 rather than no data.
+fn register_counters() {
+    for name in [
+        "worker_messages_consumed_total",
+        "worker_messages_persisted_total",
+        "worker_messages_skipped_total",
+        "worker_messages_stale_total",
+        "worker_redeliveries_total",
+        "worker_naks_total",
+        "worker_dlq_messages_total",
+        "worker_dlq_publish_failures_total",
+    ] {
+        // increment(0) registers without touching a count another worker in this
+        // process (tests) may have made.
+        metrics::counter!(name).increment(0);
+    }
+}
+
+/// What a scrape reports besides the counters: readiness, the database, and the stream's
+/// depth and the consumer's lag as JetStream tells them now (every replica reports the
+/// same consumer; dashboards and alerts take the max). A JetStream that does not answer
+/// within two seconds leaves the last values.
+async fn observe(health: &Health) {
+    let (code, _) = readiness(health);
+    metrics::gauge!("worker_ready").set(f64::from(u8::from(code.is_success())));
+    metrics::gauge!("worker_database_up").set(f64::from(u8::from(health.database_ok())));
+    let (Some(client), Some((stream, consumer))) = (health.nats.get(), health.consumer.get())
+    else {
+        return;
+    };
+    if !health.nats_connected() {
+        return;
+    }
+    let js = async_nats::jetstream::new(client.clone());
+    let ask = async {
+        let mut handle = js.get_stream(stream).await.ok()?;
+        let messages = handle.info().await.ok()?.state.messages;
+        let info = handle.consumer_info(consumer).await.ok()?;
+        Some((messages, info.num_pending, info.num_ack_pending))
+    };
+    if let Ok(Some((messages, pending, ack_pending))) =
+        tokio::time::timeout(Duration::from_secs(2), ask).await
+    {
+        let (s, c) = (stream.clone(), consumer.clone());
+        metrics::gauge!("worker_stream_messages", "stream" => s.clone()).set(messages as f64);
+        metrics::gauge!("worker_consumer_pending_messages", "stream" => s.clone(), "consumer" => c.clone())
+            .set(pending as f64);
+        metrics::gauge!("worker_consumer_ack_pending_messages", "stream" => s, "consumer" => c)
+            .set(ack_pending as f64);
+    }
 }
 
 /// /ready: 200 when the worker has started and both NATS and the database are

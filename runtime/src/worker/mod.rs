@@ -384,7 +384,7 @@ impl<S: EntitySchema> Worker<S> {
             return stopped();
         };
         tracing::info!(consumer = %config.consumer, stream = %config.stream.name, database = %url.redacted(), "worker started");
-        health.set_started();
+        health.set_started(&config.stream.name, &config.consumer);
         Ok(Some(Self {
             schema,
             db: Database::new(conn, config.database_url.clone()),

@@ -84,6 +84,27 @@ impl Worker {
 
     /// Like [`Worker::start_with`], for a NATS URL (a proxy, a cluster's servers).
     pub fn start_on(nats_url: &str, database_url: &str, settings: &[(&str, &str)]) -> Worker {
+        Worker::spawn(nats_url, database_url, settings, Stdio::null())
+    }
+
+    /// Like [`Worker::start_with`], with the worker's log lines (standard output) written
+    /// to `log`.
+    pub fn start_logging_to(
+        nats: &NatsServer,
+        database_url: &str,
+        settings: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> Worker {
+        let file = std::fs::File::create(log).expect("create the worker's log file");
+        Worker::spawn(&nats.url(), database_url, settings, file.into())
+    }
+
+    fn spawn(
+        nats_url: &str,
+        database_url: &str,
+        settings: &[(&str, &str)],
+        stdout: Stdio,
+    ) -> Worker {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_tpch-test-worker"))
             .env("NATS_URL", nats_url)
@@ -94,7 +115,7 @@ impl Worker {
             .env("NOMNOM_LOG_FORMAT", "text")
             .env("RUST_LOG", "warn")
             .envs(settings.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start the worker");

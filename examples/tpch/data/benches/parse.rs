@@ -42,6 +42,7 @@ fn main() {
         entity: Some(EntityName::parse("order").unwrap()),
         idempotency_key: None,
         request_id: None,
+        traceparent: None,
         headers: Default::default(),
         content_type: envelope::JSON_CONTENT_TYPE.into(),
         body: Body::Inline(bytes::Bytes::new()),

@@ -18,6 +18,7 @@ fn envelope_for(entity: Option<&str>) -> Envelope {
         entity: entity.map(|e| EntityName::parse(e).unwrap()),
         idempotency_key: None,
         request_id: None,
+        traceparent: None,
         headers: Default::default(),
         content_type: envelope::JSON_CONTENT_TYPE.into(),
         body: Body::Inline(bytes::Bytes::new()),
