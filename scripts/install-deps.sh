@@ -109,6 +109,11 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   if is_root && command -v apt-get >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    # Where the package could start its service, it would hold port 9090, which the
+    # compose stacks of the Docker tests publish: the tests start their own Prometheus.
+    if pgrep -x prometheus >/dev/null; then
+      { command -v invoke-rc.d >/dev/null && invoke-rc.d prometheus stop; } >/dev/null 2>&1 || pkill -x prometheus || true
+    fi
   else
     echo "warning: prometheus/promtool are missing, so the alert-rule tests cannot run: sudo apt-get install -y prometheus" >&2
   fi
