@@ -3,7 +3,9 @@
 //! new trace instead of refusing the message, and nats-api's JSON log lines about a
 //! message carry its request id, message id and trace id.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use nomnom_runtime::{Envelope, TraceParent};
@@ -32,11 +34,7 @@ impl Api {
         let nats = NatsServer::start();
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_nats-api"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("NATS_URL", nats.url())
-            .env("NOMNOM_LISTEN", format!("127.0.0.1:{port}"))
+        let child = common::nats_api_process(&nats.url(), port)
             .env("NOMNOM_LOG_FORMAT", "json")
             .env("RUST_LOG", "info,nats_api=debug")
             .stdout(log.reopen().unwrap())

@@ -44,12 +44,8 @@ impl Api {
 
     fn spawn(nats_url: &str, extra_env: &[(&str, &str)]) -> Api {
         let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_nats-api"));
+        let mut command = common::nats_api_process(nats_url, port);
         command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("NATS_URL", nats_url)
-            .env("NOMNOM_LISTEN", format!("127.0.0.1:{port}"))
             .env("NOMNOM_LOG_FORMAT", "text")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -4,6 +4,8 @@
 //! header, form-encoded bodies and captured headers; every refused request is checked to
 //! have published nothing.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,12 +32,8 @@ impl Api {
     async fn start(args: &[&str], env: &[(&str, &str)]) -> Api {
         let nats = NatsServer::start();
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_nats-api"))
+        let child = common::nats_api_process(&nats.url(), port)
             .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("NATS_URL", nats.url())
-            .env("NOMNOM_LISTEN", format!("127.0.0.1:{port}"))
             .env("NOMNOM_LOG_FORMAT", "text")
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())

@@ -53,7 +53,8 @@ pub fn returns_freed_memory_promptly() -> bool {
 /// only when it is called again: a process that sits idle after a burst of large bodies
 /// would otherwise keep them resident until its next requests. Purging at once instead
 /// (`MIMALLOC_PURGE_DELAY=0`) returns them too, but costs a quarter of nats-api's batch
-/// throughput (benchmark 7); a call a second costs nothing measurable.
+/// throughput (benchmark 7). A call a second purges only what mimalloc's own next call
+/// would, so under load it adds nothing (its throughput cost is not measured yet).
 pub const PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn start_idle_purger() {

@@ -149,3 +149,15 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The nats-api binary as a process, with a clean environment but for `PATH`, on
+/// `nats_url`, listening on 127.0.0.1:`port`; the caller adds its settings and spawns it.
+pub fn nats_api_process(nats_url: &str, port: u16) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_nats-api"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NATS_URL", nats_url)
+        .env("NOMNOM_LISTEN", format!("127.0.0.1:{port}"));
+    command
+}
