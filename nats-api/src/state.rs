@@ -126,6 +126,11 @@ impl AppState {
         Ok(state)
     }
 
+    /// A JetStream context on the service's connection.
+    pub fn js(&self) -> jetstream::Context {
+        jetstream::new(self.client.as_ref().clone())
+    }
+
     /// Whether the stream has been created or verified since start (or since it was lost).
     pub fn stream_ready(&self) -> bool {
         self.publisher.health.ready.load(Ordering::Acquire)
