@@ -244,7 +244,8 @@ pub struct ApiArgs {
     /// Serve the operator console at /console: message lookup, dead letters and their
     /// replay, live rates and lag. Behind the API keys (a browser asks for one: any user
     /// name, the key as password). See docs/operations.md.
-    #[arg(long, env = "NOMNOM_CONSOLE")]
+    /// `NOMNOM_CONSOLE` takes true/false, 1/0, yes/no or on/off.
+    #[arg(long, env = "NOMNOM_CONSOLE", value_parser = clap::builder::BoolishValueParser::new())]
     pub console: bool,
     /// The workers' durable consumer (the console shows its lag).
     #[arg(long, env = "NOMNOM_CONSUMER", default_value = defaults::WORKER_CONSUMER)]
