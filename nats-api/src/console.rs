@@ -61,11 +61,13 @@ pub fn routes(state: AppState) -> Router<AppState> {
 /// Middleware: with API keys configured, a request must present one, as the password of
 /// HTTP Basic (what a browser sends once asked) or as a Bearer token.
 async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let keys = state
-        .api_keys
-        .read()
-        .map(|k| Arc::clone(&k))
-        .unwrap_or_default();
+    // A poisoned lock still holds the last keys: use them, never an empty (open) set.
+    let keys = Arc::clone(
+        &state
+            .api_keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     if !keys.is_enabled() || presented_key(request.headers()).is_some_and(|k| keys.accepts(&k)) {
         return next.run(request).await;
     }

@@ -152,9 +152,11 @@ impl AppState {
     pub fn reload_api_keys(&self) -> Result<usize, std::io::Error> {
         let keys = ApiKeys::load(&self.config.api_keys, self.config.api_keys_file.as_deref())?;
         let count = keys.len();
-        if let Ok(mut slot) = self.api_keys.write() {
-            *slot = Arc::new(keys);
-        }
+        // Even through a poisoned lock: a revoked key must not stay valid.
+        *self
+            .api_keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
         Ok(count)
     }
 }
