@@ -7,6 +7,8 @@
 #   prometheus        : Debian's prometheus (with promtool), as root: the chart's alert
 #                       rules checked and unit-tested, and a real Prometheus scraping
 #                       nats-api and a worker (system-tests/tests/observability.rs)
+#   chromium          : Debian's chromium and chromium-driver, as root: the console's
+#                       browser test (system-tests/tests/console.rs)
 #   deployment tests  : helm-python-sdk, kubernetes-validate, PyYAML, pytest from PyPI
 #                       into .tools/venv (deploy/tests/requirements.txt; skipped with --nats-only)
 #   webhook payloads  : GitHub's webhook examples as the npm registry ships them
@@ -119,6 +121,18 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   fi
 fi
 command -v promtool >/dev/null && echo "prometheus $(prometheus --version 2>&1 | awk 'NR==1 {print $3}'): $(command -v prometheus), promtool"
+
+# Chromium and chromedriver: the operator console driven in a real browser
+# (system-tests/tests/console.rs expects /usr/bin/chromium and /usr/bin/chromedriver).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if is_root && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "warning: chromium/chromedriver are missing, so the console's browser test cannot run: sudo apt-get install -y chromium chromium-driver" >&2
+  fi
+fi
+[ -x /usr/bin/chromedriver ] && echo "chromium $(/usr/bin/chromedriver --version 2>/dev/null | awk '{print $2}'): /usr/bin/chromium, /usr/bin/chromedriver"
 
 # Python packages of the deployment tests (deploy/tests): Helm as a library, Kubernetes
 # schemas, all offline once installed. Reinstalled only when requirements.txt changes.

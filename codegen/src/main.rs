@@ -108,7 +108,7 @@ enum DlqAction {
     Replay {
         #[command(flatten)]
         target: DlqTarget,
-        /// Replay every dead letter (required when no --id or --entity is given).
+        /// Replay every dead letter (required when no --id, --entity or --error is given).
         #[arg(long)]
         all: bool,
     },
@@ -129,6 +129,9 @@ struct DlqTarget {
     /// Only this entity.
     #[arg(long)]
     entity: Option<String>,
+    /// Only dead letters whose error contains this text (case-insensitive).
+    #[arg(long)]
+    error: Option<String>,
 }
 
 impl DlqTarget {
@@ -136,6 +139,7 @@ impl DlqTarget {
         nomnom_runtime::dlq::Filter {
             message_id: self.id,
             entity: self.entity.clone(),
+            error_contains: self.error.clone(),
         }
     }
 }
@@ -185,10 +189,11 @@ fn dlq(action: DlqAction) -> ExitCode {
                 }
             }
             DlqAction::Replay { target, all } => {
-                if !all && target.id.is_none() && target.entity.is_none() {
+                if !all && target.id.is_none() && target.entity.is_none() && target.error.is_none()
+                {
                     return fail(
                         exit::USAGE,
-                        "say what to replay: --id <message id>, --entity <name>, or --all",
+                        "say what to replay: --id <message id>, --entity <name>, --error <text>, or --all",
                     );
                 }
                 let settings = target.stream.to_settings();

@@ -378,6 +378,54 @@ fn dlq_list_and_replay_against_a_real_server() {
         "filtered out"
     );
 
+    // --error: text in the error, any case.
+    let by_error = nomnom(
+        &[
+            "dlq",
+            "list",
+            "--nats-url",
+            &url,
+            "--error",
+            "MUST BE AT LEAST",
+        ],
+        dir.path(),
+    );
+    assert!(by_error.status.success(), "{}", text(&by_error));
+    assert!(
+        text(&by_error).contains(&id.to_string()),
+        "{}",
+        text(&by_error)
+    );
+    let other_error = nomnom(
+        &[
+            "dlq",
+            "list",
+            "--json",
+            "--nats-url",
+            &url,
+            "--error",
+            "timed out",
+        ],
+        dir.path(),
+    );
+    assert!(
+        String::from_utf8_lossy(&other_error.stdout)
+            .trim()
+            .is_empty(),
+        "filtered out by error"
+    );
+    // An --error selection is enough to replay (no --all), and replays only what matches.
+    let none = nomnom(
+        &["dlq", "replay", "--nats-url", &url, "--error", "timed out"],
+        dir.path(),
+    );
+    assert!(none.status.success(), "{}", text(&none));
+    assert!(
+        text(&none).contains("replayed 0 message(s)"),
+        "{}",
+        text(&none)
+    );
+
     let unsure = nomnom(&["dlq", "replay", "--nats-url", &url], dir.path());
     assert_eq!(unsure.status.code(), Some(4), "{}", text(&unsure));
     let replay = nomnom(

@@ -89,11 +89,13 @@ pub async fn require_api_key(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let keys = state
-        .api_keys
-        .read()
-        .map(|k| Arc::clone(&k))
-        .unwrap_or_default();
+    // A poisoned lock still holds the last keys: use them, never an empty (open) set.
+    let keys = Arc::clone(
+        &state
+            .api_keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     let webhooks = !state.config.webhooks.is_empty();
     if !keys.is_enabled() && !webhooks {
         return next.run(request).await;

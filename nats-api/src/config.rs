@@ -70,6 +70,12 @@ pub struct ApiConfig {
     pub idempotency_headers: Vec<HeaderName>,
     /// Webhook signature rules; empty: no verification (and no cost).
     pub webhooks: Vec<WebhookRule>,
+    /// Serve the operator console at `/console` (behind the API keys).
+    pub console: bool,
+    /// The workers' durable consumer, whose lag the console shows.
+    pub consumer: String,
+    /// The dead-letter stream the console browses and replays from.
+    pub dlq_stream: String,
 }
 
 /// A configuration that cannot work, refused at start.
@@ -139,6 +145,9 @@ impl Default for ApiConfig {
             entity_map: BTreeMap::new(),
             idempotency_headers: vec![HeaderName::from_static(DEFAULT_IDEMPOTENCY_HEADER)],
             webhooks: Vec::new(),
+            console: false,
+            consumer: defaults::WORKER_CONSUMER.to_owned(),
+            dlq_stream: defaults::DLQ_STREAM.to_owned(),
         }
     }
 }
@@ -232,6 +241,18 @@ pub struct ApiArgs {
     /// (`;` between rules in the environment variable). See docs/webhooks.md.
     #[arg(long = "webhook", env = "NOMNOM_WEBHOOKS", value_delimiter = ';', value_parser = WebhookRule::parse)]
     pub webhooks: Vec<WebhookRule>,
+    /// Serve the operator console at /console: message lookup, dead letters and their
+    /// replay, live rates and lag. Behind the API keys (a browser asks for one: any user
+    /// name, the key as password). See docs/operations.md.
+    /// `NOMNOM_CONSOLE` takes true/false, 1/0, yes/no or on/off.
+    #[arg(long, env = "NOMNOM_CONSOLE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub console: bool,
+    /// The workers' durable consumer (the console shows its lag).
+    #[arg(long, env = "NOMNOM_CONSUMER", default_value = defaults::WORKER_CONSUMER)]
+    pub consumer: String,
+    /// The workers' dead-letter stream (the console browses and replays it).
+    #[arg(long, env = "NOMNOM_DLQ_STREAM", default_value = defaults::DLQ_STREAM)]
+    pub dlq_stream: String,
     /// Log format.
     #[arg(long, env = "NOMNOM_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
@@ -282,6 +303,9 @@ impl ApiArgs {
             entity_map: self.entity_map.iter().cloned().collect(),
             idempotency_headers: self.idempotency_headers.clone(),
             webhooks: self.webhooks.clone(),
+            console: self.console,
+            consumer: self.consumer.clone(),
+            dlq_stream: self.dlq_stream.clone(),
         }
     }
 }
@@ -311,6 +335,9 @@ mod tests {
         assert_eq!(from_flags.entity_header, default.entity_header);
         assert_eq!(from_flags.idempotency_headers, default.idempotency_headers);
         assert_eq!(from_flags.webhooks, default.webhooks);
+        assert_eq!(from_flags.console, default.console);
+        assert_eq!(from_flags.consumer, default.consumer);
+        assert_eq!(from_flags.dlq_stream, default.dlq_stream);
     }
 
     #[test]

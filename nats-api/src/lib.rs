@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod budget;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod health;
 pub mod ingest;
@@ -52,8 +53,14 @@ pub fn app(state: AppState) -> Router {
         // Outside the key check, so a refused request's log lines carry its trace too.
         .route_layer(middleware::from_fn(tracecontext::continue_trace))
         .route_layer(middleware::from_fn(health::count_responses));
+    let console = if state.config.console {
+        console::routes(state.clone())
+    } else {
+        Router::new()
+    };
     Router::new()
         .merge(api)
+        .merge(console)
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))

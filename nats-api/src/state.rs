@@ -126,6 +126,11 @@ impl AppState {
         Ok(state)
     }
 
+    /// A JetStream context on the service's connection.
+    pub fn js(&self) -> jetstream::Context {
+        jetstream::new(self.client.as_ref().clone())
+    }
+
     /// Whether the stream has been created or verified since start (or since it was lost).
     pub fn stream_ready(&self) -> bool {
         self.publisher.health.ready.load(Ordering::Acquire)
@@ -147,9 +152,11 @@ impl AppState {
     pub fn reload_api_keys(&self) -> Result<usize, std::io::Error> {
         let keys = ApiKeys::load(&self.config.api_keys, self.config.api_keys_file.as_deref())?;
         let count = keys.len();
-        if let Ok(mut slot) = self.api_keys.write() {
-            *slot = Arc::new(keys);
-        }
+        // Even through a poisoned lock: a revoked key must not stay valid.
+        *self
+            .api_keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
         Ok(count)
     }
 }

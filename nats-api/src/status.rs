@@ -91,11 +91,15 @@ pub async fn lookup_by_key(
     status_of(&state, key.message_id()).await
 }
 
-/// The status table first; a message with no row yet is looked up in the stream.
 async fn status_of(state: &AppState, message_id: Uuid) -> Result<Json<StatusResponse>, ApiError> {
+    find(state, message_id).await.map(Json)
+}
+
+/// The status table first; a message with no row yet is looked up in the stream.
+pub(crate) async fn find(state: &AppState, message_id: Uuid) -> Result<StatusResponse, ApiError> {
     if let Some(store) = &state.status {
         match store.fetch(message_id).await {
-            Ok(Some(record)) => return Ok(Json(record.into())),
+            Ok(Some(record)) => return Ok(record.into()),
             Ok(None) => {}
             Err(err) => {
                 tracing::warn!(error = %err, "status database lookup failed");
@@ -106,7 +110,7 @@ async fn status_of(state: &AppState, message_id: Uuid) -> Result<Json<StatusResp
         }
     }
     match state.publisher.find(message_id).await? {
-        Some(envelope) => Ok(Json(StatusResponse {
+        Some(envelope) => Ok(StatusResponse {
             message_id,
             status: if state.status.is_some() {
                 "pending"
@@ -119,7 +123,7 @@ async fn status_of(state: &AppState, message_id: Uuid) -> Result<Json<StatusResp
             attempts: None,
             error: None,
             stream_sequence: None,
-        })),
+        }),
         None => Err(ApiError::NotFound(format!(
             "no message {message_id}: it was never accepted, or it left the stream before a worker recorded it"
         ))),

@@ -167,6 +167,8 @@ impl DeadLetters {
 pub struct Filter {
     pub message_id: Option<Uuid>,
     pub entity: Option<String>,
+    /// Only dead letters whose error contains this text (case-insensitive).
+    pub error_contains: Option<String>,
 }
 
 impl Filter {
@@ -176,6 +178,10 @@ impl Filter {
                 .entity
                 .as_ref()
                 .is_none_or(|e| letter.entity.as_deref() == Some(e.as_str()))
+            && self
+                .error_contains
+                .as_ref()
+                .is_none_or(|text| letter.error.to_lowercase().contains(&text.to_lowercase()))
     }
 }
 
@@ -226,6 +232,49 @@ pub async fn list(
     dlq_stream: &str,
     filter: &Filter,
 ) -> Result<Vec<DeadLetter>, DlqError> {
+    scan(js, dlq_stream, filter, Order::OldestFirst, usize::MAX).await
+}
+
+/// At most `limit` dead letters matching `filter`, newest first (the console's view of a
+/// stream that may hold many).
+pub async fn list_newest(
+    js: &jetstream::Context,
+    dlq_stream: &str,
+    filter: &Filter,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, DlqError> {
+    scan(js, dlq_stream, filter, Order::NewestFirst, limit).await
+}
+
+/// How many dead letters the stream holds.
+pub async fn count(js: &jetstream::Context, dlq_stream: &str) -> Result<u64, DlqError> {
+    let mut stream = js
+        .get_stream(dlq_stream)
+        .await
+        .map_err(|e| DlqError::Stream {
+            stream: dlq_stream.to_owned(),
+            source: e.into(),
+        })?;
+    let info = stream.info().await.map_err(|e| DlqError::Stream {
+        stream: dlq_stream.to_owned(),
+        source: e.into(),
+    })?;
+    Ok(info.state.messages)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Order {
+    OldestFirst,
+    NewestFirst,
+}
+
+async fn scan(
+    js: &jetstream::Context,
+    dlq_stream: &str,
+    filter: &Filter,
+    order: Order,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, DlqError> {
     let stream_error = |source: async_nats::Error| DlqError::Stream {
         stream: dlq_stream.to_owned(),
         source,
@@ -241,10 +290,15 @@ pub async fn list(
         .state
         .clone();
     let mut letters = Vec::new();
-    if state.messages == 0 {
+    if state.messages == 0 || limit == 0 {
         return Ok(letters);
     }
-    for sequence in state.first_sequence..=state.last_sequence {
+    let sequences = state.first_sequence..=state.last_sequence;
+    let sequences: Box<dyn Iterator<Item = u64> + Send> = match order {
+        Order::OldestFirst => Box::new(sequences),
+        Order::NewestFirst => Box::new(sequences.rev()),
+    };
+    for sequence in sequences {
         let message = match stream.direct_get(sequence).await {
             Ok(message) => message,
             // Deleted (replayed) dead letters leave gaps.
@@ -262,6 +316,9 @@ pub async fn list(
         letter.dlq_sequence = sequence;
         if filter.matches(&letter) {
             letters.push(letter);
+            if letters.len() == limit {
+                break;
+            }
         }
     }
     Ok(letters)
@@ -276,6 +333,16 @@ pub async fn replay(
     filter: &Filter,
 ) -> Result<usize, DlqError> {
     let letters = list(js, dlq_stream, filter).await?;
+    replay_letters(js, dlq_stream, settings, &letters).await
+}
+
+/// Republishes `letters` (read with [`list`] or [`list_newest`]) like [`replay`].
+pub async fn replay_letters(
+    js: &jetstream::Context,
+    dlq_stream: &str,
+    settings: &StreamSettings,
+    letters: &[DeadLetter],
+) -> Result<usize, DlqError> {
     let stream = js
         .get_stream(dlq_stream)
         .await
@@ -283,7 +350,7 @@ pub async fn replay(
             stream: dlq_stream.to_owned(),
             source: e.into(),
         })?;
-    for letter in &letters {
+    for letter in letters {
         let id = letter.message_id;
         let publish_error = |source| DlqError::Publish { id, source };
         let envelope = Envelope::decode(letter.envelope.clone().into_bytes().into())

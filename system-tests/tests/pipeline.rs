@@ -188,7 +188,7 @@ async fn orders_with_line_items_become_rows(database_url: String) {
     let bad_id: uuid::Uuid = b["message_id"].as_str().unwrap().parse().unwrap();
     let only_bad = dlq::Filter {
         message_id: Some(bad_id),
-        entity: None,
+        ..Default::default()
     };
     let before = dlq::list(&js, "MESSAGES_DLQ", &only_bad).await.unwrap();
     assert_eq!(before.len(), 1);
