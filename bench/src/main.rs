@@ -5,6 +5,8 @@
 //! cargo run --release -p nomnom-bench            # every benchmark, medians of 3 runs
 //! cargo run -p nomnom-bench -- --quick           # small sizes, one run: CI's check that it works
 //! cargo run --release -p nomnom-bench -- --only ingest,worker
+//! # the worker benchmark, with an older tpch-worker build measured in the same runs
+//! cargo run --release -p nomnom-bench -- --only worker --worker-before /path/to/tpch-worker
 //! ```
 //!
 //! The harness builds the binaries it runs (nats-api, the TPC-H worker, nomnom and the
@@ -52,6 +54,10 @@ struct Args {
     /// Fail (exit 1) when a target is missed.
     #[arg(long)]
     strict: bool,
+    /// Another tpch-worker binary (a build of an earlier commit) to measure in the worker
+    /// benchmark, back to back with this build's.
+    #[arg(long, value_name = "PATH")]
+    worker_before: Option<std::path::PathBuf>,
 }
 
 /// What every benchmark reads.
@@ -59,6 +65,8 @@ struct Args {
 pub struct Options {
     pub quick: bool,
     pub runs: usize,
+    /// The `--worker-before` binary.
+    pub worker_before: Option<std::path::PathBuf>,
 }
 
 fn tool_version(program: &str, args: &[&str]) -> String {
@@ -132,7 +140,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let options = Options {
         quick: args.quick,
         runs: args.runs.unwrap_or(if args.quick { 1 } else { 3 }).max(1),
+        worker_before: args.worker_before.clone(),
     };
+    if let Some(before) = &options.worker_before
+        && !before.is_file()
+    {
+        anyhow::bail!("--worker-before {}: no such file", before.display());
+    }
     let wanted = |bench: Bench| args.only.is_empty() || args.only.contains(&bench);
     print_machine();
     build_binaries()?;

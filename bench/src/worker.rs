@@ -1,9 +1,14 @@
 //! Benchmark 3: worker throughput from a pre-filled stream of real TPC-H orders into
 //! PostgreSQL, with 1, 2 and 4 workers, against the same rows written by PostgreSQL
 //! COPY, by the worker's SQL path alone (multi-row statements), and by the naive design
-//! (one transaction per message).
+//! (one transaction per message); and into SQLite, against a bulk insert of the same rows
+//! (one transaction, a prepared statement, WAL) on the same file system. With
+//! `--worker-before`, another worker binary (an older build) is measured in the same runs,
+//! back to back with this one.
 
+use std::future::Future;
 use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -155,29 +160,41 @@ pub fn connect(url: &str) -> anyhow::Result<diesel::PgConnection> {
     Ok(diesel::PgConnection::establish(url)?)
 }
 
-/// Runs `workers` worker processes on a pre-filled stream; messages/s until every
-/// message has its status row.
+/// Rows in `table` on either database; -1 if it cannot be asked.
+fn count_any(conn: &mut AnyConnection, table: &str) -> i64 {
+    use diesel::RunQueryDsl;
+    let query = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"));
+    match conn {
+        AnyConnection::Postgresql(pg) => query.get_result::<Count>(pg),
+        AnyConnection::Sqlite(lite) => query.get_result::<Count>(lite),
+    }
+    .map(|c| c.n)
+    .unwrap_or(-1)
+}
+
+/// Runs `workers` processes of `worker` (a tpch-worker binary) on a pre-filled stream,
+/// writing to the migrated database at `url`; messages/s until every message has its
+/// status row.
 async fn run_workers(
-    pg: &Postgres,
+    worker: &Path,
+    url: &str,
     workload: &Workload,
     workers: usize,
-    name: &str,
 ) -> anyhow::Result<f64> {
     let nats = NatsServer::start();
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     prefill(&js, &workload.bodies).await?;
-    let url = migrated_database(pg, name)?;
-    let mut client = connect(&url)?;
+    let mut client = sql::connect(url)?;
     let expected = workload.bodies.len() as i64;
     let started = Instant::now();
     let _procs: Vec<Proc> = (0..workers)
         .map(|_| {
             Proc::spawn(
-                &binary("tpch-worker"),
+                worker,
                 &[],
                 &[
                     ("NATS_URL", nats.url()),
-                    ("DATABASE_URL", url.clone()),
+                    ("DATABASE_URL", url.to_owned()),
                     ("NOMNOM_WORKER_LISTEN", format!("127.0.0.1:{}", free_port())),
                     ("NOMNOM_BATCH_SIZE", BATCH.to_string()),
                 ],
@@ -185,16 +202,83 @@ async fn run_workers(
         })
         .collect::<anyhow::Result<_>>()?;
     wait_until("every message persisted", Duration::from_secs(600), || {
-        count(&mut client, "nomnom_message_status") >= expected
+        count_any(&mut client, "nomnom_message_status") >= expected
     })
     .await?;
     let elapsed = started.elapsed().as_secs_f64();
-    if count(&mut client, "orders") != workload.orders.len() as i64
-        || count(&mut client, "lineitem") != workload.lineitems.len() as i64
+    if count_any(&mut client, "orders") != workload.orders.len() as i64
+        || count_any(&mut client, "lineitem") != workload.lineitems.len() as i64
     {
         bail!("the workers wrote the wrong number of rows");
     }
     Ok(expected as f64 / elapsed)
+}
+
+/// A fresh SQLite database file in `dir` with the TPC-H tables and the status table.
+fn migrated_sqlite(dir: &Path, name: &str) -> anyhow::Result<(std::path::PathBuf, String)> {
+    let path = dir.join(format!("{name}.db"));
+    let url = format!("sqlite://{}", path.display());
+    let status = std::process::Command::new(binary("tpch-worker"))
+        .arg("--migrate-only")
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .status()?;
+    if !status.success() {
+        bail!("tpch-worker --migrate-only failed on SQLite");
+    }
+    Ok((path, url))
+}
+
+/// SQLite's physical limit for these rows: every row (entity rows and one status row per
+/// message) by one prepared single-row INSERT per table, in one transaction, in WAL mode
+/// with the worker's `synchronous = NORMAL`. Rows/s.
+fn sqlite_baseline(path: &Path, workload: &Workload) -> anyhow::Result<f64> {
+    let mut conn = rusqlite::Connection::open(path)?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+    let statuses = status_rows(workload.bodies.len());
+    let started = Instant::now();
+    let tx = conn.transaction()?;
+    for (table, columns, rows) in [
+        (
+            "orders",
+            columns(&tpch_worker::database::ORDER.table),
+            &workload.orders,
+        ),
+        (
+            "lineitem",
+            columns(&tpch_worker::database::LINEITEM.table),
+            &workload.lineitems,
+        ),
+        (
+            "nomnom_message_status",
+            "message_id, entity, status, attempts, error, received_at, processed_at, stream_sequence".to_owned(),
+            &statuses,
+        ),
+    ] {
+        let width = columns.split(", ").count();
+        let placeholders = vec!["?"; width].join(", ");
+        let mut statement =
+            tx.prepare(&format!("INSERT INTO {table} ({columns}) VALUES ({placeholders})"))?;
+        for row in rows {
+            statement.execute(rusqlite::params_from_iter(row.iter().map(sqlite_value)))?;
+        }
+    }
+    tx.commit()?;
+    Ok((workload.rows() + workload.bodies.len()) as f64 / started.elapsed().as_secs_f64())
+}
+
+fn sqlite_value(value: &Value) -> rusqlite::types::Value {
+    use rusqlite::types::Value as Lite;
+    match value {
+        Value::Null => Lite::Null,
+        Value::Bool(b) => Lite::Integer(i64::from(*b)),
+        Value::I16(n) => Lite::Integer(i64::from(*n)),
+        Value::I32(n) => Lite::Integer(i64::from(*n)),
+        Value::I64(n) => Lite::Integer(*n),
+        Value::F32(n) => Lite::Real(f64::from(*n)),
+        Value::F64(n) => Lite::Real(*n),
+        Value::Text(text) => Lite::Text(text.clone()),
+    }
 }
 
 fn columns(table: &Table) -> String {
@@ -384,6 +468,45 @@ fn baselines(
     })
 }
 
+/// One run's worker figures, messages/s.
+#[derive(Default)]
+struct WorkerRates {
+    /// By replica count, this build.
+    by_workers: Vec<f64>,
+    /// One replica of the `--worker-before` build, on PostgreSQL.
+    before: Option<f64>,
+    /// SQLite: bulk insert rows/s, this build's and the before build's messages/s.
+    sqlite_bulk: f64,
+    sqlite: f64,
+    sqlite_before: Option<f64>,
+}
+
+/// Measures `after` and `before` back to back, in an order that alternates by run (so
+/// that a drift in the machine's load does not favour either).
+async fn back_to_back<F, Fut>(
+    run: usize,
+    before: Option<&Path>,
+    after: &Path,
+    mut measure: F,
+) -> anyhow::Result<(f64, Option<f64>)>
+where
+    F: FnMut(std::path::PathBuf, &'static str) -> Fut,
+    Fut: Future<Output = anyhow::Result<f64>>,
+{
+    let Some(before) = before else {
+        return Ok((measure(after.to_owned(), "after").await?, None));
+    };
+    if run % 2 == 0 {
+        let b = measure(before.to_owned(), "before").await?;
+        let a = measure(after.to_owned(), "after").await?;
+        Ok((a, Some(b)))
+    } else {
+        let a = measure(after.to_owned(), "after").await?;
+        let b = measure(before.to_owned(), "before").await?;
+        Ok((a, Some(b)))
+    }
+}
+
 pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Result<()> {
     let messages = if options.quick { 1_000 } else { 20_000 };
     let naive_messages = if options.quick { 200 } else { 2_000 };
@@ -394,9 +517,17 @@ pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Res
         "  workload: {messages} orders, {} line items ({rows_per_message:.2} rows per message with its status row)",
         workload.lineitems.len()
     );
+    let before = options.worker_before.as_deref();
+    if let Some(before) = before {
+        println!("  before: {}", before.display());
+    }
+    let after = binary("tpch-worker");
     let pg = durable_postgres();
-    let mut by_workers: Vec<Vec<f64>> = vec![Vec::new(); worker_counts.len()];
+    // SQLite files on the file system the harness's temporary files are on, for the
+    // worker and the bulk insert alike.
+    let sqlite_dir = tempfile::tempdir()?;
     let mut runs = Vec::new();
+    let mut rates = Vec::new();
     for run in 0..options.runs {
         // Synchronous database clients: let the runtime know this thread blocks.
         let base = tokio::task::block_in_place(|| baselines(&pg, &workload, naive_messages, run))?;
@@ -408,14 +539,55 @@ pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Res
             thousands(base.statements),
             thousands(base.naive)
         );
-        for (slot, workers) in worker_counts.iter().enumerate() {
-            let name = format!("workers_{workers}_{run}");
-            let rate = run_workers(&pg, &workload, *workers, &name).await?;
-            line.push_str(&format!("; {workers} worker(s) {} msg/s", thousands(rate)));
-            by_workers[slot].push(rate);
+        let mut rate = WorkerRates::default();
+        let (one, one_before) = back_to_back(run, before, &after, |worker, which| {
+            let workload = &workload;
+            let pg = &pg;
+            async move {
+                let url = migrated_database(pg, &format!("workers_1_{which}_{run}"))?;
+                run_workers(&worker, &url, workload, 1).await
+            }
+        })
+        .await?;
+        if let Some(b) = one_before {
+            line.push_str(&format!("; 1 worker before {} msg/s", thousands(b)));
+        }
+        line.push_str(&format!("; 1 worker(s) {} msg/s", thousands(one)));
+        rate.by_workers.push(one);
+        rate.before = one_before;
+        for workers in worker_counts.iter().skip(1) {
+            let url = migrated_database(&pg, &format!("workers_{workers}_{run}"))?;
+            let r = run_workers(&after, &url, &workload, *workers).await?;
+            line.push_str(&format!("; {workers} worker(s) {} msg/s", thousands(r)));
+            rate.by_workers.push(r);
         }
         println!("{line}");
+
+        let (path, _) = migrated_sqlite(sqlite_dir.path(), &format!("bulk_{run}"))?;
+        rate.sqlite_bulk = tokio::task::block_in_place(|| sqlite_baseline(&path, &workload))?;
+        let dir = sqlite_dir.path();
+        let (lite, lite_before) = back_to_back(run, before, &after, |worker, which| {
+            let workload = &workload;
+            async move {
+                let (_, url) = migrated_sqlite(dir, &format!("worker_{which}_{run}"))?;
+                run_workers(&worker, &url, workload, 1).await
+            }
+        })
+        .await?;
+        rate.sqlite = lite;
+        rate.sqlite_before = lite_before;
+        let mut line = format!(
+            "  run {}, SQLite: bulk insert {} rows/s",
+            run + 1,
+            thousands(rate.sqlite_bulk)
+        );
+        if let Some(b) = lite_before {
+            line.push_str(&format!("; 1 worker before {} msg/s", thousands(b)));
+        }
+        line.push_str(&format!("; 1 worker {} msg/s", thousands(lite)));
+        println!("{line}");
         runs.push(base);
+        rates.push(rate);
     }
     let pick = |f: fn(&Baselines) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
     let (copy, sql_path, statements, naive) = (
@@ -424,7 +596,8 @@ pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Res
         pick(|b| b.statements),
         pick(|b| b.naive),
     );
-    let one = median(&by_workers[0]);
+    let of = |f: &dyn Fn(&WorkerRates) -> f64| median(&rates.iter().map(f).collect::<Vec<_>>());
+    let one = of(&|r| r.by_workers[0]);
     let one_rows = one * rows_per_message;
     report.push(Row {
         benchmark: "3. worker, 1 replica, PostgreSQL (durable)".into(),
@@ -435,6 +608,82 @@ pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Res
         target: "≥ 0.8×".into(),
         verdict: Verdict::of(one_rows / copy >= 0.8),
     });
+    report.push(Row {
+        benchmark: "3. worker, 1 replica, PostgreSQL (durable)".into(),
+        measure: "rows/s vs its SQL work alone".into(),
+        figure: format!("{} rows/s", thousands(one_rows)),
+        baseline: format!("{} rows/s (worker SQL path)", thousands(sql_path)),
+        ratio: format!("{:.2}×", one_rows / sql_path),
+        target: "≥ 0.9× (issue 22)".into(),
+        verdict: Verdict::of(one_rows / sql_path >= 0.9),
+    });
+    if before.is_some() {
+        let before_one = of(&|r| r.before.unwrap_or(f64::NAN));
+        let before_rows = before_one * rows_per_message;
+        report.push(Row {
+            benchmark: "3. worker before (--worker-before), 1 replica, PostgreSQL".into(),
+            measure: "rows/s vs COPY".into(),
+            figure: format!(
+                "{} rows/s ({} msg/s)",
+                thousands(before_rows),
+                thousands(before_one)
+            ),
+            baseline: format!("{} rows/s (COPY)", thousands(copy)),
+            ratio: format!("{:.2}×", before_rows / copy),
+            target: String::new(),
+            verdict: Verdict::Info,
+        });
+        report.push(Row {
+            benchmark: "3. worker, 1 replica, PostgreSQL".into(),
+            measure: "msg/s, this build vs before".into(),
+            figure: format!("{} msg/s", thousands(one)),
+            baseline: format!("{} msg/s (before)", thousands(before_one)),
+            ratio: format!("{:.2}×", one / before_one),
+            target: String::new(),
+            verdict: Verdict::Info,
+        });
+    }
+    let bulk = of(&|r| r.sqlite_bulk);
+    let lite = of(&|r| r.sqlite);
+    let lite_rows = lite * rows_per_message;
+    report.push(Row {
+        benchmark: "3. worker, 1 replica, SQLite (WAL)".into(),
+        measure: "rows/s vs bulk insert".into(),
+        figure: format!(
+            "{} rows/s ({} msg/s)",
+            thousands(lite_rows),
+            thousands(lite)
+        ),
+        baseline: format!("{} rows/s (prepared INSERT, 1 tx)", thousands(bulk)),
+        ratio: format!("{:.2}×", lite_rows / bulk),
+        target: "≥ 0.5× (issue 22)".into(),
+        verdict: Verdict::of(lite_rows / bulk >= 0.5),
+    });
+    if before.is_some() {
+        let lite_before = of(&|r| r.sqlite_before.unwrap_or(f64::NAN));
+        report.push(Row {
+            benchmark: "3. worker before (--worker-before), 1 replica, SQLite".into(),
+            measure: "rows/s vs bulk insert".into(),
+            figure: format!(
+                "{} rows/s ({} msg/s)",
+                thousands(lite_before * rows_per_message),
+                thousands(lite_before)
+            ),
+            baseline: format!("{} rows/s (prepared INSERT, 1 tx)", thousands(bulk)),
+            ratio: format!("{:.2}×", lite_before * rows_per_message / bulk),
+            target: String::new(),
+            verdict: Verdict::Info,
+        });
+        report.push(Row {
+            benchmark: "3. worker, 1 replica, SQLite".into(),
+            measure: "msg/s, this build vs before".into(),
+            figure: format!("{} msg/s", thousands(lite)),
+            baseline: format!("{} msg/s (before)", thousands(lite_before)),
+            ratio: format!("{:.2}×", lite / lite_before),
+            target: String::new(),
+            verdict: Verdict::Info,
+        });
+    }
     report.push(Row {
         benchmark: "3. worker, 1 replica".into(),
         measure: "messages/s vs naive".into(),
@@ -463,7 +712,7 @@ pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Res
         verdict: Verdict::Info,
     });
     for (slot, workers) in worker_counts.iter().enumerate().skip(1) {
-        let rate = median(&by_workers[slot]);
+        let rate = of(&|r| r.by_workers[slot]);
         report.push(Row {
             benchmark: format!("3. worker, {workers} replicas"),
             measure: "messages/s vs 1 replica".into(),

@@ -127,9 +127,23 @@ impl Worker {
 
     /// Like [`Worker::terminate`], with `signal` (`TERM`, `INT`).
     fn stop_with(&mut self, signal: &str, within: Duration) -> (ExitStatus, Duration) {
-        let mut child = self.child.take().unwrap();
         let sent = Instant::now();
-        send_signal(&child, signal);
+        self.signal(signal);
+        self.wait_exit(signal, sent, within)
+    }
+
+    fn signal(&self, signal: &str) {
+        send_signal(self.child.as_ref().unwrap(), signal);
+    }
+
+    /// Waits for the worker to exit after SIG`signal`, sent at `sent`.
+    fn wait_exit(
+        &mut self,
+        signal: &str,
+        sent: Instant,
+        within: Duration,
+    ) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().unwrap();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 let took = sent.elapsed();
@@ -158,6 +172,12 @@ impl Worker {
         );
         assert!(self.log().contains("SIGTERM received"), "{}", self.log());
         took
+    }
+
+    /// Waits until the worker is ready (its migrations applied), then stops it cleanly.
+    async fn terminate_cleanly_when_ready(mut self) {
+        self.wait_ready().await;
+        self.terminate_cleanly();
     }
 }
 
@@ -417,11 +437,15 @@ async fn sigterm_after_the_database_was_lost_mid_batch_exits_zero_and_loses_noth
     let nats = NatsServer::start();
     let mut pg = Postgres::start();
     let url = pg.create_database("db_lost");
-    let mut worker = Worker::start(&nats.url(), &url, &[("NOMNOM_BACKOFF", "2s")]);
-    worker.wait_ready().await;
+    // Every order is in the stream before the worker fetches: its first batch and the
+    // one behind are then full batches (a first worker migrates the tables to lock).
+    Worker::start(&nats.url(), &url, &[])
+        .terminate_cleanly_when_ready()
+        .await;
     let lock = TableLock::take(&url, "orders");
     let orders = orders(ORDERS);
     let items = post_orders(&nats, &orders).await;
+    let mut worker = Worker::start(&nats.url(), &url, &[("NOMNOM_BACKOFF", "2s")]);
     wait_for(
         Duration::from_secs(30),
         "the worker parked mid-batch",
@@ -498,4 +522,139 @@ async fn sigterm_mid_write_waits_out_the_grace_period_and_acks_nothing() {
     assert_exactly_once(&url, ORDERS as i64, items);
     assert_eq!(dlq_len(&nats).await, 0);
     next.terminate_cleanly();
+}
+
+/// Messages the worker has been delivered and has not acknowledged, naked or terminated.
+async fn ack_pending(nats: &NatsServer) -> u64 {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("MESSAGES").await.unwrap();
+    stream
+        .consumer_info("workers")
+        .await
+        .unwrap()
+        .num_ack_pending as u64
+}
+
+/// Waits until the worker holds more messages than one batch (200): a second batch,
+/// fetched while the first is written.
+async fn wait_for_a_batch_behind(nats: &NatsServer, worker: &Worker) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = ack_pending(nats).await;
+        if held > 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second batch fetched behind the write ({held} messages held):\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGTERM while one batch is written (held up by a table lock) and the next one,
+/// already fetched and parsed, waits behind it: the batch being written commits within
+/// the grace period, the one behind is naked, not dropped, and the worker exits 0. With
+/// an ack_wait of a minute, only a nak lets the next worker persist every order well
+/// before that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_batch_waiting_behind_the_write_naks_it_and_loses_nothing() {
+    const ORDERS: usize = 600;
+    let long_ack_wait = [("NOMNOM_ACK_WAIT", "60s")];
+    let nats = NatsServer::start();
+    let pg = Postgres::start();
+    let url = pg.create_database("batch_behind");
+    // Every order is in the stream before the worker fetches: its first batch and the
+    // one behind are then full batches (a first worker migrates the tables to lock).
+    Worker::start(&nats.url(), &url, &[])
+        .terminate_cleanly_when_ready()
+        .await;
+    let lock = TableLock::take(&url, "orders");
+    let orders = orders(ORDERS);
+    let items = post_orders(&nats, &orders).await;
+    let mut worker = Worker::start(&nats.url(), &url, &long_ack_wait);
+    wait_for(
+        Duration::from_secs(30),
+        "the worker parked mid-batch",
+        || count(&url, LOCK_WAITERS) >= 1,
+    )
+    .await;
+    wait_for_a_batch_behind(&nats, &worker).await;
+    let sent = Instant::now();
+    worker.signal("TERM");
+    worker
+        .wait_log(Duration::from_secs(10), "finishing the batch in hand")
+        .await;
+    lock.release();
+    let (status, _) = worker.wait_exit("TERM", sent, Duration::from_secs(30));
+    assert!(status.success(), "{status}\n{}", worker.log());
+    let log = worker.log();
+    assert!(
+        log.contains("handing back the batch waiting behind the write"),
+        "{log}"
+    );
+    let committed = count(&url, "SELECT count(*) AS n FROM nomnom_message_status");
+    assert!(
+        committed > 0 && committed < ORDERS as i64,
+        "the batch in hand commits, and only it: {committed} status rows\n{log}"
+    );
+
+    let mut next = Worker::start(&nats.url(), &url, &long_ack_wait);
+    wait_for(
+        Duration::from_secs(40),
+        "every order, well before ack_wait",
+        || count(&url, "SELECT count(*) AS n FROM nomnom_message_status") == ORDERS as i64,
+    )
+    .await;
+    assert_exactly_once(&url, ORDERS as i64, items);
+    assert_eq!(dlq_len(&nats).await, 0);
+    next.terminate_cleanly();
+}
+
+/// The database lost while one batch is written and the next waits behind it: the
+/// written one is naked with its backoff, the one behind is held (kept alive) until the
+/// database is back, and then written; nothing is lost or dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_lost_with_a_batch_waiting_behind_the_write_loses_nothing() {
+    const ORDERS: usize = 600;
+    let nats = NatsServer::start();
+    let mut pg = Postgres::start();
+    let url = pg.create_database("outage_behind");
+    // Every order is in the stream before the worker fetches: its first batch and the
+    // one behind are then full batches (a first worker migrates the tables to lock).
+    Worker::start(&nats.url(), &url, &[])
+        .terminate_cleanly_when_ready()
+        .await;
+    let lock = TableLock::take(&url, "orders");
+    let orders = orders(ORDERS);
+    let items = post_orders(&nats, &orders).await;
+    let mut worker = Worker::start(&nats.url(), &url, &[("NOMNOM_BACKOFF", "2s")]);
+    wait_for(
+        Duration::from_secs(30),
+        "the worker parked mid-batch",
+        || count(&url, LOCK_WAITERS) >= 1,
+    )
+    .await;
+    wait_for_a_batch_behind(&nats, &worker).await;
+    pg.stop();
+    drop(lock); // its session ended with the server
+    worker
+        .wait_log(Duration::from_secs(30), "transient failure; retrying")
+        .await;
+    worker
+        .wait_log(
+            Duration::from_secs(30),
+            "database unavailable; holding the next batch until it is back",
+        )
+        .await;
+    pg.restart();
+    wait_for(Duration::from_secs(120), "every order", || {
+        count(&url, "SELECT count(*) AS n FROM nomnom_message_status") == ORDERS as i64
+    })
+    .await;
+    assert_exactly_once(&url, ORDERS as i64, items);
+    assert_eq!(dlq_len(&nats).await, 0);
+    worker.terminate_cleanly();
 }

@@ -1,7 +1,9 @@
 //! One batch, in four phases: decode (the envelope), parse (the body, into rows), write
 //! (one transaction with the status rows) and settle (ack, nak or dead-letter each
-//! message). Only committed messages are acknowledged. A message whose status row already
-//! says `persisted` (a redelivery after a crash between commit and acknowledgement) is
+//! message). [`Worker::prepare`] does the first two and [`Worker::finish`] the last two,
+//! so that the loop (`mod.rs`) can prepare the next batch while this one is written.
+//! Only committed messages are acknowledged. A message whose status row already says
+//! `persisted` (a redelivery after a crash between commit and acknowledgement) is
 //! acknowledged without writing again.
 
 use std::sync::Arc;
@@ -67,19 +69,6 @@ impl Delivery {
             .info()
             .map(|i| (i.stream_sequence, i.delivered))
             .unwrap_or((0, 1));
-        // Error level: a span exists only when its level is enabled, and its ids must be
-        // on every line about the message that RUST_LOG lets through. The decoded
-        // envelope fills in the rest.
-        let span = tracing::error_span!(
-            "message",
-            sequence,
-            delivered,
-            message_id = tracing::field::Empty,
-            request_id = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            parent_span_id = tracing::field::Empty,
-            entity = tracing::field::Empty,
-        );
         Self {
             message,
             sequence,
@@ -88,8 +77,27 @@ impl Delivery {
             entity: None,
             parsed: None,
             outcome: Outcome::Persist,
-            span,
+            span: tracing::Span::none(),
         }
+    }
+
+    /// The message's span, made once what it names is known (after decode and parse):
+    /// one span with every field, rather than a span filled in by later `record` calls.
+    /// Error level: a span exists only when its level is enabled, and its ids must be on
+    /// every line about the message that RUST_LOG lets through.
+    fn message_span(&self) -> tracing::Span {
+        let envelope = self.envelope.as_ref();
+        let trace = envelope.and_then(|e| e.traceparent.as_ref());
+        tracing::error_span!(
+            "message",
+            sequence = self.sequence,
+            delivered = self.delivered,
+            message_id = envelope.map(|e| tracing::field::display(e.message_id)),
+            request_id = envelope.and_then(|e| e.request_id.as_deref()),
+            trace_id = trace.map(|t| t.trace_id()),
+            parent_span_id = trace.map(|t| t.parent_id()),
+            entity = self.entity,
+        )
     }
 
     /// The message's status row. Its entity is the entity the message was routed to,
@@ -109,6 +117,21 @@ impl Delivery {
     }
 }
 
+/// A fetched batch, decoded and parsed: ready to be written.
+pub(super) struct Prepared {
+    deliveries: Vec<Delivery>,
+    /// When its messages were received.
+    started: Instant,
+    /// When the stream its messages came from was created: their sequences' incarnation.
+    stream_created: i64,
+}
+
+impl Prepared {
+    pub(super) fn len(&self) -> usize {
+        self.deliveries.len()
+    }
+}
+
 /// What became of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Processed {
@@ -122,38 +145,89 @@ pub(super) enum Processed {
 }
 
 impl<S: EntitySchema> Worker<S> {
-    /// Runs one fetched batch through decode → parse → write → settle.
-    pub(super) async fn process(&self, messages: Vec<jetstream::Message>) -> Processed {
+    /// Decodes and parses a fetched batch: the CPU work, done while the batch before it
+    /// is written.
+    pub(super) async fn prepare(
+        &self,
+        messages: Vec<jetstream::Message>,
+        stream_created: i64,
+    ) -> Prepared {
         let started = Instant::now();
-        let mut batch: Vec<Delivery> = messages.into_iter().map(Delivery::new).collect();
-        metrics::counter!("worker_messages_consumed_total").increment(batch.len() as u64);
-        metrics::histogram!("worker_batch_size_items").record(batch.len() as f64);
-        let redelivered = batch.iter().filter(|d| d.delivered > 1).count();
-        metrics::counter!("worker_redeliveries_total").increment(redelivered as u64);
-        for delivery in &mut batch {
-            self.decode(delivery);
-            self.parse(delivery).await;
+        metrics::counter!("worker_messages_consumed_total").increment(messages.len() as u64);
+        metrics::histogram!("worker_batch_size_items").record(messages.len() as f64);
+        let mut deliveries = Vec::with_capacity(messages.len());
+        for message in messages {
+            let mut delivery = Delivery::new(message);
+            self.decode(&mut delivery);
+            let refused = self.parse(&mut delivery).await;
+            delivery.span = delivery.message_span();
+            if let (true, Outcome::DeadLetter(error)) = (refused, &delivery.outcome) {
+                tracing::debug!(parent: &delivery.span, %error, "message refused by its parser");
+            }
+            deliveries.push(delivery);
         }
+        let redelivered = deliveries.iter().filter(|d| d.delivered > 1).count();
+        metrics::counter!("worker_redeliveries_total").increment(redelivered as u64);
+        let batch = Prepared {
+            deliveries,
+            started,
+            stream_created,
+        };
         // A slow batch (large claim-checked bodies, say) must not outlive ack_wait.
         if started.elapsed() > self.progress_every() {
-            report_progress(&batch).await;
+            self.keep_alive(&batch).await;
         }
-        if self.write(&mut batch).await == Processed::Abandoned {
+        batch
+    }
+
+    /// Writes a prepared batch in one transaction, then settles each message.
+    pub(super) async fn finish(&self, mut batch: Prepared) -> Processed {
+        let created = batch.stream_created;
+        if self.write(&mut batch.deliveries, created).await == Processed::Abandoned {
             return Processed::Abandoned;
         }
-        self.settle(&batch).await;
-        metrics::histogram!("worker_batch_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
+        self.settle(&batch.deliveries).await;
+        let elapsed = batch.started.elapsed();
+        metrics::histogram!("worker_batch_duration_seconds").record(elapsed.as_secs_f64());
         tracing::debug!(
             messages = batch.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = elapsed.as_millis() as u64,
             "batch done"
         );
         Processed::Settled
     }
 
+    /// Tells JetStream a batch in hand, not being written yet, is still being worked on.
+    pub(super) async fn keep_alive(&self, batch: &Prepared) {
+        report_progress(&batch.deliveries).await;
+    }
+
+    /// Hands back a batch that will not be written (shutdown came first): each message
+    /// is naked without delay, so that it is redelivered at once, to another replica or
+    /// the next worker, rather than after ack_wait.
+    pub(super) async fn release(&self, batch: Prepared) {
+        tracing::info!(
+            messages = batch.len(),
+            "shutdown requested; handing back the batch waiting behind the write (naked for prompt redelivery)"
+        );
+        for delivery in &batch.deliveries {
+            if let Err(err) = delivery.message.ack_with(AckKind::Nak(None)).await {
+                tracing::warn!(parent: &delivery.span, error = %err, "nak failed; the message will be redelivered after ack_wait");
+            }
+        }
+        let client = self.js.client();
+        if !matches!(
+            tokio::time::timeout(self.config.nats.request_timeout, client.flush()).await,
+            Ok(Ok(()))
+        ) {
+            tracing::warn!(
+                "naks not confirmed; unconfirmed messages will be redelivered after ack_wait"
+            );
+        }
+    }
+
     /// How often a batch in hand tells JetStream it is still being worked on.
-    fn progress_every(&self) -> Duration {
+    pub(super) fn progress_every(&self) -> Duration {
         self.config.effective_ack_wait() / 3
     }
 
@@ -164,15 +238,6 @@ impl<S: EntitySchema> Worker<S> {
                 delivery.outcome = Outcome::DeadLetter(format!("unreadable envelope: {err}"));
             }
             Ok(envelope) => {
-                let span = &delivery.span;
-                span.record("message_id", tracing::field::display(envelope.message_id));
-                if let Some(request_id) = &envelope.request_id {
-                    span.record("request_id", request_id.as_str());
-                }
-                if let Some(trace) = &envelope.traceparent {
-                    span.record("trace_id", trace.trace_id());
-                    span.record("parent_span_id", trace.parent_id());
-                }
                 if self.config.max_deliver > 0 && delivery.delivered > self.config.max_deliver {
                     // Back after its last delivery without an outcome: the worker crashed
                     // or timed out on it, or could not dead-letter it. Do not try again.
@@ -186,10 +251,11 @@ impl<S: EntitySchema> Worker<S> {
         }
     }
 
-    /// Fetches the body if it is claim-checked, and parses it into rows.
-    async fn parse(&self, delivery: &mut Delivery) {
+    /// Fetches the body if it is claim-checked, and parses it into rows. True if the
+    /// parser refused the message (for good).
+    async fn parse(&self, delivery: &mut Delivery) -> bool {
         let (Outcome::Persist, Some(envelope)) = (&delivery.outcome, &delivery.envelope) else {
-            return;
+            return false;
         };
         let parsed = match body_of(&self.js, envelope).await {
             Err(err) => Err((None, Outcome::Retry(err.to_string()))),
@@ -204,26 +270,22 @@ impl<S: EntitySchema> Worker<S> {
         };
         match parsed {
             Ok(parsed) => {
-                delivery.span.record("entity", parsed.entity);
                 delivery.entity = Some(parsed.entity);
                 delivery.parsed = Some(parsed);
+                false
             }
             Err((entity, outcome)) => {
-                if let Some(entity) = entity {
-                    delivery.span.record("entity", entity);
-                }
-                if let Outcome::DeadLetter(error) = &outcome {
-                    tracing::debug!(parent: &delivery.span, %error, "message refused by its parser");
-                }
+                let refused = matches!(outcome, Outcome::DeadLetter(_));
                 delivery.entity = entity;
                 delivery.outcome = outcome;
+                refused
             }
         }
     }
 
     /// Writes the parsed messages in one transaction with their status rows; marks the
     /// refused ones for the dead-letter stream, or all for a retry if the database failed.
-    async fn write(&self, batch: &mut [Delivery]) -> Processed {
+    async fn write(&self, batch: &mut [Delivery], stream_created: i64) -> Processed {
         let pending: Vec<Pending> = batch
             .iter_mut()
             .enumerate()
@@ -237,7 +299,7 @@ impl<S: EntitySchema> Worker<S> {
                 })
             })
             .collect();
-        match self.commit(pending, batch).await {
+        match self.commit(pending, batch, stream_created).await {
             Ok(written) => {
                 // Redeliveries of messages already persisted (a crash between commit and
                 // ack, a replica paused past ack_wait): acknowledged, not written again.
@@ -275,8 +337,8 @@ impl<S: EntitySchema> Worker<S> {
         &self,
         pending: Vec<Pending>,
         batch: &[Delivery],
+        created: i64,
     ) -> Result<Written, WriteError> {
-        let created = self.consumer.stream_created();
         let stream = self.config.stream.name.clone();
         let bases = Arc::clone(&self.sequence_bases);
         let write = self.db.run(move |conn| {

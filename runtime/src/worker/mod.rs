@@ -5,11 +5,13 @@
 //! to write rows, and which migrations create the tables. Everything else (consuming,
 //! batching, transactions with the status table, acks, dead-lettering) is the runtime's:
 //! a [`Worker`] takes batches from the durable consumer and runs each through
-//! decode → parse → write → settle (see `batch.rs`).
+//! decode → parse → write → settle (see `batch.rs`), decoding and parsing the next batch
+//! while one is written.
 
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::json::Value;
@@ -40,7 +42,7 @@ pub use config::{WorkerArgs, WorkerConfig};
 pub use consumer::ConsumerSetupError;
 pub use migrate::{Migrated, create_runtime_tables, migrate, migrate_unless};
 
-use batch::Processed;
+use batch::{Prepared, Processed};
 use consumer::Consumer;
 use health::{Database, Health};
 use shutdown::{Backoff, Shutdown};
@@ -203,7 +205,7 @@ pub async fn run<S: EntitySchema>(
     let (trigger, stop) = Shutdown::new();
     let work = async {
         match Worker::start(schema, config, &stop).await? {
-            Some(worker) => worker.run(&stop).await,
+            Some((worker, consumer)) => worker.run(consumer, &stop).await,
             None => Ok(()),
         }
     };
@@ -218,13 +220,13 @@ pub async fn run<S: EntitySchema>(
 /// How often a worker deletes tombstones past their retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// A running worker: everything a batch needs.
+/// A running worker: everything a batch needs. The consumer is the loop's own (see
+/// [`Worker::run`]): fetching the next batch must not wait for the batch being written.
 struct Worker<S: EntitySchema> {
     schema: Arc<S>,
     db: Database,
     js: jetstream::Context,
     dead_letters: DeadLetters,
-    consumer: Consumer,
     /// The guard sequence base of each stream incarnation seen.
     sequence_bases: Arc<SequenceBases>,
     config: WorkerConfig,
@@ -281,7 +283,7 @@ impl<S: EntitySchema> Worker<S> {
         schema: S,
         config: WorkerConfig,
         shutdown: &Shutdown,
-    ) -> Result<Option<Self>, WorkerError> {
+    ) -> Result<Option<(Self, Consumer)>, WorkerError> {
         let url = DatabaseUrl::parse(&config.database_url).map_err(db::ConnectError::from)?;
         let health = Arc::new(Health::default());
         if !config.migrate_only
@@ -385,60 +387,225 @@ impl<S: EntitySchema> Worker<S> {
         };
         tracing::info!(consumer = %config.consumer, stream = %config.stream.name, database = %url.redacted(), "worker started");
         health.set_started(&config.stream.name, &config.consumer);
-        Ok(Some(Self {
+        let worker = Self {
             schema,
             db: Database::new(conn, config.database_url.clone()),
             js,
             dead_letters,
-            consumer,
             sequence_bases: Arc::default(),
             config,
             health,
             shutdown: shutdown.clone(),
-        }))
+        };
+        Ok(Some((worker, consumer)))
     }
 
-    /// Takes and processes batches until shutdown is requested.
-    async fn run(mut self, shutdown: &Shutdown) -> Result<(), WorkerError> {
+    /// Takes and processes batches until shutdown is requested, in two overlapped
+    /// stages: while one batch is written (its transaction on a blocking thread) and
+    /// settled, the next is fetched, decoded and parsed. At most two batches are in hand;
+    /// there is one writer, so batches commit one after another, in the order fetched,
+    /// and a batch is acknowledged only after its own commit.
+    ///
+    /// The batch waiting behind a write that failed (the database is down) is kept, and
+    /// written once the database is back. On shutdown, the batch being written finishes
+    /// within the grace period (see `batch.rs`), and the one waiting behind it is naked
+    /// so that it is redelivered at once.
+    async fn run(self, mut consumer: Consumer, shutdown: &Shutdown) -> Result<(), WorkerError> {
         let mut last_prune: Option<std::time::Instant> = None;
+        // Fetched and parsed while the batch before it was written; not written yet.
+        let mut ahead: Option<Prepared> = None;
         loop {
-            if !self.health.database_ok() {
-                // Fetching now would only burn deliveries: wait for the database first.
-                if shutdown
-                    .unless_requested(self.db.wait_until_reachable(&self.health))
-                    .await
-                    .is_none()
-                {
-                    break;
+            let batch = match ahead.take() {
+                Some(batch) => batch,
+                None => {
+                    // Fetching now would only burn deliveries: wait for the database first.
+                    if !self.health.database_ok()
+                        && shutdown
+                            .unless_requested(self.db.wait_until_reachable(&self.health))
+                            .await
+                            .is_none()
+                    {
+                        break;
+                    }
+                    match self
+                        .next_batch(&mut consumer, self.config.batch_size, shutdown)
+                        .await?
+                    {
+                        Next::Batch(batch) => batch,
+                        Next::Empty => {
+                            if shutdown.requested() {
+                                break;
+                            }
+                            self.prune_now_and_then(&mut last_prune).await;
+                            continue;
+                        }
+                        Next::Stopped => break,
+                    }
                 }
-            }
-            let wait = self.config.batch_wait.max(Duration::from_millis(10));
-            let Some(fetched) = shutdown
-                .unless_requested(self.consumer.fetch(self.config.batch_size, wait))
-                .await
-            else {
-                break;
             };
-            let Some(messages) = self.consumer.receive(fetched, shutdown).await? else {
-                break;
-            };
-            if !messages.is_empty() && self.process(messages).await == Processed::Abandoned {
-                tracing::warn!(
-                    "the batch in hand was still being written at the end of the shutdown grace period; exiting without acknowledging it (it will be redelivered, and skipped if it was committed)"
-                );
+            if !self.health.database_ok() && !self.hold_until_reachable(&batch, shutdown).await {
+                self.release(batch).await;
                 break;
             }
             if shutdown.requested() {
+                self.release(batch).await;
                 break;
             }
-            if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
-                last_prune = Some(std::time::Instant::now());
-                self.prune_tombstones().await;
+            let room = self.room_behind(batch.len());
+            let (processed, next) = self
+                .write_while_fetching(batch, &mut consumer, room, shutdown)
+                .await;
+            let next = match next {
+                Ok(Next::Batch(next)) => Some(next),
+                Ok(Next::Empty | Next::Stopped) => None,
+                Err(err) => return Err(err),
+            };
+            if processed == Processed::Abandoned {
+                tracing::warn!(
+                    "the batch in hand was still being written at the end of the shutdown grace period; exiting without acknowledging it (it will be redelivered, and skipped if it was committed)"
+                );
+                if let Some(next) = next {
+                    self.release(next).await;
+                }
+                break;
             }
+            if shutdown.requested() {
+                if let Some(next) = next {
+                    self.release(next).await;
+                }
+                break;
+            }
+            ahead = next;
+            self.prune_now_and_then(&mut last_prune).await;
         }
         tracing::info!("worker stopped");
         Ok(())
     }
+
+    /// How many messages the batch behind one of `in_hand` messages may take: a batch,
+    /// within what the consumer lets one worker hold unacknowledged (`max_ack_pending`).
+    /// None: the next batch is fetched once this one is settled, as a fetch that the
+    /// server cannot fill would only wait for its expiry.
+    fn room_behind(&self, in_hand: usize) -> usize {
+        let batch = self.config.batch_size;
+        match usize::try_from(self.config.max_ack_pending) {
+            Ok(limit) => batch.min(limit.saturating_sub(in_hand)),
+            // -1: no limit.
+            Err(_) => batch,
+        }
+    }
+
+    /// Fetches up to `max` messages and prepares them (decode, parse).
+    async fn next_batch(
+        &self,
+        consumer: &mut Consumer,
+        max: usize,
+        shutdown: &Shutdown,
+    ) -> Result<Next, WorkerError> {
+        let wait = self.config.batch_wait.max(Duration::from_millis(10));
+        let Some(fetched) = shutdown.unless_requested(consumer.fetch(max, wait)).await else {
+            return Ok(Next::Stopped);
+        };
+        // A fetch under way is received to its end, even if shutdown is requested
+        // meanwhile: what it brings is then handed back, not left to ack_wait.
+        let Some(messages) = consumer.receive(fetched, shutdown).await? else {
+            return Ok(Next::Stopped);
+        };
+        if messages.is_empty() {
+            return Ok(Next::Empty);
+        }
+        let created = consumer.stream_created();
+        Ok(Next::Batch(self.prepare(messages, created).await))
+    }
+
+    /// Writes and settles `batch` while fetching and preparing the next (up to `room`
+    /// messages), keeping the next one alive (JetStream's ack_wait) until the write ends.
+    async fn write_while_fetching(
+        &self,
+        batch: Prepared,
+        consumer: &mut Consumer,
+        room: usize,
+        shutdown: &Shutdown,
+    ) -> (Processed, Result<Next, WorkerError>) {
+        // Set once the write is over: until then, a fetch that found nothing is tried
+        // again, so that messages arriving during a long write are ready behind it.
+        let written = AtomicBool::new(false);
+        let finish = async {
+            let processed = self.finish(batch).await;
+            written.store(true, Ordering::Relaxed);
+            processed
+        };
+        let next = async {
+            if room == 0 {
+                return Ok(Next::Empty);
+            }
+            loop {
+                match self.next_batch(consumer, room, shutdown).await {
+                    Ok(Next::Empty)
+                        if !written.load(Ordering::Relaxed) && !shutdown.requested() => {}
+                    fetched => return fetched,
+                }
+            }
+        };
+        tokio::pin!(finish, next);
+        let every = self.progress_every();
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut processed = None;
+        let mut fetched = None;
+        loop {
+            match (processed, fetched.take()) {
+                (Some(processed), Some(next)) => return (processed, next),
+                (_, still) => fetched = still,
+            }
+            tokio::select! {
+                done = &mut finish, if processed.is_none() => processed = Some(done),
+                done = &mut next, if fetched.is_none() => fetched = Some(done),
+                _ = heartbeat.tick(), if processed.is_none() => {
+                    if let Some(Ok(Next::Batch(waiting))) = &fetched {
+                        self.keep_alive(waiting).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the database with a batch in hand, keeping the batch alive meanwhile.
+    /// False if shutdown was requested first.
+    async fn hold_until_reachable(&self, batch: &Prepared, shutdown: &Shutdown) -> bool {
+        tracing::info!(
+            messages = batch.len(),
+            "database unavailable; holding the next batch until it is back"
+        );
+        let reachable = self.db.wait_until_reachable(&self.health);
+        tokio::pin!(reachable);
+        let every = self.progress_every();
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.wait() => return false,
+                () = &mut reachable => return true,
+                _ = heartbeat.tick() => self.keep_alive(batch).await,
+            }
+        }
+    }
+
+    /// Deletes expired tombstones once every [`PRUNE_EVERY`].
+    async fn prune_now_and_then(&self, last_prune: &mut Option<std::time::Instant>) {
+        if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            *last_prune = Some(std::time::Instant::now());
+            self.prune_tombstones().await;
+        }
+    }
+}
+
+/// What a fetch brought.
+enum Next {
+    Batch(Prepared),
+    /// Nothing within the batch wait (or a fetch failure the consumer recovered from).
+    Empty,
+    /// Shutdown was requested before or during the fetch.
+    Stopped,
 }
 
 impl<S: EntitySchema> Worker<S> {
