@@ -613,3 +613,15 @@ def test_values_file_and_rendering_agree_on_defaults(chart):
     assert f'WORKER_CONSUMER: &str = "{values["worker"]["consumer"]}"' in defaults
     assert f"WORKER_BATCH_SIZE: usize = {values['worker']['batchSize']}" in defaults
     assert values["stream"]["replicas"] is None, "derived from the NATS setup unless set"
+
+
+def test_console_is_off_by_default_and_reads_the_workers_consumer(chart):
+    """The console is opt-in (api.console), and nats-api is told the workers' consumer, so
+    the console's lag figures are of the consumer the workers really use."""
+    for values, console in (({}, "false"), ({"api": {"console": True}, "worker": {"consumer": "orders-workers"}}, "true")):
+        documents = manifests(render(chart, values))
+        api = container(one(documents, "Deployment", f"{RELEASE}-api"))
+        worker = container(one(documents, "Deployment", f"{RELEASE}-worker"))
+        assert env_value(api, "NOMNOM_CONSOLE") == console
+        assert env_value(api, "NOMNOM_CONSUMER") == env_value(worker, "NOMNOM_CONSUMER")
+        assert env_value(worker, "NOMNOM_CONSUMER") == values.get("worker", {}).get("consumer", "workers")
