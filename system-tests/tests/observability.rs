@@ -193,7 +193,9 @@ async fn every_rule_and_dashboard_expression_reads_real_metrics() {
     let mut orders = tpch_data::orders(0.001);
     let mut bad = orders.next().unwrap();
     bad["o_totalprice"] = json!("-1.00");
-    for order in [orders.next().unwrap(), bad] {
+    let good = orders.next().unwrap();
+    let line_items = good["lineitems"].as_array().unwrap().len();
+    for order in [good, bad] {
         let reply = client
             .post(format!("{api}/api/ingest/message/order"))
             .json(&order)
@@ -217,6 +219,15 @@ async fn every_rule_and_dashboard_expression_reads_real_metrics() {
 
     for expression in &dashboard_expressions {
         prometheus.wait_for_data(expression).await;
+    }
+    // Rows by table: the persisted order's own row and each of its line items; none of
+    // the dead-lettered order's.
+    for (table, rows) in [("orders", 1), ("lineitem", line_items)] {
+        prometheus
+            .wait_for_data(&format!(
+                "worker_rows_persisted_total{{table=\"{table}\"}} == {rows}"
+            ))
+            .await;
     }
     for (alert, expression) in &rule_expressions {
         prometheus

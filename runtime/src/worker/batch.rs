@@ -16,6 +16,7 @@ use super::write::{Pending, WriteError, Written, write_batch};
 use super::{EntitySchema, Parsed, Worker};
 use crate::{
     Body, Envelope,
+    change::Change,
     dlq::DeadLetter,
     status::{self, MessageState, StatusRecord},
 };
@@ -31,6 +32,9 @@ struct Delivery {
     entity: Option<&'static str>,
     /// The parsed rows, until they are handed to the writer.
     parsed: Option<Parsed>,
+    /// How many rows of each table the parsed message writes (counted when they are
+    /// handed to the writer), for `worker_rows_persisted_total`.
+    rows: Vec<(&'static str, u64)>,
     outcome: Outcome,
     /// The parent of every log line about this message: its sequence, ids and trace.
     span: tracing::Span,
@@ -76,6 +80,7 @@ impl Delivery {
             envelope: None,
             entity: None,
             parsed: None,
+            rows: Vec::new(),
             outcome: Outcome::Persist,
             span: tracing::Span::none(),
         }
@@ -291,6 +296,7 @@ impl<S: EntitySchema> Worker<S> {
             .enumerate()
             .filter_map(|(index, delivery)| {
                 let parsed = delivery.parsed.take()?;
+                delivery.rows = rows_by_table(&parsed.changes);
                 let record = delivery.status_record(MessageState::Persisted, None);
                 Some(Pending {
                     index,
@@ -426,14 +432,18 @@ impl<S: EntitySchema> Worker<S> {
         // By entity, once per batch and entity: a labelled counter costs a lookup.
         let mut by_entity: Vec<(&'static str, u64)> = Vec::new();
         for entity in committed.iter().filter_map(|d| d.entity) {
-            match by_entity.iter_mut().find(|(e, _)| *e == entity) {
-                Some((_, n)) => *n += 1,
-                None => by_entity.push((entity, 1)),
-            }
+            add_rows(&mut by_entity, entity, 1);
         }
         for (entity, n) in by_entity {
             metrics::counter!("worker_messages_persisted_by_entity_total", "entity" => entity)
                 .increment(n);
+        }
+        let mut by_table: Vec<(&'static str, u64)> = Vec::new();
+        for &(table, n) in committed.iter().flat_map(|d| &d.rows) {
+            add_rows(&mut by_table, table, n);
+        }
+        for (table, n) in by_table {
+            metrics::counter!("worker_rows_persisted_total", "table" => table).increment(n);
         }
     }
 
@@ -526,4 +536,25 @@ async fn body_of(js: &jetstream::Context, envelope: &Envelope) -> Result<bytes::
             source,
         })?;
     Ok(bytes.into())
+}
+
+/// Rows per table of a message's changes: each change's own row and its children's.
+fn rows_by_table(changes: &[Change]) -> Vec<(&'static str, u64)> {
+    let mut rows = Vec::new();
+    for change in changes {
+        add_rows(&mut rows, change.entity.table.name, 1);
+        for child in &change.children {
+            add_rows(&mut rows, child.entity.table.name, child.rows.len() as u64);
+        }
+    }
+    rows
+}
+
+/// Adds `n` to `name`'s count in a short list (a handful of entities or tables: no map
+/// needed).
+fn add_rows(counts: &mut Vec<(&'static str, u64)>, name: &'static str, n: u64) {
+    match counts.iter_mut().find(|(t, _)| *t == name) {
+        Some((_, count)) => *count += n,
+        None => counts.push((name, n)),
+    }
 }
