@@ -98,7 +98,7 @@ def test_the_dashboard_covers_what_docs_promise():
     dashboard = json.loads(DASHBOARD.read_text())
     titles = {p["title"] for p in dashboard["panels"] if p["type"] != "row"}
     assert {"Ingest rate by outcome", "HTTP answers by status", "Publish latency", "Stream depth", "Consumer lag",
-            "Messages persisted per second, by entity", "Batch latency", "Naks and redeliveries", "Dead letters",
+            "Rows persisted per second, by table", "Batch latency", "Naks and redeliveries", "Dead letters",
             "Skipped duplicates and stale changes", "Database and readiness"} <= titles
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"]), "panel ids are unique"
 
