@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import CHART, ROOT
-from test_helm_chart import by_kind, chart, manifests, render  # noqa: F401 (chart: a fixture)
+from test_helm_chart import by_kind, chart, helm, manifests, merged, render  # noqa: F401 (chart: a fixture)
 
 RULES = CHART / "files" / "prometheus-rules.yaml"
 DASHBOARD = CHART / "files" / "grafana-dashboard.json"
@@ -119,3 +119,40 @@ def test_enabled_they_render_the_shipped_files(chart):
     assert dashboard["metadata"]["annotations"] == {"grafana_folder": "nomnom"}
     (text,) = dashboard["data"].values()
     assert json.loads(text) == json.loads(DASHBOARD.read_text())
+
+
+def test_alert_thresholds_are_chart_values(chart, tmp_path):
+    """metrics.prometheusRule.alerts changes each alert's `for` and the lag threshold, in the
+    expression and in the text an operator reads, and the result is still a rule file that
+    promtool accepts."""
+    tuned = {"NomnomConsumerLagGrowing": {"for": "30m", "pendingAbove": 50000},
+             "NomnomDatabaseDown": {"for": "30s"}}
+    values = {"metrics": {"prometheusRule": {"enabled": True, "alerts": tuned}}}
+    (rule,) = by_kind(manifests(render(chart, values)), "PrometheusRule").values()
+    rendered = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    shipped = {r["alert"]: r for r in rules()}
+    lag = rendered["NomnomConsumerLagGrowing"]
+    assert lag["for"] == "30m"
+    assert "> 50000" in lag["expr"] and "> 1000" not in lag["expr"]
+    assert "over 50000 undelivered messages" in lag["annotations"]["description"]
+    assert lag["annotations"]["description"].endswith("for 30m.")
+    database = rendered["NomnomDatabaseDown"]
+    assert database["for"] == "30s" and "no database for 30s;" in database["annotations"]["description"]
+    for untouched in ("NomnomDeadLetters", "NomnomApiUnavailable", "NomnomWorkerNotReady"):
+        assert rendered[untouched] == shipped[untouched]
+    rule_file = tmp_path / "rules.yaml"
+    rule_file.write_text(yaml.safe_dump(rule["spec"]))
+    result = subprocess.run([promtool(), "check", "rules", str(rule_file)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("alerts, complaint", [
+    ({"NomnomConsumerLagGrowing": {"for": "fifteen minutes"}}, "fifteen minutes"),
+    ({"NomnomConsumerLagGrowing": {"pendingAbove": -1}}, "-1"),
+    ({"NomnomDatabaseDown": {"pendingAbove": 10}}, "pendingAbove"),
+    ({"NomnomLagGrowing": {"for": "5m"}}, "NomnomLagGrowing"),
+])
+def test_alert_values_are_checked_by_the_schema(chart, alerts, complaint):
+    with pytest.raises(helm.HelmValuesError) as error:
+        chart.validate_schema(merged({"metrics": {"prometheusRule": {"enabled": True, "alerts": alerts}}}))
+    assert complaint in str(error.value)
