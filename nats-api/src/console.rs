@@ -239,6 +239,15 @@ async fn dead_letters(
     .await
     {
         Ok(letters) => letters,
+        // No worker has started yet: no dead letters, and nothing wrong with the console.
+        Err(err @ dlq::DlqError::Missing { .. }) => {
+            let _ = write!(
+                body,
+                "<p id=\"no-dead-letters\">No dead letters: {}.</p>",
+                escape(&err.to_string())
+            );
+            return page_response(StatusCode::OK, "Dead letters", &body);
+        }
         Err(err) => {
             tracing::warn!(error = %err, "console: cannot read the dead-letter stream");
             let _ = write!(

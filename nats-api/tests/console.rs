@@ -151,6 +151,32 @@ async fn the_console_asks_a_browser_for_a_key() {
 }
 
 #[tokio::test]
+async fn before_any_worker_the_dead_letters_page_says_there_are_none_and_why() {
+    let h = console_with_key().await;
+    let page = h.send(signed_in("/console/dead-letters")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(
+        page.text.contains("id=\"no-dead-letters\""),
+        "{}",
+        page.text
+    );
+    assert!(
+        page.text
+            .contains("the dead-letter stream MESSAGES_DLQ does not exist yet"),
+        "{}",
+        page.text
+    );
+    let live = h.send(signed_in("/console/live")).await;
+    assert_eq!(live.status, StatusCode::OK, "{}", live.text);
+    assert!(
+        live.text
+            .contains("does not exist yet (a worker creates it"),
+        "{}",
+        live.text
+    );
+}
+
+#[tokio::test]
 async fn dead_letters_are_shown_escaped_and_replayed_from_the_console_only() {
     let h = console_with_key().await;
     let id = dead_letter(&h, r#"violates <script>alert("x")</script> & more"#).await;

@@ -197,6 +197,12 @@ pub enum DlqError {
     },
     #[error("cannot store dead letter of message {id}: {source}")]
     Store { id: Uuid, source: PublishError },
+    /// The stream does not exist yet: a worker creates it when it starts, so there are
+    /// no dead letters.
+    #[error(
+        "the dead-letter stream {stream} does not exist yet (a worker creates it when it starts); check NOMNOM_DLQ_STREAM if workers are running"
+    )]
+    Missing { stream: String },
     #[error("cannot open the dead-letter stream {stream}: {source}")]
     Stream {
         stream: String,
@@ -246,15 +252,30 @@ pub async fn list_newest(
     scan(js, dlq_stream, filter, Order::NewestFirst, limit).await
 }
 
-/// How many dead letters the stream holds.
-pub async fn count(js: &jetstream::Context, dlq_stream: &str) -> Result<u64, DlqError> {
-    let mut stream = js
-        .get_stream(dlq_stream)
-        .await
-        .map_err(|e| DlqError::Stream {
+/// The dead-letter stream; [`DlqError::Missing`] if no worker has created it yet.
+async fn open(
+    js: &jetstream::Context,
+    dlq_stream: &str,
+) -> Result<jetstream::stream::Stream, DlqError> {
+    use async_nats::jetstream::{ErrorCode, context::GetStreamErrorKind};
+    js.get_stream(dlq_stream).await.map_err(|e| match e.kind() {
+        GetStreamErrorKind::JetStream(error)
+            if error.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+        {
+            DlqError::Missing {
+                stream: dlq_stream.to_owned(),
+            }
+        }
+        _ => DlqError::Stream {
             stream: dlq_stream.to_owned(),
             source: e.into(),
-        })?;
+        },
+    })
+}
+
+/// How many dead letters the stream holds.
+pub async fn count(js: &jetstream::Context, dlq_stream: &str) -> Result<u64, DlqError> {
+    let mut stream = open(js, dlq_stream).await?;
     let info = stream.info().await.map_err(|e| DlqError::Stream {
         stream: dlq_stream.to_owned(),
         source: e.into(),
@@ -279,10 +300,7 @@ async fn scan(
         stream: dlq_stream.to_owned(),
         source,
     };
-    let mut stream = js
-        .get_stream(dlq_stream)
-        .await
-        .map_err(|e| stream_error(e.into()))?;
+    let mut stream = open(js, dlq_stream).await?;
     let state = stream
         .info()
         .await
