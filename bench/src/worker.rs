@@ -160,16 +160,18 @@ pub fn connect(url: &str) -> anyhow::Result<diesel::PgConnection> {
     Ok(diesel::PgConnection::establish(url)?)
 }
 
-/// Rows in `table` on either database; -1 if it cannot be asked.
+/// [`count`] on either database.
 fn count_any(conn: &mut AnyConnection, table: &str) -> i64 {
     use diesel::RunQueryDsl;
-    let query = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"));
     match conn {
-        AnyConnection::Postgresql(pg) => query.get_result::<Count>(pg),
-        AnyConnection::Sqlite(lite) => query.get_result::<Count>(lite),
+        AnyConnection::Postgresql(pg) => count(pg, table),
+        AnyConnection::Sqlite(lite) => {
+            diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
+                .get_result::<Count>(lite)
+                .map(|c| c.n)
+                .unwrap_or(-1)
+        }
     }
-    .map(|c| c.n)
-    .unwrap_or(-1)
 }
 
 /// Runs `workers` processes of `worker` (a tpch-worker binary) on a pre-filled stream,
@@ -468,6 +470,41 @@ fn baselines(
     })
 }
 
+/// The `--worker-before` build's rows: its rows/s (from `before`, msg/s) against `baseline`
+/// (rows/s, and what it is), and this build's msg/s (`after`) against it.
+fn before_and_after(
+    database: &str,
+    (before, after): (f64, f64),
+    rows_per_message: f64,
+    (baseline, what): (f64, &str),
+) -> [Row; 2] {
+    let before_rows = before * rows_per_message;
+    [
+        Row {
+            benchmark: format!("3. worker before (--worker-before), 1 replica, {database}"),
+            measure: "rows/s vs baseline".into(),
+            figure: format!(
+                "{} rows/s ({} msg/s)",
+                thousands(before_rows),
+                thousands(before)
+            ),
+            baseline: format!("{} rows/s ({what})", thousands(baseline)),
+            ratio: format!("{:.2}×", before_rows / baseline),
+            target: String::new(),
+            verdict: Verdict::Info,
+        },
+        Row {
+            benchmark: format!("3. worker, 1 replica, {database}"),
+            measure: "msg/s, this build vs before".into(),
+            figure: format!("{} msg/s", thousands(after)),
+            baseline: format!("{} msg/s (before)", thousands(before)),
+            ratio: format!("{:.2}×", after / before),
+            target: String::new(),
+            verdict: Verdict::Info,
+        },
+    ]
+}
+
 /// One run's worker figures, messages/s.
 #[derive(Default)]
 struct WorkerRates {
@@ -619,29 +656,12 @@ pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Res
     });
     if before.is_some() {
         let before_one = of(&|r| r.before.unwrap_or(f64::NAN));
-        let before_rows = before_one * rows_per_message;
-        report.push(Row {
-            benchmark: "3. worker before (--worker-before), 1 replica, PostgreSQL".into(),
-            measure: "rows/s vs COPY".into(),
-            figure: format!(
-                "{} rows/s ({} msg/s)",
-                thousands(before_rows),
-                thousands(before_one)
-            ),
-            baseline: format!("{} rows/s (COPY)", thousands(copy)),
-            ratio: format!("{:.2}×", before_rows / copy),
-            target: String::new(),
-            verdict: Verdict::Info,
-        });
-        report.push(Row {
-            benchmark: "3. worker, 1 replica, PostgreSQL".into(),
-            measure: "msg/s, this build vs before".into(),
-            figure: format!("{} msg/s", thousands(one)),
-            baseline: format!("{} msg/s (before)", thousands(before_one)),
-            ratio: format!("{:.2}×", one / before_one),
-            target: String::new(),
-            verdict: Verdict::Info,
-        });
+        report.extend(before_and_after(
+            "PostgreSQL",
+            (before_one, one),
+            rows_per_message,
+            (copy, "COPY"),
+        ));
     }
     let bulk = of(&|r| r.sqlite_bulk);
     let lite = of(&|r| r.sqlite);
@@ -661,28 +681,12 @@ pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Res
     });
     if before.is_some() {
         let lite_before = of(&|r| r.sqlite_before.unwrap_or(f64::NAN));
-        report.push(Row {
-            benchmark: "3. worker before (--worker-before), 1 replica, SQLite".into(),
-            measure: "rows/s vs bulk insert".into(),
-            figure: format!(
-                "{} rows/s ({} msg/s)",
-                thousands(lite_before * rows_per_message),
-                thousands(lite_before)
-            ),
-            baseline: format!("{} rows/s (prepared INSERT, 1 tx)", thousands(bulk)),
-            ratio: format!("{:.2}×", lite_before * rows_per_message / bulk),
-            target: String::new(),
-            verdict: Verdict::Info,
-        });
-        report.push(Row {
-            benchmark: "3. worker, 1 replica, SQLite".into(),
-            measure: "msg/s, this build vs before".into(),
-            figure: format!("{} msg/s", thousands(lite)),
-            baseline: format!("{} msg/s (before)", thousands(lite_before)),
-            ratio: format!("{:.2}×", lite / lite_before),
-            target: String::new(),
-            verdict: Verdict::Info,
-        });
+        report.extend(before_and_after(
+            "SQLite",
+            (lite_before, lite),
+            rows_per_message,
+            (bulk, "prepared INSERT, 1 tx"),
+        ));
     }
     report.push(Row {
         benchmark: "3. worker, 1 replica".into(),
