@@ -437,15 +437,11 @@ async fn sigterm_after_the_database_was_lost_mid_batch_exits_zero_and_loses_noth
     let nats = NatsServer::start();
     let mut pg = Postgres::start();
     let url = pg.create_database("db_lost");
-    // Every order is in the stream before the worker fetches: its first batch and the
-    // one behind are then full batches (a first worker migrates the tables to lock).
-    Worker::start(&nats.url(), &url, &[])
-        .terminate_cleanly_when_ready()
-        .await;
+    let mut worker = Worker::start(&nats.url(), &url, &[("NOMNOM_BACKOFF", "2s")]);
+    worker.wait_ready().await;
     let lock = TableLock::take(&url, "orders");
     let orders = orders(ORDERS);
     let items = post_orders(&nats, &orders).await;
-    let mut worker = Worker::start(&nats.url(), &url, &[("NOMNOM_BACKOFF", "2s")]);
     wait_for(
         Duration::from_secs(30),
         "the worker parked mid-batch",
@@ -554,6 +550,35 @@ async fn wait_for_a_batch_behind(nats: &NatsServer, worker: &Worker) {
     }
 }
 
+/// A worker started with `settings` on a stream already holding 600 orders, parked in
+/// its first batch's transaction by a lock on `orders`, with a second batch fetched and
+/// parsed behind it. Returns the worker, the lock and the orders' line items.
+async fn parked_with_a_batch_behind(
+    nats: &NatsServer,
+    url: &str,
+    settings: &[(&str, &str)],
+) -> (Worker, TableLock, i64) {
+    // Every order is in the stream before the worker fetches: its first batch and the
+    // one behind are then full batches (a first worker migrates the tables to lock).
+    Worker::start(&nats.url(), url, &[])
+        .terminate_cleanly_when_ready()
+        .await;
+    let lock = TableLock::take(url, "orders");
+    let items = post_orders(nats, &orders(ORDERS_BEHIND)).await;
+    let worker = Worker::start(&nats.url(), url, settings);
+    wait_for(
+        Duration::from_secs(30),
+        "the worker parked mid-batch",
+        || count(url, LOCK_WAITERS) >= 1,
+    )
+    .await;
+    wait_for_a_batch_behind(nats, &worker).await;
+    (worker, lock, items)
+}
+
+/// Orders in the tests of a batch waiting behind the write: three batches of 200.
+const ORDERS_BEHIND: usize = 600;
+
 /// SIGTERM while one batch is written (held up by a table lock) and the next one,
 /// already fetched and parsed, waits behind it: the batch being written commits within
 /// the grace period, the one behind is naked, not dropped, and the worker exits 0. With
@@ -561,27 +586,12 @@ async fn wait_for_a_batch_behind(nats: &NatsServer, worker: &Worker) {
 /// before that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_batch_waiting_behind_the_write_naks_it_and_loses_nothing() {
-    const ORDERS: usize = 600;
+    const ORDERS: usize = ORDERS_BEHIND;
     let long_ack_wait = [("NOMNOM_ACK_WAIT", "60s")];
     let nats = NatsServer::start();
     let pg = Postgres::start();
     let url = pg.create_database("batch_behind");
-    // Every order is in the stream before the worker fetches: its first batch and the
-    // one behind are then full batches (a first worker migrates the tables to lock).
-    Worker::start(&nats.url(), &url, &[])
-        .terminate_cleanly_when_ready()
-        .await;
-    let lock = TableLock::take(&url, "orders");
-    let orders = orders(ORDERS);
-    let items = post_orders(&nats, &orders).await;
-    let mut worker = Worker::start(&nats.url(), &url, &long_ack_wait);
-    wait_for(
-        Duration::from_secs(30),
-        "the worker parked mid-batch",
-        || count(&url, LOCK_WAITERS) >= 1,
-    )
-    .await;
-    wait_for_a_batch_behind(&nats, &worker).await;
+    let (mut worker, lock, items) = parked_with_a_batch_behind(&nats, &url, &long_ack_wait).await;
     let sent = Instant::now();
     worker.signal("TERM");
     worker
@@ -618,26 +628,12 @@ async fn sigterm_with_a_batch_waiting_behind_the_write_naks_it_and_loses_nothing
 /// database is back, and then written; nothing is lost or dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_lost_with_a_batch_waiting_behind_the_write_loses_nothing() {
-    const ORDERS: usize = 600;
+    const ORDERS: usize = ORDERS_BEHIND;
     let nats = NatsServer::start();
     let mut pg = Postgres::start();
     let url = pg.create_database("outage_behind");
-    // Every order is in the stream before the worker fetches: its first batch and the
-    // one behind are then full batches (a first worker migrates the tables to lock).
-    Worker::start(&nats.url(), &url, &[])
-        .terminate_cleanly_when_ready()
-        .await;
-    let lock = TableLock::take(&url, "orders");
-    let orders = orders(ORDERS);
-    let items = post_orders(&nats, &orders).await;
-    let mut worker = Worker::start(&nats.url(), &url, &[("NOMNOM_BACKOFF", "2s")]);
-    wait_for(
-        Duration::from_secs(30),
-        "the worker parked mid-batch",
-        || count(&url, LOCK_WAITERS) >= 1,
-    )
-    .await;
-    wait_for_a_batch_behind(&nats, &worker).await;
+    let (mut worker, lock, items) =
+        parked_with_a_batch_behind(&nats, &url, &[("NOMNOM_BACKOFF", "2s")]).await;
     pg.stop();
     drop(lock); // its session ended with the server
     worker
