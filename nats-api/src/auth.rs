@@ -89,27 +89,12 @@ pub async fn require_api_key(
     mut request: Request,
     next: Next,
 ) -> Response {
-    // A poisoned lock still holds the last keys: use them, never an empty (open) set.
-    let keys = Arc::clone(
-        &state
-            .api_keys
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    );
+    let keys = state.current_api_keys();
     let webhooks = !state.config.webhooks.is_empty();
     if !keys.is_enabled() && !webhooks {
         return next.run(request).await;
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    match presented {
+    match bearer_key(request.headers()) {
         Some(key) if keys.is_enabled() && keys.accepts(key) => next.run(request).await,
         _ if webhooks && request.method() == http::Method::POST => {
             request.extensions_mut().insert(Unverified {
@@ -123,6 +108,13 @@ pub async fn require_api_key(
             ApiError::Unauthorized.into_response()
         }
     }
+}
+
+/// The key of `Authorization: Bearer <key>` (the scheme in any case, as RFC 9110 allows).
+pub(crate) fn bearer_key(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
 }
 
 #[cfg(test)]

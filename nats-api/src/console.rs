@@ -11,7 +11,6 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::sync::Arc;
 
 use axum::{
     Json, Router,
@@ -61,13 +60,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
 /// Middleware: with API keys configured, a request must present one, as the password of
 /// HTTP Basic (what a browser sends once asked) or as a Bearer token.
 async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    // A poisoned lock still holds the last keys: use them, never an empty (open) set.
-    let keys = Arc::clone(
-        &state
-            .api_keys
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    );
+    let keys = state.current_api_keys();
     if !keys.is_enabled() || presented_key(request.headers()).is_some_and(|k| keys.accepts(&k)) {
         return next.run(request).await;
     }
@@ -85,14 +78,15 @@ async fn require_key(State(state): State<AppState>, request: Request, next: Next
     response
 }
 
-/// The key of `Authorization: Basic <user:key>` or `Authorization: Bearer <key>`.
+/// The key of `Authorization: Bearer <key>` (as the API takes it) or of
+/// `Authorization: Basic <user:key>`.
 fn presented_key(headers: &HeaderMap) -> Option<String> {
+    if let Some(key) = crate::auth::bearer_key(headers) {
+        return Some(key.to_owned());
+    }
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, credentials) = value.trim().split_once(' ')?;
     let credentials = credentials.trim();
-    if scheme.eq_ignore_ascii_case("bearer") {
-        return Some(credentials.to_owned());
-    }
     if scheme.eq_ignore_ascii_case("basic") {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(credentials)
@@ -231,7 +225,7 @@ async fn dead_letters(
         escape(error)
     );
     let letters = match dlq::list_newest(
-        &state.js(),
+        state.publisher.jetstream(),
         &state.config.dlq_stream,
         &filter,
         DEAD_LETTERS_SHOWN,
@@ -330,13 +324,13 @@ async fn replay(State(state): State<AppState>, headers: HeaderMap, form: Bytes) 
              <p><a href=\"/console/dead-letters\">Back to the dead letters</a></p>",
         );
     }
-    let js = state.js();
+    let js = state.publisher.jetstream();
     let dlq_stream = &state.config.dlq_stream;
     let outcome = async {
-        let mut letters = dlq::list(&js, dlq_stream, &dlq::Filter::default()).await?;
+        let mut letters = dlq::list(js, dlq_stream, &dlq::Filter::default()).await?;
         letters.retain(|letter| wanted.contains(&letter.message_id));
         let found: HashSet<Uuid> = letters.iter().map(|l| l.message_id).collect();
-        let replayed = dlq::replay_letters(&js, dlq_stream, &state.config.stream, &letters).await?;
+        let replayed = dlq::replay_letters(js, dlq_stream, &state.config.stream, &letters).await?;
         Ok::<_, dlq::DlqError>((replayed, wanted.len() - found.len()))
     }
     .await;
@@ -416,7 +410,7 @@ pub struct ConsumerFigures {
 }
 
 async fn figures(state: &AppState) -> Figures {
-    let js = state.js();
+    let js = state.publisher.jetstream();
     let mut figures = Figures {
         at_ms: chrono::Utc::now().timestamp_millis(),
         ..Default::default()
@@ -453,7 +447,7 @@ async fn figures(state: &AppState) -> Figures {
         }
         Err(err) => figures.problems.push(format!("stream {name}: {err}")),
     }
-    match dlq::count(&js, &state.config.dlq_stream).await {
+    match dlq::count(js, &state.config.dlq_stream).await {
         Ok(count) => figures.dead_letters = Some(count),
         Err(err) => figures.problems.push(err.to_string()),
     }

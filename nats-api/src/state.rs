@@ -126,11 +126,6 @@ impl AppState {
         Ok(state)
     }
 
-    /// A JetStream context on the service's connection.
-    pub fn js(&self) -> jetstream::Context {
-        jetstream::new(self.client.as_ref().clone())
-    }
-
     /// Whether the stream has been created or verified since start (or since it was lost).
     pub fn stream_ready(&self) -> bool {
         self.publisher.health.ready.load(Ordering::Acquire)
@@ -149,6 +144,17 @@ impl AppState {
     }
 
     /// Re-reads the API keys (on SIGHUP). Keeps the old keys if the file cannot be read.
+    /// The API keys in force. A poisoned lock still holds the last keys: they are used,
+    /// never an empty (open) set.
+    pub fn current_api_keys(&self) -> Arc<ApiKeys> {
+        Arc::clone(
+            &self
+                .api_keys
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     pub fn reload_api_keys(&self) -> Result<usize, std::io::Error> {
         let keys = ApiKeys::load(&self.config.api_keys, self.config.api_keys_file.as_deref())?;
         let count = keys.len();
