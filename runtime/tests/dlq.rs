@@ -1,9 +1,11 @@
 //! Listing, counting and replaying the dead-letter stream against a real nats-server.
 
-use async_nats::jetstream;
+mod common;
+
 use bytes::Bytes;
+use common::connect;
 use nomnom_runtime::{
-    Envelope, NatsConfig, StreamSettings,
+    Envelope, StreamSettings,
     dlq::{self, DeadLetter, DeadLetters, Filter},
     envelope, stream,
     subject::EntityName,
@@ -12,17 +14,6 @@ use nomnom_test_support::NatsServer;
 use uuid::Uuid;
 
 const DLQ: &str = "MESSAGES_DLQ";
-
-async fn connect(nats: &NatsServer) -> jetstream::Context {
-    let client = NatsConfig {
-        url: nats.url(),
-        ..Default::default()
-    }
-    .connect()
-    .await
-    .expect("connect to the test nats-server");
-    jetstream::new(client)
-}
 
 /// Dead-letters a new `order` message with `error`, as a worker would.
 async fn dead_letter(letters: &DeadLetters, error: &str) -> Uuid {

@@ -1,24 +1,16 @@
 //! The stream setup against a real nats-server.
 
+mod common;
+
 use std::time::Duration;
 
 use async_nats::jetstream;
 use bytes::Bytes;
+use common::connect;
 use nomnom_runtime::{
     Envelope, NatsConfig, StreamSettings, envelope, stream, subject, subject::EntityName,
 };
 use nomnom_test_support::NatsServer;
-
-async fn connect(nats: &NatsServer) -> jetstream::Context {
-    let client = NatsConfig {
-        url: nats.url(),
-        ..Default::default()
-    }
-    .connect()
-    .await
-    .expect("connect to the test nats-server");
-    jetstream::new(client)
-}
 
 #[tokio::test]
 async fn ensure_stream_creates_then_is_idempotent_then_updates() {
