@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind, context::ObjectStoreError, object_store::GetError};
 use tokio::io::AsyncReadExt;
 
-use super::write::{Pending, WriteError, Written, write_batch};
+use super::write::{CountsByName, Pending, WriteError, Written, write_batch};
 use super::{EntitySchema, Parsed, Worker};
 use crate::{
     Body, Envelope,
-    change::Change,
     dlq::DeadLetter,
     status::{self, MessageState, StatusRecord},
 };
@@ -32,9 +31,6 @@ struct Delivery {
     entity: Option<&'static str>,
     /// The parsed rows, until they are handed to the writer.
     parsed: Option<Parsed>,
-    /// How many rows of each table the parsed message writes (counted when they are
-    /// handed to the writer), for `worker_rows_persisted_total`.
-    rows: Vec<(&'static str, u64)>,
     outcome: Outcome,
     /// The parent of every log line about this message: its sequence, ids and trace.
     span: tracing::Span,
@@ -80,7 +76,6 @@ impl Delivery {
             envelope: None,
             entity: None,
             parsed: None,
-            rows: Vec::new(),
             outcome: Outcome::Persist,
             span: tracing::Span::none(),
         }
@@ -296,7 +291,6 @@ impl<S: EntitySchema> Worker<S> {
             .enumerate()
             .filter_map(|(index, delivery)| {
                 let parsed = delivery.parsed.take()?;
-                delivery.rows = rows_by_table(&parsed.changes);
                 let record = delivery.status_record(MessageState::Persisted, None);
                 Some(Pending {
                     index,
@@ -313,6 +307,9 @@ impl<S: EntitySchema> Worker<S> {
                     .increment(written.skipped as u64);
                 // Older than their rows, or patches of missing rows: recorded, not errors.
                 metrics::counter!("worker_messages_stale_total").increment(written.stale as u64);
+                for &(table, n) in &written.rows.0 {
+                    metrics::counter!("worker_rows_persisted_total", "table" => table).increment(n);
+                }
                 for (index, err) in written.refused {
                     tracing::debug!(parent: &batch[index].span, error = %err, "the database refused the message's rows");
                     batch[index].outcome =
@@ -430,20 +427,13 @@ impl<S: EntitySchema> Worker<S> {
         }
         metrics::counter!("worker_messages_persisted_total").increment(committed.len() as u64);
         // By entity, once per batch and entity: a labelled counter costs a lookup.
-        let mut by_entity: Vec<(&'static str, u64)> = Vec::new();
+        let mut by_entity = CountsByName::default();
         for entity in committed.iter().filter_map(|d| d.entity) {
-            add_rows(&mut by_entity, entity, 1);
+            by_entity.add(entity, 1);
         }
-        for (entity, n) in by_entity {
+        for (entity, n) in by_entity.0 {
             metrics::counter!("worker_messages_persisted_by_entity_total", "entity" => entity)
                 .increment(n);
-        }
-        let mut by_table: Vec<(&'static str, u64)> = Vec::new();
-        for &(table, n) in committed.iter().flat_map(|d| &d.rows) {
-            add_rows(&mut by_table, table, n);
-        }
-        for (table, n) in by_table {
-            metrics::counter!("worker_rows_persisted_total", "table" => table).increment(n);
         }
     }
 
@@ -536,25 +526,4 @@ async fn body_of(js: &jetstream::Context, envelope: &Envelope) -> Result<bytes::
             source,
         })?;
     Ok(bytes.into())
-}
-
-/// Rows per table of a message's changes: each change's own row and its children's.
-fn rows_by_table(changes: &[Change]) -> Vec<(&'static str, u64)> {
-    let mut rows = Vec::new();
-    for change in changes {
-        add_rows(&mut rows, change.entity.table.name, 1);
-        for child in &change.children {
-            add_rows(&mut rows, child.entity.table.name, child.rows.len() as u64);
-        }
-    }
-    rows
-}
-
-/// Adds `n` to `name`'s count in a short list (a handful of entities or tables: no map
-/// needed).
-fn add_rows(counts: &mut Vec<(&'static str, u64)>, name: &'static str, n: u64) {
-    match counts.iter_mut().find(|(t, _)| *t == name) {
-        Some((_, count)) => *count += n,
-        None => counts.push((name, n)),
-    }
 }

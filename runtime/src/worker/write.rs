@@ -34,13 +34,46 @@ pub struct Written {
     pub skipped: usize,
     /// Messages skipped as older than their rows (or patches of missing rows).
     pub stale: usize,
+    /// Rows written, by table: those of the messages this write applied (not the
+    /// skipped, stale or refused ones).
+    pub rows: CountsByName,
 }
 
 /// What one write transaction did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct Committed {
     skipped: usize,
     stale: usize,
+    rows: CountsByName,
+}
+
+/// Counts by name, for a handful of tables or entities: a short list, not a map.
+#[derive(Debug, Default, PartialEq)]
+pub struct CountsByName(pub Vec<(&'static str, u64)>);
+
+impl CountsByName {
+    pub fn add(&mut self, name: &'static str, n: u64) {
+        match self.0.iter_mut().find(|(known, _)| *known == name) {
+            Some((_, count)) => *count += n,
+            None => self.0.push((name, n)),
+        }
+    }
+
+    /// Each change's own row and its children's rows.
+    fn add_changes(&mut self, changes: &[Change]) {
+        for change in changes {
+            self.add(change.entity.table.name, 1);
+            for child in &change.children {
+                self.add(child.entity.table.name, child.rows.len() as u64);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: CountsByName) {
+        for (name, n) in other.0 {
+            self.add(name, n);
+        }
+    }
 }
 
 /// Why nothing of a batch could be written: retry it later.
@@ -83,6 +116,7 @@ pub fn write_batch(
                 refused: Vec::new(),
                 skipped: done.skipped,
                 stale: done.stale,
+                rows: done.rows,
             });
         }
         Err(err) => database_at_fault(conn, err, batch)?,
@@ -94,6 +128,7 @@ pub fn write_batch(
             Ok(done) => {
                 written.skipped += done.skipped;
                 written.stale += done.stale;
+                written.rows.merge(done.rows);
             }
             Err(err) => {
                 let why = super::refusal::explain(conn, &item.changes, &err);
@@ -197,10 +232,14 @@ fn write(conn: &mut AnyConnection, items: &[Pending], base: i64) -> diesel::Quer
             .collect();
         let applied = apply::apply(conn, &changes)?;
         let mut outcomes = applied.outcomes.iter();
+        let mut rows = CountsByName::default();
         let mut marks: Vec<(Uuid, MessageState, Option<String>)> = mine
             .iter()
             .filter_map(|item| {
                 let outcome = message_outcome(outcomes.by_ref().take(item.changes.len()));
+                if outcome == Outcome::Applied {
+                    rows.add_changes(&item.changes);
+                }
                 (outcome != Outcome::Applied).then(|| status_of(item.record.message_id, outcome))
             })
             .collect();
@@ -214,7 +253,11 @@ fn write(conn: &mut AnyConnection, items: &[Pending], base: i64) -> diesel::Quer
                 .map(|(id, outcome)| status_of(*id, *outcome)),
         );
         status::mark(conn, &marks)?;
-        Ok(Committed { skipped, stale })
+        Ok(Committed {
+            skipped,
+            stale,
+            rows,
+        })
     })
 }
 
