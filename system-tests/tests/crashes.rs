@@ -192,13 +192,19 @@ async fn a_worker_paused_past_ack_wait_while_another_runs_writes_once() {
 
     // Past ack_wait its messages go to the second worker, whose claims wait on the
     // first one's uncommitted rows.
-    let second = Worker::start_with(&nats, &url, &short_ack_wait);
-    wait_for(
-        Duration::from_secs(60),
-        "the second worker blocked on the claims",
-        || count(&url, LOCK_WAITERS) >= 1,
-    )
-    .await;
+    let logs = tempfile::tempdir().unwrap();
+    let second_log = logs.path().join("second.log");
+    let second = Worker::start_logging_to(&nats, &url, &short_ack_wait, &second_log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&url, LOCK_WAITERS) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the second worker never blocked on the claims; consumer {:?}; its log:\n{}",
+            consumer_info(&nats).await,
+            std::fs::read_to_string(&second_log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let redelivered = consumer_info(&nats).await.num_redelivered;
     assert!(
         redelivered > 0,
