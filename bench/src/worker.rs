@@ -16,10 +16,13 @@ use async_nats::jetstream;
 use futures::{StreamExt, stream::FuturesUnordered};
 use nomnom_runtime::{
     Body, Envelope,
+    apply::Absent,
+    change::Change,
     sql::{self, AnyConnection, Table, Value},
     status::{self, MessageState, StatusRecord},
     stream::{StreamSettings, ensure_stream},
     subject::{self, EntityName},
+    worker::write::{Pending, write_batch_with},
 };
 use nomnom_test_support::{NatsServer, Postgres, PostgresOptions, free_port};
 
@@ -38,6 +41,8 @@ pub struct Workload {
     pub lineitems: Vec<Vec<Value>>,
     /// Line items per message, to split `lineitems` by message.
     pub items_per_order: Vec<usize>,
+    /// Each message's change, as the worker parses it.
+    pub changes: Vec<Change>,
 }
 
 impl Workload {
@@ -47,6 +52,7 @@ impl Workload {
             orders: Vec::with_capacity(count),
             lineitems: Vec::with_capacity(count * 4),
             items_per_order: Vec::with_capacity(count),
+            changes: Vec::with_capacity(count),
         };
         let envelope = envelope_for(bytes::Bytes::new());
         // Scale factor 0.1 holds 150,000 orders: more than any run needs.
@@ -58,6 +64,7 @@ impl Workload {
                 .changes
                 .remove(0);
             workload.bodies.push(body.into());
+            workload.changes.push(change.clone());
             // A created row has every value; the stream sequence (the message's, as if
             // the stream held only these) comes last, as in the table.
             let mut row: Vec<Value> = change.values.into_iter().flatten().collect();
@@ -436,6 +443,43 @@ fn sql_path_baseline(url: &str, workload: &Workload, path: SqlPath) -> anyhow::R
     Ok((workload.rows() + total) as f64 / started.elapsed().as_secs_f64())
 }
 
+/// The worker's own write function ([`write_batch_with`]: the status claim, the keys'
+/// locks and guards, the rows), fed the messages already parsed, 500 a transaction: its
+/// SQL work alone, with no NATS and no parsing. `absent` says how rows of keys the
+/// database does not hold are written: straight (what the worker does) or upserted (what
+/// it did before). Rows/s, counted as for COPY.
+fn write_path_baseline(url: &str, workload: &Workload, absent: Absent) -> anyhow::Result<f64> {
+    let mut conn = sql::connect(url)?;
+    let batches: Vec<Vec<Pending>> = (0..workload.changes.len())
+        .step_by(BATCH)
+        .map(|start| {
+            let range = start..(start + BATCH).min(workload.changes.len());
+            records(range.clone())
+                .into_iter()
+                .zip(&workload.changes[range])
+                .enumerate()
+                .map(|(index, (record, change))| Pending {
+                    index,
+                    record,
+                    changes: vec![change.clone()],
+                })
+                .collect()
+        })
+        .collect();
+    let started = Instant::now();
+    for batch in &batches {
+        let written = write_batch_with(&mut conn, batch, 0, absent)?;
+        if !written.refused.is_empty() || written.skipped + written.stale > 0 {
+            bail!("the write path did not write every message: {written:?}");
+        }
+    }
+    let rate = (workload.rows() + workload.changes.len()) as f64 / started.elapsed().as_secs_f64();
+    if count(&mut connect(url)?, "lineitem") != workload.lineitems.len() as i64 {
+        bail!("the write path's line items are not all there");
+    }
+    Ok(rate)
+}
+
 /// The naive design: each message in its own transaction (its status row, its order,
 /// its line items). Messages/s over the first `messages`.
 fn naive_baseline(url: &str, workload: &Workload, messages: usize) -> anyhow::Result<f64> {
@@ -450,6 +494,9 @@ fn naive_baseline(url: &str, workload: &Workload, messages: usize) -> anyhow::Re
 /// Baselines of one run, all in rows/s but the naive one (messages/s).
 struct Baselines {
     copy: f64,
+    /// The worker's write function, new rows straight, and everything upserted.
+    write_straight: f64,
+    write_upsert: f64,
     sql_path: f64,
     statements: f64,
     naive: f64,
@@ -464,6 +511,8 @@ fn baselines(
     let fresh = |name: &str| migrated_database(pg, &format!("{name}_{run}"));
     Ok(Baselines {
         copy: copy_baseline(&fresh("copy")?, workload)?,
+        write_straight: write_path_baseline(&fresh("straight")?, workload, Absent::Straight)?,
+        write_upsert: write_path_baseline(&fresh("upsert")?, workload, Absent::Upsert)?,
         sql_path: sql_path_baseline(&fresh("sqlpath")?, workload, SqlPath::Worker)?,
         statements: sql_path_baseline(&fresh("statements")?, workload, SqlPath::Statements)?,
         naive: naive_baseline(&fresh("naive")?, workload, naive_messages)?,
@@ -569,9 +618,11 @@ pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Res
         // Synchronous database clients: let the runtime know this thread blocks.
         let base = tokio::task::block_in_place(|| baselines(&pg, &workload, naive_messages, run))?;
         let mut line = format!(
-            "  run {}: COPY {} rows/s; worker SQL path {} rows/s; multi-row statements {} rows/s; naive {} msg/s",
+            "  run {}: COPY {} rows/s; write function, new rows straight {} rows/s, all upserted {} rows/s; claim + staging upsert {} rows/s; multi-row statements {} rows/s; naive {} msg/s",
             run + 1,
             thousands(base.copy),
+            thousands(base.write_straight),
+            thousands(base.write_upsert),
             thousands(base.sql_path),
             thousands(base.statements),
             thousands(base.naive)
@@ -627,6 +678,7 @@ pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Res
         rates.push(rate);
     }
     let pick = |f: fn(&Baselines) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    let (write_straight, write_upsert) = (pick(|b| b.write_straight), pick(|b| b.write_upsert));
     let (copy, sql_path, statements, naive) = (
         pick(|b| b.copy),
         pick(|b| b.sql_path),
@@ -642,17 +694,20 @@ pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Res
         figure: format!("{} rows/s ({} msg/s)", thousands(one_rows), thousands(one)),
         baseline: format!("{} rows/s (COPY)", thousands(copy)),
         ratio: format!("{:.2}×", one_rows / copy),
-        target: "≥ 0.8×".into(),
-        verdict: Verdict::of(one_rows / copy >= 0.8),
+        target: "≥ 0.5× (issue 22)".into(),
+        verdict: Verdict::of(one_rows / copy >= 0.5),
     });
     report.push(Row {
         benchmark: "3. worker, 1 replica, PostgreSQL (durable)".into(),
         measure: "rows/s vs its SQL work alone".into(),
         figure: format!("{} rows/s", thousands(one_rows)),
-        baseline: format!("{} rows/s (worker SQL path)", thousands(sql_path)),
-        ratio: format!("{:.2}×", one_rows / sql_path),
+        baseline: format!(
+            "{} rows/s (its write function, parsed batches)",
+            thousands(write_straight)
+        ),
+        ratio: format!("{:.2}×", one_rows / write_straight),
         target: "≥ 0.9× (issue 22)".into(),
-        verdict: Verdict::of(one_rows / sql_path >= 0.9),
+        verdict: Verdict::of(one_rows / write_straight >= 0.9),
     });
     if before.is_some() {
         let before_one = of(&|r| r.before.unwrap_or(f64::NAN));
@@ -698,8 +753,26 @@ pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Res
         verdict: Verdict::of(one / naive >= 8.0),
     });
     report.push(Row {
+        benchmark: "3. SQL work alone: the worker's write function".into(),
+        measure: "rows/s: new rows straight vs all upserted".into(),
+        figure: format!("{} rows/s", thousands(write_straight)),
+        baseline: format!("{} rows/s (all upserted)", thousands(write_upsert)),
+        ratio: format!("{:.2}×", write_straight / write_upsert),
+        target: String::new(),
+        verdict: Verdict::Info,
+    });
+    report.push(Row {
+        benchmark: "3. SQL work alone: the worker's write function".into(),
+        measure: "rows/s: new rows straight vs plain COPY".into(),
+        figure: format!("{} rows/s", thousands(write_straight)),
+        baseline: format!("{} rows/s (plain COPY)", thousands(copy)),
+        ratio: format!("{:.2}×", write_straight / copy),
+        target: String::new(),
+        verdict: Verdict::Info,
+    });
+    report.push(Row {
         benchmark: "3. SQL work alone, 500 messages a transaction".into(),
-        measure: "rows/s: COPY + staging upsert (kept)".into(),
+        measure: "rows/s: claim + COPY + staging upsert, no guard".into(),
         figure: format!("{} rows/s", thousands(sql_path)),
         baseline: format!("{} rows/s (plain COPY)", thousands(copy)),
         ratio: format!("{:.2}×", sql_path / copy),

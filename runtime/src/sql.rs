@@ -265,6 +265,196 @@ pub fn copy_text_row(out: &mut Vec<u8>, row: &[Value]) {
     out.push(b'\n');
 }
 
+thread_local! {
+    /// The target of the straight COPY running on this thread (`"table" ("a", "b")`):
+    /// diesel's [`CopyTarget`](diesel::pg::CopyTarget) names its target in a function
+    /// without `self`, so the name a call chooses at run time is handed over here.
+    static STRAIGHT_TARGET: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// The target of a straight COPY: the table and columns in [`STRAIGHT_TARGET`].
+struct StraightTarget;
+
+impl diesel::pg::CopyTarget for StraightTarget {
+    type Table = nomnom_stage::table;
+    type SqlType = Integer;
+
+    fn walk_target(mut pass: diesel::query_builder::AstPass<'_, '_, Pg>) -> QueryResult<()> {
+        STRAIGHT_TARGET.with_borrow(|target| pass.push_sql(target));
+        Ok(())
+    }
+}
+
+/// COPY of `rows` straight into `table`: no staging table, no second pass, no conflict
+/// clause. In COPY's binary format, which spares PostgreSQL parsing numbers, decimals,
+/// dates and times from text (measured: docs/benchmarks.md); in text if a value is not
+/// what its column's binary form can carry (a text that is not the decimal, date or time
+/// its column says), so that the database judges it as it would on any other path.
+fn copy_straight(pg: &mut PgConnection, table: &Table, rows: &[&Vec<Value>]) -> QueryResult<usize> {
+    let columns: Vec<String> = table.columns.iter().map(|c| quote(c.name)).collect();
+    let target = format!("{} ({})", quote(table.name), columns.join(", "));
+    let mut data = Vec::with_capacity(rows.len() * 24 * table.columns.len().max(1) + 32);
+    data.extend_from_slice(COPY_BINARY_HEADER);
+    let mut format = diesel::pg::CopyFormat::Binary;
+    for row in rows {
+        if let Err(why) = copy_binary_row(&mut data, table.columns, row) {
+            tracing::debug!(table = table.name, %why, "copied as text");
+            format = diesel::pg::CopyFormat::Text;
+            break;
+        }
+    }
+    match format {
+        diesel::pg::CopyFormat::Binary => data.extend_from_slice(&(-1_i16).to_be_bytes()),
+        _ => {
+            data.clear();
+            for row in rows {
+                copy_text_row(&mut data, row);
+            }
+        }
+    }
+    STRAIGHT_TARGET.set(target);
+    let copied = diesel::copy_from(nomnom_stage::table)
+        .from_raw_data(StraightTarget, |sink| {
+            sink.write_all(&data)
+                .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
+        })
+        .with_format(format)
+        .execute(pg);
+    STRAIGHT_TARGET.set(String::new());
+    copied
+}
+
+/// The signature, flags and header extension length that open COPY's binary format.
+const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// Microseconds and days from 1970 to 2000-01-01, PostgreSQL's epoch.
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+const PG_EPOCH_DAYS: i32 = 10_957;
+
+/// Appends one row in COPY's binary format: the field count, then each field's length
+/// (-1 for NULL) and its value as PostgreSQL's `*_send` functions write it, typed by
+/// its column. Arrays are not carried (they go through the staging table).
+pub fn copy_binary_row(out: &mut Vec<u8>, columns: &[Column], row: &[Value]) -> Result<(), String> {
+    let count = i16::try_from(row.len()).map_err(|_| "too many columns".to_owned())?;
+    out.extend_from_slice(&count.to_be_bytes());
+    for (column, value) in columns.iter().zip(row) {
+        let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+            out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+            out.extend_from_slice(bytes);
+        };
+        let bad = || {
+            format!(
+                "{value} is not a {:?} for column {}",
+                column.column_type, column.name
+            )
+        };
+        match (column.column_type, value) {
+            (_, Value::Null) => out.extend_from_slice(&(-1_i32).to_be_bytes()),
+            (ColumnType::Bool, Value::Bool(b)) => field(out, &[u8::from(*b)]),
+            (ColumnType::I16, Value::I16(n)) => field(out, &n.to_be_bytes()),
+            (ColumnType::I32, Value::I32(n)) => field(out, &n.to_be_bytes()),
+            (ColumnType::I64, Value::I64(n)) => field(out, &n.to_be_bytes()),
+            (ColumnType::F32, Value::F32(n)) => field(out, &n.to_be_bytes()),
+            (ColumnType::F64, Value::F64(n)) => field(out, &n.to_be_bytes()),
+            (ColumnType::Text, Value::Text(text)) => field(out, text.as_bytes()),
+            (ColumnType::Json, Value::Text(text)) => {
+                // jsonb: a version byte, then the text.
+                out.extend_from_slice(&(text.len() as i32 + 1).to_be_bytes());
+                out.push(1);
+                out.extend_from_slice(text.as_bytes());
+            }
+            (ColumnType::Decimal, Value::Text(text)) => {
+                field(out, &numeric_binary(text).ok_or_else(bad)?)
+            }
+            (ColumnType::Date, Value::Text(text)) => {
+                let date =
+                    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| bad())?;
+                let days = date.to_epoch_days() - PG_EPOCH_DAYS;
+                field(out, &days.to_be_bytes())
+            }
+            (ColumnType::Time, Value::Text(text)) => {
+                use chrono::Timelike as _;
+                let time =
+                    chrono::NaiveTime::parse_from_str(text, "%H:%M:%S%.f").map_err(|_| bad())?;
+                let micros = i64::from(time.num_seconds_from_midnight()) * 1_000_000
+                    + i64::from(time.nanosecond() / 1_000);
+                field(out, &micros.to_be_bytes())
+            }
+            (ColumnType::Timestamptz, Value::Text(text)) => {
+                let at = chrono::DateTime::parse_from_rfc3339(text).map_err(|_| bad())?;
+                if at.timestamp_subsec_nanos() % 1_000 != 0 {
+                    // PostgreSQL rounds nanoseconds from text; leave that to it.
+                    return Err(bad());
+                }
+                field(
+                    out,
+                    &(at.timestamp_micros() - PG_EPOCH_MICROS).to_be_bytes(),
+                )
+            }
+            (ColumnType::Uuid, Value::Text(text)) => field(
+                out,
+                uuid::Uuid::parse_str(text).map_err(|_| bad())?.as_bytes(),
+            ),
+            _ => return Err(bad()),
+        }
+    }
+    Ok(())
+}
+
+/// A decimal's text (`-123.4500`, as the parsers write it: no exponent) as PostgreSQL's
+/// binary `numeric`: digit count, weight, sign and display scale, then base-10000
+/// digits. `None` for any other text.
+fn numeric_binary(text: &str) -> Option<Vec<u8>> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty()) || !all_digits(whole) || !all_digits(fraction) {
+        return None;
+    }
+    let scale = i16::try_from(fraction.len()).ok()?;
+    let whole = whole.trim_start_matches('0');
+    // Groups of four digits around the point: the whole part padded on the left, the
+    // fraction on the right.
+    let lead = (4 - whole.len() % 4) % 4;
+    let tail = (4 - fraction.len() % 4) % 4;
+    let digits: Vec<u8> = std::iter::repeat_n(0, lead)
+        .chain(whole.bytes().map(|b| b - b'0'))
+        .chain(fraction.bytes().map(|b| b - b'0'))
+        .chain(std::iter::repeat_n(0, tail))
+        .collect();
+    let mut groups: Vec<i16> = digits
+        .chunks(4)
+        .map(|g| g.iter().fold(0_i16, |n, d| n * 10 + i16::from(*d)))
+        .collect();
+    let mut weight = i16::try_from((lead + whole.len()) / 4).ok()? - 1;
+    let leading_zeros = groups.iter().take_while(|g| **g == 0).count();
+    groups.drain(..leading_zeros);
+    weight -= i16::try_from(leading_zeros).ok()?;
+    while groups.last() == Some(&0) {
+        groups.pop();
+    }
+    if groups.is_empty() {
+        weight = 0;
+    }
+    let sign: u16 = if negative && !groups.is_empty() {
+        0x4000
+    } else {
+        0
+    };
+    let mut out = Vec::with_capacity(8 + groups.len() * 2);
+    out.extend_from_slice(&i16::try_from(groups.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(&weight.to_be_bytes());
+    out.extend_from_slice(&sign.to_be_bytes());
+    out.extend_from_slice(&scale.to_be_bytes());
+    for group in groups {
+        out.extend_from_slice(&group.to_be_bytes());
+    }
+    Some(out)
+}
+
 /// PostgreSQL bulk path: COPY the rows into a temporary staging table shaped like the
 /// target's columns, then one `INSERT … SELECT` with the write mode's conflict clause.
 /// Same result as the multi-row statements, at several times the speed (the server
@@ -444,6 +634,46 @@ pub fn write_rows(
     {
         return copy_write(pg, table, &rows);
     }
+    write_statements(conn, table, &rows)
+}
+
+/// Writes rows whose keys the caller knows are not in the table (it read them under the
+/// keys' locks), on PostgreSQL: plain COPY straight into the table from
+/// [`COPY_MIN_ROWS`] rows (tables without array columns), else statements without a
+/// conflict clause. Duplicate keys among `rows` are collapsed as the table's write mode
+/// says. A key that is there after all (a child keyed apart from its parent, a row
+/// written by something else) makes PostgreSQL refuse the statement with a unique
+/// violation: the caller then writes the rows again with [`write_rows`]. On SQLite this
+/// is [`write_rows`].
+pub fn write_absent_rows(
+    conn: &mut AnyConnection,
+    table: &Table,
+    rows: &[Vec<Value>],
+) -> QueryResult<usize> {
+    let AnyConnection::Postgresql(pg) = conn else {
+        return write_rows(conn, table, rows);
+    };
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let rows = dedupe(table, rows);
+    let arrays = (table.columns.iter()).any(|c| matches!(c.column_type, ColumnType::Array { .. }));
+    if rows.len() >= COPY_MIN_ROWS && !arrays {
+        return copy_straight(pg, table, &rows);
+    }
+    let insert = Table {
+        write: WriteMode::Insert,
+        ..*table
+    };
+    write_statements(conn, &insert, &rows)
+}
+
+/// Multi-row statements in the table's write mode, as few as the bind limit allows.
+fn write_statements(
+    conn: &mut AnyConnection,
+    table: &Table,
+    rows: &[&Vec<Value>],
+) -> QueryResult<usize> {
     let per_statement = (conn.kind().max_binds() / table.columns.len().max(1)).max(1);
     let mut affected = 0;
     for chunk in rows.chunks(per_statement) {
@@ -496,6 +726,35 @@ mod tests {
             column_type: ColumnType::Text,
         },
     ];
+
+    #[test]
+    fn decimals_become_base_10000_digits() {
+        // (digits, weight, sign, scale, groups)
+        let parts = |text: &str| {
+            let bytes = numeric_binary(text).unwrap();
+            let words: Vec<i16> = bytes
+                .chunks(2)
+                .map(|w| i16::from_be_bytes([w[0], w[1]]))
+                .collect();
+            (
+                words[0],
+                words[1],
+                words[2] as u16,
+                words[3],
+                words[4..].to_vec(),
+            )
+        };
+        assert_eq!(parts("172799.49"), (3, 1, 0, 2, vec![17, 2799, 4900]));
+        assert_eq!(parts("-0.50"), (1, -1, 0x4000, 2, vec![5000]));
+        assert_eq!(parts("0.00001234"), (1, -2, 0, 8, vec![1234]));
+        assert_eq!(parts("10000"), (1, 1, 0, 0, vec![1]));
+        assert_eq!(parts("0"), (0, 0, 0, 0, vec![]));
+        assert_eq!(parts("-0.00"), (0, 0, 0, 2, vec![]));
+        assert_eq!(parts("12."), (1, 0, 0, 0, vec![12]));
+        for bad in ["", ".", "1e5", "1.2.3", "--1", "NaN", "1 "] {
+            assert_eq!(numeric_binary(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn upsert_sql_quotes_names_and_casts_on_postgres() {

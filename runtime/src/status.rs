@@ -109,7 +109,8 @@ pub const SQLITE_DDL: &str = "CREATE TABLE IF NOT EXISTS nomnom_message_status (
     stream_sequence BIGINT
 )";
 
-const TABLE: &str = "nomnom_message_status";
+/// The status table's name.
+pub const TABLE: &str = "nomnom_message_status";
 
 const COLUMNS: &str =
     "message_id, entity, status, attempts, error, received_at, processed_at, stream_sequence";
@@ -227,6 +228,64 @@ pub fn claim(conn: &mut AnyConnection, records: &[StatusRecord]) -> QueryResult<
         claimed.extend(upsert_chunk(conn, chunk, true)?);
     }
     Ok(claimed)
+}
+
+/// The status table as [`crate::sql`] writes rows, for [`claim_new`].
+const STATUS_TABLE: crate::sql::Table = {
+    use crate::sql::{Column, ColumnType};
+    const fn column(name: &'static str, column_type: ColumnType) -> Column {
+        Column { name, column_type }
+    }
+    crate::sql::Table {
+        name: TABLE,
+        columns: &[
+            column("message_id", ColumnType::Uuid),
+            column("entity", ColumnType::Text),
+            column("status", ColumnType::Text),
+            column("attempts", ColumnType::I32),
+            column("error", ColumnType::Text),
+            column("received_at", ColumnType::Timestamptz),
+            column("processed_at", ColumnType::Timestamptz),
+            column("stream_sequence", ColumnType::I64),
+        ],
+        key: &["message_id"],
+        write: crate::sql::WriteMode::Insert,
+    }
+};
+
+/// [`claim`] for messages that have no status row yet, as a first delivery usually has
+/// not: on PostgreSQL their rows are copied straight into the table (no conflict
+/// clause, nothing returned) and all of them are claimed. A message that has a row
+/// after all (replayed from the dead letters, say), or one a concurrent transaction is
+/// claiming, makes PostgreSQL refuse the copy with a unique violation (the concurrent
+/// one once it commits): the caller then claims again with [`claim`], in a new
+/// transaction. On SQLite this is [`claim`].
+pub fn claim_new(conn: &mut AnyConnection, records: &[StatusRecord]) -> QueryResult<HashSet<Uuid>> {
+    use crate::sql::Value;
+    if conn.kind() != DatabaseKind::Postgres {
+        return claim(conn, records);
+    }
+    let text = |time: &DateTime<Utc>| {
+        // Microseconds, as diesel binds them on the other claim path.
+        Value::Text(time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    };
+    let rows: Vec<Vec<Value>> = records
+        .iter()
+        .map(|record| {
+            vec![
+                Value::Text(record.message_id.to_string()),
+                record.entity.clone().map_or(Value::Null, Value::Text),
+                Value::Text(record.status.as_str().to_owned()),
+                Value::I32(record.attempts),
+                record.error.clone().map_or(Value::Null, Value::Text),
+                text(&record.received_at),
+                text(&record.processed_at),
+                record.stream_sequence.map_or(Value::Null, Value::I64),
+            ]
+        })
+        .collect();
+    crate::sql::write_absent_rows(conn, &STATUS_TABLE, &rows)?;
+    Ok(records.iter().map(|r| r.message_id).collect())
 }
 
 /// Sets the state (and error) of claimed messages, in the caller's transaction: skipped

@@ -328,3 +328,95 @@ fn copy_and_statements_write_the_same_rows_on_postgres() {
     let err = write_rows(&mut conn, &table(WriteMode::Insert), &duplicate).unwrap_err();
     assert!(!sql::is_transient(&err), "{err}");
 }
+
+/// Rows of keys known to be absent go straight into the table, in COPY's binary format:
+/// every type, NULLs and odd text leave exactly the rows the staging path leaves. A value
+/// the binary form cannot carry (a date that is not one) goes as text, and PostgreSQL
+/// refuses it as it would on the staging path.
+#[test]
+fn straight_binary_copy_writes_what_the_staging_path_writes() {
+    let pg = Postgres::start();
+    let url = pg.create_database("straight");
+    let mut conn = sql::connect(&url).unwrap();
+    // The columns without the arrays (which always go through the staging table).
+    let scalar = Table {
+        columns: &COLUMNS[..COLUMNS.len() - 2],
+        ..table(WriteMode::Upsert)
+    };
+    let everything = r#"concat_ws('|', "id", "part", "order", "n32", "flag", "ratio", "score", "price", "day", "at", "seen", "ref", "extra")"#;
+    let decimals = [
+        "0",
+        "-0.50",
+        "0.00001234",
+        "10000",
+        "-99999999.99",
+        "12345678.9",
+    ];
+    let times = ["00:00:00", "23:59:59.999999", "12:30:00.5"];
+    let seen = [
+        "1999-12-31T23:59:59.999999Z",
+        "2000-01-01T00:00:00+02:00",
+        "1969-07-20T20:17:40Z",
+    ];
+    let days = ["1999-12-31", "2000-01-01", "1900-02-28", "2400-02-29"];
+    let rows: Vec<Vec<Value>> = tricky_rows(sql::COPY_MIN_ROWS as i64 * 2)
+        .into_iter()
+        .filter(|r| r[0] != Value::I64(1) || r[2] != Value::Text("repeated".into()))
+        .enumerate()
+        .map(|(i, mut row)| {
+            row.truncate(scalar.columns.len());
+            if row[7] != Value::Null {
+                row[7] = Value::Text(decimals[i % decimals.len()].into());
+                row[8] = Value::Text(days[i % days.len()].into());
+                row[9] = Value::Text(times[i % times.len()].into());
+                row[10] = Value::Text(seen[i % seen.len()].into());
+                row[5] = Value::F32(-1.5e-3 * i as f32);
+                row[6] = Value::F64(f64::MAX / (i + 1) as f64);
+            }
+            row
+        })
+        .collect();
+    let mut dumps = Vec::new();
+    for straight in [true, false] {
+        let ddl = POSTGRES_DDL.replace(r#", "tags" TEXT[], "nums" BIGINT[]"#, "");
+        sql::run_script(&mut conn, &format!("DROP TABLE IF EXISTS things; {ddl}")).unwrap();
+        let written = if straight {
+            sql::write_absent_rows(&mut conn, &scalar, &rows).unwrap()
+        } else {
+            write_rows(&mut conn, &scalar, &rows).unwrap()
+        };
+        assert_eq!(written, rows.len());
+        dumps.push(dump(&mut conn, everything));
+    }
+    assert_eq!(
+        dumps[0], dumps[1],
+        "binary COPY and the staging path differ"
+    );
+    let text = dumps[0].join("\n");
+    assert!(
+        text.contains("|-0.50|2000-01-01|23:59:59.999999|"),
+        "{text}"
+    );
+    assert!(text.contains("🦀"), "{text}");
+
+    // Not a date: copied as text, refused by PostgreSQL as a data error.
+    let mut odd = rows.clone();
+    odd[3][8] = Value::Text("not a date".into());
+    sql::run_script(&mut conn, "TRUNCATE things").unwrap();
+    let err = sql::write_absent_rows(&mut conn, &scalar, &odd).unwrap_err();
+    assert!(err.to_string().contains("not a date"), "{err}");
+    assert!(!sql::is_transient(&err), "{err}");
+    // A key that is there already: a unique violation.
+    write_rows(&mut conn, &scalar, &rows[..1]).unwrap();
+    let err = sql::write_absent_rows(&mut conn, &scalar, &rows).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _
+            )
+        ),
+        "{err}"
+    );
+}

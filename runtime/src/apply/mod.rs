@@ -67,8 +67,29 @@ pub struct Applied {
     pub revised: Vec<(Uuid, Outcome)>,
 }
 
+/// How the rows of keys the database does not hold are written (new rows, and the
+/// children of every row this batch writes, whose stored children it deleted first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absent {
+    /// Straight into their tables ([`crate::sql::write_absent_rows`]; on PostgreSQL a
+    /// plain COPY): the keys were read under their locks, so no conflict is expected.
+    /// If a row is there after all (a child keyed apart from its parent, a row written
+    /// by something else), PostgreSQL refuses with a unique violation: apply the batch
+    /// again, in a new transaction, with [`Absent::Upsert`], and tell
+    /// [`straight_refused`] if that passes.
+    Straight,
+    /// Upserted, like the rows that exist.
+    Upsert,
+}
+
+pub use store::straight_refused;
+
 /// Applies `changes` inside the caller's transaction.
-pub fn apply(conn: &mut AnyConnection, changes: &[Sequenced<'_>]) -> QueryResult<Applied> {
+pub fn apply(
+    conn: &mut AnyConnection,
+    changes: &[Sequenced<'_>],
+    absent: Absent,
+) -> QueryResult<Applied> {
     let mut applied = Applied {
         outcomes: vec![Outcome::Applied; changes.len()],
         revised: Vec::new(),
@@ -91,7 +112,7 @@ pub fn apply(conn: &mut AnyConnection, changes: &[Sequenced<'_>]) -> QueryResult
     }
     store::lock_keys(conn, &groups)?;
     for (entity, items) in &groups {
-        apply_entity(conn, entity, items, &mut applied)?;
+        apply_entity(conn, entity, items, absent, &mut applied)?;
     }
     Ok(applied)
 }
@@ -137,6 +158,7 @@ fn apply_entity(
     conn: &mut AnyConnection,
     entity: &'static Entity,
     items: &[Keyed<'_>],
+    absent: Absent,
     applied: &mut Applied,
 ) -> QueryResult<()> {
     // Distinct keys, in first-seen order.
@@ -157,5 +179,5 @@ fn apply_entity(
     for state in &states {
         applied.revised.extend(state.revised());
     }
-    store::write(conn, entity, &keys, &states)
+    store::write(conn, entity, &keys, &states, absent)
 }

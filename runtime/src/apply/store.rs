@@ -419,12 +419,51 @@ pub(super) fn decode_patch(table: &Table, text: &str) -> QueryResult<Vec<Option<
         .collect()
 }
 
+/// Tables in which a straight write met a row that was there after all, and the same
+/// batch then passed upserted: this process upserts into them from then on.
+static UPSERT_ONLY: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Records that a straight write into `table` was refused by a row that was there after
+/// all (see [`super::Absent::Straight`]).
+pub fn straight_refused(table: &str) {
+    let mut tables = UPSERT_ONLY.lock().unwrap_or_else(|e| e.into_inner());
+    if !tables.iter().any(|t| t == table) {
+        tracing::info!(
+            table,
+            "rows of this table will be upserted, not copied straight: a straight copy met a row that was there already"
+        );
+        tables.push(table.to_owned());
+    }
+}
+
+fn straight(absent: super::Absent, table: &Table) -> bool {
+    absent == super::Absent::Straight
+        && !(UPSERT_ONLY.lock().unwrap_or_else(|e| e.into_inner()))
+            .iter()
+            .any(|t| t == table.name)
+}
+
+/// `rows` of keys the database does not hold, written as `absent` says.
+fn write_absent(
+    conn: &mut AnyConnection,
+    table: &Table,
+    rows: &[Vec<Value>],
+    absent: super::Absent,
+) -> QueryResult<usize> {
+    if straight(absent, table) {
+        sql::write_absent_rows(conn, table, rows)
+    } else {
+        sql::write_rows(conn, table, rows)
+    }
+}
+
 /// Writes the net effect of the folded keys.
 pub(super) fn write(
     conn: &mut AnyConnection,
     entity: &'static Entity,
     keys: &[&Keyed<'_>],
     states: &[KeyState<'_>],
+    absent: super::Absent,
 ) -> QueryResult<()> {
     let table = &entity.table;
     let stored_live = |s: &KeyState<'_>| s.stored.is_some_and(|r| r.live);
@@ -445,14 +484,22 @@ pub(super) fn write(
     )?;
     write_tombstones(conn, entity, keys, states)?;
     // Final rows, then their children, each child table in its own write mode. Rows are
-    // upserted: the fold has decided which row wins.
+    // upserted (the fold has decided which row wins), or, for keys the database does
+    // not hold, written as `absent` says; so are all children, since the stored children
+    // of the rows replaced were deleted above.
     let mut rows = Vec::new();
+    let mut new_rows = Vec::new();
     let mut children: Vec<(&'static Entity, Vec<Vec<Value>>)> = Vec::new();
     for state in states.iter().filter(|s| changed(s) && s.live()) {
         let (Some(row), Some(reset), Some(base)) = (state.row(), state.reset, state.base) else {
             continue;
         };
-        rows.push(with_guard(entity, row, reset.guard));
+        let row = with_guard(entity, row, reset.guard);
+        if stored_live(state) {
+            rows.push(row);
+        } else {
+            new_rows.push(row);
+        }
         for group in &base.children {
             let rows = group.rows.iter().cloned();
             match children
@@ -469,8 +516,9 @@ pub(super) fn write(
         ..*table
     };
     sql::write_rows(conn, &upsert, &rows)?;
+    write_absent(conn, &upsert, &new_rows, absent)?;
     for (child, rows) in &children {
-        sql::write_rows(conn, &child.table, rows)?;
+        write_absent(conn, &child.table, rows, absent)?;
     }
     // Creates of keys that exist, in an `insert` table: the database refuses them (after
     // the rows above, so a key created earlier in this batch exists too).

@@ -5,8 +5,10 @@ use std::collections::HashSet;
 
 use uuid::Uuid;
 
+use diesel::result::DatabaseErrorKind;
+
 use crate::{
-    apply::{self, Outcome, Sequenced},
+    apply::{self, Absent, Outcome, Sequenced},
     change::Change,
     db::{self, AnyConnection, ErrorClass},
     status::{self, MessageState, StatusRecord},
@@ -110,14 +112,38 @@ pub fn write_batch(
     batch: &[Pending],
     base: i64,
 ) -> Result<Written, WriteError> {
-    let err = match write(conn, batch, base) {
-        Ok(done) => {
-            return Ok(Written {
-                refused: Vec::new(),
-                skipped: done.skipped,
-                stale: done.stale,
-                rows: done.rows,
-            });
+    write_batch_with(conn, batch, base, Absent::Straight)
+}
+
+/// [`write_batch`], trying `absent` first (the benchmark compares the two).
+pub fn write_batch_with(
+    conn: &mut AnyConnection,
+    batch: &[Pending],
+    base: i64,
+    absent: Absent,
+) -> Result<Written, WriteError> {
+    let committed = |done: Committed| Written {
+        refused: Vec::new(),
+        skipped: done.skipped,
+        stale: done.stale,
+        rows: done.rows,
+    };
+    let err = match write(conn, batch, base, absent) {
+        Ok(done) => return Ok(committed(done)),
+        // A straight write met a row that was there after all: the same batch again,
+        // with every row upserted and its status rows claimed by upsert.
+        Err(err) if absent == Absent::Straight && straight_met_a_row(conn, &err) => {
+            match write(conn, batch, base, Absent::Upsert) {
+                Ok(done) => {
+                    if let Some(table) = unique_violation_table(&err)
+                        && table != status::TABLE
+                    {
+                        apply::straight_refused(&table);
+                    }
+                    return Ok(committed(done));
+                }
+                Err(err) => database_at_fault(conn, err, batch)?,
+            }
         }
         Err(err) => database_at_fault(conn, err, batch)?,
     };
@@ -139,6 +165,22 @@ pub fn write_batch(
     Ok(written)
 }
 
+/// Whether `err` is a unique violation a straight write can cause (PostgreSQL only:
+/// elsewhere every write upserts).
+fn straight_met_a_row(conn: &AnyConnection, err: &diesel::result::Error) -> bool {
+    conn.kind() == db::DatabaseKind::Postgres && unique_violation_table(err).is_some()
+}
+
+/// The table of a unique violation (empty if the database did not say).
+fn unique_violation_table(err: &diesel::result::Error) -> Option<String> {
+    match err {
+        diesel::result::Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+            Some(info.table_name().unwrap_or_default().to_owned())
+        }
+        _ => None,
+    }
+}
+
 /// Writes one message in its own transaction. Its rows are at fault only if the database
 /// refuses them by a data error, or twice while taking other writes: a deadlock or a
 /// lock timeout (errors without a kind of their own) passes on the second try.
@@ -150,7 +192,7 @@ fn write_alone(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let err = match write(conn, std::slice::from_ref(item), base) {
+        let err = match write(conn, std::slice::from_ref(item), base, Absent::Upsert) {
             Ok(done) => return Ok(Ok(done)),
             Err(err) => database_at_fault(conn, err, std::slice::from_ref(item))?,
         };
@@ -202,7 +244,14 @@ fn schema_behind(conn: &mut AnyConnection, items: &[Pending]) -> Option<WriteErr
 }
 
 /// One write transaction: status rows, then the changes of the messages it claimed.
-fn write(conn: &mut AnyConnection, items: &[Pending], base: i64) -> diesel::QueryResult<Committed> {
+/// With [`Absent::Straight`], a batch of first deliveries claims its status rows
+/// straight ([`status::claim_new`]) and new rows are written straight.
+fn write(
+    conn: &mut AnyConnection,
+    items: &[Pending],
+    base: i64,
+    absent: Absent,
+) -> diesel::QueryResult<Committed> {
     db::write_transaction(conn, |conn| {
         // The status rows go first and fence the changes: only messages this transaction
         // claims (not persisted before, by anyone) are applied.
@@ -212,7 +261,12 @@ fn write(conn: &mut AnyConnection, items: &[Pending], base: i64) -> diesel::Quer
             .filter(|item| seen.insert(item.record.message_id))
             .map(|item| item.record.clone())
             .collect();
-        let mut claimed = status::claim(conn, &records)?;
+        let first_deliveries = records.iter().all(|r| r.attempts <= 1);
+        let mut claimed = if absent == Absent::Straight && first_deliveries {
+            status::claim_new(conn, &records)?
+        } else {
+            status::claim(conn, &records)?
+        };
         let skipped = records.len() - claimed.len();
         // `remove`: a message id twice in one batch is applied once.
         let mine: Vec<&Pending> = items
@@ -230,7 +284,7 @@ fn write(conn: &mut AnyConnection, items: &[Pending], base: i64) -> diesel::Quer
                 })
             })
             .collect();
-        let applied = apply::apply(conn, &changes)?;
+        let applied = apply::apply(conn, &changes, absent)?;
         let mut outcomes = applied.outcomes.iter();
         let mut rows = CountsByName::default();
         let mut marks: Vec<(Uuid, MessageState, Option<String>)> = mine
