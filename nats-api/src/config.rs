@@ -11,6 +11,7 @@ use nomnom_runtime::{
     EntityName, NatsConfig, StreamSettings,
     cli::{NatsArgs, StreamArgs},
     defaults, duration,
+    otlp::TraceArgs,
     telemetry::LogFormat,
 };
 
@@ -256,6 +257,8 @@ pub struct ApiArgs {
     /// Log format.
     #[arg(long, env = "NOMNOM_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub traces: TraceArgs,
 }
 
 /// A header name as HTTP allows it, lower-cased.

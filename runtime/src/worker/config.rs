@@ -9,7 +9,9 @@ use super::WorkerError;
 use crate::{
     NatsConfig, StreamSettings,
     cli::{NatsArgs, StreamArgs},
-    defaults, duration, subject,
+    defaults, duration,
+    otlp::TraceArgs,
+    subject,
     telemetry::LogFormat,
 };
 
@@ -74,6 +76,8 @@ pub struct WorkerArgs {
     pub listen: std::net::SocketAddr,
     #[arg(long, env = "NOMNOM_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub traces: TraceArgs,
 }
 
 /// Everything the loop needs.
