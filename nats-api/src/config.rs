@@ -9,9 +9,8 @@ use axum::http::HeaderName;
 
 use nomnom_runtime::{
     EntityName, NatsConfig, StreamSettings,
-    cli::{NatsArgs, StreamArgs},
+    cli::{NatsArgs, StreamArgs, TraceArgs},
     defaults, duration,
-    otlp::TraceArgs,
     telemetry::LogFormat,
 };
 

@@ -8,10 +8,8 @@ use clap::Parser;
 use super::WorkerError;
 use crate::{
     NatsConfig, StreamSettings,
-    cli::{NatsArgs, StreamArgs},
-    defaults, duration,
-    otlp::TraceArgs,
-    subject,
+    cli::{NatsArgs, StreamArgs, TraceArgs},
+    defaults, duration, subject,
     telemetry::LogFormat,
 };
 
