@@ -72,6 +72,14 @@ VALUE_SETS: dict[str, dict] = {
             "grafanaDashboard": {"enabled": True},
         }
     },
+    # docs/operations.md, "Traces": spans exported to a collector, each service named.
+    "tracing": {
+        "tracing": {
+            "otlpEndpoint": "http://otel-collector.observability:4318",
+            "apiServiceName": "orders-api",
+            "workerServiceName": "orders-worker",
+        }
+    },
     "ingress-hpa": {
         "api": {
             "ingress": {
@@ -211,6 +219,7 @@ def test_helm_lint_without_the_dependency_is_clean(chart_without_dependency, nam
         ({"api": {"extraEnv": {"NOMNOM_CONSUMER": "x"}}}, "NOMNOM_CONSUMER"),
         ({"natsAuth": {"method": "password"}}, "method"),
         ({"stream": {"replicas": 7}}, "replicas"),
+        ({"tracing": {"otlpEndpoint": "https://collector:4318"}}, "otlpEndpoint"),
         ({"api": {"replicas": 3}}, "replicas"),
         ({"worker": {"autoscaling": {"keda": {"natsServerMonitoringEndpoint": "http://nats:8222"}}}}, "natsServerMonitoringEndpoint"),
     ],
@@ -329,6 +338,17 @@ def test_env_vars_are_ones_the_binaries_read(rendered, name, api_env, worker_env
         for secret in ("DATABASE_URL", "NATS_PASSWORD", "NATS_TOKEN", "NATS_NKEY_SEED", "NATS_USER"):
             if secret in env_of(c):
                 assert "secretKeyRef" in env_of(c)[secret]["valueFrom"], secret
+
+
+def test_spans_are_exported_only_when_an_endpoint_is_given(rendered):
+    for name, documents in rendered.items():
+        for component in ("api", "worker"):
+            env = env_of(container(one(documents, "Deployment", f"{RELEASE}-{component}")))
+            if name != "tracing":
+                assert not {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"} & set(env), (name, component)
+                continue
+            assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4318"
+            assert env["OTEL_SERVICE_NAME"]["value"] == f"orders-{component}"
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)

@@ -9,7 +9,7 @@ use axum::http::HeaderName;
 
 use nomnom_runtime::{
     EntityName, NatsConfig, StreamSettings,
-    cli::{NatsArgs, StreamArgs},
+    cli::{NatsArgs, StreamArgs, TraceArgs},
     defaults, duration,
     telemetry::LogFormat,
 };
@@ -256,6 +256,8 @@ pub struct ApiArgs {
     /// Log format.
     #[arg(long, env = "NOMNOM_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub traces: TraceArgs,
 }
 
 /// A header name as HTTP allows it, lower-cased.

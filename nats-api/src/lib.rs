@@ -36,6 +36,13 @@ use tower_http::{
 pub use config::{ApiArgs, ApiConfig};
 pub use state::{AppState, StartupError};
 
+/// The routes whose requests belong to a message's trace (ingest, status).
+const API_PATH_PREFIX: &str = "/api/";
+
+/// The target of other requests' spans, which are never exported (see
+/// [`nomnom_runtime::otlp::UNTRACED_TARGET_SUFFIX`]).
+const UNTRACED_TARGET: &str = "nats_api::untraced";
+
 /// The service's routes and middleware.
 pub fn app(state: AppState) -> Router {
     let request_id = HeaderName::from_static(ingest::REQUEST_ID_HEADER);
@@ -77,16 +84,32 @@ pub fn app(state: AppState) -> Router {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
                     // trace_id and span_id are set by `tracecontext`, message_id by the
-                    // single-message handler once it has one.
-                    tracing::info_span!(
-                        "request",
-                        method = %request.method(),
-                        path = %request.uri().path(),
-                        request_id = %id,
-                        trace_id = tracing::field::Empty,
-                        span_id = tracing::field::Empty,
-                        message_id = tracing::field::Empty,
-                    )
+                    // single-message handler once it has one. Error level, as the
+                    // worker's message span: a span exists only when its level is
+                    // enabled, and its ids must be on every line RUST_LOG lets through
+                    // and its span exported whatever RUST_LOG says. Only the API's
+                    // requests belong to a message's trace: the others' spans (health
+                    // checks, scrapes, the console) are never exported.
+                    let path = request.uri().path();
+                    if path.starts_with(API_PATH_PREFIX) {
+                        tracing::error_span!(
+                            "request",
+                            method = %request.method(),
+                            path,
+                            request_id = %id,
+                            trace_id = tracing::field::Empty,
+                            span_id = tracing::field::Empty,
+                            message_id = tracing::field::Empty,
+                        )
+                    } else {
+                        tracing::info_span!(
+                            target: UNTRACED_TARGET,
+                            "request",
+                            method = %request.method(),
+                            path,
+                            request_id = %id,
+                        )
+                    }
                 })
                 .on_request(())
                 .on_response(
@@ -97,6 +120,27 @@ pub fn app(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// The service exported spans are named after, unless `--otel-service-name` says otherwise.
+pub const SERVICE_NAME: &str = "nats-api";
+
+/// What the binary does once its flags are parsed: logs (and span export, when
+/// `--otlp-endpoint` asks for it), the service until SIGTERM or SIGINT, then the last
+/// spans sent.
+pub async fn main(args: &ApiArgs) -> Result<(), StartupError> {
+    let exporter = nomnom_runtime::otlp::start(
+        &args.traces,
+        SERVICE_NAME,
+        tokio::runtime::Handle::current(),
+    )?;
+    nomnom_runtime::telemetry::init(args.log_format, exporter.as_ref());
+    let result = run(args.to_config(), server::shutdown_signal()).await;
+    if let Some(exporter) = exporter {
+        // Blocks until the collector answered (or the timeout): not on a runtime thread.
+        let _ = tokio::task::spawn_blocking(move || exporter.shutdown()).await;
+    }
+    result
 }
 
 /// Runs the service until `shutdown` resolves; returns once in-flight requests are done.

@@ -1,9 +1,10 @@
-//! The `nats-api` binary: parse flags, set up logging, run until SIGTERM.
+//! The `nats-api` binary: parse flags, then [`nats_api::main`]: logs, the service until
+//! SIGTERM.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use nats_api::{ApiArgs, server::shutdown_signal};
+use nats_api::ApiArgs;
 use nomnom_runtime::healthcheck;
 
 // glibc's malloc was ~20% of nats-api's CPU under batch load (perf); mimalloc spends
@@ -18,7 +19,6 @@ async fn main() -> anyhow::Result<ExitCode> {
     if let Some(healthcheck::Command::Healthcheck { path }) = &args.command {
         return Ok(healthcheck::exit_code(args.listen, path));
     }
-    nomnom_runtime::telemetry::init(args.log_format);
-    nats_api::run(args.to_config(), shutdown_signal()).await?;
+    nats_api::main(&args).await?;
     Ok(ExitCode::SUCCESS)
 }

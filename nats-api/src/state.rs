@@ -31,6 +31,8 @@ pub enum StartupError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Webhook(#[from] WebhookError),
+    #[error(transparent)]
+    Tracing(#[from] nomnom_runtime::otlp::OtlpError),
     #[error(
         "cannot read the API keys file {path}: {source}; fix the path or unset NOMNOM_API_KEYS_FILE"
     )]

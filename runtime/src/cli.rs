@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{defaults, duration, nats::NatsConfig, stream::StreamSettings};
+use crate::{defaults, duration, nats::NatsConfig, otlp::OtlpConfig, stream::StreamSettings};
 
 /// How to reach NATS.
 #[derive(Debug, Clone, clap::Args)]
@@ -112,6 +112,40 @@ impl StreamArgs {
             replicas: self.replicas,
             body_bucket: self.body_bucket.clone(),
         }
+    }
+}
+
+/// Flags of every binary: where to export spans, and under which service name.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TraceArgs {
+    /// OpenTelemetry collector to export spans to over OTLP/HTTP (protobuf), e.g.
+    /// http://otel-collector:4318 (spans go to /v1/traces under it). Unset: no span is
+    /// exported, and tracing costs nothing.
+    #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The service name exported spans carry (default: `nats-api`, or the worker's
+    /// project name).
+    #[arg(long = "otel-service-name", env = "OTEL_SERVICE_NAME")]
+    pub service_name: Option<String>,
+}
+
+impl TraceArgs {
+    /// The export's settings, `None` when no endpoint is set (an empty one is unset).
+    pub fn to_config(&self, default_service_name: &str) -> Option<OtlpConfig> {
+        let endpoint = self.otlp_endpoint.as_deref().map(str::trim)?;
+        if endpoint.is_empty() {
+            return None;
+        }
+        let service_name = self
+            .service_name
+            .as_deref()
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .unwrap_or(default_service_name);
+        Some(OtlpConfig {
+            endpoint: endpoint.to_owned(),
+            service_name: service_name.to_owned(),
+        })
     }
 }
 

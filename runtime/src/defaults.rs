@@ -55,6 +55,11 @@ pub const API_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 /// Seconds suggested to clients in `Retry-After` when NATS is unavailable or overloaded.
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 
+/// How long one export of spans to the OTLP collector may take.
+pub const OTLP_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping binary waits for its last spans to be exported.
+pub const OTLP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Name of the table workers record every message's outcome in.
 pub const STATUS_TABLE: &str = "nomnom_message_status";
 

@@ -17,6 +17,7 @@ pub mod healthcheck;
 pub mod json;
 pub mod metrics;
 pub mod nats;
+pub mod otlp;
 pub mod parse;
 mod partial;
 pub mod row;

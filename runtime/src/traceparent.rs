@@ -73,6 +73,20 @@ impl TraceParent {
         }
     }
 
+    /// A traceparent of these ids; `None` when either is zero (invalid).
+    pub fn from_ids(trace_id: u128, parent_id: u64, sampled: bool) -> Option<Self> {
+        (trace_id != 0 && parent_id != 0).then_some(Self {
+            trace_id,
+            parent_id,
+            flags: if sampled { SAMPLED } else { 0 },
+        })
+    }
+
+    /// The trace id, parent id and flags as numbers.
+    pub(crate) fn ids(&self) -> (u128, u64, u8) {
+        (self.trace_id, self.parent_id, self.flags)
+    }
+
     /// The trace id, 32 lower-case hex digits.
     pub fn trace_id(&self) -> String {
         format!("{:032x}", self.trace_id)

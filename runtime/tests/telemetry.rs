@@ -10,7 +10,7 @@ const CHILD: &str = "NOMNOM_TELEMETRY_TEST_CHILD";
 #[test]
 fn text_logs_to_a_file_have_no_ansi_escapes() {
     if std::env::var_os(CHILD).is_some() {
-        nomnom_runtime::telemetry::init(nomnom_runtime::telemetry::LogFormat::Text);
+        nomnom_runtime::telemetry::init(nomnom_runtime::telemetry::LogFormat::Text, None);
         tracing::warn!(answer = 42, "hello from the child");
         return;
     }

@@ -183,6 +183,20 @@ headless service: KEDA prefixes the consumer leader's server name (its pod name)
   value: {{ $ctx.Values.logLevel | quote }}
 {{- end }}
 
+{{/* Span export (tracing.otlpEndpoint), off when empty: (dict "ctx" $ "component" "api"|"worker"). */}}
+{{- define "nomnom.tracingEnv" -}}
+{{- $tracing := .ctx.Values.tracing }}
+{{- if $tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $tracing.otlpEndpoint | quote }}
+{{- $name := ternary $tracing.apiServiceName $tracing.workerServiceName (eq .component "api") }}
+{{- if $name }}
+- name: OTEL_SERVICE_NAME
+  value: {{ $name | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "nomnom.databaseEnv" -}}
 - name: DATABASE_URL
   valueFrom:

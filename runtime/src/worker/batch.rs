@@ -85,10 +85,12 @@ impl Delivery {
     /// one span with every field, rather than a span filled in by later `record` calls.
     /// Error level: a span exists only when its level is enabled, and its ids must be on
     /// every line about the message that RUST_LOG lets through.
+    /// When spans are exported, the span is a child of nats-api's request span, whose id
+    /// is the envelope's traceparent's parent id.
     fn message_span(&self) -> tracing::Span {
         let envelope = self.envelope.as_ref();
         let trace = envelope.and_then(|e| e.traceparent.as_ref());
-        tracing::error_span!(
+        let span = tracing::error_span!(
             "message",
             sequence = self.sequence,
             delivered = self.delivered,
@@ -97,7 +99,9 @@ impl Delivery {
             trace_id = trace.map(|t| t.trace_id()),
             parent_span_id = trace.map(|t| t.parent_id()),
             entity = self.entity,
-        )
+        );
+        crate::otlp::follow(&span, trace);
+        span
     }
 
     /// The message's status row. Its entity is the entity the message was routed to,

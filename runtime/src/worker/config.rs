@@ -8,7 +8,7 @@ use clap::Parser;
 use super::WorkerError;
 use crate::{
     NatsConfig, StreamSettings,
-    cli::{NatsArgs, StreamArgs},
+    cli::{NatsArgs, StreamArgs, TraceArgs},
     defaults, duration, subject,
     telemetry::LogFormat,
 };
@@ -74,6 +74,8 @@ pub struct WorkerArgs {
     pub listen: std::net::SocketAddr,
     #[arg(long, env = "NOMNOM_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub traces: TraceArgs,
 }
 
 /// Everything the loop needs.

@@ -24,6 +24,7 @@ use crate::{
     change::Change,
     db::{self, DatabaseKind, DatabaseUrl},
     dlq::{DeadLetters, DlqError},
+    otlp,
     parse::ParseError,
     sql::AnyConnection,
     stream, telemetry,
@@ -135,7 +136,6 @@ pub fn main<S: EntitySchema>(schema: S) -> ExitCode {
         return crate::healthcheck::exit_code(args.listen, path);
     }
     crate::allocator::return_freed_memory_promptly();
-    telemetry::init(args.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -143,6 +143,14 @@ pub fn main<S: EntitySchema>(schema: S) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let exporter = match otlp::start(&args.traces, schema.project(), runtime.handle().clone()) {
+        Ok(exporter) => exporter,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    telemetry::init(args.log_format, exporter.as_ref());
     let config = args.to_config();
     let result = runtime.block_on(async {
         // Handlers first: a SIGTERM while the worker still waits for NATS or the database
@@ -150,6 +158,10 @@ pub fn main<S: EntitySchema>(schema: S) -> ExitCode {
         let signal = shutdown_signal();
         run(schema, config, signal).await
     });
+    // The last spans are sent while the runtime their requests run on is still up.
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
     // A write abandoned at the end of the grace period may still hold a blocking thread:
     // do not wait for it (the database rolls back what the connection did not commit).
     runtime.shutdown_timeout(Duration::from_millis(100));
