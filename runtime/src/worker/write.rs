@@ -133,6 +133,11 @@ pub fn write_batch_with(
         // A straight write met a row that was there after all: the same batch again,
         // with every row upserted and its status rows claimed by upsert.
         Err(err) if absent == Absent::Straight && straight_met_a_row(conn, &err) => {
+            tracing::debug!(
+                table = unique_violation_table(&err).unwrap_or_default(),
+                messages = batch.len(),
+                "rows were there already; writing the batch again through the upsert path"
+            );
             match write(conn, batch, base, Absent::Upsert) {
                 Ok(done) => {
                     if let Some(table) = unique_violation_table(&err)
