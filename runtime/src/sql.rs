@@ -68,6 +68,13 @@ pub struct Column {
     pub column_type: ColumnType,
 }
 
+impl Column {
+    /// A column, for tables written out in `const` items (the status table, tests).
+    pub const fn new(name: &'static str, column_type: ColumnType) -> Self {
+        Self { name, column_type }
+    }
+}
+
 /// How rows are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {

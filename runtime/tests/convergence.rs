@@ -22,18 +22,14 @@ use nomnom_runtime::{
 use nomnom_test_support::Postgres;
 use proptest::prelude::*;
 
-const fn column(name: &'static str, column_type: ColumnType) -> Column {
-    Column { name, column_type }
-}
-
 static NOTE: Entity = Entity {
     table: Table {
         name: "note",
         columns: &[
-            column("item_id", ColumnType::I64),
-            column("part_no", ColumnType::I32),
-            column("k", ColumnType::I32),
-            column("text", ColumnType::Text),
+            Column::new("item_id", ColumnType::I64),
+            Column::new("part_no", ColumnType::I32),
+            Column::new("k", ColumnType::I32),
+            Column::new("text", ColumnType::Text),
         ],
         key: &["item_id", "part_no", "k"],
         write: WriteMode::Upsert,
@@ -47,9 +43,9 @@ static PART: Entity = Entity {
     table: Table {
         name: "part",
         columns: &[
-            column("item_id", ColumnType::I64),
-            column("no", ColumnType::I32),
-            column("label", ColumnType::Text),
+            Column::new("item_id", ColumnType::I64),
+            Column::new("no", ColumnType::I32),
+            Column::new("label", ColumnType::Text),
         ],
         key: &["item_id", "no"],
         write: WriteMode::Upsert,
@@ -68,10 +64,10 @@ static ITEM: Entity = Entity {
     table: Table {
         name: "item",
         columns: &[
-            column("id", ColumnType::I64),
-            column("name", ColumnType::Text),
-            column("n", ColumnType::I64),
-            column("nomnom_seq", ColumnType::I64),
+            Column::new("id", ColumnType::I64),
+            Column::new("name", ColumnType::Text),
+            Column::new("n", ColumnType::I64),
+            Column::new("nomnom_seq", ColumnType::I64),
         ],
         key: &["id"],
         write: WriteMode::Upsert,
@@ -89,11 +85,11 @@ static DOC: Entity = Entity {
     table: Table {
         name: "doc",
         columns: &[
-            column("id", ColumnType::I64),
-            column("body", ColumnType::Text),
-            column("v", ColumnType::I64),
-            column("nomnom_seq", ColumnType::I64),
-            column("nomnom_version", ColumnType::I64),
+            Column::new("id", ColumnType::I64),
+            Column::new("body", ColumnType::Text),
+            Column::new("v", ColumnType::I64),
+            Column::new("nomnom_seq", ColumnType::I64),
+            Column::new("nomnom_version", ColumnType::I64),
         ],
         key: &["id"],
         write: WriteMode::Upsert,

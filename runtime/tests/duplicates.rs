@@ -14,18 +14,14 @@ use nomnom_runtime::{
 };
 use nomnom_test_support::Postgres;
 
-const fn column(name: &'static str, column_type: ColumnType) -> Column {
-    Column { name, column_type }
-}
-
 /// A claim's details, numbered within the claim.
 static DETAIL: Entity = Entity {
     table: Table {
         name: "detail",
         columns: &[
-            column("claim_id", ColumnType::I64),
-            column("sequence", ColumnType::I32),
-            column("text", ColumnType::Text),
+            Column::new("claim_id", ColumnType::I64),
+            Column::new("sequence", ColumnType::I32),
+            Column::new("text", ColumnType::Text),
         ],
         key: &["claim_id", "sequence"],
         write: WriteMode::Upsert,
@@ -40,9 +36,9 @@ static IDENT: Entity = Entity {
     table: Table {
         name: "ident",
         columns: &[
-            column("claim_id", ColumnType::I64),
-            column("scheme", ColumnType::Text),
-            column("value", ColumnType::Text),
+            Column::new("claim_id", ColumnType::I64),
+            Column::new("scheme", ColumnType::Text),
+            Column::new("value", ColumnType::Text),
         ],
         key: &["scheme", "value"],
         write: WriteMode::Insert,
@@ -57,8 +53,8 @@ static TAG: Entity = Entity {
     table: Table {
         name: "tag",
         columns: &[
-            column("claim_id", ColumnType::I64),
-            column("tag", ColumnType::Text),
+            Column::new("claim_id", ColumnType::I64),
+            Column::new("tag", ColumnType::Text),
         ],
         key: &["claim_id", "tag"],
         write: WriteMode::IgnoreDuplicates,
@@ -73,9 +69,9 @@ static CLAIM: Entity = Entity {
     table: Table {
         name: "claim",
         columns: &[
-            column("id", ColumnType::I64),
-            column("name", ColumnType::Text),
-            column("nomnom_seq", ColumnType::I64),
+            Column::new("id", ColumnType::I64),
+            Column::new("name", ColumnType::Text),
+            Column::new("nomnom_seq", ColumnType::I64),
         ],
         key: &["id"],
         write: WriteMode::IgnoreDuplicates,
@@ -103,9 +99,9 @@ static ACCOUNT: Entity = Entity {
     table: Table {
         name: "account",
         columns: &[
-            column("id", ColumnType::I64),
-            column("email", ColumnType::Text),
-            column("nomnom_seq", ColumnType::I64),
+            Column::new("id", ColumnType::I64),
+            Column::new("email", ColumnType::Text),
+            Column::new("nomnom_seq", ColumnType::I64),
         ],
         key: &["id"],
         write: WriteMode::Insert,

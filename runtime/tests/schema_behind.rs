@@ -14,16 +14,12 @@ use nomnom_runtime::{
 };
 use nomnom_test_support::Postgres;
 
-const fn column(name: &'static str, column_type: ColumnType) -> Column {
-    Column { name, column_type }
-}
-
 static LINE: Entity = Entity {
     table: Table {
         name: "line",
         columns: &[
-            column("order_id", ColumnType::I64),
-            column("no", ColumnType::I32),
+            Column::new("order_id", ColumnType::I64),
+            Column::new("no", ColumnType::I32),
         ],
         key: &["order_id", "no"],
         write: WriteMode::Upsert,
@@ -38,9 +34,9 @@ static ORDER: Entity = Entity {
     table: Table {
         name: "orders",
         columns: &[
-            column("id", ColumnType::I64),
-            column("note", ColumnType::Text),
-            column("nomnom_seq", ColumnType::I64),
+            Column::new("id", ColumnType::I64),
+            Column::new("note", ColumnType::Text),
+            Column::new("nomnom_seq", ColumnType::I64),
         ],
         key: &["id"],
         write: WriteMode::Upsert,

@@ -18,19 +18,15 @@ use nomnom_runtime::{
 };
 use nomnom_test_support::Postgres;
 
-const fn column(name: &'static str, column_type: ColumnType) -> Column {
-    Column { name, column_type }
-}
-
 /// Parts are keyed by their own number, apart from the kit that lists them: a second kit
 /// listing a part takes it over (upsert).
 static PART: Entity = Entity {
     table: Table {
         name: "straight_part",
         columns: &[
-            column("part_no", ColumnType::Text),
-            column("kit_id", ColumnType::I64),
-            column("price", ColumnType::Decimal),
+            Column::new("part_no", ColumnType::Text),
+            Column::new("kit_id", ColumnType::I64),
+            Column::new("price", ColumnType::Decimal),
         ],
         key: &["part_no"],
         write: WriteMode::Upsert,
@@ -44,9 +40,9 @@ static KIT: Entity = Entity {
     table: Table {
         name: "straight_kit",
         columns: &[
-            column("id", ColumnType::I64),
-            column("name", ColumnType::Text),
-            column("nomnom_seq", ColumnType::I64),
+            Column::new("id", ColumnType::I64),
+            Column::new("name", ColumnType::Text),
+            Column::new("nomnom_seq", ColumnType::I64),
         ],
         key: &["id"],
         write: WriteMode::Upsert,
