@@ -180,7 +180,7 @@ const UUID: TypeInfo = TypeInfo {
 };
 
 const JSON: TypeInfo = TypeInfo {
-    rust: "nomnom_runtime::json::Value",
+    rust: "nomnom_runtime::json::Value<'static>",
     copy: false,
     reader: Reader::Plain("p::json"),
     column_type: "Json",

@@ -514,7 +514,7 @@ fn found_parse_expression(field: &Field, reader: &str, statics: &mut Statics) ->
 fn default_static(default: &serde_json::Value, statics: &mut Statics) -> String {
     statics.lazy(
         "DEFAULT",
-        "nomnom_runtime::json::Value",
+        "nomnom_runtime::json::Value<'static>",
         format!(
             "nomnom_runtime::json::from_str({})",
             rust_string(&default.to_string())

@@ -5,6 +5,7 @@
 
 pub mod allocator;
 pub mod apply;
+mod calendar;
 pub mod change;
 pub mod cli;
 pub mod db;

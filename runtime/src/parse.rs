@@ -1,6 +1,7 @@
 //! Typed reading of message bodies, for generated parsers: every error names the JSON
 //! path of the offending value, so a dead-lettered message says exactly what was wrong.
 
+use std::borrow::Cow;
 use std::ops::{Bound, RangeBounds};
 use std::sync::LazyLock;
 
@@ -53,11 +54,11 @@ impl ParseError {
 pub type Result<T> = std::result::Result<T, ParseError>;
 
 /// The value at `tokens` below `value`, if any (JSON null counts as absent).
-pub fn lookup<'a>(value: &'a Value, tokens: &[&str]) -> Option<&'a Value> {
+pub fn lookup<'a, 'v>(value: &'a Value<'v>, tokens: &[&str]) -> Option<&'a Value<'v>> {
     let mut current = value;
     for token in tokens {
         current = match current {
-            Value::Object(map) => map.get(*token)?,
+            Value::Object(map) => map.get(token)?,
             Value::Array(items) => items.get(array_index(token)?)?,
             _ => return None,
         };
@@ -88,7 +89,10 @@ pub struct Selection {
 /// The element `selection` picks below `value`: its position in the array, and the value
 /// at `then` inside it (`None` when the element lacks it, or it is null). `None` when the
 /// array is absent, is not an array, or no element matches.
-pub fn select<'a>(value: &'a Value, selection: &Selection) -> Option<(usize, Option<&'a Value>)> {
+pub fn select<'a, 'v>(
+    value: &'a Value<'v>,
+    selection: &Selection,
+) -> Option<(usize, Option<&'a Value<'v>>)> {
     let Value::Array(items) = lookup(value, selection.array)? else {
         return None;
     };
@@ -97,7 +101,7 @@ pub fn select<'a>(value: &'a Value, selection: &Selection) -> Option<(usize, Opt
             return None;
         };
         let matches = (selection.matching.iter())
-            .all(|(name, wanted)| members.get(*name).and_then(Value::as_str) == Some(*wanted));
+            .all(|(name, wanted)| members.get(name).and_then(Value::as_str) == Some(*wanted));
         matches.then(|| (index, lookup(item, selection.then)))
     })
 }
@@ -108,7 +112,7 @@ pub fn select<'a>(value: &'a Value, selection: &Selection) -> Option<(usize, Opt
 #[derive(Debug, Clone, PartialEq)]
 pub struct Found<'a> {
     /// The value; `None` when absent (a nullable field is then `NULL`, a default applies).
-    pub value: Option<std::borrow::Cow<'a, Value>>,
+    pub value: Option<Cow<'a, Value<'a>>>,
     /// Where the value is (or was looked for): `/code/coding/1/code`, `$request_id`.
     pub path: String,
     /// Why it is absent, said by a required field's error (else "is required").
@@ -120,7 +124,7 @@ pub struct Found<'a> {
 /// The value at `tokens` below `body` (found at `path`), as a [`Found`].
 pub fn found<'a>(body: &'a Value, path: &str, tokens: &[&str]) -> Found<'a> {
     Found {
-        value: lookup(body, tokens).map(std::borrow::Cow::Borrowed),
+        value: lookup(body, tokens).map(Cow::Borrowed),
         path: join(path, tokens),
         missing: None,
         context: None,
@@ -130,7 +134,7 @@ pub fn found<'a>(body: &'a Value, path: &str, tokens: &[&str]) -> Found<'a> {
 /// Metadata item `name` of `meta` (see [`metadata`]), as a [`Found`] named `$name`.
 pub fn found_meta<'a>(meta: &'a Value, name: &str) -> Found<'a> {
     Found {
-        value: meta.get(name).map(std::borrow::Cow::Borrowed),
+        value: meta.get(name).map(Cow::Borrowed),
         path: format!("${name}"),
         missing: None,
         context: None,
@@ -148,7 +152,7 @@ pub fn selected<'a>(body: &'a Value, path: &str, selection: &Selection) -> Found
             tokens.push(&index);
             tokens.extend_from_slice(selection.then);
             Found {
-                value: value.map(std::borrow::Cow::Borrowed),
+                value: value.map(Cow::Borrowed),
                 path: join(path, &tokens),
                 missing: None,
                 context: None,
@@ -192,7 +196,7 @@ impl<'a> Found<'a> {
                 value,
             ));
         };
-        let Some(captured) = (pattern.captures(text)).and_then(|c| c.get(group)) else {
+        let Some(captured) = (pattern.captures(text.as_ref())).and_then(|c| c.get(group)) else {
             let missing = format!(
                 "is required: {text:?} does not match {} (group {group})",
                 pattern.as_str()
@@ -208,9 +212,10 @@ impl<'a> Found<'a> {
             .then(|| crate::json::from_str(captured).ok())
             .flatten()
             .filter(|v| v.is_number() || v.is_boolean())
-            .unwrap_or_else(|| Value::String(captured.to_owned()));
+            .map(Value::into_owned)
+            .unwrap_or_else(|| Value::from(captured.to_owned()));
         Ok(Found {
-            value: Some(std::borrow::Cow::Owned(value)),
+            value: Some(Cow::Owned(value)),
             context: Some(format!(
                 "{captured:?}, captured from {text:?} by {}",
                 pattern.as_str()
@@ -402,23 +407,23 @@ fn under(path: &str, tokens: &[&str], err: ParseError) -> ParseError {
 /// `$idempotency_key`, `$entity`, `$request_id`, `$header.<name>`), as one JSON object
 /// (`header.<name>` for a captured header), so generated
 /// parsers read them with the same conversions as body fields. Absent items are absent.
-pub fn metadata(envelope: &crate::Envelope) -> Value {
+pub fn metadata(envelope: &crate::Envelope) -> Value<'_> {
     let mut map = crate::json::Map::new();
-    map.insert("message_id".into(), envelope.message_id.to_string().into());
+    map.insert("message_id", envelope.message_id.to_string().into());
     map.insert(
-        "received_at".into(),
+        "received_at",
         (envelope.received_at)
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
             .into(),
     );
     if let Some(key) = &envelope.idempotency_key {
-        map.insert("idempotency_key".into(), key.as_str().into());
+        map.insert("idempotency_key", key.as_str().into());
     }
     if let Some(entity) = &envelope.entity {
-        map.insert("entity".into(), entity.to_string().into());
+        map.insert("entity", entity.to_string().into());
     }
     if let Some(request_id) = &envelope.request_id {
-        map.insert("request_id".into(), request_id.clone().into());
+        map.insert("request_id", request_id.clone().into());
     }
     for (name, value) in &envelope.headers {
         map.insert(format!("header.{name}"), value.clone().into());
@@ -513,7 +518,7 @@ pub fn optional_field<T>(
 }
 
 /// A required value: present, or an error naming its path.
-pub fn required<'a>(value: Option<&'a Value>, path: &str) -> Result<&'a Value> {
+pub fn required<'a, 'v>(value: Option<&'a Value<'v>>, path: &str) -> Result<&'a Value<'v>> {
     value.ok_or_else(|| ParseError::new(path, "is required"))
 }
 
@@ -705,10 +710,10 @@ pub fn text_with(value: &Value, path: &str, rules: TextRules) -> Result<String> 
 
 /// The text of a decimal as it was sent (a JSON number's own digits: no float in
 /// between), read exactly.
-fn decimal_text<'a>(value: &'a Value, path: &str) -> Result<(&'a str, Decimal)> {
+fn decimal_text<'a>(value: &'a Value, path: &str) -> Result<(Cow<'a, str>, Decimal)> {
     let raw = match value {
-        Value::String(s) => s.trim(),
-        Value::Number(n) => n.as_str(),
+        Value::String(s) => Cow::Borrowed(s.trim()),
+        Value::Number(n) => n.text(),
         other => {
             return Err(type_error(
                 path,
@@ -717,7 +722,7 @@ fn decimal_text<'a>(value: &'a Value, path: &str) -> Result<(&'a str, Decimal)> 
             ));
         }
     };
-    let decimal = Decimal::parse(raw).map_err(|refusal| decimal_refused(path, raw, refusal))?;
+    let decimal = Decimal::parse(&raw).map_err(|refusal| decimal_refused(path, &raw, refusal))?;
     Ok((raw, decimal))
 }
 
@@ -740,7 +745,7 @@ pub fn decimal(value: &Value, path: &str, precision: u32, scale: u32) -> Result<
     let (raw, decimal) = decimal_text(value, path)?;
     decimal
         .constrained(precision, scale)
-        .map_err(|refusal| decimal_refused(path, raw, refusal))
+        .map_err(|refusal| decimal_refused(path, &raw, refusal))
 }
 
 /// A decimal within `range` (the spec's `min` and `max`), compared exactly.
@@ -754,8 +759,8 @@ pub fn decimal_in(
     let (raw, decimal) = decimal_text(value, path)?;
     let canonical = decimal
         .constrained(precision, scale)
-        .map_err(|refusal| decimal_refused(path, raw, refusal))?;
-    check_decimal_range(path, raw, &decimal, &range)?;
+        .map_err(|refusal| decimal_refused(path, &raw, refusal))?;
+    check_decimal_range(path, &raw, &decimal, &range)?;
     Ok(canonical)
 }
 
@@ -766,7 +771,7 @@ pub fn numeric(value: &Value, path: &str) -> Result<String> {
     let (raw, decimal) = decimal_text(value, path)?;
     decimal
         .unconstrained()
-        .map_err(|refusal| decimal_refused(path, raw, refusal))
+        .map_err(|refusal| decimal_refused(path, &raw, refusal))
 }
 
 /// [`numeric`] within `range` (the spec's `min` and `max`), compared exactly.
@@ -774,8 +779,8 @@ pub fn numeric_in(value: &Value, path: &str, range: impl RangeBounds<f64>) -> Re
     let (raw, decimal) = decimal_text(value, path)?;
     let canonical = decimal
         .unconstrained()
-        .map_err(|refusal| decimal_refused(path, raw, refusal))?;
-    check_decimal_range(path, raw, &decimal, &range)?;
+        .map_err(|refusal| decimal_refused(path, &raw, refusal))?;
+    check_decimal_range(path, &raw, &decimal, &range)?;
     Ok(canonical)
 }
 
@@ -788,18 +793,26 @@ fn check_decimal_range(
     range: &impl RangeBounds<f64>,
 ) -> Result<()> {
     use std::cmp::Ordering::{Greater, Less};
-    let exact = |bound: &f64| Decimal::parse(&bound.to_string()).expect("a finite spec bound");
+    // The value's nearest f64 decides whenever it differs from the bound: rounding to
+    // nearest never reorders, and a bound is exactly the shortest text that rounds to it.
+    // Only a tie needs the exact digits (writing the bound out and reading it back costs
+    // more than the rest of the field).
+    let rounded = raw.parse::<f64>().ok().filter(|f| f.is_finite());
+    let compare = |bound: &f64| match rounded.and_then(|r| r.partial_cmp(bound)) {
+        Some(order) if order.is_ne() => order,
+        _ => value.compare(&Decimal::parse(&bound.to_string()).expect("a finite spec bound")),
+    };
     let message = match (range.start_bound(), range.end_bound()) {
-        (Bound::Included(min), _) if value.compare(&exact(min)) == Less => {
+        (Bound::Included(min), _) if compare(min) == Less => {
             format!("must be at least {min}, got {raw}")
         }
-        (Bound::Excluded(min), _) if value.compare(&exact(min)) != Greater => {
+        (Bound::Excluded(min), _) if compare(min) != Greater => {
             format!("must be greater than {min}, got {raw}")
         }
-        (_, Bound::Included(max)) if value.compare(&exact(max)) == Greater => {
+        (_, Bound::Included(max)) if compare(max) == Greater => {
             format!("must be at most {max}, got {raw}")
         }
-        (_, Bound::Excluded(max)) if value.compare(&exact(max)) != Less => {
+        (_, Bound::Excluded(max)) if compare(max) != Less => {
             format!("must be less than {max}, got {raw}")
         }
         _ => return Ok(()),
@@ -811,8 +824,8 @@ pub fn date(value: &Value, path: &str) -> Result<NaiveDate> {
     let text = value
         .as_str()
         .ok_or_else(|| type_error(path, "a date string", value))?;
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .map_err(|_| ParseError::new(path, format!("{text:?} is not a date (YYYY-MM-DD)")))
+    crate::calendar::date(text)
+        .ok_or_else(|| ParseError::new(path, format!("{text:?} is not a date (YYYY-MM-DD)")))
 }
 
 /// A partial date or date-time (`2013`, `2013-05`, `2013-05-17`,
@@ -855,8 +868,8 @@ pub fn time(value: &Value, path: &str) -> Result<NaiveTime> {
     let text = value
         .as_str()
         .ok_or_else(|| type_error(path, "a time string", value))?;
-    NaiveTime::parse_from_str(text, "%H:%M:%S%.f")
-        .map_err(|_| ParseError::new(path, format!("{text:?} is not a time (HH:MM:SS)")))
+    crate::calendar::time(text)
+        .ok_or_else(|| ParseError::new(path, format!("{text:?} is not a time (HH:MM:SS)")))
 }
 
 /// A format a timestamp or date may be written in (the spec's `format:`).
@@ -971,7 +984,7 @@ pub fn date_as(value: &Value, path: &str, formats: &[TimeFormat]) -> Result<Naiv
     formats
         .iter()
         .find_map(|format| match format {
-            TimeFormat::Rfc3339 => NaiveDate::parse_from_str(text, "%Y-%m-%d").ok(),
+            TimeFormat::Rfc3339 => crate::calendar::date(text),
             TimeFormat::Pattern(pattern) => NaiveDate::parse_from_str(text, pattern).ok(),
             TimeFormat::UnixSeconds | TimeFormat::UnixMillis => None,
         })
@@ -1004,8 +1017,8 @@ pub fn uuid(value: &Value, path: &str) -> Result<uuid::Uuid> {
 }
 
 /// Any JSON value, kept as is.
-pub fn json(value: &Value, _path: &str) -> Result<Value> {
-    Ok(value.clone())
+pub fn json(value: &Value, _path: &str) -> Result<Value<'static>> {
+    Ok(value.clone().into_owned())
 }
 
 /// An array column's value: each element converted by `convert`, errors naming the
@@ -1025,7 +1038,10 @@ pub fn array_of<T>(
 
 /// A child entity's rows at `value` (found at `path`), each with its own path: one per
 /// element of an array, one for an object, none when absent or null.
-pub fn rows<'a>(value: Option<&'a Value>, path: &str) -> Result<Vec<(&'a Value, String)>> {
+pub fn rows<'a, 'v>(
+    value: Option<&'a Value<'v>>,
+    path: &str,
+) -> Result<Vec<(&'a Value<'v>, String)>> {
     match value {
         None => Ok(Vec::new()),
         Some(Value::Array(items)) => Ok(items
@@ -1060,10 +1076,10 @@ impl FanOut {
     /// what `route` gives for the route it names, and its path in the message.
     pub fn records<'v, R>(
         &self,
-        body: &'v Value,
+        body: &'v Value<'v>,
         path: &str,
         route: impl Fn(&str) -> Option<R>,
-    ) -> Result<Vec<(R, &'v Value, String)>> {
+    ) -> Result<Vec<(R, &'v Value<'v>, String)>> {
         let at = join(path, self.array);
         let elements = rows(lookup(body, self.array), &at)?;
         let mut records = Vec::with_capacity(elements.len());
@@ -1081,10 +1097,10 @@ impl FanOut {
     /// why it has none.
     fn route<'v, R>(
         &self,
-        element: &'v Value,
+        element: &'v Value<'v>,
         element_path: &str,
         route: &impl Fn(&str) -> Option<R>,
-    ) -> Result<(R, &'v Value, String)> {
+    ) -> Result<(R, &'v Value<'v>, String)> {
         let path = join(element_path, self.record);
         let record = match lookup(element, self.record) {
             Some(record @ Value::Object(_)) => record,
@@ -1243,6 +1259,65 @@ mod tests {
             decimal_in(&json!("0.5"), "/p", 15, 2, 0.0..=1.0).unwrap(),
             "0.50"
         );
+    }
+
+    #[test]
+    fn decimal_bounds_compare_as_the_exact_digits_do() {
+        // The f64 shortcut must agree with comparing exact digits, near bounds above all.
+        let bounds = [0.0, 0.1, -0.1, 1.0, 0.3, 99.99, 1e-7, 123_456.789, -5.5];
+        let values = [
+            "0",
+            "-0",
+            "0.1",
+            "0.10",
+            "0.10000000000000000001",
+            "0.09999999999999999999",
+            "0.1000000000000000055511151231257827",
+            "-0.1",
+            "-0.10000000000000000001",
+            "1",
+            "1.0000000000000000000001",
+            "0.99999999999999999999",
+            "0.3",
+            "0.30000000000000004",
+            "0.29999999999999998",
+            "99.99",
+            "99.990000000000000001",
+            "1E-7",
+            "1.00000000000000001E-7",
+            "123456.789",
+            "123456.78900000000001",
+            "-5.5",
+            "-5.50000000000000000001",
+            "1E+400",
+            "-1E+400",
+            "1E-400",
+        ];
+        for raw in values {
+            let exact = Decimal::parse(raw).unwrap();
+            for bound in bounds {
+                let expected = exact.compare(&Decimal::parse(&bound.to_string()).unwrap());
+                let at_least = numeric_in(&json!(raw), "/p", bound..).is_ok();
+                let at_most = numeric_in(&json!(raw), "/p", ..=bound).is_ok();
+                let above = numeric_in(
+                    &json!(raw),
+                    "/p",
+                    (Bound::Excluded(bound), Bound::Unbounded),
+                )
+                .is_ok();
+                let below = numeric_in(&json!(raw), "/p", ..bound).is_ok();
+                assert_eq!(
+                    (at_least, at_most, above, below),
+                    (
+                        expected.is_ge(),
+                        expected.is_le(),
+                        expected.is_gt(),
+                        expected.is_lt()
+                    ),
+                    "{raw} against {bound}"
+                );
+            }
+        }
     }
 
     #[test]

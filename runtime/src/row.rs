@@ -39,13 +39,13 @@ value_from! {
 
 impl From<NaiveDate> for Value {
     fn from(value: NaiveDate) -> Self {
-        Value::Text(value.to_string())
+        Value::Text(crate::calendar::date_text(value))
     }
 }
 
 impl From<NaiveTime> for Value {
     fn from(value: NaiveTime) -> Self {
-        Value::Text(value.format("%H:%M:%S%.f").to_string())
+        Value::Text(crate::calendar::time_text(value))
     }
 }
 
@@ -61,15 +61,15 @@ impl From<uuid::Uuid> for Value {
     }
 }
 
-impl From<crate::json::Value> for Value {
-    fn from(value: crate::json::Value) -> Self {
+impl From<crate::json::Value<'_>> for Value {
+    fn from(value: crate::json::Value<'_>) -> Self {
         Value::from(&value)
     }
 }
 
 /// JSON without a copy of the document: generated code converts `&self.field`.
-impl From<&crate::json::Value> for Value {
-    fn from(value: &crate::json::Value) -> Self {
+impl From<&crate::json::Value<'_>> for Value {
+    fn from(value: &crate::json::Value<'_>) -> Self {
         Value::Text(value.to_string())
     }
 }

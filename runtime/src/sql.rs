@@ -374,15 +374,13 @@ pub fn copy_binary_row(out: &mut Vec<u8>, columns: &[Column], row: &[Value]) -> 
                 field(out, &numeric_binary(text).ok_or_else(bad)?)
             }
             (ColumnType::Date, Value::Text(text)) => {
-                let date =
-                    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| bad())?;
+                let date = crate::calendar::date(text).ok_or_else(bad)?;
                 let days = date.to_epoch_days() - PG_EPOCH_DAYS;
                 field(out, &days.to_be_bytes())
             }
             (ColumnType::Time, Value::Text(text)) => {
                 use chrono::Timelike as _;
-                let time =
-                    chrono::NaiveTime::parse_from_str(text, "%H:%M:%S%.f").map_err(|_| bad())?;
+                let time = crate::calendar::time(text).ok_or_else(bad)?;
                 let micros = i64::from(time.num_seconds_from_midnight()) * 1_000_000
                     + i64::from(time.nanosecond() / 1_000);
                 field(out, &micros.to_be_bytes())

@@ -92,7 +92,8 @@ fn write(conn: &mut AnyConnection, numbers: &[(String, bool)], first_id: i64) ->
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let body = json::from_str(&format!("[{body}]")).expect("valid JSON");
+    let text = format!("[{body}]");
+    let body = json::from_str(&text).expect("valid JSON");
     let mut rows = Vec::new();
     let mut expected = Vec::new();
     for (i, (text, _)) in numbers.iter().enumerate() {

@@ -24,5 +24,5 @@ pub struct Observation {
     pub value: Option<String>,
     pub unit: Option<String>,
     pub value_text: Option<String>,
-    pub resource: nomnom_runtime::json::Value,
+    pub resource: nomnom_runtime::json::Value<'static>,
 }

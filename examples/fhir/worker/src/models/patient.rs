@@ -8,5 +8,5 @@ pub struct Patient {
     pub gender: Option<String>,
     pub birth_date: Option<chrono::NaiveDate>,
     pub deceased: Option<bool>,
-    pub resource: nomnom_runtime::json::Value,
+    pub resource: nomnom_runtime::json::Value<'static>,
 }

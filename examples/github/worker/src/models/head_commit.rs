@@ -7,5 +7,5 @@ pub struct HeadCommit {
     pub sha: String,
     pub message: String,
     pub committed_at: chrono::DateTime<chrono::Utc>,
-    pub author: nomnom_runtime::json::Value,
+    pub author: nomnom_runtime::json::Value<'static>,
 }

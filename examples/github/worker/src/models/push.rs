@@ -14,5 +14,5 @@ pub struct Push {
     pub pushed_at: chrono::DateTime<chrono::Utc>,
     pub repository_created_at: chrono::DateTime<chrono::Utc>,
     pub repository_updated_at: chrono::DateTime<chrono::Utc>,
-    pub payload: nomnom_runtime::json::Value,
+    pub payload: nomnom_runtime::json::Value<'static>,
 }

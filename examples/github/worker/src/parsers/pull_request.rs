@@ -10,7 +10,7 @@ use nomnom_runtime::row::Row as _;
 
 use crate::models::PullRequest;
 
-static PULL_REQUEST_DRAFT_DEFAULT: std::sync::LazyLock<nomnom_runtime::json::Value> =
+static PULL_REQUEST_DRAFT_DEFAULT: std::sync::LazyLock<nomnom_runtime::json::Value<'static>> =
     std::sync::LazyLock::new(|| {
         nomnom_runtime::json::from_str("false").expect("validated by nomnom")
     });

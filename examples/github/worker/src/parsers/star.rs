@@ -60,7 +60,7 @@ pub fn parse_message(
     use nomnom_runtime::change::Op;
     let op = match p::lookup(body, &["action"]) {
         None => Op::Create,
-        Some(Value::String(value)) => match value.as_str() {
+        Some(Value::String(value)) => match value.as_ref() {
             "create" | "c" | "insert" => Op::Create,
             "created" => Op::Upsert,
             "patch" | "p" => Op::Patch,
