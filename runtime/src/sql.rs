@@ -597,6 +597,35 @@ pub(crate) fn key_types(table: &Table) -> Vec<ColumnType> {
         .collect()
 }
 
+/// A key column's value as a hash map key: equal exactly when the values are (floats
+/// by their bits, so `-0.0` is not `0.0`).
+#[derive(PartialEq, Eq, Hash)]
+enum KeyPart<'a> {
+    Null,
+    Bool(bool),
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    F32(u32),
+    F64(u64),
+    Text(&'a str),
+}
+
+impl<'a> From<&'a Value> for KeyPart<'a> {
+    fn from(value: &'a Value) -> Self {
+        match value {
+            Value::Null => KeyPart::Null,
+            Value::Bool(b) => KeyPart::Bool(*b),
+            Value::I16(n) => KeyPart::I16(*n),
+            Value::I32(n) => KeyPart::I32(*n),
+            Value::I64(n) => KeyPart::I64(*n),
+            Value::F32(n) => KeyPart::F32(n.to_bits()),
+            Value::F64(n) => KeyPart::F64(n.to_bits()),
+            Value::Text(text) => KeyPart::Text(text),
+        }
+    }
+}
+
 /// Rows with distinct keys: for upserts the last row of each key wins, for ignores the
 /// first (a statement may not touch the same row twice).
 fn dedupe<'a>(table: &Table, rows: &'a [Vec<Value>]) -> Vec<&'a Vec<Value>> {
@@ -604,12 +633,9 @@ fn dedupe<'a>(table: &Table, rows: &'a [Vec<Value>]) -> Vec<&'a Vec<Value>> {
         return rows.iter().collect();
     }
     let positions = key_positions(table);
-    let mut chosen: HashMap<String, usize> = HashMap::new();
+    let mut chosen: HashMap<Vec<KeyPart<'_>>, usize> = HashMap::with_capacity(rows.len());
     for (index, row) in rows.iter().enumerate() {
-        let key = format!(
-            "{:?}",
-            positions.iter().map(|p| &row[*p]).collect::<Vec<_>>()
-        );
+        let key: Vec<KeyPart<'_>> = positions.iter().map(|p| KeyPart::from(&row[*p])).collect();
         match chosen.get_mut(&key) {
             Some(slot) if table.write == WriteMode::Upsert => *slot = index,
             Some(_) => {}
