@@ -5,7 +5,7 @@
 use std::collections::{HashMap, hash_map::Entry};
 
 use crate::parse::ParseError;
-use crate::sql::{Table, Value, WriteMode};
+use crate::sql::{KeyPart, Table, Value, WriteMode};
 
 /// The column of every root table holding the stream sequence of the message that last
 /// wrote the row: what "newer" is measured against.
@@ -94,7 +94,7 @@ pub struct ChildRows {
     /// The JSON path of each row in the message body, in the order of `rows`.
     pub paths: Vec<String>,
     /// The row of each key so far (keys with a NULL, which never collide, left out).
-    keys: HashMap<String, usize>,
+    keys: HashMap<Vec<KeyPart<'static>>, usize>,
     /// Where the key columns are in a row, once per table rather than per row; empty
     /// when duplicates are not refused (`ignore_duplicates`, or no key).
     key_positions: Vec<usize>,
@@ -147,17 +147,16 @@ impl Change {
         self
     }
 
-    /// The root row's key as text, or `None` if a key column is missing or NULL (such
-    /// keys never collide).
-    fn key_text(&self) -> Option<String> {
-        let key = crate::sql::key_positions(&self.entity.table)
+    /// The root row's key, or `None` if a key column is missing or NULL (such keys never
+    /// collide).
+    fn key(&self) -> Option<Vec<KeyPart<'static>>> {
+        crate::sql::key_positions(&self.entity.table)
             .iter()
             .map(|p| match self.values.get(*p) {
                 Some(Some(Value::Null)) | Some(None) | None => None,
-                Some(Some(value)) => Some(value),
+                Some(Some(value)) => Some(KeyPart::of(value).into_owned()),
             })
-            .collect::<Option<Vec<&Value>>>()?;
-        Some(format!("{key:?}"))
+            .collect()
     }
 
     /// Sets the version.
@@ -198,7 +197,8 @@ impl Change {
                 .collect();
             if !key.iter().any(|v| **v == Value::Null) {
                 let next = group.rows.len();
-                let first = match group.keys.entry(format!("{key:?}")) {
+                let key = key.into_iter().map(|v| KeyPart::of(v).into_owned());
+                let first = match group.keys.entry(key.collect()) {
                     Entry::Occupied(seen) => Some(group.paths[*seen.get()].clone()),
                     Entry::Vacant(slot) => {
                         slot.insert(next);
@@ -254,7 +254,7 @@ impl Change {
 pub struct Records {
     changes: Vec<Change>,
     /// The change of each root key so far, by table and key.
-    keys: HashMap<(&'static str, String), usize>,
+    keys: HashMap<(&'static str, Vec<KeyPart<'static>>), usize>,
 }
 
 impl Records {
@@ -265,13 +265,13 @@ impl Records {
     pub fn push(&mut self, change: Change) -> Result<(), ParseError> {
         // Most messages hold one change: keys are only compared once a second comes.
         if self.changes.len() == 1
-            && let Some(key) = self.changes[0].key_text()
+            && let Some(key) = self.changes[0].key()
         {
             self.keys
                 .insert((self.changes[0].entity.table.name, key), 0);
         }
         if !self.changes.is_empty()
-            && let Some(key) = change.key_text()
+            && let Some(key) = change.key()
         {
             let table = &change.entity.table;
             let next = self.changes.len();

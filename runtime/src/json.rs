@@ -179,12 +179,22 @@ impl<'a> Map<'a> {
         removed
     }
 
-    /// The members, each name once (with its last value), in the order sent.
+    /// The members, each name once (with its last value), in name order, as serde_json's
+    /// map holds them.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value<'a>)> {
-        let members = &self.0;
-        (members.iter().enumerate())
-            .filter(|(index, (name, _))| !members[index + 1..].iter().any(|(n, _)| n == name))
-            .map(|(_, (name, value))| (name.as_ref(), value))
+        let mut members: Vec<(&str, &Value<'a>)> = (self.0.iter())
+            .map(|(name, value)| (name.as_ref(), value))
+            .collect();
+        // Stable: of the members with one name, the last sent stays last, and is kept.
+        members.sort_by(|a, b| a.0.cmp(b.0));
+        let mut kept: Vec<(&str, &Value<'a>)> = Vec::with_capacity(members.len());
+        for member in members {
+            match kept.last_mut() {
+                Some(last) if last.0 == member.0 => *last = member,
+                _ => kept.push(member),
+            }
+        }
+        kept.into_iter()
     }
 
     pub fn len(&self) -> usize {
@@ -428,42 +438,30 @@ impl From<serde_json_lenient::Value> for Value<'static> {
     }
 }
 
-/// The document as serde_json's exact `Value` (members in name order, each once).
-impl From<&Value<'_>> for serde_json_lenient::Value {
-    fn from(value: &Value<'_>) -> Self {
-        use serde_json_lenient::Value as V;
-        match value {
-            Value::Null => V::Null,
-            Value::Bool(b) => V::Bool(*b),
-            Value::Number(n) => V::Number(serde_json_lenient::Number::from_string_unchecked(
-                n.text().into_owned(),
-            )),
-            Value::String(text) => V::String(text.to_string()),
-            Value::Array(items) => V::Array(items.iter().map(V::from).collect()),
-            Value::Object(Map(members)) => V::Object(
-                (members.iter())
-                    .map(|(name, value)| (name.to_string(), V::from(value)))
-                    .collect(),
-            ),
-        }
-    }
-}
-
 /// Compact JSON, numbers as sent, members in name order (as `json` columns store it).
 impl fmt::Display for Value<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Value::Null => f.write_str("null"),
-            Value::Bool(b) => write!(f, "{b}"),
-            Value::Number(n) => write!(f, "{n}"),
-            other => write!(f, "{}", serde_json_lenient::Value::from(other)),
-        }
+        f.write_str(&serde_json_lenient::to_string(self).map_err(|_| fmt::Error)?)
     }
 }
 
+/// As serde_json writes its exact `Value`: numbers as sent, members in name order, each
+/// name once.
 impl serde::Serialize for Value<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serde_json_lenient::Value::from(self).serialize(serializer)
+        match self {
+            Value::Null => serializer.serialize_unit(),
+            Value::Bool(b) => serializer.serialize_bool(*b),
+            Value::Number(Number(NumberRepr::Unsigned(n))) => serializer.serialize_u64(*n),
+            Value::Number(Number(NumberRepr::Signed(n))) => serializer.serialize_i64(*n),
+            Value::Number(Number(NumberRepr::Text(text))) => {
+                serde_json_lenient::Number::from_string_unchecked(text.to_string())
+                    .serialize(serializer)
+            }
+            Value::String(text) => serializer.serialize_str(text),
+            Value::Array(items) => serializer.collect_seq(items),
+            Value::Object(map) => serializer.collect_map(map.iter()),
+        }
     }
 }
 
@@ -635,7 +633,7 @@ mod tests {
         assert_eq!(value["esc\"aped"].as_str(), Some("a\nbé😀"));
         // The same document as serde_json reads it, written the same.
         let theirs: serde_json_lenient::Value = serde_json_lenient::from_str(text).unwrap();
-        assert_eq!(serde_json_lenient::Value::from(&value), theirs);
+        assert_eq!(serde_json_lenient::to_value(&value).unwrap(), theirs);
         assert_eq!(value.to_string(), theirs.to_string());
         assert_eq!(Value::from(theirs), value);
     }
@@ -647,7 +645,7 @@ mod tests {
         let map = value.as_object().unwrap();
         assert_eq!(map.len(), 2);
         let names: Vec<&str> = map.iter().map(|(name, _)| name).collect();
-        assert_eq!(names, ["b", "a"]);
+        assert_eq!(names, ["a", "b"]);
         assert_eq!(value.to_string(), r#"{"a":3,"b":2}"#);
         let mut changed = value.clone();
         changed["c"]["d"] = json!([1]);
@@ -682,7 +680,8 @@ mod tests {
             "/a/b~1c/-",
         ] {
             assert_eq!(
-                ours.pointer(pointer).map(serde_json_lenient::Value::from),
+                ours.pointer(pointer)
+                    .map(|v| serde_json_lenient::to_value(v).unwrap()),
                 theirs.pointer(pointer).cloned(),
                 "{pointer:?}"
             );

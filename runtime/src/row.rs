@@ -39,7 +39,7 @@ value_from! {
 
 impl From<NaiveDate> for Value {
     fn from(value: NaiveDate) -> Self {
-        Value::Text(crate::calendar::date_text(value))
+        Value::Text(value.to_string())
     }
 }
 

@@ -3,6 +3,7 @@
 //! its tables ([`Table`]) and turns each row into [`Value`]s; the SQL lives here and is
 //! tested here, on both databases.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use diesel::{
@@ -597,10 +598,12 @@ pub(crate) fn key_types(table: &Table) -> Vec<ColumnType> {
         .collect()
 }
 
-/// A key column's value as a hash map key: equal exactly when the values are (floats
-/// by their bits, so `-0.0` is not `0.0`).
-#[derive(PartialEq, Eq, Hash)]
-enum KeyPart<'a> {
+/// One value of a key, as a hash map key: equal exactly when the values are (floats by
+/// their bits, so `-0.0` is not `0.0`). How rows and records of one key are told apart
+/// in memory (a batch's writes, a message's children and records); what outlives the
+/// process (locks, tombstones) uses `apply::store::key_text`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum KeyPart<'a> {
     Null,
     Bool(bool),
     I16(i16),
@@ -608,11 +611,12 @@ enum KeyPart<'a> {
     I64(i64),
     F32(u32),
     F64(u64),
-    Text(&'a str),
+    Text(Cow<'a, str>),
 }
 
-impl<'a> From<&'a Value> for KeyPart<'a> {
-    fn from(value: &'a Value) -> Self {
+impl KeyPart<'_> {
+    /// The key part of `value`, borrowing its text.
+    pub(crate) fn of(value: &Value) -> KeyPart<'_> {
         match value {
             Value::Null => KeyPart::Null,
             Value::Bool(b) => KeyPart::Bool(*b),
@@ -621,7 +625,21 @@ impl<'a> From<&'a Value> for KeyPart<'a> {
             Value::I64(n) => KeyPart::I64(*n),
             Value::F32(n) => KeyPart::F32(n.to_bits()),
             Value::F64(n) => KeyPart::F64(n.to_bits()),
-            Value::Text(text) => KeyPart::Text(text),
+            Value::Text(text) => KeyPart::Text(Cow::Borrowed(text)),
+        }
+    }
+
+    /// The same part, owning its text (a key kept while its row moves).
+    pub(crate) fn into_owned(self) -> KeyPart<'static> {
+        match self {
+            KeyPart::Null => KeyPart::Null,
+            KeyPart::Bool(b) => KeyPart::Bool(b),
+            KeyPart::I16(n) => KeyPart::I16(n),
+            KeyPart::I32(n) => KeyPart::I32(n),
+            KeyPart::I64(n) => KeyPart::I64(n),
+            KeyPart::F32(n) => KeyPart::F32(n),
+            KeyPart::F64(n) => KeyPart::F64(n),
+            KeyPart::Text(text) => KeyPart::Text(Cow::Owned(text.into_owned())),
         }
     }
 }
@@ -635,7 +653,7 @@ fn dedupe<'a>(table: &Table, rows: &'a [Vec<Value>]) -> Vec<&'a Vec<Value>> {
     let positions = key_positions(table);
     let mut chosen: HashMap<Vec<KeyPart<'_>>, usize> = HashMap::with_capacity(rows.len());
     for (index, row) in rows.iter().enumerate() {
-        let key: Vec<KeyPart<'_>> = positions.iter().map(|p| KeyPart::from(&row[*p])).collect();
+        let key: Vec<KeyPart<'_>> = positions.iter().map(|p| KeyPart::of(&row[*p])).collect();
         match chosen.get_mut(&key) {
             Some(slot) if table.write == WriteMode::Upsert => *slot = index,
             Some(_) => {}
