@@ -26,7 +26,7 @@ pub use serde_json_lenient as lenient;
 pub use serde_json_lenient::Error;
 
 /// A JSON document or a part of one, borrowing from the text it was read from;
-/// `Value<'static>` owns everything (see [`Value::into_owned`]).
+/// `Value<'static>` owns everything (see [`Value::to_static`]).
 #[derive(Debug, Clone, Default)]
 pub enum Value<'a> {
     #[default]
@@ -114,11 +114,12 @@ impl<'a> Number<'a> {
         }
     }
 
-    pub fn into_owned(self) -> Number<'static> {
-        Number(match self.0 {
-            NumberRepr::Unsigned(n) => NumberRepr::Unsigned(n),
-            NumberRepr::Signed(n) => NumberRepr::Signed(n),
-            NumberRepr::Text(text) => NumberRepr::Text(Cow::Owned(text.into_owned())),
+    /// A copy that owns its text.
+    pub fn to_static(&self) -> Number<'static> {
+        Number(match &self.0 {
+            NumberRepr::Unsigned(n) => NumberRepr::Unsigned(*n),
+            NumberRepr::Signed(n) => NumberRepr::Signed(*n),
+            NumberRepr::Text(text) => NumberRepr::Text(Cow::Owned(text.to_string())),
         })
     }
 
@@ -336,17 +337,17 @@ impl<'a> Value<'a> {
         })
     }
 
-    /// The same document, owning all of itself.
-    pub fn into_owned(self) -> Value<'static> {
+    /// A copy of the document that owns all of itself (one pass, whatever it borrowed).
+    pub fn to_static(&self) -> Value<'static> {
         match self {
             Value::Null => Value::Null,
-            Value::Bool(b) => Value::Bool(b),
-            Value::Number(n) => Value::Number(n.into_owned()),
-            Value::String(text) => Value::String(Cow::Owned(text.into_owned())),
-            Value::Array(items) => Value::Array(items.into_iter().map(Value::into_owned).collect()),
+            Value::Bool(b) => Value::Bool(*b),
+            Value::Number(n) => Value::Number(n.to_static()),
+            Value::String(text) => Value::String(Cow::Owned(text.to_string())),
+            Value::Array(items) => Value::Array(items.iter().map(Value::to_static).collect()),
             Value::Object(Map(members)) => Value::Object(Map(members
-                .into_iter()
-                .map(|(name, value)| (Cow::Owned(name.into_owned()), value.into_owned()))
+                .iter()
+                .map(|(name, value)| (Cow::Owned(name.to_string()), value.to_static()))
                 .collect())),
         }
     }

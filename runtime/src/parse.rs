@@ -212,7 +212,7 @@ impl<'a> Found<'a> {
             .then(|| crate::json::from_str(captured).ok())
             .flatten()
             .filter(|v| v.is_number() || v.is_boolean())
-            .map(Value::into_owned)
+            .map(|value| value.to_static())
             .unwrap_or_else(|| Value::from(captured.to_owned()));
         Ok(Found {
             value: Some(Cow::Owned(value)),
@@ -1018,7 +1018,7 @@ pub fn uuid(value: &Value, path: &str) -> Result<uuid::Uuid> {
 
 /// Any JSON value, kept as is.
 pub fn json(value: &Value, _path: &str) -> Result<Value<'static>> {
-    Ok(value.clone().into_owned())
+    Ok(value.to_static())
 }
 
 /// An array column's value: each element converted by `convert`, errors naming the

@@ -11,7 +11,7 @@ fn as_read(row: serde_json::Value) -> Value<'static> {
     let bytes = serde_json::to_vec(&row).unwrap();
     nomnom_runtime::json::from_slice(&bytes)
         .unwrap()
-        .into_owned()
+        .to_static()
 }
 
 fn envelope_for(entity: Option<&str>) -> Envelope {
