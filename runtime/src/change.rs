@@ -159,6 +159,24 @@ impl Change {
             .collect()
     }
 
+    /// Feeds the root row's table and key to `state`: what tells two writes of one row
+    /// apart from writes of different rows (see the worker's batches in flight). False,
+    /// feeding nothing, when a key column is missing or NULL (such keys never collide).
+    pub(crate) fn hash_key(&self, state: &mut impl std::hash::Hasher) -> bool {
+        use std::hash::Hash;
+        let positions = crate::sql::key_positions(&self.entity.table);
+        let mut parts = Vec::with_capacity(positions.len());
+        for p in positions {
+            match self.values.get(p) {
+                Some(Some(Value::Null)) | Some(None) | None => return false,
+                Some(Some(value)) => parts.push(KeyPart::of(value)),
+            }
+        }
+        self.entity.table.name.hash(state);
+        parts.hash(state);
+        true
+    }
+
     /// Sets the version.
     #[must_use]
     pub fn with_version(mut self, version: Version) -> Self {
@@ -446,6 +464,26 @@ mod tests {
                 .starts_with("/e/0 and /e/3 have the same key (id = 1)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_root_row_is_hashed_by_its_table_and_key() {
+        use std::hash::{DefaultHasher, Hasher};
+        let hash = |change: &Change| {
+            let mut hasher = DefaultHasher::new();
+            change.hash_key(&mut hasher).then(|| hasher.finish())
+        };
+        let one = hash(&record(&KEPT, 1, "")).unwrap();
+        let same_row = Change::row(&KEPT, Op::Delete, vec![Value::I64(1)]);
+        assert_eq!(
+            hash(&same_row),
+            Some(one),
+            "another operation on the same row"
+        );
+        assert_ne!(hash(&record(&KEPT, 2, "")), Some(one), "another key");
+        assert_ne!(hash(&record(&SEEN, 1, "")), Some(one), "another table");
+        let no_key = Change::row(&KEPT, Op::Create, vec![Value::Null]);
+        assert_eq!(hash(&no_key), None, "a NULL key names no row");
     }
 
     #[test]

@@ -131,6 +131,94 @@ async fn a_write_held_up_past_ack_wait_is_not_redelivered() {
     assert_eq!(info.delivered.consumer_sequence, ORDERS as u64);
 }
 
+/// Two writers: a batch held up on a lock does not hold up a batch with other rows,
+/// which commits meanwhile; a batch with a row in common waits behind it (it is not
+/// written at once), and the later message's row is the one kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_held_up_on_a_lock_does_not_hold_up_other_rows() {
+    let nats = NatsServer::start();
+    let pg = Postgres::start();
+    let url = pg.create_database("writers");
+    migrate(&url);
+    let first: Value = tpch_data::orders(0.001).next().unwrap();
+    let mut second = first.clone();
+    second["o_comment"] = Value::from("sent second");
+    second["lineitems"].as_array_mut().unwrap().truncate(1);
+    let customer: Value = tpch_data::customers(0.001).next().unwrap();
+
+    let api = start_api(&nats).await;
+    post_order(&api, &first).await;
+    let reply = reqwest::Client::new()
+        .post(format!("{api}/api/ingest/message/customer"))
+        .json(&customer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202);
+    post_order(&api, &second).await;
+
+    // Hold the orders table: the first order's batch waits on the lock.
+    let mut blocker = diesel::PgConnection::establish(&url).unwrap();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let _worker = Worker::start_with(
+        &nats,
+        &url,
+        &[
+            ("NOMNOM_WRITERS", "2"),
+            ("NOMNOM_BATCH_SIZE", "1"),
+            ("NOMNOM_BATCH_WAIT", "50ms"),
+        ],
+    );
+    let waiting_on_locks = || {
+        count(
+            &url,
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+        )
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "the first order to wait on the lock",
+        || waiting_on_locks() >= 1,
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(30),
+        "the customer to be written while the first order waits",
+        || count(&url, "SELECT count(*) AS n FROM customer") == 1,
+    )
+    .await;
+    // The second order is fetched (both orders delivered, nothing left to deliver) …
+    let mut fetched = false;
+    for _ in 0..600 {
+        let info = consumer_info(&nats).await;
+        if info.num_pending == 0 && info.num_ack_pending == 2 {
+            fetched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(fetched, "the second order was not fetched");
+    // … and held: its write would wait on the lock too.
+    assert!(
+        !common::eventually(Duration::from_secs(1), || waiting_on_locks() > 1).await,
+        "the batch sharing a row with the held-up one was written at once"
+    );
+
+    blocker.batch_execute("COMMIT").unwrap();
+    wait_for(Duration::from_secs(60), "every message", || {
+        count(
+            &url,
+            "SELECT count(*) AS n FROM nomnom_message_status WHERE status = 'persisted'",
+        ) == 3
+    })
+    .await;
+    let kept = common::lines(&url, "SELECT o_comment AS line FROM orders");
+    assert_eq!(kept, ["sent second"], "the later message's row is kept");
+    assert_eq!(count(&url, "SELECT count(*) AS n FROM lineitem"), 1);
+}
+
 /// The stream deleted under a running worker: the worker recreates it (and its
 /// consumer) and goes on persisting what is posted next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

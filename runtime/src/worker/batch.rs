@@ -1,11 +1,14 @@
 //! One batch, in four phases: decode (the envelope), parse (the body, into rows), write
 //! (one transaction with the status rows) and settle (ack, nak or dead-letter each
-//! message). [`Worker::prepare`] does the first two and [`Worker::finish`] the last two,
-//! so that the loop (`mod.rs`) can prepare the next batch while this one is written.
+//! message). [`Worker::prepare`] does the first two, [`Worker::write_prepared`] and
+//! [`Worker::settle_written`] the last two, so that the loop (`mod.rs`) can prepare the
+//! next batch while this one is written, and write it while this one is settled.
 //! Only committed messages are acknowledged. A message whose status row already says
 //! `persisted` (a redelivery after a crash between commit and acknowledgement) is
 //! acknowledged without writing again.
 
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,19 +131,72 @@ pub(super) struct Prepared {
     started: Instant,
     /// When the stream its messages came from was created: their sequences' incarnation.
     stream_created: i64,
+    /// The rows its write takes locks on.
+    keys: Keys,
 }
 
 impl Prepared {
     pub(super) fn len(&self) -> usize {
         self.deliveries.len()
     }
+
+    /// The rows its write takes locks on.
+    pub(super) fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Its keys, kept by the loop while it is written.
+    pub(super) fn take_keys(&mut self) -> Keys {
+        std::mem::take(&mut self.keys)
+    }
+}
+
+/// The rows a batch's write touches, hashed: each root row's table and key (its
+/// children are keyed under it) and each message's status row. Two batches whose keys
+/// are disjoint write different rows, so their transactions can run at once without
+/// waiting on each other's locks; a hash collision only makes two batches wait in turn.
+#[derive(Debug, Default)]
+pub(super) struct Keys(HashSet<u64>);
+
+impl Keys {
+    fn of(deliveries: &[Delivery]) -> Self {
+        let mut keys = HashSet::with_capacity(deliveries.len() * 2);
+        for delivery in deliveries {
+            let Some(parsed) = &delivery.parsed else {
+                continue;
+            };
+            if let Some(envelope) = &delivery.envelope {
+                let mut hasher = DefaultHasher::new();
+                (crate::defaults::STATUS_TABLE, envelope.message_id).hash(&mut hasher);
+                keys.insert(hasher.finish());
+            }
+            for change in &parsed.changes {
+                let mut hasher = DefaultHasher::new();
+                if change.hash_key(&mut hasher) {
+                    keys.insert(hasher.finish());
+                }
+            }
+        }
+        Self(keys)
+    }
+
+    /// Whether a row is in both.
+    pub(super) fn meet(&self, other: &Keys) -> bool {
+        let (small, large) = if self.0.len() <= other.0.len() {
+            (self, other)
+        } else {
+            (other, self)
+        };
+        small.0.iter().any(|key| large.0.contains(key))
+    }
 }
 
 /// What became of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Processed {
-    /// Every message settled (acknowledged, naked or dead-lettered).
-    Settled,
+    /// Written, or failed (each message then marked for a retry or the dead-letter
+    /// stream): ready to be settled.
+    Written,
     /// Shutdown was requested and its grace period ended with the write still running:
     /// nothing of the batch was acknowledged (or naked, or dead-lettered). The database
     /// rolls the transaction back when the process exits, unless it committed, in which
@@ -173,6 +229,7 @@ impl<S: EntitySchema> Worker<S> {
         let redelivered = deliveries.iter().filter(|d| d.delivered > 1).count();
         metrics::counter!("worker_redeliveries_total").increment(redelivered as u64);
         let batch = Prepared {
+            keys: Keys::of(&deliveries),
             deliveries,
             started,
             stream_created,
@@ -184,12 +241,15 @@ impl<S: EntitySchema> Worker<S> {
         batch
     }
 
-    /// Writes a prepared batch in one transaction, then settles each message.
-    pub(super) async fn finish(&self, mut batch: Prepared) -> Processed {
+    /// Writes a prepared batch in one transaction; [`Worker::settle_written`] then
+    /// settles each message, unless the write was abandoned.
+    pub(super) async fn write_prepared(&self, batch: &mut Prepared) -> Processed {
         let created = batch.stream_created;
-        if self.write(&mut batch.deliveries, created).await == Processed::Abandoned {
-            return Processed::Abandoned;
-        }
+        self.write(&mut batch.deliveries, created).await
+    }
+
+    /// Acknowledges, naks or dead-letters each message of a written batch.
+    pub(super) async fn settle_written(&self, batch: Prepared) {
         self.settle(&batch.deliveries).await;
         let elapsed = batch.started.elapsed();
         metrics::histogram!("worker_batch_duration_seconds").record(elapsed.as_secs_f64());
@@ -198,7 +258,6 @@ impl<S: EntitySchema> Worker<S> {
             elapsed_ms = elapsed.as_millis() as u64,
             "batch done"
         );
-        Processed::Settled
     }
 
     /// Tells JetStream a batch in hand, not being written yet, is still being worked on.
@@ -332,7 +391,7 @@ impl<S: EntitySchema> Worker<S> {
                 }
             }
         }
-        Processed::Settled
+        Processed::Written
     }
 
     /// Runs the write transaction off the async runtime. A write held up (locks, a slow

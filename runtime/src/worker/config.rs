@@ -9,6 +9,7 @@ use super::WorkerError;
 use crate::{
     NatsConfig, StreamSettings,
     cli::{NatsArgs, StreamArgs, TraceArgs},
+    db::{DatabaseKind, DatabaseUrl},
     defaults, duration, subject,
     telemetry::LogFormat,
 };
@@ -37,6 +38,11 @@ pub struct WorkerArgs {
     /// Most messages per batch (one transaction).
     #[arg(long, env = "NOMNOM_BATCH_SIZE", default_value_t = defaults::WORKER_BATCH_SIZE)]
     pub batch_size: usize,
+    /// Batches written at once, each in its own transaction on its own database
+    /// connection; a batch sharing a key with one being written waits for it. Default: 2
+    /// on PostgreSQL, 1 on SQLite (which allows one writer at a time).
+    #[arg(long, env = "NOMNOM_WRITERS")]
+    pub writers: Option<usize>,
     /// Longest wait to fill a batch.
     #[arg(long, env = "NOMNOM_BATCH_WAIT", default_value = "100ms", value_parser = duration::parse)]
     pub batch_wait: Duration,
@@ -86,6 +92,9 @@ pub struct WorkerConfig {
     pub database_url: String,
     pub consumer: String,
     pub batch_size: usize,
+    /// Batches written at once; `None`: [`defaults::WORKER_WRITERS_POSTGRES`] on
+    /// PostgreSQL, 1 on SQLite (see [`WorkerConfig::writers_on`]).
+    pub writers: Option<usize>,
     pub batch_wait: Duration,
     pub ack_wait: Duration,
     /// Deliveries before a message failing transiently is dead-lettered; -1: never.
@@ -115,6 +124,7 @@ impl Default for WorkerConfig {
             database_url: defaults::DATABASE_URL.to_owned(),
             consumer: defaults::WORKER_CONSUMER.to_owned(),
             batch_size: defaults::WORKER_BATCH_SIZE,
+            writers: None,
             batch_wait: defaults::WORKER_BATCH_WAIT,
             ack_wait: defaults::WORKER_ACK_WAIT,
             max_deliver: defaults::WORKER_MAX_DELIVER,
@@ -137,6 +147,7 @@ impl WorkerArgs {
             database_url: self.database_url.clone(),
             consumer: self.consumer.clone(),
             batch_size: self.batch_size.max(1),
+            writers: self.writers,
             batch_wait: self.batch_wait,
             ack_wait: self.ack_wait,
             max_deliver: self.max_deliver,
@@ -176,7 +187,37 @@ impl WorkerConfig {
         if self.backoff.iter().any(Duration::is_zero) {
             return invalid("backoff delays must be above zero; fix NOMNOM_BACKOFF".into());
         }
+        match self.writers {
+            Some(0) => {
+                return invalid(
+                    "writers must be at least 1; set NOMNOM_WRITERS to 1 or more, or unset it"
+                        .into(),
+                );
+            }
+            Some(n) if n > 1 && self.database_kind() == Some(DatabaseKind::Sqlite) => {
+                return invalid(format!(
+                    "SQLite allows one writer at a time, got {n} writers; set NOMNOM_WRITERS to 1, or unset it"
+                ));
+            }
+            _ => {}
+        }
         Ok(())
+    }
+
+    /// The database `database_url` names, if it names one.
+    fn database_kind(&self) -> Option<DatabaseKind> {
+        DatabaseUrl::parse(&self.database_url)
+            .ok()
+            .map(|url| url.kind)
+    }
+
+    /// How many batches are written at once on a database of `kind`.
+    pub fn writers_on(&self, kind: DatabaseKind) -> usize {
+        match (self.writers, kind) {
+            (Some(n), _) => n.max(1),
+            (None, DatabaseKind::Postgres) => defaults::WORKER_WRITERS_POSTGRES,
+            (None, DatabaseKind::Sqlite) => 1,
+        }
     }
 
     /// How long JetStream waits for an acknowledgement: the first backoff delay when a
@@ -231,6 +272,7 @@ mod tests {
         assert_eq!(config.database_url, default.database_url);
         assert_eq!(config.consumer, default.consumer);
         assert_eq!(config.batch_size, default.batch_size);
+        assert_eq!(config.writers, default.writers);
         assert_eq!(config.batch_wait, default.batch_wait);
         assert_eq!(config.ack_wait, default.ack_wait);
         assert_eq!(config.max_deliver, default.max_deliver);
@@ -310,6 +352,31 @@ mod tests {
             let error = config.validate().unwrap_err().to_string();
             assert!(error.contains(hint), "{error}");
         }
+    }
+
+    #[test]
+    fn writers_default_to_two_on_postgresql_and_one_on_sqlite() {
+        let config = WorkerConfig::default();
+        assert_eq!(config.writers_on(DatabaseKind::Postgres), 2);
+        assert_eq!(config.writers_on(DatabaseKind::Sqlite), 1);
+        let args = WorkerArgs::try_parse_from(["worker", "--writers", "3"]).unwrap();
+        assert_eq!(args.to_config().writers_on(DatabaseKind::Postgres), 3);
+        for (writers, database_url) in [(0, "postgres://localhost/db"), (2, "sqlite://a.db")] {
+            let config = WorkerConfig {
+                writers: Some(writers),
+                database_url: database_url.into(),
+                ..WorkerConfig::default()
+            };
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains("NOMNOM_WRITERS"), "{error}");
+        }
+        let one_on_sqlite = WorkerConfig {
+            writers: Some(1),
+            ..WorkerConfig::default()
+        };
+        one_on_sqlite
+            .validate()
+            .expect("one writer on SQLite is fine");
     }
 
     #[test]

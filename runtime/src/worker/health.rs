@@ -165,29 +165,44 @@ fn readiness(health: &Health) -> (axum::http::StatusCode, axum::Json<serde_json:
     )
 }
 
-/// The worker's one database connection, used from blocking tasks.
+/// The worker's database connections (one per writer), used from blocking tasks.
 #[derive(Clone)]
 pub(super) struct Database {
-    conn: Arc<Mutex<AnyConnection>>,
+    conns: Arc<[Mutex<AnyConnection>]>,
     url: String,
 }
 
 impl Database {
-    pub(super) fn new(conn: AnyConnection, url: String) -> Self {
+    /// `conns`: at least one.
+    pub(super) fn new(conns: Vec<AnyConnection>, url: String) -> Self {
+        assert!(!conns.is_empty(), "a worker needs a database connection");
         Self {
-            conn: Arc::new(Mutex::new(conn)),
+            conns: conns.into_iter().map(Mutex::new).collect(),
             url,
         }
     }
 
-    /// Runs `work` on the connection off the async runtime; `Err` if the task panicked.
+    /// Runs `work` off the async runtime on a connection no one else is using, or, if
+    /// all are in use, on the first once it is free; `Err` if the task panicked. With no
+    /// more writes in flight than connections, each write has a connection of its own.
     pub(super) async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut AnyConnection) -> T + Send + 'static,
     ) -> Result<T, tokio::task::JoinError> {
-        let conn = Arc::clone(&self.conn);
+        let conns = Arc::clone(&self.conns);
         tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut conn = conns
+                .iter()
+                .find_map(|conn| match conn.try_lock() {
+                    Ok(conn) => Some(conn),
+                    Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+                    Err(std::sync::TryLockError::WouldBlock) => None,
+                })
+                .unwrap_or_else(|| {
+                    conns[0]
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                });
             work(&mut conn)
         })
         .await
@@ -197,22 +212,26 @@ impl Database {
     pub(super) async fn wait_until_reachable(&self, health: &Health) {
         let mut delay = Duration::from_millis(250);
         loop {
+            // Every connection: one left broken would fail the next write on it.
             let url = self.url.clone();
-            let ok = self
-                .run(move |conn| {
-                    if db::ping(conn).is_ok() {
+            let conns = Arc::clone(&self.conns);
+            let ok = tokio::task::spawn_blocking(move || {
+                conns.iter().all(|conn| {
+                    let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    if db::ping(&mut conn).is_ok() {
                         return true;
                     }
                     match db::connect(&url) {
                         Ok(fresh) => {
                             *conn = fresh;
-                            db::ping(conn).is_ok()
+                            db::ping(&mut conn).is_ok()
                         }
                         Err(_) => false,
                     }
                 })
-                .await
-                .unwrap_or(false);
+            })
+            .await
+            .unwrap_or(false);
             if ok {
                 tracing::info!("database reachable again; resuming");
                 health.set_database_ok(true);

@@ -11,13 +11,13 @@
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::json::Value;
 use async_nats::jetstream;
 use clap::Parser;
 use diesel::QueryResult;
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::{
     Envelope,
@@ -237,6 +237,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 struct Worker<S: EntitySchema> {
     schema: Arc<S>,
     db: Database,
+    /// Batches written at once, each on its own connection of `db`.
+    writers: usize,
     js: jetstream::Context,
     dead_letters: DeadLetters,
     /// The guard sequence base of each stream incarnation seen.
@@ -345,6 +347,25 @@ impl<S: EntitySchema> Worker<S> {
             tracing::info!("migrations applied; exiting (--migrate-only)");
             return Ok(None);
         }
+        // One connection per writer: each transaction in flight has its own.
+        let mut conns = vec![conn];
+        while conns.len() < config.writers_on(url.kind) {
+            let database_url = config.database_url.clone();
+            let Some(conn) = wait_for(
+                shutdown,
+                "database unreachable; waiting for it",
+                || {
+                    let url = database_url.clone();
+                    blocking(move || db::connect(&url))
+                },
+                |_| url.kind == DatabaseKind::Postgres,
+            )
+            .await?
+            else {
+                return stopped();
+            };
+            conns.push(conn);
+        }
         health.set_database_ok(true);
 
         // NATS, then JetStream: the stream, the dead-letter stream and the consumer.
@@ -401,7 +422,8 @@ impl<S: EntitySchema> Worker<S> {
         health.set_started(&config.stream.name, &config.consumer);
         let worker = Self {
             schema,
-            db: Database::new(conn, config.database_url.clone()),
+            writers: conns.len(),
+            db: Database::new(conns, config.database_url.clone()),
             js,
             dead_letters,
             sequence_bases: Arc::default(),
@@ -412,86 +434,151 @@ impl<S: EntitySchema> Worker<S> {
         Ok(Some((worker, consumer)))
     }
 
-    /// Takes and processes batches until shutdown is requested, in two overlapped
-    /// stages: while one batch is written (its transaction on a blocking thread) and
-    /// settled, the next is fetched, decoded and parsed. At most two batches are in hand;
-    /// there is one writer, so batches commit one after another, in the order fetched,
-    /// and a batch is acknowledged only after its own commit.
+    /// Takes and processes batches until shutdown is requested, as a pipeline: while
+    /// batches are written (each transaction on a blocking thread and a connection of
+    /// its own, up to `writers` at once) and settled, the next is fetched, decoded and
+    /// parsed. A batch is written once a writer is free and it has no row in common
+    /// with a batch being written ([`batch::Keys`]): batches sharing a row commit one
+    /// after another, in the order fetched. A batch is acknowledged only after its own
+    /// commit, and the next write does not wait for those acknowledgements. In hand at
+    /// most: `writers + 1` batches being written or settled, and one prepared behind
+    /// them, within max_ack_pending.
     ///
-    /// The batch waiting behind a write that failed (the database is down) is kept, and
-    /// written once the database is back. On shutdown, the batch being written finishes
-    /// within the grace period (see `batch.rs`), and the one waiting behind it is naked
-    /// so that it is redelivered at once.
-    async fn run(self, mut consumer: Consumer, shutdown: &Shutdown) -> Result<(), WorkerError> {
+    /// The batch waiting when a write failed (the database is down) is kept, and
+    /// written once the database is back. On shutdown, the batches being written finish
+    /// within the grace period (see `batch.rs`), and the one waiting is naked so that
+    /// it is redelivered at once.
+    async fn run(self, consumer: Consumer, shutdown: &Shutdown) -> Result<(), WorkerError> {
+        let this = &self;
+        let every = self.progress_every();
         let mut last_prune: Option<std::time::Instant> = None;
-        // Fetched and parsed while the batch before it was written; not written yet.
+        // Lent to the fetch under way, if any.
+        let mut consumer = Some(consumer);
+        let mut fetching = None;
+        let mut reconnecting = None;
+        let mut writing = FuturesUnordered::new();
+        let mut settling = FuturesUnordered::new();
+        // The keys of each batch being written, by batch number.
+        let mut locked: Vec<(u64, batch::Keys)> = Vec::new();
+        let mut numbered = 0u64;
+        // Messages fetched and not settled, but the batch waiting.
+        let mut in_hand = 0usize;
+        // Fetched and parsed, not written yet; and when JetStream last heard of it.
         let mut ahead: Option<Prepared> = None;
+        let mut ahead_reported = tokio::time::Instant::now();
+        // Whether the batch ahead is held for the database (and that was logged).
+        let mut holding = false;
+        let mut failure: Option<WorkerError> = None;
         loop {
-            let batch = match ahead.take() {
-                Some(batch) => batch,
-                None => {
-                    // Fetching now would only burn deliveries: wait for the database first.
-                    if !self.health.database_ok()
-                        && shutdown
-                            .unless_requested(self.db.wait_until_reachable(&self.health))
-                            .await
-                            .is_none()
-                    {
-                        break;
+            let stopping = shutdown.requested() || failure.is_some();
+            if let Some(mut batch) = ahead.take() {
+                if stopping {
+                    self.release(batch).await;
+                } else if writing.len() < self.writers
+                    && writing.len() + settling.len() <= self.writers
+                    && self.health.database_ok()
+                    && !locked.iter().any(|(_, keys)| batch.keys().meet(keys))
+                {
+                    let number = numbered;
+                    numbered += 1;
+                    locked.push((number, batch.take_keys()));
+                    in_hand += batch.len();
+                    writing.push(async move {
+                        let processed = this.write_prepared(&mut batch).await;
+                        (number, batch, processed)
+                    });
+                } else {
+                    ahead = Some(batch);
+                }
+            }
+            if !stopping && fetching.is_none() && ahead.is_none() && self.health.database_ok() {
+                let room = match in_hand {
+                    0 => self.config.batch_size,
+                    in_hand => self.room_behind(in_hand),
+                };
+                if room > 0 {
+                    let mut lent = consumer.take().expect("no fetch is under way");
+                    fetching = Some(Box::pin(async move {
+                        let next = this.next_batch(&mut lent, room, shutdown).await;
+                        (lent, next)
+                    }));
+                }
+            }
+            // The database is down: once the writes in flight are over, wait for it
+            // (with the batch waiting kept alive) rather than burn deliveries.
+            if !stopping
+                && reconnecting.is_none()
+                && writing.is_empty()
+                && !self.health.database_ok()
+            {
+                reconnecting = Some(Box::pin(self.db.wait_until_reachable(&self.health)));
+            }
+            match &ahead {
+                Some(batch) if !holding && !self.health.database_ok() => {
+                    holding = true;
+                    tracing::info!(
+                        messages = batch.len(),
+                        "database unavailable; holding the next batch until it is back"
+                    );
+                }
+                _ => holding = holding && ahead.is_some(),
+            }
+            if stopping
+                && ahead.is_none()
+                && fetching.is_none()
+                && writing.is_empty()
+                && settling.is_empty()
+            {
+                break;
+            }
+            tokio::select! {
+                Some((number, batch, processed)) = writing.next(), if !writing.is_empty() => {
+                    locked.retain(|(n, _)| *n != number);
+                    if processed == Processed::Abandoned {
+                        tracing::warn!(
+                            messages = batch.len(),
+                            "a batch was still being written at the end of the shutdown grace period; exiting without acknowledging it (it will be redelivered, and skipped if it was committed)"
+                        );
+                        in_hand -= batch.len();
+                    } else {
+                        settling.push(async move {
+                            let messages = batch.len();
+                            this.settle_written(batch).await;
+                            messages
+                        });
                     }
-                    match self
-                        .next_batch(&mut consumer, self.config.batch_size, shutdown)
-                        .await?
-                    {
-                        Next::Batch(batch) => batch,
-                        Next::Empty => {
-                            if shutdown.requested() {
-                                break;
-                            }
-                            self.prune_now_and_then(&mut last_prune).await;
-                            continue;
+                }
+                Some(messages) = settling.next(), if !settling.is_empty() => in_hand -= messages,
+                (lent, next) = maybe(fetching.as_mut()), if fetching.is_some() => {
+                    fetching = None;
+                    consumer = Some(lent);
+                    match next {
+                        Ok(Next::Batch(batch)) => {
+                            ahead = Some(batch);
+                            ahead_reported = tokio::time::Instant::now();
                         }
-                        Next::Stopped => break,
+                        Ok(Next::Empty) if in_hand == 0 => {
+                            self.prune_now_and_then(&mut last_prune).await;
+                        }
+                        Ok(Next::Empty | Next::Stopped) => {}
+                        Err(err) => failure = Some(err),
                     }
                 }
-            };
-            if !self.health.database_ok() && !self.hold_until_reachable(&batch, shutdown).await {
-                self.release(batch).await;
-                break;
-            }
-            if shutdown.requested() {
-                self.release(batch).await;
-                break;
-            }
-            let room = self.room_behind(batch.len());
-            let (processed, next) = self
-                .write_while_fetching(batch, &mut consumer, room, shutdown)
-                .await;
-            let next = match next {
-                Ok(Next::Batch(next)) => Some(next),
-                Ok(Next::Empty | Next::Stopped) => None,
-                Err(err) => return Err(err),
-            };
-            if processed == Processed::Abandoned {
-                tracing::warn!(
-                    "the batch in hand was still being written at the end of the shutdown grace period; exiting without acknowledging it (it will be redelivered, and skipped if it was committed)"
-                );
-                if let Some(next) = next {
-                    self.release(next).await;
+                () = maybe(reconnecting.as_mut()), if reconnecting.is_some() => reconnecting = None,
+                () = tokio::time::sleep_until(ahead_reported + every), if ahead.is_some() => {
+                    if let Some(batch) = &ahead {
+                        self.keep_alive(batch).await;
+                    }
+                    ahead_reported = tokio::time::Instant::now();
                 }
-                break;
+                () = shutdown.wait(), if !stopping => {}
             }
-            if shutdown.requested() {
-                if let Some(next) = next {
-                    self.release(next).await;
-                }
-                break;
-            }
-            ahead = next;
-            self.prune_now_and_then(&mut last_prune).await;
         }
         tracing::info!("worker stopped");
-        Ok(())
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 
     /// How many messages the batch behind one of `in_hand` messages may take: a batch,
@@ -530,84 +617,20 @@ impl<S: EntitySchema> Worker<S> {
         Ok(Next::Batch(self.prepare(messages, created).await))
     }
 
-    /// Writes and settles `batch` while fetching and preparing the next (up to `room`
-    /// messages), keeping the next one alive (JetStream's ack_wait) until the write ends.
-    async fn write_while_fetching(
-        &self,
-        batch: Prepared,
-        consumer: &mut Consumer,
-        room: usize,
-        shutdown: &Shutdown,
-    ) -> (Processed, Result<Next, WorkerError>) {
-        // Set once the write is over: until then, a fetch that found nothing is tried
-        // again, so that messages arriving during a long write are ready behind it.
-        let written = AtomicBool::new(false);
-        let finish = async {
-            let processed = self.finish(batch).await;
-            written.store(true, Ordering::Relaxed);
-            processed
-        };
-        let next = async {
-            if room == 0 {
-                return Ok(Next::Empty);
-            }
-            loop {
-                match self.next_batch(consumer, room, shutdown).await {
-                    Ok(Next::Empty)
-                        if !written.load(Ordering::Relaxed) && !shutdown.requested() => {}
-                    fetched => return fetched,
-                }
-            }
-        };
-        tokio::pin!(finish, next);
-        let every = self.progress_every();
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let mut processed = None;
-        let mut fetched = None;
-        loop {
-            match (processed, fetched.take()) {
-                (Some(processed), Some(next)) => return (processed, next),
-                (_, still) => fetched = still,
-            }
-            tokio::select! {
-                done = &mut finish, if processed.is_none() => processed = Some(done),
-                done = &mut next, if fetched.is_none() => fetched = Some(done),
-                _ = heartbeat.tick(), if processed.is_none() => {
-                    if let Some(Ok(Next::Batch(waiting))) = &fetched {
-                        self.keep_alive(waiting).await;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Waits for the database with a batch in hand, keeping the batch alive meanwhile.
-    /// False if shutdown was requested first.
-    async fn hold_until_reachable(&self, batch: &Prepared, shutdown: &Shutdown) -> bool {
-        tracing::info!(
-            messages = batch.len(),
-            "database unavailable; holding the next batch until it is back"
-        );
-        let reachable = self.db.wait_until_reachable(&self.health);
-        tokio::pin!(reachable);
-        let every = self.progress_every();
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        loop {
-            tokio::select! {
-                biased;
-                () = shutdown.wait() => return false,
-                () = &mut reachable => return true,
-                _ = heartbeat.tick() => self.keep_alive(batch).await,
-            }
-        }
-    }
-
     /// Deletes expired tombstones once every [`PRUNE_EVERY`].
     async fn prune_now_and_then(&self, last_prune: &mut Option<std::time::Instant>) {
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             *last_prune = Some(std::time::Instant::now());
             self.prune_tombstones().await;
         }
+    }
+}
+
+/// Awaits `future`, or forever if there is none (a `select!` branch that is off).
+async fn maybe<F: Future + Unpin>(future: Option<&mut F>) -> F::Output {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
     }
 }
 
