@@ -86,9 +86,11 @@ pub const WORKER_MAX_ACK_PENDING: i64 = 10_000;
 pub const WORKER_RETRY_FIRST_DELAY: Duration = Duration::from_secs(1);
 /// Longest delay between redeliveries of a message failing transiently.
 pub const WORKER_RETRY_MAX_DELAY: Duration = Duration::from_secs(30);
-/// Batches a worker writes at once on PostgreSQL, each in its own transaction on its
-/// own connection. SQLite allows one writer at a time: one there.
-pub const WORKER_WRITERS_POSTGRES: usize = 2;
+/// Batches a worker writes at once, each in its own transaction on its own connection.
+/// One: on the 2-core machines measured, a second transaction in flight gave no more
+/// throughput and a worse end-to-end p99 (docs/benchmarks.md, fourth lever). SQLite
+/// allows one writer at a time anyway.
+pub const WORKER_WRITERS: usize = 1;
 /// Stream of dead-lettered messages.
 pub const DLQ_STREAM: &str = "MESSAGES_DLQ";
 /// How long a SIGTERM waits for the batch being written before the worker exits without

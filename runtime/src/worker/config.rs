@@ -39,10 +39,10 @@ pub struct WorkerArgs {
     #[arg(long, env = "NOMNOM_BATCH_SIZE", default_value_t = defaults::WORKER_BATCH_SIZE)]
     pub batch_size: usize,
     /// Batches written at once, each in its own transaction on its own database
-    /// connection; a batch sharing a key with one being written waits for it. Default: 2
-    /// on PostgreSQL, 1 on SQLite (which allows one writer at a time).
-    #[arg(long, env = "NOMNOM_WRITERS")]
-    pub writers: Option<usize>,
+    /// connection; a batch with a row in common with one being written waits for it.
+    /// PostgreSQL only: SQLite allows one writer at a time.
+    #[arg(long, env = "NOMNOM_WRITERS", default_value_t = defaults::WORKER_WRITERS)]
+    pub writers: usize,
     /// Longest wait to fill a batch.
     #[arg(long, env = "NOMNOM_BATCH_WAIT", default_value = "100ms", value_parser = duration::parse)]
     pub batch_wait: Duration,
@@ -92,9 +92,9 @@ pub struct WorkerConfig {
     pub database_url: String,
     pub consumer: String,
     pub batch_size: usize,
-    /// Batches written at once; `None`: [`defaults::WORKER_WRITERS_POSTGRES`] on
-    /// PostgreSQL, 1 on SQLite (see [`WorkerConfig::writers_on`]).
-    pub writers: Option<usize>,
+    /// Batches written at once, each on its own connection (more than one: PostgreSQL
+    /// only).
+    pub writers: usize,
     pub batch_wait: Duration,
     pub ack_wait: Duration,
     /// Deliveries before a message failing transiently is dead-lettered; -1: never.
@@ -124,7 +124,7 @@ impl Default for WorkerConfig {
             database_url: defaults::DATABASE_URL.to_owned(),
             consumer: defaults::WORKER_CONSUMER.to_owned(),
             batch_size: defaults::WORKER_BATCH_SIZE,
-            writers: None,
+            writers: defaults::WORKER_WRITERS,
             batch_wait: defaults::WORKER_BATCH_WAIT,
             ack_wait: defaults::WORKER_ACK_WAIT,
             max_deliver: defaults::WORKER_MAX_DELIVER,
@@ -187,37 +187,22 @@ impl WorkerConfig {
         if self.backoff.iter().any(Duration::is_zero) {
             return invalid("backoff delays must be above zero; fix NOMNOM_BACKOFF".into());
         }
+        let sqlite = DatabaseUrl::parse(&self.database_url)
+            .is_ok_and(|url| url.kind == DatabaseKind::Sqlite);
         match self.writers {
-            Some(0) => {
+            0 => {
                 return invalid(
-                    "writers must be at least 1; set NOMNOM_WRITERS to 1 or more, or unset it"
-                        .into(),
+                    "writers must be at least 1; set NOMNOM_WRITERS to 1 or more".into(),
                 );
             }
-            Some(n) if n > 1 && self.database_kind() == Some(DatabaseKind::Sqlite) => {
+            n if n > 1 && sqlite => {
                 return invalid(format!(
-                    "SQLite allows one writer at a time, got {n} writers; set NOMNOM_WRITERS to 1, or unset it"
+                    "SQLite allows one writer at a time, got {n} writers; set NOMNOM_WRITERS to 1"
                 ));
             }
             _ => {}
         }
         Ok(())
-    }
-
-    /// The database `database_url` names, if it names one.
-    fn database_kind(&self) -> Option<DatabaseKind> {
-        DatabaseUrl::parse(&self.database_url)
-            .ok()
-            .map(|url| url.kind)
-    }
-
-    /// How many batches are written at once on a database of `kind`.
-    pub fn writers_on(&self, kind: DatabaseKind) -> usize {
-        match (self.writers, kind) {
-            (Some(n), _) => n.max(1),
-            (None, DatabaseKind::Postgres) => defaults::WORKER_WRITERS_POSTGRES,
-            (None, DatabaseKind::Sqlite) => 1,
-        }
     }
 
     /// How long JetStream waits for an acknowledgement: the first backoff delay when a
@@ -355,28 +340,24 @@ mod tests {
     }
 
     #[test]
-    fn writers_default_to_two_on_postgresql_and_one_on_sqlite() {
-        let config = WorkerConfig::default();
-        assert_eq!(config.writers_on(DatabaseKind::Postgres), 2);
-        assert_eq!(config.writers_on(DatabaseKind::Sqlite), 1);
+    fn more_than_one_writer_only_on_postgresql() {
         let args = WorkerArgs::try_parse_from(["worker", "--writers", "3"]).unwrap();
-        assert_eq!(args.to_config().writers_on(DatabaseKind::Postgres), 3);
-        for (writers, database_url) in [(0, "postgres://localhost/db"), (2, "sqlite://a.db")] {
-            let config = WorkerConfig {
-                writers: Some(writers),
-                database_url: database_url.into(),
-                ..WorkerConfig::default()
-            };
+        assert_eq!(args.to_config().writers, 3);
+        let on = |writers: usize, database_url: &str| WorkerConfig {
+            writers,
+            database_url: database_url.into(),
+            ..WorkerConfig::default()
+        };
+        on(3, "postgres://localhost/db")
+            .validate()
+            .expect("three writers on PostgreSQL");
+        on(1, "sqlite://a.db")
+            .validate()
+            .expect("one writer on SQLite");
+        for config in [on(0, "postgres://localhost/db"), on(2, "sqlite://a.db")] {
             let error = config.validate().unwrap_err().to_string();
             assert!(error.contains("NOMNOM_WRITERS"), "{error}");
         }
-        let one_on_sqlite = WorkerConfig {
-            writers: Some(1),
-            ..WorkerConfig::default()
-        };
-        one_on_sqlite
-            .validate()
-            .expect("one writer on SQLite is fine");
     }
 
     #[test]

@@ -349,7 +349,7 @@ impl<S: EntitySchema> Worker<S> {
         }
         // One connection per writer: each transaction in flight has its own.
         let mut conns = vec![conn];
-        while conns.len() < config.writers_on(url.kind) {
+        while conns.len() < config.writers {
             let database_url = config.database_url.clone();
             let Some(conn) = wait_for(
                 shutdown,
