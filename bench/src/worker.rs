@@ -198,16 +198,17 @@ async fn run_workers(
     let started = Instant::now();
     let _procs: Vec<Proc> = (0..workers)
         .map(|_| {
-            Proc::spawn(
-                worker,
-                &[],
-                &[
-                    ("NATS_URL", nats.url()),
-                    ("DATABASE_URL", url.to_owned()),
-                    ("NOMNOM_WORKER_LISTEN", format!("127.0.0.1:{}", free_port())),
-                    ("NOMNOM_BATCH_SIZE", BATCH.to_string()),
-                ],
-            )
+            let mut env = vec![
+                ("NATS_URL", nats.url()),
+                ("DATABASE_URL", url.to_owned()),
+                ("NOMNOM_WORKER_LISTEN", format!("127.0.0.1:{}", free_port())),
+                ("NOMNOM_BATCH_SIZE", BATCH.to_string()),
+            ];
+            // NOMNOM_WRITERS set for the PostgreSQL runs: SQLite takes one writer only.
+            if url.starts_with("sqlite") {
+                env.push(("NOMNOM_WRITERS", "1".to_owned()));
+            }
+            Proc::spawn(worker, &[], &env)
         })
         .collect::<anyhow::Result<_>>()?;
     wait_until("every message persisted", Duration::from_secs(600), || {
@@ -230,6 +231,7 @@ fn migrated_sqlite(dir: &Path, name: &str) -> anyhow::Result<(std::path::PathBuf
     let status = std::process::Command::new(binary("tpch-worker"))
         .arg("--migrate-only")
         .env("DATABASE_URL", &url)
+        .env("NOMNOM_WRITERS", "1")
         .env("RUST_LOG", "warn")
         .status()?;
     if !status.success() {
