@@ -258,6 +258,26 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     }
 }
 
+/// Connects to the database, waiting as long as it is unreachable: PostgreSQL may be
+/// down or still starting, while a SQLite file that cannot be opened will not open by
+/// waiting. `None` if shutdown was requested first.
+async fn connect_waiting(
+    shutdown: &Shutdown,
+    database_url: &str,
+    kind: DatabaseKind,
+) -> Result<Option<AnyConnection>, db::ConnectError> {
+    wait_for(
+        shutdown,
+        "database unreachable; waiting for it",
+        || {
+            let url = database_url.to_owned();
+            blocking(move || db::connect(&url))
+        },
+        |_| kind == DatabaseKind::Postgres,
+    )
+    .await
+}
+
 /// Tries `attempt` until it succeeds, fails for good (`retry` says no), or shutdown is
 /// requested (`Ok(None)`), logging `waiting` with each retryable error and pausing with
 /// a growing delay in between.
@@ -310,20 +330,8 @@ impl<S: EntitySchema> Worker<S> {
             Ok(None)
         };
 
-        // The database: PostgreSQL may be down or still starting; a SQLite file that
-        // cannot be opened will not open by waiting.
-        let database_url = config.database_url.clone();
-        let conn = wait_for(
-            shutdown,
-            "database unreachable; waiting for it",
-            || {
-                let url = database_url.clone();
-                blocking(move || db::connect(&url))
-            },
-            |_| url.kind == DatabaseKind::Postgres,
-        )
-        .await?;
-        let Some(mut conn) = conn else {
+        let Some(mut conn) = connect_waiting(shutdown, &config.database_url, url.kind).await?
+        else {
             return stopped();
         };
         let schema = Arc::new(schema);
@@ -350,17 +358,7 @@ impl<S: EntitySchema> Worker<S> {
         // One connection per writer: each transaction in flight has its own.
         let mut conns = vec![conn];
         while conns.len() < config.writers {
-            let database_url = config.database_url.clone();
-            let Some(conn) = wait_for(
-                shutdown,
-                "database unreachable; waiting for it",
-                || {
-                    let url = database_url.clone();
-                    blocking(move || db::connect(&url))
-                },
-                |_| url.kind == DatabaseKind::Postgres,
-            )
-            .await?
+            let Some(conn) = connect_waiting(shutdown, &config.database_url, url.kind).await?
             else {
                 return stopped();
             };
