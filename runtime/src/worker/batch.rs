@@ -131,7 +131,7 @@ pub(super) struct Prepared {
     started: Instant,
     /// When the stream its messages came from was created: their sequences' incarnation.
     stream_created: i64,
-    /// The rows its write takes locks on.
+    /// The rows its write takes locks on; left empty with one writer.
     keys: Keys,
 }
 
@@ -228,8 +228,14 @@ impl<S: EntitySchema> Worker<S> {
         }
         let redelivered = deliveries.iter().filter(|d| d.delivered > 1).count();
         metrics::counter!("worker_redeliveries_total").increment(redelivered as u64);
+        // With one writer no batch is written beside another: nothing to compare.
+        let keys = if self.writers > 1 {
+            Keys::of(&deliveries)
+        } else {
+            Keys::default()
+        };
         let batch = Prepared {
-            keys: Keys::of(&deliveries),
+            keys,
             deliveries,
             started,
             stream_created,
