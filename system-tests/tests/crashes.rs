@@ -8,36 +8,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Worker, assert_exactly_once, count, dlq_len, post_orders, wait_for};
-use diesel::{Connection, PgConnection, RunQueryDsl};
+use common::{
+    LOCK_WAITERS, OTHER_SESSIONS, TableLock, Worker, assert_exactly_once, count, dlq_len,
+    post_orders, wait_for,
+};
 use nomnom_test_support::{NatsServer, Postgres, PostgresOptions, TcpProxy};
 use serde_json::Value;
 
 const ORDERS: usize = 300;
-
-/// `LOCK TABLE … IN ACCESS EXCLUSIVE MODE` held in an open transaction until released:
-/// a worker writing to the table waits inside its own transaction, after its status claim.
-struct TableLock(PgConnection);
-
-impl TableLock {
-    fn take(url: &str, table: &str) -> TableLock {
-        let mut conn = PgConnection::establish(url).expect("connect for the lock");
-        diesel::sql_query("BEGIN").execute(&mut conn).unwrap();
-        diesel::sql_query(format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
-            .execute(&mut conn)
-            .unwrap();
-        TableLock(conn)
-    }
-
-    fn release(mut self) {
-        diesel::sql_query("COMMIT").execute(&mut self.0).unwrap();
-    }
-}
-
-const LOCK_WAITERS: &str =
-    "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'";
-const OTHER_SESSIONS: &str = "SELECT count(*) AS n FROM pg_stat_activity \
-     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
 
 async fn consumer_info(nats: &NatsServer) -> async_nats::jetstream::consumer::Info {
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());

@@ -7,8 +7,10 @@ mod common;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
-use common::{Worker, assert_exactly_once, count, dlq_len, post_orders, start_api, wait_for};
-use diesel::{Connection, connection::SimpleConnection};
+use common::{
+    LOCK_WAITERS, TableLock, Worker, assert_exactly_once, count, dlq_len, post_orders, start_api,
+    wait_for,
+};
 use futures::StreamExt;
 use nomnom_test_support::{NatsServer, Postgres};
 use serde_json::Value;
@@ -78,10 +80,7 @@ async fn a_write_held_up_past_ack_wait_is_not_redelivered() {
     let items = post_orders(&nats, &orders).await;
 
     // Hold the orders table: the worker's batch waits on the lock.
-    let mut blocker = diesel::PgConnection::establish(&url).unwrap();
-    blocker
-        .batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-        .unwrap();
+    let lock = TableLock::take(&url, "orders");
     let _worker = Worker::start_with(
         &nats,
         &url,
@@ -94,12 +93,7 @@ async fn a_write_held_up_past_ack_wait_is_not_redelivered() {
     wait_for(
         Duration::from_secs(60),
         "the worker to wait on the lock",
-        || {
-            count(
-                &url,
-                "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-            ) >= 1
-        },
+        || count(&url, LOCK_WAITERS) >= 1,
     )
     .await;
 
@@ -120,7 +114,7 @@ async fn a_write_held_up_past_ack_wait_is_not_redelivered() {
         "messages of a batch in progress were redelivered"
     );
 
-    blocker.batch_execute("COMMIT").unwrap();
+    lock.release();
     wait_for(Duration::from_secs(60), "every order", || {
         count(&url, "SELECT count(*) AS n FROM nomnom_message_status") == ORDERS as i64
     })
@@ -158,10 +152,7 @@ async fn a_batch_held_up_on_a_lock_does_not_hold_up_other_rows() {
     post_order(&api, &second).await;
 
     // Hold the orders table: the first order's batch waits on the lock.
-    let mut blocker = diesel::PgConnection::establish(&url).unwrap();
-    blocker
-        .batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-        .unwrap();
+    let lock = TableLock::take(&url, "orders");
     let _worker = Worker::start_with(
         &nats,
         &url,
@@ -171,12 +162,7 @@ async fn a_batch_held_up_on_a_lock_does_not_hold_up_other_rows() {
             ("NOMNOM_BATCH_WAIT", "50ms"),
         ],
     );
-    let waiting_on_locks = || {
-        count(
-            &url,
-            "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-        )
-    };
+    let waiting_on_locks = || count(&url, LOCK_WAITERS);
     wait_for(
         Duration::from_secs(60),
         "the first order to wait on the lock",
@@ -206,7 +192,7 @@ async fn a_batch_held_up_on_a_lock_does_not_hold_up_other_rows() {
         "the batch sharing a row with the held-up one was written at once"
     );
 
-    blocker.batch_execute("COMMIT").unwrap();
+    lock.release();
     wait_for(Duration::from_secs(60), "every message", || {
         count(
             &url,

@@ -13,7 +13,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_exactly_once, count, dlq_len, post_orders, wait_for};
+use common::{
+    LOCK_WAITERS, OTHER_SESSIONS, TableLock, assert_exactly_once, count, dlq_len, post_orders,
+    wait_for,
+};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use nomnom_test_support::{NatsServer, Postgres, free_port, nats_server_binary};
 use serde_json::Value;
@@ -406,28 +409,6 @@ async fn sigterm_while_another_process_holds_the_migration_lock_exits_zero() {
     next.terminate_cleanly();
 }
 
-/// `LOCK TABLE … IN ACCESS EXCLUSIVE MODE` held in an open transaction: a worker writing
-/// to the table waits inside its own transaction, after its status claims.
-struct TableLock(PgConnection);
-
-impl TableLock {
-    fn take(url: &str, table: &str) -> TableLock {
-        let mut conn = PgConnection::establish(url).expect("connect for the lock");
-        diesel::sql_query("BEGIN").execute(&mut conn).unwrap();
-        diesel::sql_query(format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
-            .execute(&mut conn)
-            .unwrap();
-        TableLock(conn)
-    }
-
-    fn release(mut self) {
-        diesel::sql_query("COMMIT").execute(&mut self.0).unwrap();
-    }
-}
-
-const LOCK_WAITERS: &str =
-    "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'";
-
 /// The database stopped under a worker parked in its transaction: the write fails, the
 /// batch is naked with a backoff delay and the worker waits for the database, pausing
 /// between attempts. SIGTERM there exits 0, and the naked batch is not lost.
@@ -632,12 +613,28 @@ async fn sigterm_with_a_batch_waiting_behind_the_write_naks_it_and_loses_nothing
 /// database is back, and then written; nothing is lost or dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_lost_with_a_batch_waiting_behind_the_write_loses_nothing() {
+    database_lost_with_a_batch_behind("outage_behind", 1).await;
+}
+
+/// The same with two writers, two batches in flight: each connection is restored once
+/// the database is back (one left broken would fail every write on it until its
+/// messages were dead-lettered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_lost_under_two_writers_loses_nothing() {
+    database_lost_with_a_batch_behind("outage_two_writers", 2).await;
+}
+
+async fn database_lost_with_a_batch_behind(database: &str, writers: usize) {
     const ORDERS: usize = ORDERS_BEHIND;
     let nats = NatsServer::start();
     let mut pg = Postgres::start();
-    let url = pg.create_database("outage_behind");
-    let (mut worker, lock, items) =
-        parked_with_a_batch_behind(&nats, &url, &[("NOMNOM_BACKOFF", "2s")]).await;
+    let url = pg.create_database(database);
+    let writers_setting = writers.to_string();
+    let settings = [
+        ("NOMNOM_BACKOFF", "2s"),
+        ("NOMNOM_WRITERS", writers_setting.as_str()),
+    ];
+    let (mut worker, lock, items) = parked_with_a_batch_behind(&nats, &url, &settings).await;
     pg.stop();
     drop(lock); // its session ended with the server
     worker
@@ -656,5 +653,10 @@ async fn a_database_lost_with_a_batch_waiting_behind_the_write_loses_nothing() {
     .await;
     assert_exactly_once(&url, ORDERS as i64, items);
     assert_eq!(dlq_len(&nats).await, 0);
+    // Every writer's connection is open again, not only the one that found the database.
+    wait_for(Duration::from_secs(10), "a session per writer", || {
+        count(&url, OTHER_SESSIONS) == writers as i64
+    })
+    .await;
     worker.terminate_cleanly();
 }

@@ -229,7 +229,7 @@ impl<S: EntitySchema> Worker<S> {
         let redelivered = deliveries.iter().filter(|d| d.delivered > 1).count();
         metrics::counter!("worker_redeliveries_total").increment(redelivered as u64);
         // With one writer no batch is written beside another: nothing to compare.
-        let keys = if self.writers > 1 {
+        let keys = if self.config.writers > 1 {
             Keys::of(&deliveries)
         } else {
             Keys::default()

@@ -236,9 +236,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// [`Worker::run`]): fetching the next batch must not wait for the batch being written.
 struct Worker<S: EntitySchema> {
     schema: Arc<S>,
+    /// One connection per writer (`config.writers`).
     db: Database,
-    /// Batches written at once, each on its own connection of `db`.
-    writers: usize,
     js: jetstream::Context,
     dead_letters: DeadLetters,
     /// The guard sequence base of each stream incarnation seen.
@@ -420,7 +419,6 @@ impl<S: EntitySchema> Worker<S> {
         health.set_started(&config.stream.name, &config.consumer);
         let worker = Self {
             schema,
-            writers: conns.len(),
             db: Database::new(conns, config.database_url.clone()),
             js,
             dead_letters,
@@ -472,8 +470,8 @@ impl<S: EntitySchema> Worker<S> {
             if let Some(mut batch) = ahead.take() {
                 if stopping {
                     self.release(batch).await;
-                } else if writing.len() < self.writers
-                    && writing.len() + settling.len() <= self.writers
+                } else if writing.len() < self.config.writers
+                    && writing.len() + settling.len() <= self.config.writers
                     && self.health.database_ok()
                     && !locked.iter().any(|(_, keys)| batch.keys().meet(keys))
                 {
@@ -490,10 +488,7 @@ impl<S: EntitySchema> Worker<S> {
                 }
             }
             if !stopping && fetching.is_none() && ahead.is_none() && self.health.database_ok() {
-                let room = match in_hand {
-                    0 => self.config.batch_size,
-                    in_hand => self.room_behind(in_hand),
-                };
+                let room = self.room_behind(in_hand);
                 if room > 0 {
                     let mut lent = consumer.take().expect("no fetch is under way");
                     fetching = Some(Box::pin(async move {
@@ -579,10 +574,10 @@ impl<S: EntitySchema> Worker<S> {
         }
     }
 
-    /// How many messages the batch behind one of `in_hand` messages may take: a batch,
-    /// within what the consumer lets one worker hold unacknowledged (`max_ack_pending`).
-    /// None: the next batch is fetched once this one is settled, as a fetch that the
-    /// server cannot fill would only wait for its expiry.
+    /// How many messages the next batch may take with `in_hand` messages not settled: a
+    /// batch, within what the consumer lets one worker hold unacknowledged
+    /// (`max_ack_pending`, at least a batch). None: the next batch is fetched once some
+    /// are settled, as a fetch that the server cannot fill would only wait for its expiry.
     fn room_behind(&self, in_hand: usize) -> usize {
         let batch = self.config.batch_size;
         match usize::try_from(self.config.max_ack_pending) {

@@ -69,6 +69,34 @@ pub async fn wait_for(within: Duration, what: &str, check: impl FnMut() -> bool)
     );
 }
 
+/// `LOCK TABLE … IN ACCESS EXCLUSIVE MODE` held in an open transaction until released:
+/// a worker writing to the table waits inside its own transaction, after its status claim.
+pub struct TableLock(diesel::PgConnection);
+
+impl TableLock {
+    pub fn take(url: &str, table: &str) -> TableLock {
+        use diesel::Connection;
+        let mut conn = diesel::PgConnection::establish(url).expect("connect for the lock");
+        diesel::sql_query("BEGIN").execute(&mut conn).unwrap();
+        diesel::sql_query(format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+            .execute(&mut conn)
+            .unwrap();
+        TableLock(conn)
+    }
+
+    pub fn release(mut self) {
+        diesel::sql_query("COMMIT").execute(&mut self.0).unwrap();
+    }
+}
+
+/// Sessions waiting on a lock (`count`).
+pub const LOCK_WAITERS: &str =
+    "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'";
+
+/// Client sessions but the one asking (`count`).
+pub const OTHER_SESSIONS: &str = "SELECT count(*) AS n FROM pg_stat_activity \
+     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
+
 /// A TPC-H worker process; killed when dropped.
 pub struct Worker(pub Child, pub u16);
 
