@@ -44,6 +44,11 @@ impl Proc {
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.pid())
     }
+
+    /// CPU time used so far (user and system, every thread), from /proc.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        cpu_seconds(self.pid())
+    }
 }
 
 impl Drop for Proc {
@@ -60,6 +65,23 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `utime + stime` of `/proc/<pid>/stat`, in seconds: clock ticks of 1/100 s, the
+/// fixed USER_HZ that /proc reports in on Linux.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // After the command name (in parentheses, which may hold spaces): state is field 3,
+    // utime and stime fields 14 and 15.
+    let fields: Vec<&str> = (stat.rsplit_once(')').map(|(_, rest)| rest))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks = |at: usize| -> anyhow::Result<f64> {
+        let field = fields.get(at).context("short /proc stat line")?;
+        Ok(field.parse::<u64>()? as f64)
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 pub fn rss_kib(pid: u32) -> u64 {

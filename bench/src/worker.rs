@@ -184,19 +184,27 @@ fn count_any(conn: &mut AnyConnection, table: &str) -> i64 {
 /// Runs `workers` processes of `worker` (a tpch-worker binary) on a pre-filled stream,
 /// writing to the migrated database at `url`; messages/s until every message has its
 /// status row.
+/// What draining the stream took: messages/s, and the workers' CPU time per message
+/// (µs, all replicas together).
+#[derive(Debug, Clone, Copy)]
+struct Drained {
+    per_second: f64,
+    cpu_micros: f64,
+}
+
 async fn run_workers(
     worker: &Path,
     url: &str,
     workload: &Workload,
     workers: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Drained> {
     let nats = NatsServer::start();
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     prefill(&js, &workload.bodies).await?;
     let mut client = sql::connect(url)?;
     let expected = workload.bodies.len() as i64;
     let started = Instant::now();
-    let _procs: Vec<Proc> = (0..workers)
+    let procs: Vec<Proc> = (0..workers)
         .map(|_| {
             let mut env = vec![
                 ("NATS_URL", nats.url()),
@@ -216,12 +224,19 @@ async fn run_workers(
     })
     .await?;
     let elapsed = started.elapsed().as_secs_f64();
+    let mut cpu = 0.0;
+    for proc in &procs {
+        cpu += proc.cpu_seconds()?;
+    }
     if count_any(&mut client, "orders") != workload.orders.len() as i64
         || count_any(&mut client, "lineitem") != workload.lineitems.len() as i64
     {
         bail!("the workers wrote the wrong number of rows");
     }
-    Ok(expected as f64 / elapsed)
+    Ok(Drained {
+        per_second: expected as f64 / elapsed,
+        cpu_micros: cpu * 1e6 / expected as f64,
+    })
 }
 
 /// A fresh SQLite database file in `dir` with the TPC-H tables and the status table.
@@ -567,19 +582,47 @@ struct WorkerRates {
     sqlite_bulk: f64,
     sqlite: f64,
     sqlite_before: Option<f64>,
+    /// One replica's CPU time per message (µs), this build's and the before build's:
+    /// on PostgreSQL and on SQLite.
+    cpu: (f64, Option<f64>),
+    sqlite_cpu: (f64, Option<f64>),
+}
+
+/// A drain's figures as the run lines show them.
+fn drained(d: Drained) -> String {
+    format!(
+        "{} msg/s ({:.1} µs CPU/msg)",
+        thousands(d.per_second),
+        d.cpu_micros
+    )
+}
+
+/// The worker's CPU time per message (one replica, µs), with the before build's as its
+/// baseline when there is one: the figure that the worker's own work per message
+/// decides, whatever the database and the machine's other load do to its pace.
+fn cpu_row(database: &str, (after, before): (f64, Option<f64>)) -> Row {
+    Row {
+        benchmark: format!("3. worker, 1 replica, {database}"),
+        measure: "worker CPU per message".into(),
+        figure: format!("{after:.1} µs"),
+        baseline: before.map_or_else(String::new, |b| format!("{b:.1} µs (before)")),
+        ratio: before.map_or_else(String::new, |b| format!("{:.2}×", after / b)),
+        target: String::new(),
+        verdict: Verdict::Info,
+    }
 }
 
 /// Measures `after` and `before` back to back, in an order that alternates by run (so
 /// that a drift in the machine's load does not favour either).
-async fn back_to_back<F, Fut>(
+async fn back_to_back<F, Fut, T>(
     run: usize,
     before: Option<&Path>,
     after: &Path,
     mut measure: F,
-) -> anyhow::Result<(f64, Option<f64>)>
+) -> anyhow::Result<(T, Option<T>)>
 where
     F: FnMut(std::path::PathBuf, &'static str) -> Fut,
-    Fut: Future<Output = anyhow::Result<f64>>,
+    Fut: Future<Output = anyhow::Result<T>>,
 {
     let Some(before) = before else {
         return Ok((measure(after.to_owned(), "after").await?, None));
@@ -640,16 +683,17 @@ pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Res
         })
         .await?;
         if let Some(b) = one_before {
-            line.push_str(&format!("; 1 worker before {} msg/s", thousands(b)));
+            line.push_str(&format!("; 1 worker before {}", drained(b)));
         }
-        line.push_str(&format!("; 1 worker(s) {} msg/s", thousands(one)));
-        rate.by_workers.push(one);
-        rate.before = one_before;
+        line.push_str(&format!("; 1 worker(s) {}", drained(one)));
+        rate.by_workers.push(one.per_second);
+        rate.cpu = (one.cpu_micros, one_before.map(|b| b.cpu_micros));
+        rate.before = one_before.map(|b| b.per_second);
         for workers in worker_counts.iter().skip(1) {
             let url = migrated_database(&pg, &format!("workers_{workers}_{run}"))?;
             let r = run_workers(&after, &url, &workload, *workers).await?;
-            line.push_str(&format!("; {workers} worker(s) {} msg/s", thousands(r)));
-            rate.by_workers.push(r);
+            line.push_str(&format!("; {workers} worker(s) {}", drained(r)));
+            rate.by_workers.push(r.per_second);
         }
         println!("{line}");
 
@@ -664,17 +708,18 @@ pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Res
             }
         })
         .await?;
-        rate.sqlite = lite;
-        rate.sqlite_before = lite_before;
+        rate.sqlite = lite.per_second;
+        rate.sqlite_before = lite_before.map(|b| b.per_second);
+        rate.sqlite_cpu = (lite.cpu_micros, lite_before.map(|b| b.cpu_micros));
         let mut line = format!(
             "  run {}, SQLite: bulk insert {} rows/s",
             run + 1,
             thousands(rate.sqlite_bulk)
         );
         if let Some(b) = lite_before {
-            line.push_str(&format!("; 1 worker before {} msg/s", thousands(b)));
+            line.push_str(&format!("; 1 worker before {}", drained(b)));
         }
-        line.push_str(&format!("; 1 worker {} msg/s", thousands(lite)));
+        line.push_str(&format!("; 1 worker {}", drained(lite)));
         println!("{line}");
         runs.push(base);
         rates.push(rate);
@@ -711,6 +756,12 @@ pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Res
         target: "≥ 0.9× (issue 22)".into(),
         verdict: Verdict::of(one_rows / write_straight >= 0.9),
     });
+    let cpu_of = |f: &dyn Fn(&WorkerRates) -> (f64, Option<f64>)| {
+        let after = of(&|r| f(r).0);
+        let before = before.map(|_| of(&|r| f(r).1.unwrap_or(f64::NAN)));
+        (after, before)
+    };
+    report.push(cpu_row("PostgreSQL", cpu_of(&|r| r.cpu)));
     if before.is_some() {
         let before_one = of(&|r| r.before.unwrap_or(f64::NAN));
         report.extend(before_and_after(
@@ -736,6 +787,7 @@ pub async fn throughput(options: &Options, report: &mut Vec<Row>) -> anyhow::Res
         target: "≥ 0.5× (issue 22)".into(),
         verdict: Verdict::of(lite_rows / bulk >= 0.5),
     });
+    report.push(cpu_row("SQLite", cpu_of(&|r| r.sqlite_cpu)));
     if before.is_some() {
         let lite_before = of(&|r| r.sqlite_before.unwrap_or(f64::NAN));
         report.extend(before_and_after(

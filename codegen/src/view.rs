@@ -25,6 +25,8 @@ pub struct FieldView {
     pub parse: String,
     /// Expression producing the column's `sql::Value` from `self.<name>`.
     pub value: String,
+    /// The same, moving `self.<name>` (in `Row::into_values`): no copy of its text.
+    pub owned_value: String,
     /// Variant of `nomnom_runtime::sql::ColumnType`, as Rust.
     pub column_type: String,
     pub postgres_type: String,
@@ -575,6 +577,7 @@ fn field_view(entity: &Entity, field: &Field) -> FieldView {
         }),
         parse,
         value: format!("self.{}{clone}.into()", field.name),
+        owned_value: format!("self.{}.into()", field.name),
         column_type: if field.array {
             format!(
                 "Array {{ element: {} }}",

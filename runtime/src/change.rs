@@ -93,7 +93,9 @@ pub struct ChildRows {
     pub rows: Vec<Vec<Value>>,
     /// The JSON path of each row in the message body, in the order of `rows`.
     pub paths: Vec<String>,
-    /// The row of each key so far (keys with a NULL, which never collide, left out).
+    /// The row of each key so far (keys with a NULL, which never collide, left out),
+    /// once there are more rows than [`ChildRows::SCANNED_UP_TO`]: fewer are compared
+    /// one by one, which costs less than hashing and copying their keys.
     keys: HashMap<Vec<KeyPart<'static>>, usize>,
     /// Where the key columns are in a row, once per table rather than per row; empty
     /// when duplicates are not refused (`ignore_duplicates`, or no key).
@@ -101,6 +103,61 @@ pub struct ChildRows {
 }
 
 impl ChildRows {
+    /// Up to this many rows, a new row's key is compared with each earlier row's.
+    const SCANNED_UP_TO: usize = 16;
+
+    /// The earlier row with the same key as `row`, if any; none for a row whose key has
+    /// a NULL, or when duplicates are not refused.
+    fn earlier_with_key(&mut self, row: &[Value]) -> Option<usize> {
+        let Self {
+            rows,
+            keys,
+            key_positions,
+            ..
+        } = self;
+        if key_positions.is_empty() {
+            return None;
+        }
+        fn key_parts<'r>(
+            positions: &'r [usize],
+            row: &'r [Value],
+        ) -> impl Iterator<Item = KeyPart<'r>> + 'r {
+            positions
+                .iter()
+                .filter_map(|p| row.get(*p))
+                .map(KeyPart::of)
+        }
+        let positions: &[usize] = key_positions;
+        let has_null = |row: &[Value]| key_parts(positions, row).any(|part| part == KeyPart::Null);
+        if has_null(row) {
+            return None;
+        }
+        if rows.len() < Self::SCANNED_UP_TO {
+            return rows
+                .iter()
+                .position(|other| key_parts(positions, other).eq(key_parts(positions, row)));
+        }
+        if keys.is_empty() {
+            for (index, other) in rows.iter().enumerate() {
+                if !has_null(other) {
+                    keys.insert(
+                        key_parts(positions, other)
+                            .map(KeyPart::into_owned)
+                            .collect(),
+                        index,
+                    );
+                }
+            }
+        }
+        match keys.entry(key_parts(positions, row).map(KeyPart::into_owned).collect()) {
+            Entry::Occupied(seen) => Some(*seen.get()),
+            Entry::Vacant(slot) => {
+                slot.insert(rows.len());
+                None
+            }
+        }
+    }
+
     pub(crate) fn new(entity: &'static Entity) -> Self {
         let table = &entity.table;
         let refuses_duplicates = table.write != WriteMode::IgnoreDuplicates;
@@ -209,32 +266,17 @@ impl Change {
         };
         let table = &entity.table;
         let group = &mut self.children[at];
-        if !group.key_positions.is_empty() {
-            let key: Vec<&Value> = (group.key_positions.iter())
-                .filter_map(|p| row.get(*p))
-                .collect();
-            if !key.iter().any(|v| **v == Value::Null) {
-                let next = group.rows.len();
-                let key = key.into_iter().map(|v| KeyPart::of(v).into_owned());
-                let first = match group.keys.entry(key.collect()) {
-                    Entry::Occupied(seen) => Some(group.paths[*seen.get()].clone()),
-                    Entry::Vacant(slot) => {
-                        slot.insert(next);
-                        None
-                    }
-                };
-                if let Some(first) = first {
-                    return Err(ParseError::new(
-                        common_parent(&first, path),
-                        format!(
-                            "{first} and {path} have the same key ({}): one message can hold \
-                             one row per key of table {}; remove or merge the duplicates",
-                            self.describe_key(entity, &row),
-                            table.name
-                        ),
-                    ));
-                }
-            }
+        if let Some(earlier) = group.earlier_with_key(&row) {
+            let first = group.paths[earlier].clone();
+            return Err(ParseError::new(
+                common_parent(&first, path),
+                format!(
+                    "{first} and {path} have the same key ({}): one message can hold \
+                     one row per key of table {}; remove or merge the duplicates",
+                    self.describe_key(entity, &row),
+                    table.name
+                ),
+            ));
         }
         let group = &mut self.children[at];
         group.rows.push(row);
@@ -464,6 +506,48 @@ mod tests {
                 .starts_with("/e/0 and /e/3 have the same key (id = 1)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn child_rows_with_one_key_are_refused_among_few_rows_and_many() {
+        // Few rows are compared one by one, more through a map built on the way: both
+        // find the same duplicates.
+        for rows in [
+            2,
+            ChildRows::SCANNED_UP_TO - 1,
+            ChildRows::SCANNED_UP_TO + 20,
+        ] {
+            let mut change = record(&KEPT, 0, "");
+            for id in 0..rows as i64 {
+                change
+                    .push_child(&KEPT, &format!("/c/{id}"), vec![Value::I64(id)])
+                    .unwrap();
+                // A NULL key names no row, so it never collides.
+                change
+                    .push_child(&KEPT, &format!("/n/{id}"), vec![Value::Null])
+                    .unwrap();
+            }
+            let err = (change.push_child(&KEPT, "/c/x", vec![Value::I64(1)])).unwrap_err();
+            assert!(
+                err.message.starts_with("/c/1 and /c/x have the same key"),
+                "{rows} rows: {err}"
+            );
+            let last = rows as i64 - 1;
+            let err = (change.push_child(&KEPT, "/c/y", vec![Value::I64(last)])).unwrap_err();
+            assert!(
+                err.message
+                    .starts_with(&format!("/c/{last} and /c/y have the same key")),
+                "{rows} rows: {err}"
+            );
+            change
+                .push_child(&KEPT, "/c/z", vec![Value::I64(rows as i64)])
+                .unwrap();
+            assert_eq!(change.children[0].rows.len(), 2 * rows + 1, "{rows} rows");
+        }
+        let mut change = record(&KEPT, 0, "");
+        for path in ["/s/0", "/s/1"] {
+            change.push_child(&SEEN, path, vec![Value::I64(1)]).unwrap();
+        }
     }
 
     #[test]

@@ -56,17 +56,28 @@ pub struct Map<'a>(Vec<(Cow<'a, str>, Value<'a>)>);
 
 /// Parses one strict JSON document (RFC 8259): no comments, no trailing commas.
 pub fn from_slice(bytes: &[u8]) -> Result<Value<'_>, Error> {
-    let mut deserializer = serde_json_lenient::Deserializer::from_slice(bytes);
+    // Checked as UTF-8 once, whole, rather than string by string as a slice reader
+    // does: those checks cost the worker a fifth of its parsing. Bytes that are not
+    // UTF-8 go to the slice reader, for its error and where it is.
+    match std::str::from_utf8(bytes) {
+        Ok(text) => from_str(text),
+        Err(_) => strict(serde_json_lenient::Deserializer::from_slice(bytes)),
+    }
+}
+
+/// [`from_slice`] of a string.
+pub fn from_str(text: &str) -> Result<Value<'_>, Error> {
+    strict(serde_json_lenient::Deserializer::from_str(text))
+}
+
+fn strict<'a, R: serde_json_lenient::de::Read<'a>>(
+    mut deserializer: serde_json_lenient::Deserializer<R>,
+) -> Result<Value<'a>, Error> {
     deserializer.set_ignore_trailing_commas(false);
     deserializer.set_allow_comments(false);
     let value = Value::deserialize(&mut deserializer)?;
     deserializer.end()?;
     Ok(value)
-}
-
-/// [`from_slice`] of a string.
-pub fn from_str(text: &str) -> Result<Value<'_>, Error> {
-    from_slice(text.as_bytes())
 }
 
 /// A [`Value<'static>`](Value) written as JSON, as serde_json's `json!` writes it.
@@ -573,6 +584,20 @@ impl<'de> Visitor<'de> for ValueVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_where_they_are() {
+        let text = r#"{"a": "é\u00e9", "b": [1, "x"]}"#;
+        let (whole, sliced) = (
+            from_str(text).unwrap(),
+            from_slice(text.as_bytes()).unwrap(),
+        );
+        assert_eq!(whole.to_string(), sliced.to_string());
+        assert_eq!(whole.get("a").and_then(Value::as_str), Some("éé"));
+        let err = from_slice(b"{\"a\": \"\xff\"}").unwrap_err();
+        assert!(err.to_string().contains("line 1 column"), "{err}");
+        assert!(from_slice(b"{\"a\": 1, }").is_err(), "no trailing commas");
+    }
 
     #[test]
     fn numbers_keep_the_text_they_were_sent_as() {

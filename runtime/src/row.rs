@@ -12,6 +12,15 @@ pub trait Row {
     /// The row's values, one per column of its table that the parser fills, in the
     /// table's order.
     fn values(&self) -> Vec<Value>;
+
+    /// The same values, moved out of the row rather than copied: what the parsers hand
+    /// on once they need the row no more (its text is not copied again).
+    fn into_values(self) -> Vec<Value>
+    where
+        Self: Sized,
+    {
+        self.values()
+    }
 }
 
 // Column values from the Rust types of generated models. Decimals are canonical text
@@ -39,7 +48,7 @@ value_from! {
 
 impl From<NaiveDate> for Value {
     fn from(value: NaiveDate) -> Self {
-        Value::Text(value.to_string())
+        Value::Text(crate::calendar::date_text(value))
     }
 }
 

@@ -372,7 +372,14 @@ pub fn copy_binary_row(out: &mut Vec<u8>, columns: &[Column], row: &[Value]) -> 
                 out.extend_from_slice(text.as_bytes());
             }
             (ColumnType::Decimal, Value::Text(text)) => {
-                field(out, &numeric_binary(text).ok_or_else(bad)?)
+                let at = out.len();
+                out.extend_from_slice(&[0; 4]);
+                if !put_numeric(out, text) {
+                    out.truncate(at);
+                    return Err(bad());
+                }
+                let length = (out.len() - at - 4) as i32;
+                out[at..at + 4].copy_from_slice(&length.to_be_bytes());
             }
             (ColumnType::Date, Value::Text(text)) => {
                 let date = crate::calendar::date(text).ok_or_else(bad)?;
@@ -407,10 +414,12 @@ pub fn copy_binary_row(out: &mut Vec<u8>, columns: &[Column], row: &[Value]) -> 
     Ok(())
 }
 
-/// A decimal's text (`-123.4500`, as the parsers write it: no exponent) as PostgreSQL's
-/// binary `numeric`: digit count, weight, sign and display scale, then base-10000
-/// digits. `None` for any other text.
-fn numeric_binary(text: &str) -> Option<Vec<u8>> {
+/// Appends a decimal's text (`-123.4500`, as the parsers write it: no exponent) as
+/// PostgreSQL's binary `numeric`: digit count, weight, sign and display scale, then
+/// base-10000 digits. False, with nothing appended, for any other text. Written straight
+/// into the COPY buffer, with no vectors of digits on the way: a TPC-H message has
+/// seventeen decimals.
+fn put_numeric(out: &mut Vec<u8>, text: &str) -> bool {
     let (negative, unsigned) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, text.strip_prefix('+').unwrap_or(text)),
@@ -418,47 +427,58 @@ fn numeric_binary(text: &str) -> Option<Vec<u8>> {
     let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
     let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     if (whole.is_empty() && fraction.is_empty()) || !all_digits(whole) || !all_digits(fraction) {
-        return None;
+        return false;
     }
-    let scale = i16::try_from(fraction.len()).ok()?;
-    let whole = whole.trim_start_matches('0');
+    let Ok(scale) = i16::try_from(fraction.len()) else {
+        return false;
+    };
+    let whole = whole.trim_start_matches('0').as_bytes();
+    let fraction = fraction.as_bytes();
     // Groups of four digits around the point: the whole part padded on the left, the
     // fraction on the right.
     let lead = (4 - whole.len() % 4) % 4;
     let tail = (4 - fraction.len() % 4) % 4;
-    let digits: Vec<u8> = std::iter::repeat_n(0, lead)
-        .chain(whole.bytes().map(|b| b - b'0'))
-        .chain(fraction.bytes().map(|b| b - b'0'))
-        .chain(std::iter::repeat_n(0, tail))
-        .collect();
-    let mut groups: Vec<i16> = digits
-        .chunks(4)
-        .map(|g| g.iter().fold(0_i16, |n, d| n * 10 + i16::from(*d)))
-        .collect();
-    let mut weight = i16::try_from((lead + whole.len()) / 4).ok()? - 1;
-    let leading_zeros = groups.iter().take_while(|g| **g == 0).count();
-    groups.drain(..leading_zeros);
-    weight -= i16::try_from(leading_zeros).ok()?;
-    while groups.last() == Some(&0) {
-        groups.pop();
-    }
-    if groups.is_empty() {
-        weight = 0;
-    }
-    let sign: u16 = if negative && !groups.is_empty() {
-        0x4000
-    } else {
-        0
+    let count = (lead + whole.len() + fraction.len() + tail) / 4;
+    let digit = |at: usize| -> i16 {
+        let Some(at) = at.checked_sub(lead) else {
+            return 0;
+        };
+        match whole.get(at) {
+            Some(d) => i16::from(d - b'0'),
+            None => fraction
+                .get(at - whole.len())
+                .map_or(0, |d| i16::from(d - b'0')),
+        }
     };
-    let mut out = Vec::with_capacity(8 + groups.len() * 2);
-    out.extend_from_slice(&i16::try_from(groups.len()).ok()?.to_be_bytes());
+    let group = |g: usize| (0..4).fold(0_i16, |n, k| n * 10 + digit(4 * g + k));
+    // Zero groups at either end are left out; the weight counts the groups before the
+    // point, less those left out at the start.
+    let first = (0..count).find(|g| group(*g) != 0);
+    let last = first.and_then(|first| (first..count).rev().find(|g| group(*g) != 0));
+    let (Ok(whole_groups), Ok(digits)) = (
+        i16::try_from((lead + whole.len()) / 4),
+        i16::try_from(last.map_or(0, |last| last + 1) - first.unwrap_or(0)),
+    ) else {
+        return false;
+    };
+    let weight = match first {
+        Some(first) => match i16::try_from(first) {
+            Ok(first) => whole_groups - 1 - first,
+            Err(_) => return false,
+        },
+        None => 0,
+    };
+    let sign: u16 = if negative && digits > 0 { 0x4000 } else { 0 };
+    out.extend_from_slice(&digits.to_be_bytes());
     out.extend_from_slice(&weight.to_be_bytes());
     out.extend_from_slice(&sign.to_be_bytes());
     out.extend_from_slice(&scale.to_be_bytes());
-    for group in groups {
-        out.extend_from_slice(&group.to_be_bytes());
+    if let (Some(first), Some(last)) = (first, last) {
+        for g in first..=last {
+            out.extend_from_slice(&group(g).to_be_bytes());
+        }
     }
-    Some(out)
+    true
 }
 
 /// PostgreSQL bulk path: COPY the rows into a temporary staging table shaped like the
@@ -776,6 +796,11 @@ mod tests {
         },
     ];
 
+    fn numeric_binary(text: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        put_numeric(&mut out, text).then_some(out)
+    }
+
     #[test]
     fn decimals_become_base_10000_digits() {
         // (digits, weight, sign, scale, groups)
@@ -800,6 +825,15 @@ mod tests {
         assert_eq!(parts("0"), (0, 0, 0, 0, vec![]));
         assert_eq!(parts("-0.00"), (0, 0, 0, 2, vec![]));
         assert_eq!(parts("12."), (1, 0, 0, 0, vec![12]));
+        assert_eq!(parts("00012"), (1, 0, 0, 0, vec![12]));
+        assert_eq!(
+            parts("-123456789.000100"),
+            (4, 2, 0x4000, 6, vec![1, 2345, 6789, 1])
+        );
+        assert_eq!(
+            parts("1000000000000.5"),
+            (5, 3, 0, 1, vec![1, 0, 0, 0, 5000])
+        );
         for bad in ["", ".", "1e5", "1.2.3", "--1", "NaN", "1 "] {
             assert_eq!(numeric_binary(bad), None, "{bad:?}");
         }

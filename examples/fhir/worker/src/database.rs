@@ -117,6 +117,28 @@ impl Row for crate::models::Observation {
             self.resource.clone().into(),
         ]
     }
+
+    fn into_values(self) -> Vec<Value> {
+        vec![
+            self.id.into(),
+            self.status.into(),
+            self.code_text.into(),
+            self.code_system.into(),
+            self.code.into(),
+            self.loinc.into(),
+            self.subject.into(),
+            self.subject_type.into(),
+            self.subject_id.into(),
+            self.effective.into(),
+            self.effective_start.into(),
+            self.effective_end.into(),
+            self.issued.into(),
+            self.value.into(),
+            self.unit.into(),
+            self.value_text.into(),
+            self.resource.into(),
+        ]
+    }
 }
 
 /// Table `observation_component` (entity `observation_component`).
@@ -166,6 +188,17 @@ impl Row for crate::models::ObservationComponent {
             self.code.clone().into(),
             self.value.clone().into(),
             self.unit.clone().into(),
+        ]
+    }
+
+    fn into_values(self) -> Vec<Value> {
+        vec![
+            self.observation_id.into(),
+            self.position.into(),
+            self.code_text.into(),
+            self.code.into(),
+            self.value.into(),
+            self.unit.into(),
         ]
     }
 }
@@ -226,6 +259,17 @@ impl Row for crate::models::Patient {
             self.resource.clone().into(),
         ]
     }
+
+    fn into_values(self) -> Vec<Value> {
+        vec![
+            self.id.into(),
+            self.active.into(),
+            self.gender.into(),
+            self.birth_date.into(),
+            self.deceased.into(),
+            self.resource.into(),
+        ]
+    }
 }
 
 /// Table `patient_name` (entity `patient_name`).
@@ -272,6 +316,16 @@ impl Row for crate::models::PatientName {
             self.given.clone().into(),
         ]
     }
+
+    fn into_values(self) -> Vec<Value> {
+        vec![
+            self.patient_id.into(),
+            self.position.into(),
+            self.name_use.into(),
+            self.family.into(),
+            self.given.into(),
+        ]
+    }
 }
 
 /// Table `bundle` (entity `bundle`).
@@ -313,6 +367,15 @@ impl Row for crate::models::Bundle {
         vec![
             self.id.clone().into(),
             self.bundle_type.clone().into(),
+            self.timestamp.into(),
+            self.total.into(),
+        ]
+    }
+
+    fn into_values(self) -> Vec<Value> {
+        vec![
+            self.id.into(),
+            self.bundle_type.into(),
             self.timestamp.into(),
             self.total.into(),
         ]

@@ -54,6 +54,16 @@ impl Row for crate::models::Star {
             self.starred_at.into(),
         ]
     }
+
+    fn into_values(self) -> Vec<Value> {
+        vec![
+            self.repository_id.into(),
+            self.user_id.into(),
+            self.repository.into(),
+            self.user_login.into(),
+            self.starred_at.into(),
+        ]
+    }
 }
 
 /// Table `issue` (entity `issue`).
@@ -120,6 +130,19 @@ impl Row for crate::models::Issue {
             self.state.clone().into(),
             self.locked.into(),
             self.user_login.clone().into(),
+            self.updated_at.into(),
+        ]
+    }
+
+    fn into_values(self) -> Vec<Value> {
+        vec![
+            self.id.into(),
+            self.repository_id.into(),
+            self.number.into(),
+            self.title.into(),
+            self.state.into(),
+            self.locked.into(),
+            self.user_login.into(),
             self.updated_at.into(),
         ]
     }
@@ -367,6 +390,54 @@ impl Row for crate::models::PullRequest {
             self.received_at.into(),
         ]
     }
+
+    fn into_values(self) -> Vec<Value> {
+        vec![
+            self.id.into(),
+            self.node_id.into(),
+            self.number.into(),
+            self.action.into(),
+            self.repository_id.into(),
+            self.state.into(),
+            self.locked.into(),
+            self.draft.into(),
+            self.title.into(),
+            self.body.into(),
+            self.user_id.into(),
+            self.user_login.into(),
+            self.author_association.into(),
+            self.created_at.into(),
+            self.updated_at.into(),
+            self.closed_at.into(),
+            self.merged_at.into(),
+            self.merged.into(),
+            self.mergeable.into(),
+            self.rebaseable.into(),
+            self.mergeable_state.into(),
+            self.merge_commit_sha.into(),
+            self.merged_by_login.into(),
+            self.maintainer_can_modify.into(),
+            self.comments.into(),
+            self.review_comments.into(),
+            self.commits.into(),
+            self.additions.into(),
+            self.deletions.into(),
+            self.changed_files.into(),
+            self.head_ref.into(),
+            self.head_sha.into(),
+            self.base_ref.into(),
+            self.base_sha.into(),
+            self.url.into(),
+            self.html_url.into(),
+            self.diff_url.into(),
+            self.patch_url.into(),
+            self.issue_url.into(),
+            self.commits_url.into(),
+            self.comments_url.into(),
+            self.statuses_url.into(),
+            self.received_at.into(),
+        ]
+    }
 }
 
 /// Table `push` (entity `push`).
@@ -461,6 +532,23 @@ impl Row for crate::models::Push {
             self.payload.clone().into(),
         ]
     }
+
+    fn into_values(self) -> Vec<Value> {
+        vec![
+            self.delivery.into(),
+            self.received_at.into(),
+            self.idempotency_key.into(),
+            self.github_delivery.into(),
+            self.git_ref.into(),
+            self.before.into(),
+            self.after.into(),
+            self.repository_id.into(),
+            self.pushed_at.into(),
+            self.repository_created_at.into(),
+            self.repository_updated_at.into(),
+            self.payload.into(),
+        ]
+    }
 }
 
 /// Table `head_commit` (entity `head_commit`).
@@ -505,6 +593,16 @@ impl Row for crate::models::HeadCommit {
             self.message.clone().into(),
             self.committed_at.into(),
             self.author.clone().into(),
+        ]
+    }
+
+    fn into_values(self) -> Vec<Value> {
+        vec![
+            self.delivery.into(),
+            self.sha.into(),
+            self.message.into(),
+            self.committed_at.into(),
+            self.author.into(),
         ]
     }
 }
@@ -561,6 +659,17 @@ impl Row for crate::models::PushCommit {
             self.removed.clone().into(),
         ]
     }
+
+    fn into_values(self) -> Vec<Value> {
+        vec![
+            self.delivery.into(),
+            self.sha.into(),
+            self.message.into(),
+            self.added.into(),
+            self.modified.into(),
+            self.removed.into(),
+        ]
+    }
 }
 
 /// Table `added_file` (entity `added_file`).
@@ -600,6 +709,15 @@ impl Row for crate::models::AddedFile {
             self.sha.clone().into(),
             self.position.into(),
             self.path.clone().into(),
+        ]
+    }
+
+    fn into_values(self) -> Vec<Value> {
+        vec![
+            self.delivery.into(),
+            self.sha.into(),
+            self.position.into(),
+            self.path.into(),
         ]
     }
 }

@@ -77,6 +77,20 @@ impl Row for crate::models::Order {
             self.o_comment.clone().into(),
         ]
     }
+
+    fn into_values(self) -> Vec<Value> {
+        vec![
+            self.o_orderkey.into(),
+            self.o_custkey.into(),
+            self.o_orderstatus.into(),
+            self.o_totalprice.into(),
+            self.o_orderdate.into(),
+            self.o_orderpriority.into(),
+            self.o_clerk.into(),
+            self.o_shippriority.into(),
+            self.o_comment.into(),
+        ]
+    }
 }
 
 /// Table `lineitem` (entity `lineitem`).
@@ -178,6 +192,27 @@ impl Row for crate::models::Lineitem {
             self.l_comment.clone().into(),
         ]
     }
+
+    fn into_values(self) -> Vec<Value> {
+        vec![
+            self.l_orderkey.into(),
+            self.l_partkey.into(),
+            self.l_suppkey.into(),
+            self.l_linenumber.into(),
+            self.l_quantity.into(),
+            self.l_extendedprice.into(),
+            self.l_discount.into(),
+            self.l_tax.into(),
+            self.l_returnflag.into(),
+            self.l_linestatus.into(),
+            self.l_shipdate.into(),
+            self.l_commitdate.into(),
+            self.l_receiptdate.into(),
+            self.l_shipinstruct.into(),
+            self.l_shipmode.into(),
+            self.l_comment.into(),
+        ]
+    }
 }
 
 /// Table `customer` (entity `customer`).
@@ -241,6 +276,19 @@ impl Row for crate::models::Customer {
             self.c_acctbal.clone().into(),
             self.c_mktsegment.clone().into(),
             self.c_comment.clone().into(),
+        ]
+    }
+
+    fn into_values(self) -> Vec<Value> {
+        vec![
+            self.c_custkey.into(),
+            self.c_name.into(),
+            self.c_address.into(),
+            self.c_nationkey.into(),
+            self.c_phone.into(),
+            self.c_acctbal.into(),
+            self.c_mktsegment.into(),
+            self.c_comment.into(),
         ]
     }
 }

@@ -40,6 +40,10 @@ pub fn parse_into(
     change: &mut nomnom_runtime::change::Change,
 ) -> Result<(), ParseError> {
     let row = parse(body, path, index, meta, parent)?;
-    change.push_child(&crate::database::OBSERVATION_COMPONENT, path, row.values())?;
+    change.push_child(
+        &crate::database::OBSERVATION_COMPONENT,
+        path,
+        row.into_values(),
+    )?;
     Ok(())
 }

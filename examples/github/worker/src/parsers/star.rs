@@ -47,7 +47,7 @@ pub fn parse_row(
     op: nomnom_runtime::change::Op,
 ) -> Result<nomnom_runtime::change::Change, ParseError> {
     let row = parse(body, "", meta)?;
-    let change = nomnom_runtime::change::Change::row(&crate::database::STAR, op, row.values());
+    let change = nomnom_runtime::change::Change::row(&crate::database::STAR, op, row.into_values());
     Ok(change)
 }
 

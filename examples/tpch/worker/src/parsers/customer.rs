@@ -80,7 +80,8 @@ pub fn parse_row(
     op: nomnom_runtime::change::Op,
 ) -> Result<nomnom_runtime::change::Change, ParseError> {
     let row = parse(body, "", meta)?;
-    let change = nomnom_runtime::change::Change::row(&crate::database::CUSTOMER, op, row.values());
+    let change =
+        nomnom_runtime::change::Change::row(&crate::database::CUSTOMER, op, row.into_values());
     Ok(change)
 }
 

@@ -111,6 +111,6 @@ pub fn parse_into(
     change: &mut nomnom_runtime::change::Change,
 ) -> Result<(), ParseError> {
     let row = parse(body, path, index, meta, parent)?;
-    change.push_child(&crate::database::LINEITEM, path, row.values())?;
+    change.push_child(&crate::database::LINEITEM, path, row.into_values())?;
     Ok(())
 }
