@@ -23,10 +23,9 @@ pub struct FieldView {
     pub rust_type: String,
     /// Expression (in parser scope: `body`, `path`, `parent`) producing the value.
     pub parse: String,
-    /// Expression producing the column's `sql::Value` from `self.<name>`.
+    /// Expression producing the column's `sql::Value` from `self.<name>`, moved out
+    /// (`Row::into_values`).
     pub value: String,
-    /// The same, moving `self.<name>` (in `Row::into_values`): no copy of its text.
-    pub owned_value: String,
     /// Variant of `nomnom_runtime::sql::ColumnType`, as Rust.
     pub column_type: String,
     pub postgres_type: String,
@@ -576,8 +575,7 @@ fn field_view(entity: &Entity, field: &Field) -> FieldView {
             info.rust.to_owned()
         }),
         parse,
-        value: format!("self.{}{clone}.into()", field.name),
-        owned_value: format!("self.{}.into()", field.name),
+        value: format!("self.{}.into()", field.name),
         column_type: if field.array {
             format!(
                 "Array {{ element: {} }}",

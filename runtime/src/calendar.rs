@@ -93,11 +93,12 @@ mod tests {
     use chrono::Datelike as _;
 
     #[test]
-    fn dates_read_as_chrono_reads_them_with_the_format_string() {
+    fn dates_read_and_write_as_chrono_does_with_the_format_string() {
         let mut day = NaiveDate::from_ymd_opt(-12, 1, 1).unwrap();
         let last = NaiveDate::from_ymd_opt(10_003, 1, 1).unwrap();
         while day <= last {
             assert_eq!(date(&day.to_string()), Some(day));
+            assert_eq!(date_text(day), day.to_string());
             day = day
                 + chrono::Days::new(if day.year() < 10 || day.year() > 9_990 {
                     1
@@ -113,37 +114,14 @@ mod tests {
             "+1996-02-12",
             "19960212",
             "1996-02-30",
-            "1996-02-12T00:00:00",
-            "",
-            "12",
-        ] {
-            assert_eq!(
-                date(text),
-                NaiveDate::parse_from_str(text, "%Y-%m-%d").ok(),
-                "{text:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn dates_write_as_chrono_writes_them() {
-        let mut day = NaiveDate::from_ymd_opt(-12, 1, 1).unwrap();
-        let last = NaiveDate::from_ymd_opt(10_003, 1, 1).unwrap();
-        while day <= last {
-            assert_eq!(date_text(day), day.to_string());
-            day = day
-                + chrono::Days::new(if day.year() < 10 || day.year() > 9_990 {
-                    1
-                } else {
-                    29
-                });
-        }
-        for text in [
             "0000-02-29",
             "1900-02-29",
             "2000-02-29",
             "2024-13-01",
             "2024-00-10",
+            "1996-02-12T00:00:00",
+            "",
+            "12",
         ] {
             assert_eq!(
                 date(text),

@@ -8,18 +8,15 @@ use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, Utc};
 use crate::sql::Value;
 
 /// A row of one table.
-pub trait Row {
+pub trait Row: Clone {
     /// The row's values, one per column of its table that the parser fills, in the
-    /// table's order.
-    fn values(&self) -> Vec<Value>;
+    /// table's order, moved out of the row: what the parsers hand on once they need the
+    /// row no more (its text is not copied).
+    fn into_values(self) -> Vec<Value>;
 
-    /// The same values, moved out of the row rather than copied: what the parsers hand
-    /// on once they need the row no more (its text is not copied again).
-    fn into_values(self) -> Vec<Value>
-    where
-        Self: Sized,
-    {
-        self.values()
+    /// The same values from a row still needed (a parent, which its children read).
+    fn values(&self) -> Vec<Value> {
+        self.clone().into_values()
     }
 }
 
@@ -116,14 +113,15 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 mod tests {
     use super::*;
 
+    #[derive(Clone)]
     struct Item {
         id: i64,
         name: Option<String>,
     }
 
     impl Row for Item {
-        fn values(&self) -> Vec<Value> {
-            vec![self.id.into(), self.name.clone().into()]
+        fn into_values(self) -> Vec<Value> {
+            vec![self.id.into(), self.name.into()]
         }
     }
 

@@ -96,28 +96,6 @@ pub static OBSERVATION: Entity = Entity {
 };
 
 impl Row for crate::models::Observation {
-    fn values(&self) -> Vec<Value> {
-        vec![
-            self.id.clone().into(),
-            self.status.clone().into(),
-            self.code_text.clone().into(),
-            self.code_system.clone().into(),
-            self.code.clone().into(),
-            self.loinc.clone().into(),
-            self.subject.clone().into(),
-            self.subject_type.clone().into(),
-            self.subject_id.clone().into(),
-            self.effective.clone().into(),
-            self.effective_start.into(),
-            self.effective_end.into(),
-            self.issued.into(),
-            self.value.clone().into(),
-            self.unit.clone().into(),
-            self.value_text.clone().into(),
-            self.resource.clone().into(),
-        ]
-    }
-
     fn into_values(self) -> Vec<Value> {
         vec![
             self.id.into(),
@@ -180,17 +158,6 @@ pub static OBSERVATION_COMPONENT: Entity = Entity {
 };
 
 impl Row for crate::models::ObservationComponent {
-    fn values(&self) -> Vec<Value> {
-        vec![
-            self.observation_id.clone().into(),
-            self.position.into(),
-            self.code_text.clone().into(),
-            self.code.clone().into(),
-            self.value.clone().into(),
-            self.unit.clone().into(),
-        ]
-    }
-
     fn into_values(self) -> Vec<Value> {
         vec![
             self.observation_id.into(),
@@ -249,17 +216,6 @@ pub static PATIENT: Entity = Entity {
 };
 
 impl Row for crate::models::Patient {
-    fn values(&self) -> Vec<Value> {
-        vec![
-            self.id.clone().into(),
-            self.active.into(),
-            self.gender.clone().into(),
-            self.birth_date.into(),
-            self.deceased.into(),
-            self.resource.clone().into(),
-        ]
-    }
-
     fn into_values(self) -> Vec<Value> {
         vec![
             self.id.into(),
@@ -307,16 +263,6 @@ pub static PATIENT_NAME: Entity = Entity {
 };
 
 impl Row for crate::models::PatientName {
-    fn values(&self) -> Vec<Value> {
-        vec![
-            self.patient_id.clone().into(),
-            self.position.into(),
-            self.name_use.clone().into(),
-            self.family.clone().into(),
-            self.given.clone().into(),
-        ]
-    }
-
     fn into_values(self) -> Vec<Value> {
         vec![
             self.patient_id.into(),
@@ -363,15 +309,6 @@ pub static BUNDLE: Entity = Entity {
 };
 
 impl Row for crate::models::Bundle {
-    fn values(&self) -> Vec<Value> {
-        vec![
-            self.id.clone().into(),
-            self.bundle_type.clone().into(),
-            self.timestamp.into(),
-            self.total.into(),
-        ]
-    }
-
     fn into_values(self) -> Vec<Value> {
         vec![
             self.id.into(),

@@ -45,16 +45,6 @@ pub static STAR: Entity = Entity {
 };
 
 impl Row for crate::models::Star {
-    fn values(&self) -> Vec<Value> {
-        vec![
-            self.repository_id.into(),
-            self.user_id.into(),
-            self.repository.clone().into(),
-            self.user_login.clone().into(),
-            self.starred_at.into(),
-        ]
-    }
-
     fn into_values(self) -> Vec<Value> {
         vec![
             self.repository_id.into(),
@@ -121,19 +111,6 @@ pub static ISSUE: Entity = Entity {
 };
 
 impl Row for crate::models::Issue {
-    fn values(&self) -> Vec<Value> {
-        vec![
-            self.id.into(),
-            self.repository_id.into(),
-            self.number.into(),
-            self.title.clone().into(),
-            self.state.clone().into(),
-            self.locked.into(),
-            self.user_login.clone().into(),
-            self.updated_at.into(),
-        ]
-    }
-
     fn into_values(self) -> Vec<Value> {
         vec![
             self.id.into(),
@@ -343,54 +320,6 @@ pub static PULL_REQUEST: Entity = Entity {
 };
 
 impl Row for crate::models::PullRequest {
-    fn values(&self) -> Vec<Value> {
-        vec![
-            self.id.into(),
-            self.node_id.clone().into(),
-            self.number.into(),
-            self.action.clone().into(),
-            self.repository_id.into(),
-            self.state.clone().into(),
-            self.locked.into(),
-            self.draft.into(),
-            self.title.clone().into(),
-            self.body.clone().into(),
-            self.user_id.into(),
-            self.user_login.clone().into(),
-            self.author_association.clone().into(),
-            self.created_at.into(),
-            self.updated_at.into(),
-            self.closed_at.into(),
-            self.merged_at.into(),
-            self.merged.into(),
-            self.mergeable.into(),
-            self.rebaseable.into(),
-            self.mergeable_state.clone().into(),
-            self.merge_commit_sha.clone().into(),
-            self.merged_by_login.clone().into(),
-            self.maintainer_can_modify.into(),
-            self.comments.into(),
-            self.review_comments.into(),
-            self.commits.into(),
-            self.additions.into(),
-            self.deletions.into(),
-            self.changed_files.into(),
-            self.head_ref.clone().into(),
-            self.head_sha.clone().into(),
-            self.base_ref.clone().into(),
-            self.base_sha.clone().into(),
-            self.url.clone().into(),
-            self.html_url.clone().into(),
-            self.diff_url.clone().into(),
-            self.patch_url.clone().into(),
-            self.issue_url.clone().into(),
-            self.commits_url.clone().into(),
-            self.comments_url.clone().into(),
-            self.statuses_url.clone().into(),
-            self.received_at.into(),
-        ]
-    }
-
     fn into_values(self) -> Vec<Value> {
         vec![
             self.id.into(),
@@ -516,23 +445,6 @@ pub static PUSH: Entity = Entity {
 };
 
 impl Row for crate::models::Push {
-    fn values(&self) -> Vec<Value> {
-        vec![
-            self.delivery.into(),
-            self.received_at.into(),
-            self.idempotency_key.clone().into(),
-            self.github_delivery.clone().into(),
-            self.git_ref.clone().into(),
-            self.before.clone().into(),
-            self.after.clone().into(),
-            self.repository_id.into(),
-            self.pushed_at.into(),
-            self.repository_created_at.into(),
-            self.repository_updated_at.into(),
-            self.payload.clone().into(),
-        ]
-    }
-
     fn into_values(self) -> Vec<Value> {
         vec![
             self.delivery.into(),
@@ -586,16 +498,6 @@ pub static HEAD_COMMIT: Entity = Entity {
 };
 
 impl Row for crate::models::HeadCommit {
-    fn values(&self) -> Vec<Value> {
-        vec![
-            self.delivery.into(),
-            self.sha.clone().into(),
-            self.message.clone().into(),
-            self.committed_at.into(),
-            self.author.clone().into(),
-        ]
-    }
-
     fn into_values(self) -> Vec<Value> {
         vec![
             self.delivery.into(),
@@ -649,17 +551,6 @@ pub static PUSH_COMMIT: Entity = Entity {
 };
 
 impl Row for crate::models::PushCommit {
-    fn values(&self) -> Vec<Value> {
-        vec![
-            self.delivery.into(),
-            self.sha.clone().into(),
-            self.message.clone().into(),
-            self.added.clone().into(),
-            self.modified.clone().into(),
-            self.removed.clone().into(),
-        ]
-    }
-
     fn into_values(self) -> Vec<Value> {
         vec![
             self.delivery.into(),
@@ -703,15 +594,6 @@ pub static ADDED_FILE: Entity = Entity {
 };
 
 impl Row for crate::models::AddedFile {
-    fn values(&self) -> Vec<Value> {
-        vec![
-            self.delivery.into(),
-            self.sha.clone().into(),
-            self.position.into(),
-            self.path.clone().into(),
-        ]
-    }
-
     fn into_values(self) -> Vec<Value> {
         vec![
             self.delivery.into(),

@@ -64,20 +64,6 @@ pub static ORDER: Entity = Entity {
 };
 
 impl Row for crate::models::Order {
-    fn values(&self) -> Vec<Value> {
-        vec![
-            self.o_orderkey.into(),
-            self.o_custkey.into(),
-            self.o_orderstatus.clone().into(),
-            self.o_totalprice.clone().into(),
-            self.o_orderdate.into(),
-            self.o_orderpriority.clone().into(),
-            self.o_clerk.clone().into(),
-            self.o_shippriority.into(),
-            self.o_comment.clone().into(),
-        ]
-    }
-
     fn into_values(self) -> Vec<Value> {
         vec![
             self.o_orderkey.into(),
@@ -172,27 +158,6 @@ pub static LINEITEM: Entity = Entity {
 };
 
 impl Row for crate::models::Lineitem {
-    fn values(&self) -> Vec<Value> {
-        vec![
-            self.l_orderkey.into(),
-            self.l_partkey.into(),
-            self.l_suppkey.into(),
-            self.l_linenumber.into(),
-            self.l_quantity.clone().into(),
-            self.l_extendedprice.clone().into(),
-            self.l_discount.clone().into(),
-            self.l_tax.clone().into(),
-            self.l_returnflag.clone().into(),
-            self.l_linestatus.clone().into(),
-            self.l_shipdate.into(),
-            self.l_commitdate.into(),
-            self.l_receiptdate.into(),
-            self.l_shipinstruct.clone().into(),
-            self.l_shipmode.clone().into(),
-            self.l_comment.clone().into(),
-        ]
-    }
-
     fn into_values(self) -> Vec<Value> {
         vec![
             self.l_orderkey.into(),
@@ -266,19 +231,6 @@ pub static CUSTOMER: Entity = Entity {
 };
 
 impl Row for crate::models::Customer {
-    fn values(&self) -> Vec<Value> {
-        vec![
-            self.c_custkey.into(),
-            self.c_name.clone().into(),
-            self.c_address.clone().into(),
-            self.c_nationkey.into(),
-            self.c_phone.clone().into(),
-            self.c_acctbal.clone().into(),
-            self.c_mktsegment.clone().into(),
-            self.c_comment.clone().into(),
-        ]
-    }
-
     fn into_values(self) -> Vec<Value> {
         vec![
             self.c_custkey.into(),
