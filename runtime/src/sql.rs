@@ -10,15 +10,16 @@ use diesel::{
     connection::SimpleConnection,
     pg::{Pg, PgConnection},
     prelude::*,
-    query_builder::BoxedSqlQuery,
-    sql_types::Integer,
+    query_builder::{AstPass, BoxedSqlQuery, Query, QueryFragment, QueryId},
+    sql_types::{BigInt, Bool, Double, Float, Integer, Nullable, SmallInt, Text},
+    sqlite::Sqlite,
 };
 
+use crate::db::DatabaseKind;
 /// Connections live in [`crate::db`]; re-exported here for generated code.
 pub use crate::db::{
     AnyConnection, ConnectError, connect, is_transient, run_script, write_transaction,
 };
-use crate::db::{DatabaseKind, with_backend};
 
 /// Column types, as the spec names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,7 +235,7 @@ impl diesel::pg::CopyTarget for StageTarget {
     type Table = nomnom_stage::table;
     type SqlType = Integer;
 
-    fn walk_target(mut pass: diesel::query_builder::AstPass<'_, '_, Pg>) -> QueryResult<()> {
+    fn walk_target(mut pass: AstPass<'_, '_, Pg>) -> QueryResult<()> {
         pass.push_identifier(STAGE_TABLE)
     }
 }
@@ -287,7 +288,7 @@ impl diesel::pg::CopyTarget for StraightTarget {
     type Table = nomnom_stage::table;
     type SqlType = Integer;
 
-    fn walk_target(mut pass: diesel::query_builder::AstPass<'_, '_, Pg>) -> QueryResult<()> {
+    fn walk_target(mut pass: AstPass<'_, '_, Pg>) -> QueryResult<()> {
         STRAIGHT_TARGET.with_borrow(|target| pass.push_sql(target));
         Ok(())
     }
@@ -540,14 +541,118 @@ fn delete_sql(kind: DatabaseKind, table: &Table, rows: usize) -> String {
     sql
 }
 
-/// Binds `$value` to `$query` as the SQL type of `$column_type` (NULL of that type for
-/// `Value::Null`).
-macro_rules! bind_value {
-    ($query:expr, $column_type:expr, $value:expr) => {{
-        use diesel::sql_types::{BigInt, Bool, Double, Float, Integer, Nullable, SmallInt, Text};
-        use $crate::sql::{ColumnType, Value};
-        let query = $query;
-        match ($column_type, $value) {
+/// Whether a statement is kept prepared on its connection (SQLite).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Prepare {
+    /// Prepared for this run only: statements whose text varies with their number of
+    /// rows, which would fill the cache with one entry per row count. Every statement
+    /// on PostgreSQL, where the server prepares them.
+    EachTime,
+    /// SQLite: prepared on first use and kept in diesel's statement cache (keyed by the
+    /// text), for statements of a few sizes only ([`in_chunks`]).
+    Once,
+}
+
+/// A statement's text, and where its `?` placeholders (SQLite's) are: found once, since
+/// diesel walks a statement several times each time it runs it. nomnom's SQL has no `?`
+/// but its placeholders (identifiers are validated, literals are its own).
+pub(crate) struct Sql {
+    text: String,
+    holes: Vec<usize>,
+}
+
+impl Sql {
+    pub(crate) fn new(text: String) -> Self {
+        let holes = (text.bytes().enumerate())
+            .filter(|(_, b)| *b == b'?')
+            .map(|(i, _)| i)
+            .collect();
+        Self { text, holes }
+    }
+}
+
+/// A SQLite statement and its typed binds, which diesel may keep prepared (diesel's own
+/// `sql_query` never is). Each value is bound, as the SQL type of its column type (NULL
+/// of that type for [`Value::Null`]), at the placeholders of the text in turn; text is
+/// borrowed.
+struct SqliteStatement<'a> {
+    sql: &'a Sql,
+    binds: &'a [(ColumnType, &'a Value)],
+    prepare: Prepare,
+}
+
+impl QueryFragment<Sqlite> for SqliteStatement<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        if self.prepare == Prepare::EachTime {
+            out.unsafe_to_cache_prepared();
+        }
+        if self.sql.holes.len() != self.binds.len() {
+            return Err(placeholders_mismatch(self));
+        }
+        // diesel writes each bind's `?` itself: the text goes in between.
+        let text = &self.sql.text;
+        let mut start = 0;
+        for (hole, (column_type, value)) in self.sql.holes.iter().zip(self.binds) {
+            out.push_sql(&text[start..*hole]);
+            start = hole + 1;
+            match (column_type, *value) {
+                (ColumnType::Bool, Value::Bool(v)) => out.push_bind_param::<Bool, _>(v)?,
+                (ColumnType::Bool, _) => out.push_bind_param::<Nullable<Bool>, _>(&None::<bool>)?,
+                (ColumnType::I16, Value::I16(v)) => out.push_bind_param::<SmallInt, _>(v)?,
+                (ColumnType::I16, _) => {
+                    out.push_bind_param::<Nullable<SmallInt>, _>(&None::<i16>)?;
+                }
+                (ColumnType::I32, Value::I32(v)) => out.push_bind_param::<Integer, _>(v)?,
+                (ColumnType::I32, _) => {
+                    out.push_bind_param::<Nullable<Integer>, _>(&None::<i32>)?;
+                }
+                (ColumnType::I64, Value::I64(v)) => out.push_bind_param::<BigInt, _>(v)?,
+                (ColumnType::I64, _) => out.push_bind_param::<Nullable<BigInt>, _>(&None::<i64>)?,
+                (ColumnType::F32, Value::F32(v)) => out.push_bind_param::<Float, _>(v)?,
+                (ColumnType::F32, _) => out.push_bind_param::<Nullable<Float>, _>(&None::<f32>)?,
+                (ColumnType::F64, Value::F64(v)) => out.push_bind_param::<Double, _>(v)?,
+                (ColumnType::F64, _) => out.push_bind_param::<Nullable<Double>, _>(&None::<f64>)?,
+                (_, Value::Text(v)) => out.push_bind_param::<Text, _>(v)?,
+                (_, _) => out.push_bind_param::<Nullable<Text>, _>(&None::<String>)?,
+            }
+        }
+        out.push_sql(&text[start..]);
+        Ok(())
+    }
+}
+
+fn placeholders_mismatch(statement: &SqliteStatement<'_>) -> diesel::result::Error {
+    diesel::result::Error::QueryBuilderError(
+        format!(
+            "{} binds for the {} placeholders of {:?}",
+            statement.binds.len(),
+            statement.sql.holes.len(),
+            statement.sql.text
+        )
+        .into(),
+    )
+}
+
+impl QueryId for SqliteStatement<'_> {
+    type QueryId = ();
+    // No type of its own: diesel's cache keys it by its text and bind types.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for SqliteStatement<'_> {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl<Conn> RunQueryDsl<Conn> for SqliteStatement<'_> {}
+
+/// A PostgreSQL statement with typed binds (its placeholders written in the text).
+fn postgres_statement<'a>(
+    sql: &str,
+    binds: &[(ColumnType, &Value)],
+) -> BoxedSqlQuery<'a, Pg, diesel::query_builder::SqlQuery> {
+    let mut query = diesel::sql_query(sql).into_boxed();
+    for (column_type, value) in binds {
+        query = match (column_type, *value) {
             (ColumnType::Bool, Value::Bool(v)) => query.bind::<Bool, _>(*v),
             (ColumnType::Bool, _) => query.bind::<Nullable<Bool>, _>(None::<bool>),
             (ColumnType::I16, Value::I16(v)) => query.bind::<SmallInt, _>(*v),
@@ -562,8 +667,9 @@ macro_rules! bind_value {
             (ColumnType::F64, _) => query.bind::<Nullable<Double>, _>(None::<f64>),
             (_, Value::Text(v)) => query.bind::<Text, _>(v.clone()),
             (_, _) => query.bind::<Nullable<Text>, _>(None::<String>),
-        }
-    }};
+        };
+    }
+    query
 }
 
 /// Runs one statement with typed binds, on either backend.
@@ -572,14 +678,26 @@ pub(crate) fn execute(
     sql_for: impl Fn(DatabaseKind) -> String,
     binds: &[(ColumnType, &Value)],
 ) -> QueryResult<usize> {
-    with_backend!(conn, c => {
-        let mut query: BoxedSqlQuery<'_, dialect::Backend, _> =
-            diesel::sql_query(sql_for(dialect::KIND)).into_boxed();
-        for (column_type, value) in binds {
-            query = bind_value!(query, *column_type, *value);
+    let sql = Sql::new(sql_for(conn.kind()));
+    execute_as(conn, &sql, binds, Prepare::EachTime)
+}
+
+/// Runs one statement with typed binds, prepared as `prepare` says.
+pub(crate) fn execute_as(
+    conn: &mut AnyConnection,
+    sql: &Sql,
+    binds: &[(ColumnType, &Value)],
+    prepare: Prepare,
+) -> QueryResult<usize> {
+    match conn {
+        AnyConnection::Postgresql(pg) => postgres_statement(&sql.text, binds).execute(pg),
+        AnyConnection::Sqlite(lite) => SqliteStatement {
+            sql,
+            binds,
+            prepare,
         }
-        query.execute(c)
-    })
+        .execute(lite),
+    }
 }
 
 /// Runs a query with typed binds and loads its rows, on either backend.
@@ -589,16 +707,74 @@ pub(crate) fn load<T>(
     binds: &[(ColumnType, &Value)],
 ) -> QueryResult<Vec<T>>
 where
-    T: QueryableByName<Pg> + QueryableByName<diesel::sqlite::Sqlite> + 'static,
+    T: QueryableByName<Pg> + QueryableByName<Sqlite> + 'static,
 {
-    with_backend!(conn, c => {
-        let mut query: BoxedSqlQuery<'_, dialect::Backend, _> =
-            diesel::sql_query(sql_for(dialect::KIND)).into_boxed();
-        for (column_type, value) in binds {
-            query = bind_value!(query, *column_type, *value);
+    let sql = Sql::new(sql_for(conn.kind()));
+    load_as(conn, &sql, binds, Prepare::EachTime)
+}
+
+/// Runs a query with typed binds, prepared as `prepare` says, and loads its rows.
+pub(crate) fn load_as<T>(
+    conn: &mut AnyConnection,
+    sql: &Sql,
+    binds: &[(ColumnType, &Value)],
+    prepare: Prepare,
+) -> QueryResult<Vec<T>>
+where
+    T: QueryableByName<Pg> + QueryableByName<Sqlite> + 'static,
+{
+    match conn {
+        AnyConnection::Postgresql(pg) => postgres_statement(&sql.text, binds).load::<T>(pg),
+        AnyConnection::Sqlite(lite) => SqliteStatement {
+            sql,
+            binds,
+            prepare,
         }
-        query.load::<T>(c)
-    })
+        .load::<T>(lite),
+    }
+}
+
+/// Most items in one SQLite statement (a power of two, see [`in_chunks`]).
+pub(crate) const SQLITE_ITEMS_PER_STATEMENT: usize = 16;
+
+/// Runs statements over `items`, `width` binds per item, with as many items per
+/// statement as the database does best. On PostgreSQL, as many as its bind limit allows:
+/// one round trip for them all, the server prepares each. On SQLite, which runs in the
+/// worker's process, compiling a statement cost more than running it (for many rows, more
+/// than the rows did), so statements hold up to [`SQLITE_ITEMS_PER_STATEMENT`] items, in
+/// chunks of powers of two (16, 16, …, then 4 and 1 for 21 items, say): few distinct
+/// texts, each prepared once per connection and kept (docs/benchmarks.md, sixth lever).
+/// `sql_for(kind, n)` is the text for `n` items; `run(text, offset, chunk, prepare)` runs
+/// one chunk, the first at `offset` in `items`.
+pub(crate) fn in_chunks<'a, I>(
+    kind: DatabaseKind,
+    items: &'a [I],
+    width: usize,
+    sql_for: impl Fn(DatabaseKind, usize) -> String,
+    mut run: impl FnMut(&Sql, usize, &'a [I], Prepare) -> QueryResult<()>,
+) -> QueryResult<()> {
+    let fit = (kind.max_binds() / width.max(1)).max(1);
+    let (most, prepare) = match kind {
+        DatabaseKind::Postgres => (fit, Prepare::EachTime),
+        DatabaseKind::Sqlite => (SQLITE_ITEMS_PER_STATEMENT.min(fit), Prepare::Once),
+    };
+    let mut text: Option<(usize, Sql)> = None;
+    let mut offset = 0;
+    while offset < items.len() {
+        let left = items.len() - offset;
+        let rows = match prepare {
+            Prepare::EachTime => most.min(left),
+            // The largest power of two that fits.
+            Prepare::Once => 1 << most.min(left).ilog2(),
+        };
+        if text.as_ref().is_none_or(|(n, _)| *n != rows) {
+            text = Some((rows, Sql::new(sql_for(kind, rows))));
+        }
+        let (_, sql) = text.as_ref().expect("built above");
+        run(sql, offset, &items[offset..offset + rows], prepare)?;
+        offset += rows;
+    }
+    Ok(())
 }
 
 /// Indexes of the key columns of `table`.
@@ -737,21 +913,30 @@ pub fn write_absent_rows(
     write_statements(conn, &insert, &rows)
 }
 
-/// Multi-row statements in the table's write mode, as few as the bind limit allows.
+/// Statements in the table's write mode, as [`in_chunks`] batches them.
 fn write_statements(
     conn: &mut AnyConnection,
     table: &Table,
     rows: &[&Vec<Value>],
 ) -> QueryResult<usize> {
-    let per_statement = (conn.kind().max_binds() / table.columns.len().max(1)).max(1);
     let mut affected = 0;
-    for chunk in rows.chunks(per_statement) {
-        let binds: Vec<(ColumnType, &Value)> = chunk
-            .iter()
-            .flat_map(|row| table.columns.iter().map(|c| c.column_type).zip(row.iter()))
-            .collect();
-        affected += execute(conn, |kind| insert_sql(kind, table, chunk.len()), &binds)?;
-    }
+    let mut binds: Vec<(ColumnType, &Value)> = Vec::new();
+    let kind = conn.kind();
+    let sql_for = |kind, rows| insert_sql(kind, table, rows);
+    in_chunks(
+        kind,
+        rows,
+        table.columns.len(),
+        sql_for,
+        |sql, _, chunk, prepare| {
+            binds.clear();
+            for row in chunk {
+                binds.extend(table.columns.iter().map(|c| c.column_type).zip(row.iter()));
+            }
+            affected += execute_as(conn, sql, &binds, prepare)?;
+            Ok(())
+        },
+    )?;
     Ok(affected)
 }
 
@@ -765,15 +950,24 @@ pub fn delete_rows(
         return Ok(0);
     }
     let key_types = key_types(table);
-    let per_statement = (conn.kind().max_binds() / key_types.len().max(1)).max(1);
     let mut affected = 0;
-    for chunk in keys.chunks(per_statement) {
-        let binds: Vec<(ColumnType, &Value)> = chunk
-            .iter()
-            .flat_map(|row| key_types.iter().copied().zip(row.iter()))
-            .collect();
-        affected += execute(conn, |kind| delete_sql(kind, table, chunk.len()), &binds)?;
-    }
+    let mut binds: Vec<(ColumnType, &Value)> = Vec::new();
+    let kind = conn.kind();
+    let sql_for = |kind, rows| delete_sql(kind, table, rows);
+    in_chunks(
+        kind,
+        keys,
+        key_types.len(),
+        sql_for,
+        |sql, _, chunk, prepare| {
+            binds.clear();
+            for key in chunk {
+                binds.extend(key_types.iter().copied().zip(key.iter()));
+            }
+            affected += execute_as(conn, sql, &binds, prepare)?;
+            Ok(())
+        },
+    )?;
     Ok(affected)
 }
 
@@ -898,5 +1092,30 @@ mod tests {
             kept.iter().find(|r| r[0] == Value::I64(1)).unwrap()[2],
             Value::Text("a".into())
         );
+    }
+
+    #[test]
+    fn sqlite_statements_bind_one_value_per_placeholder() {
+        use diesel::sqlite::SqliteConnection;
+        let mut conn = AnyConnection::Sqlite(SqliteConnection::establish(":memory:").unwrap());
+        let (one, two) = (Value::I64(1), Value::Text("two".into()));
+        let binds = [(ColumnType::I64, &one), (ColumnType::Text, &two)];
+        #[derive(QueryableByName)]
+        struct Pair {
+            #[diesel(sql_type = Text)]
+            pair: String,
+        }
+        let sql = Sql::new("SELECT ? || ',' || ? AS pair".to_owned());
+        for prepare in [Prepare::EachTime, Prepare::Once, Prepare::Once] {
+            let rows = load_as::<Pair>(&mut conn, &sql, &binds, prepare).unwrap();
+            assert_eq!(rows[0].pair, "1,two");
+        }
+        for binds in [&binds[..1], &[binds[0], binds[1], binds[1]][..]] {
+            let err = execute_as(&mut conn, &sql, binds, Prepare::Once).unwrap_err();
+            assert!(
+                err.to_string().contains("binds for the 2 placeholders"),
+                "{err}"
+            );
+        }
     }
 }

@@ -223,6 +223,9 @@ pub fn upsert(conn: &mut AnyConnection, record: &StatusRecord) -> QueryResult<()
 /// on the row and then see it persisted; SQLite serialises writers (`BEGIN IMMEDIATE`).
 /// Either way only one of them writes the entity rows.
 pub fn claim(conn: &mut AnyConnection, records: &[StatusRecord]) -> QueryResult<HashSet<Uuid>> {
+    if conn.kind() == DatabaseKind::Sqlite {
+        return claim_on_sqlite(conn, records);
+    }
     let mut claimed = HashSet::with_capacity(records.len());
     for chunk in records.chunks(CLAIM_CHUNK) {
         claimed.extend(upsert_chunk(conn, chunk, true)?);
@@ -230,7 +233,8 @@ pub fn claim(conn: &mut AnyConnection, records: &[StatusRecord]) -> QueryResult<
     Ok(claimed)
 }
 
-/// The status table as [`crate::sql`] writes rows, for [`claim_new`].
+/// The status table as [`crate::sql`] writes rows, for [`claim_new`] and SQLite's
+/// [`claim`].
 const STATUS_TABLE: crate::sql::Table = {
     use crate::sql::{Column, ColumnType};
     crate::sql::Table {
@@ -258,31 +262,75 @@ const STATUS_TABLE: crate::sql::Table = {
 /// one once it commits): the caller then claims again with [`claim`], in a new
 /// transaction. On SQLite this is [`claim`].
 pub fn claim_new(conn: &mut AnyConnection, records: &[StatusRecord]) -> QueryResult<HashSet<Uuid>> {
-    use crate::sql::Value;
     if conn.kind() != DatabaseKind::Postgres {
         return claim(conn, records);
     }
-    let text = |time: &DateTime<Utc>| {
-        // Microseconds, as diesel binds them on the other claim path.
-        Value::Text(time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-    };
-    let rows: Vec<Vec<Value>> = records
-        .iter()
-        .map(|record| {
-            vec![
-                Value::Text(record.message_id.to_string()),
-                record.entity.clone().map_or(Value::Null, Value::Text),
-                Value::Text(record.status.as_str().to_owned()),
-                Value::I32(record.attempts),
-                record.error.clone().map_or(Value::Null, Value::Text),
-                text(&record.received_at),
-                text(&record.processed_at),
-                record.stream_sequence.map_or(Value::Null, Value::I64),
-            ]
-        })
+    let rows: Vec<Vec<crate::sql::Value>> = (records.iter())
+        .map(|record| values(DatabaseKind::Postgres, record))
         .collect();
     crate::sql::write_absent_rows(conn, &STATUS_TABLE, &rows)?;
     Ok(records.iter().map(|r| r.message_id).collect())
+}
+
+/// [`claim`] on SQLite: upserts of a few sizes, each prepared once per connection
+/// ([`crate::sql::in_chunks`]); a record is claimed when the upsert returns its id.
+fn claim_on_sqlite(
+    conn: &mut AnyConnection,
+    records: &[StatusRecord],
+) -> QueryResult<HashSet<Uuid>> {
+    use crate::sql::{ColumnType, Value};
+    #[derive(QueryableByName)]
+    struct Claimed {
+        #[diesel(sql_type = Text)]
+        message_id: String,
+    }
+    let rows: Vec<Vec<Value>> = (records.iter())
+        .map(|record| values(DatabaseKind::Sqlite, record))
+        .collect();
+    let types: Vec<ColumnType> = STATUS_TABLE.columns.iter().map(|c| c.column_type).collect();
+    let mut claimed = HashSet::with_capacity(records.len());
+    let mut binds: Vec<(ColumnType, &Value)> = Vec::new();
+    let sql_for = |kind, rows| upsert_sql(kind, rows, true);
+    crate::sql::in_chunks(
+        conn.kind(),
+        &rows,
+        types.len(),
+        sql_for,
+        |sql, _, chunk, prepare| {
+            binds.clear();
+            for row in chunk {
+                binds.extend(types.iter().copied().zip(row));
+            }
+            for row in crate::sql::load_as::<Claimed>(conn, sql, &binds, prepare)? {
+                claimed.insert(db::dialect::sqlite::read_uuid(row.message_id)?);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(claimed)
+}
+
+/// A status row as [`crate::sql`] binds it, in the text `kind` stores: on PostgreSQL
+/// times in RFC 3339 with microseconds, as diesel binds them on the typed path; on SQLite
+/// ids and times as diesel's `Text` and `TimestamptzSqlite` write them.
+fn values(kind: DatabaseKind, record: &StatusRecord) -> Vec<crate::sql::Value> {
+    use crate::sql::Value;
+    let time = |time: &DateTime<Utc>| {
+        Value::Text(match kind {
+            DatabaseKind::Postgres => time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            DatabaseKind::Sqlite => time.format("%F %T%.f%:z").to_string(),
+        })
+    };
+    vec![
+        Value::Text(record.message_id.as_hyphenated().to_string()),
+        record.entity.clone().map_or(Value::Null, Value::Text),
+        Value::Text(record.status.as_str().to_owned()),
+        Value::I32(record.attempts),
+        record.error.clone().map_or(Value::Null, Value::Text),
+        time(&record.received_at),
+        time(&record.processed_at),
+        record.stream_sequence.map_or(Value::Null, Value::I64),
+    ]
 }
 
 /// Sets the state (and error) of claimed messages, in the caller's transaction: skipped

@@ -241,6 +241,68 @@ fn the_writer_on_sqlite() {
     assert_eq!(arrays[0], r#"{"b"}|-2"#);
 }
 
+/// On SQLite, rows go in statements of 16, 8, 4, 2 or 1 rows, each text prepared once per
+/// connection: compiling a statement cost more than running it.
+#[test]
+fn sqlite_prepares_each_statement_once() {
+    use diesel::connection::{Connection, InstrumentationEvent};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("prepared.db").display());
+    let mut conn = sql::connect(&url).unwrap();
+    sql::run_script(&mut conn, SQLITE_DDL).unwrap();
+    let cached: Arc<Mutex<Vec<String>>> = Arc::default();
+    let started = Arc::new(Mutex::new(0));
+    let AnyConnection::Sqlite(lite) = &mut conn else {
+        unreachable!("a sqlite:// url")
+    };
+    let (log, count) = (Arc::clone(&cached), Arc::clone(&started));
+    lite.set_instrumentation(move |event: InstrumentationEvent<'_>| match event {
+        InstrumentationEvent::CacheQuery { sql, .. } => log.lock().unwrap().push(sql.to_owned()),
+        InstrumentationEvent::StartQuery { .. } => *count.lock().unwrap() += 1,
+        _ => {}
+    });
+    let rows =
+        |from: i64| -> Vec<Vec<Value>> { (from..from + 100).map(|i| row(i, 0, "x")).collect() };
+    // 100 rows: six statements of 16 and one of 4, twice over.
+    assert_eq!(
+        write_rows(&mut conn, &table(WriteMode::Upsert), &rows(0)).unwrap(),
+        100
+    );
+    assert_eq!(
+        write_rows(&mut conn, &table(WriteMode::Upsert), &rows(50)).unwrap(),
+        100
+    );
+    // 30 keys: 16, 8, 4 and 2.
+    let keys: Vec<Vec<Value>> = (0..30)
+        .map(|i| vec![Value::I64(i), Value::I16(0)])
+        .collect();
+    assert_eq!(
+        delete_rows(&mut conn, &table(WriteMode::Upsert), &keys).unwrap(),
+        30
+    );
+    let cached = cached.lock().unwrap();
+    assert_eq!(*started.lock().unwrap(), 7 + 7 + 4);
+    let placeholders = |sql: &String| sql.matches('?').count();
+    let inserts: Vec<usize> = (cached.iter())
+        .filter(|sql| sql.starts_with("INSERT INTO \"things\""))
+        .map(placeholders)
+        .collect();
+    let deletes: Vec<usize> = (cached.iter())
+        .filter(|sql| sql.starts_with("DELETE FROM \"things\""))
+        .map(placeholders)
+        .collect();
+    let width = COLUMNS.len();
+    assert_eq!(inserts, [16 * width, 4 * width], "each text prepared once");
+    assert_eq!(
+        deletes,
+        [16 * 2, 8 * 2, 4 * 2, 2 * 2],
+        "each text prepared once"
+    );
+    assert_eq!(cached.len(), 6);
+    assert_eq!(dump(&mut conn, r#"CAST("id" AS TEXT)"#).len(), 120);
+}
+
 /// Rows with every type, NULLs and text COPY must escape, and repeated keys.
 fn tricky_rows(count: i64) -> Vec<Vec<Value>> {
     let mut rows = Vec::new();

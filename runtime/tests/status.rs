@@ -113,6 +113,47 @@ fn check_claims(claim: &mut dyn FnMut(&[StatusRecord]) -> std::collections::Hash
     assert!(claim(&many).is_empty());
 }
 
+/// A claimed row reads back as claimed, its times stored as the typed upsert stores them
+/// (SQLite keeps them as text: a claim writing another form would still read back, but
+/// sort and compare apart from the rows written the other way).
+async fn check_claimed_rows_read_back(store: &StatusStore, conn: &mut AnyConnection) {
+    use diesel::{QueryableByName, RunQueryDsl};
+    let precise = StatusRecord {
+        entity: None,
+        received_at: at("2026-11-22T13:30:00.123456Z"),
+        processed_at: at("2026-11-22T13:30:01.5Z"),
+        stream_sequence: Some(42),
+        ..persisted(Uuid::now_v7())
+    };
+    status::claim(conn, std::slice::from_ref(&precise)).unwrap();
+    assert_eq!(
+        store.fetch(precise.message_id).await.unwrap(),
+        Some(precise.clone())
+    );
+    let typed = StatusRecord {
+        message_id: Uuid::now_v7(),
+        ..precise.clone()
+    };
+    store.upsert(typed).await.unwrap();
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Times {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        times: String,
+    }
+    let sql = "SELECT CAST(received_at AS TEXT) || ' ' || CAST(processed_at AS TEXT) AS times \
+               FROM nomnom_message_status WHERE stream_sequence = 42";
+    let rows: Vec<Times> = match conn {
+        AnyConnection::Postgresql(c) => diesel::sql_query(sql).load(c),
+        AnyConnection::Sqlite(c) => diesel::sql_query(sql).load(c),
+    }
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        rows[0], rows[1],
+        "a claim stores times as the typed upsert does"
+    );
+}
+
 #[tokio::test]
 async fn claims_skip_persisted_messages_on_postgres() {
     use diesel::Connection;
@@ -133,6 +174,7 @@ async fn claims_skip_persisted_messages_on_postgres() {
         "a dead letter replayed can persist"
     );
     check_claims(&mut |records| status::claim(&mut conn, records).unwrap());
+    check_claimed_rows_read_back(&store, &mut conn).await;
 }
 
 #[tokio::test]
@@ -156,6 +198,7 @@ async fn claims_skip_persisted_messages_on_sqlite() {
         "a dead letter replayed can persist"
     );
     check_claims(&mut |records| status::claim(&mut conn, records).unwrap());
+    check_claimed_rows_read_back(&store, &mut conn).await;
 }
 
 #[tokio::test]

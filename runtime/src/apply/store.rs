@@ -275,35 +275,41 @@ fn read_rows(
         .zip(&names)
         .map(|(k, n)| format!("t.{} = v.{n}", quote(k)))
         .collect();
-    let per_statement = (conn.kind().max_binds() / types.len()).max(1);
-    for (chunk_index, chunk) in keys.chunks(per_statement).enumerate() {
-        let offset = chunk_index * per_statement;
-        let sql = |kind: DatabaseKind| {
-            format!(
-                "WITH v(nomnom_i, {}) AS (VALUES {}) SELECT v.nomnom_i, t.{} AS seq, {version} AS version \
-                 FROM v JOIN {} t ON {}",
-                names.join(", "),
-                sql::value_lists(kind, &types, chunk.len()),
-                quote(SEQUENCE_COLUMN),
-                quote(table.name),
-                on.join(" AND ")
-            )
-        };
-        let indexes: Vec<Value> = (0..chunk.len())
-            .map(|i| Value::I64((offset + i) as i64))
-            .collect();
-        let mut binds: Vec<(ColumnType, &Value)> = Vec::with_capacity(chunk.len() * types.len());
-        for (i, item) in chunk.iter().enumerate() {
-            binds.push((ColumnType::I64, &indexes[i]));
-            binds.extend(key_types.iter().copied().zip(item.key.iter()));
-        }
-        for row in sql::load::<GuardRow>(conn, sql, &binds)? {
-            stored[row.nomnom_i as usize] = Some(Reset {
-                guard: (row.version, row.seq),
-                live: true,
-            });
-        }
-    }
+    let sql_for = |kind: DatabaseKind, rows: usize| {
+        format!(
+            "WITH v(nomnom_i, {}) AS (VALUES {}) SELECT v.nomnom_i, t.{} AS seq, {version} AS version \
+             FROM v JOIN {} t ON {}",
+            names.join(", "),
+            sql::value_lists(kind, &types, rows),
+            quote(SEQUENCE_COLUMN),
+            quote(table.name),
+            on.join(" AND ")
+        )
+    };
+    // Each key's index in `keys`, bound beside it, says which key a row read is for.
+    let indexes: Vec<Value> = (0..keys.len()).map(|i| Value::I64(i as i64)).collect();
+    let mut binds: Vec<(ColumnType, &Value)> = Vec::new();
+    let kind = conn.kind();
+    sql::in_chunks(
+        kind,
+        keys,
+        types.len(),
+        sql_for,
+        |sql, offset, chunk, prepare| {
+            binds.clear();
+            for (index, item) in indexes[offset..].iter().zip(chunk) {
+                binds.push((ColumnType::I64, index));
+                binds.extend(key_types.iter().copied().zip(item.key.iter()));
+            }
+            for row in sql::load_as::<GuardRow>(conn, sql, &binds, prepare)? {
+                stored[row.nomnom_i as usize] = Some(Reset {
+                    guard: (row.version, row.seq),
+                    live: true,
+                });
+            }
+            Ok(())
+        },
+    )?;
     Ok(stored)
 }
 
@@ -320,21 +326,25 @@ where
 {
     let name = Value::Text(entity.table.name.to_owned());
     let texts: Vec<Value> = texts.iter().map(|t| Value::Text((*t).to_owned())).collect();
+    let sql_for = |kind: DatabaseKind, keys: usize| {
+        let placeholders: Vec<String> = (0..keys).map(|i| kind.placeholder(i + 2)).collect();
+        format!(
+            "SELECT key, {columns} FROM {table} WHERE entity = {} AND key IN ({})",
+            kind.placeholder(1),
+            placeholders.join(", ")
+        )
+    };
     let mut rows = Vec::new();
-    for chunk in texts.chunks(conn.kind().max_binds() - 1) {
-        let sql = |kind: DatabaseKind| {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| kind.placeholder(i + 2)).collect();
-            format!(
-                "SELECT key, {columns} FROM {table} WHERE entity = {} AND key IN ({})",
-                kind.placeholder(1),
-                placeholders.join(", ")
-            )
-        };
-        let mut binds = vec![(ColumnType::Text, &name)];
+    let mut binds: Vec<(ColumnType, &Value)> = Vec::new();
+    let kind = conn.kind();
+    // One bind per key, plus the entity's: two per key keeps a statement under the limit.
+    sql::in_chunks(kind, &texts, 2, sql_for, |sql, _, chunk, prepare| {
+        binds.clear();
+        binds.push((ColumnType::Text, &name));
         binds.extend(chunk.iter().map(|t| (ColumnType::Text, t)));
-        rows.extend(sql::load::<T>(conn, sql, &binds)?);
-    }
+        rows.extend(sql::load_as::<T>(conn, sql, &binds, prepare)?);
+        Ok(())
+    })?;
     Ok(rows)
 }
 
@@ -751,26 +761,34 @@ fn delete_descendants(
         return Ok(());
     }
     let key_types = key_types(&entity.table);
-    let per_statement = (conn.kind().max_binds() / key_types.len().max(1)).max(1);
-    for chunk in keys.chunks(per_statement) {
-        let binds: Vec<(ColumnType, &Value)> = chunk
-            .iter()
-            .flat_map(|key| key_types.iter().copied().zip(key.iter()))
-            .collect();
-        let roots = |kind: DatabaseKind, columns: &[&str]| {
-            let columns: Vec<String> = columns.iter().map(|c| quote(c)).collect();
-            let key: Vec<String> = entity.table.key.iter().map(|k| quote(k)).collect();
-            format!(
-                "SELECT {} FROM {} WHERE ({}) IN ({})",
-                columns.join(", "),
-                quote(entity.table.name),
-                key.join(", "),
-                sql::value_lists(kind, &key_types, chunk.len())
-            )
-        };
-        delete_below(conn, entity, &roots, &binds)?;
-    }
-    Ok(())
+    let mut binds: Vec<(ColumnType, &Value)> = Vec::new();
+    let kind = conn.kind();
+    // The text of the parents' selection is built in `delete_below`, per child table.
+    let no_text = |_, _| String::new();
+    sql::in_chunks(
+        kind,
+        keys,
+        key_types.len(),
+        no_text,
+        |_, _, chunk, prepare| {
+            binds.clear();
+            for key in chunk {
+                binds.extend(key_types.iter().copied().zip(key.iter()));
+            }
+            let roots = |kind: DatabaseKind, columns: &[&str]| {
+                let columns: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+                let key: Vec<String> = entity.table.key.iter().map(|k| quote(k)).collect();
+                format!(
+                    "SELECT {} FROM {} WHERE ({}) IN ({})",
+                    columns.join(", "),
+                    quote(entity.table.name),
+                    key.join(", "),
+                    sql::value_lists(kind, &key_types, chunk.len())
+                )
+            };
+            delete_below(conn, entity, &roots, &binds, prepare)
+        },
+    )
 }
 
 /// Deletes, for each child of `parent`, its descendants and then its rows, where
@@ -780,6 +798,7 @@ fn delete_below(
     parent: &'static Entity,
     parents: &dyn Fn(DatabaseKind, &[&str]) -> String,
     binds: &[(ColumnType, &Value)],
+    prepare: sql::Prepare,
 ) -> QueryResult<()> {
     for child in parent.children {
         let child_columns: Vec<&str> = child.parent_key.iter().map(|(c, _)| *c).collect();
@@ -798,7 +817,7 @@ fn delete_below(
                 parents(kind, &parent_columns)
             )
         };
-        delete_below(conn, child.entity, &rows, binds)?;
+        delete_below(conn, child.entity, &rows, binds, prepare)?;
         let sql = |kind: DatabaseKind| {
             let linked: Vec<String> = child_columns.iter().map(|c| quote(c)).collect();
             format!(
@@ -808,7 +827,7 @@ fn delete_below(
                 parents(kind, &parent_columns)
             )
         };
-        sql::execute(conn, sql, binds)?;
+        sql::execute_as(conn, &sql::Sql::new(sql(conn.kind())), binds, prepare)?;
     }
     Ok(())
 }
