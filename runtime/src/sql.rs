@@ -735,7 +735,20 @@ where
 }
 
 /// Most items in one SQLite statement (a power of two, see [`in_chunks`]).
-pub(crate) const SQLITE_ITEMS_PER_STATEMENT: usize = 16;
+const SQLITE_ITEMS_PER_STATEMENT: usize = 16;
+
+/// Makes `binds` the binds of `rows` (one statement's chunk): each row's values, typed by
+/// `types` in turn.
+pub(crate) fn bind_rows<'v, R: AsRef<[Value]>>(
+    binds: &mut Vec<(ColumnType, &'v Value)>,
+    types: &[ColumnType],
+    rows: &'v [R],
+) {
+    binds.clear();
+    for row in rows {
+        binds.extend(types.iter().copied().zip(row.as_ref()));
+    }
+}
 
 /// Runs statements over `items`, `width` binds per item, with as many items per
 /// statement as the database does best. On PostgreSQL, as many as its bind limit allows:
@@ -919,6 +932,7 @@ fn write_statements(
     table: &Table,
     rows: &[&Vec<Value>],
 ) -> QueryResult<usize> {
+    let types: Vec<ColumnType> = table.columns.iter().map(|c| c.column_type).collect();
     let mut affected = 0;
     let mut binds: Vec<(ColumnType, &Value)> = Vec::new();
     let kind = conn.kind();
@@ -926,13 +940,10 @@ fn write_statements(
     in_chunks(
         kind,
         rows,
-        table.columns.len(),
+        types.len(),
         sql_for,
         |sql, _, chunk, prepare| {
-            binds.clear();
-            for row in chunk {
-                binds.extend(table.columns.iter().map(|c| c.column_type).zip(row.iter()));
-            }
+            bind_rows(&mut binds, &types, chunk);
             affected += execute_as(conn, sql, &binds, prepare)?;
             Ok(())
         },
@@ -960,10 +971,7 @@ pub fn delete_rows(
         key_types.len(),
         sql_for,
         |sql, _, chunk, prepare| {
-            binds.clear();
-            for key in chunk {
-                binds.extend(key_types.iter().copied().zip(key.iter()));
-            }
+            bind_rows(&mut binds, &key_types, chunk);
             affected += execute_as(conn, sql, &binds, prepare)?;
             Ok(())
         },

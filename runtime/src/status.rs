@@ -297,10 +297,7 @@ fn claim_on_sqlite(
         types.len(),
         sql_for,
         |sql, _, chunk, prepare| {
-            binds.clear();
-            for row in chunk {
-                binds.extend(types.iter().copied().zip(row));
-            }
+            crate::sql::bind_rows(&mut binds, &types, chunk);
             for row in crate::sql::load_as::<Claimed>(conn, sql, &binds, prepare)? {
                 claimed.insert(db::dialect::sqlite::read_uuid(row.message_id)?);
             }

@@ -771,10 +771,7 @@ fn delete_descendants(
         key_types.len(),
         no_text,
         |_, _, chunk, prepare| {
-            binds.clear();
-            for key in chunk {
-                binds.extend(key_types.iter().copied().zip(key.iter()));
-            }
+            sql::bind_rows(&mut binds, &key_types, chunk);
             let roots = |kind: DatabaseKind, columns: &[&str]| {
                 let columns: Vec<String> = columns.iter().map(|c| quote(c)).collect();
                 let key: Vec<String> = entity.table.key.iter().map(|k| quote(k)).collect();
