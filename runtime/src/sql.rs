@@ -933,22 +933,7 @@ fn write_statements(
     rows: &[&Vec<Value>],
 ) -> QueryResult<usize> {
     let types: Vec<ColumnType> = table.columns.iter().map(|c| c.column_type).collect();
-    let mut affected = 0;
-    let mut binds: Vec<(ColumnType, &Value)> = Vec::new();
-    let kind = conn.kind();
-    let sql_for = |kind, rows| insert_sql(kind, table, rows);
-    in_chunks(
-        kind,
-        rows,
-        types.len(),
-        sql_for,
-        |sql, _, chunk, prepare| {
-            bind_rows(&mut binds, &types, chunk);
-            affected += execute_as(conn, sql, &binds, prepare)?;
-            Ok(())
-        },
-    )?;
-    Ok(affected)
+    execute_rows(conn, &types, rows, |kind, n| insert_sql(kind, table, n))
 }
 
 /// Deletes the rows whose key values are given (each inner vector in key order).
@@ -960,18 +945,29 @@ pub fn delete_rows(
     if keys.is_empty() || table.key.is_empty() {
         return Ok(0);
     }
-    let key_types = key_types(table);
+    execute_rows(conn, &key_types(table), keys, |kind, n| {
+        delete_sql(kind, table, n)
+    })
+}
+
+/// Runs `sql_for(kind, n)` over `rows` (values typed by `types`), as [`in_chunks`]
+/// batches them; returns the rows affected.
+fn execute_rows<R: AsRef<[Value]>>(
+    conn: &mut AnyConnection,
+    types: &[ColumnType],
+    rows: &[R],
+    sql_for: impl Fn(DatabaseKind, usize) -> String,
+) -> QueryResult<usize> {
     let mut affected = 0;
     let mut binds: Vec<(ColumnType, &Value)> = Vec::new();
     let kind = conn.kind();
-    let sql_for = |kind, rows| delete_sql(kind, table, rows);
     in_chunks(
         kind,
-        keys,
-        key_types.len(),
+        rows,
+        types.len(),
         sql_for,
         |sql, _, chunk, prepare| {
-            bind_rows(&mut binds, &key_types, chunk);
+            bind_rows(&mut binds, types, chunk);
             affected += execute_as(conn, sql, &binds, prepare)?;
             Ok(())
         },
