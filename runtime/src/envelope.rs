@@ -289,19 +289,10 @@ impl Envelope {
     /// Decodes an envelope from a NATS message payload. The body is a slice of `payload`,
     /// not a copy.
     pub fn decode(payload: Bytes) -> Result<Self, DecodeError> {
-        let version = version_of(&payload)?;
-        if version != u64::from(ENVELOPE_VERSION) {
-            return Err(DecodeError::UnsupportedVersion(version));
-        }
-        let wire: WireV1 =
+        check_version(&payload)?;
+        let mut wire: WireV1 =
             serde_json::from_slice(&payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        let entity = wire.entity.as_deref().map(EntityName::parse).transpose()?;
-        let idempotency_key = wire
-            .idempotency_key
-            .as_deref()
-            .map(|k| IdempotencyKey::parse(k).map_err(|_| DecodeError::IdempotencyKey))
-            .transpose()?;
-        let body = match (wire.body, wire.body_ref) {
+        let body = match (wire.body, wire.body_ref.take()) {
             (Some(raw), _) => Body::Inline(payload.slice_ref(raw.get().as_bytes())),
             (None, Some(r)) => Body::Stored(BodyRef {
                 bucket: r.bucket,
@@ -310,6 +301,48 @@ impl Envelope {
             }),
             (None, None) => return Err(DecodeError::NoBody),
         };
+        Self::from_wire(wire, body)
+    }
+
+    /// Decodes an envelope in the layout [`Envelope::encode`] writes, an inline body last,
+    /// without reading the body: for a reader about to parse the body anyway, which
+    /// [`Envelope::decode`] would make scan it twice (the skip alone was a tenth of the
+    /// worker's instructions). `None` when the payload is not in that layout, or its
+    /// metadata are not readable: [`Envelope::decode`] then says what it is.
+    ///
+    /// The body is taken as everything between the first top-level `,"body":` and the
+    /// payload's closing brace, unchecked. It is the envelope's body exactly when it is
+    /// one JSON document (then `decode` returns this same envelope); a reader that finds
+    /// it is not must ask [`Envelope::decode`], which reads the envelope whole (a member
+    /// after the body, say, or a malformed envelope).
+    pub fn decode_leaving_body_unchecked(payload: &Bytes) -> Option<Self> {
+        check_version(payload).ok()?;
+        let start = body_member(payload)?;
+        let body = payload.get(start + BODY_MEMBER.len()..payload.len() - 1)?;
+        let outer = |byte: Option<&u8>| byte.is_some_and(|b| !b" \t\n\r".contains(b));
+        if payload.last() != Some(&b'}') || !outer(body.first()) || !outer(body.last()) {
+            return None;
+        }
+        // The metadata as a document of their own: the members before the body, closed.
+        let mut metadata = Vec::with_capacity(start + 1);
+        metadata.extend_from_slice(&payload[..start]);
+        metadata.push(b'}');
+        let wire: WireV1 = serde_json::from_slice(&metadata).ok()?;
+        if wire.body.is_some() {
+            // A body member before this one, not in encode's layout: the full decode
+            // refuses the duplicate.
+            return None;
+        }
+        Self::from_wire(wire, Body::Inline(payload.slice_ref(body))).ok()
+    }
+
+    fn from_wire(wire: WireV1<'_>, body: Body) -> Result<Self, DecodeError> {
+        let entity = wire.entity.as_deref().map(EntityName::parse).transpose()?;
+        let idempotency_key = wire
+            .idempotency_key
+            .as_deref()
+            .map(|k| IdempotencyKey::parse(k).map_err(|_| DecodeError::IdempotencyKey))
+            .transpose()?;
         Ok(Self {
             message_id: wire.message_id,
             received_at: wire.received_at,
@@ -325,6 +358,46 @@ impl Envelope {
                 .map_or_else(|| JSON_CONTENT_TYPE.to_owned(), Cow::into_owned),
             body,
         })
+    }
+}
+
+/// How [`Envelope::encode`] introduces an inline body, always the last member.
+const BODY_MEMBER: &[u8] = b",\"body\":";
+
+/// Where the first `,"body":` that is a member of the top-level object starts, found
+/// by following strings (and their escapes) and nesting up to it; `None` if there is
+/// none. The bytes before it are not validated here: the caller parses them.
+fn body_member(payload: &[u8]) -> Option<usize> {
+    let mut depth = 0_usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (index, &byte) in payload.iter().enumerate() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            b',' if depth == 1 && payload[index..].starts_with(BODY_MEMBER) => {
+                return Some(index);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn check_version(payload: &[u8]) -> Result<(), DecodeError> {
+    match version_of(payload)? {
+        version if version == u64::from(ENVELOPE_VERSION) => Ok(()),
+        version => Err(DecodeError::UnsupportedVersion(version)),
     }
 }
 
@@ -446,6 +519,160 @@ mod tests {
         let envelope = Envelope::decode(Bytes::from_static(payload)).unwrap();
         assert_eq!(envelope.traceparent, None);
     }
+
+    /// What the worker does: the fast decode, then the body read as JSON.
+    fn fast_then_body(payload: &Bytes) -> Option<Envelope> {
+        let envelope = Envelope::decode_leaving_body_unchecked(payload)?;
+        let Body::Inline(body) = &envelope.body else {
+            panic!("the fast decode only takes inline bodies")
+        };
+        crate::json::from_slice(body).ok()?;
+        Some(envelope)
+    }
+
+    #[test]
+    fn the_fast_decode_reads_what_encode_writes() {
+        let body_named_header = Envelope {
+            headers: BTreeMap::from([("body".into(), ",\"body\":{".into())]),
+            ..sample()
+        };
+        let tricky = Envelope {
+            request_id: Some("\"},\"body\":1,\"x\":\"".into()),
+            body: Body::Inline(Bytes::from_static(b"[{\"body\" : \"}\"}, 2]")),
+            ..sample()
+        };
+        let bare = Envelope {
+            entity: None,
+            idempotency_key: None,
+            request_id: None,
+            traceparent: None,
+            headers: Default::default(),
+            body: Body::Inline(Bytes::from_static(b"0")),
+            ..sample()
+        };
+        for envelope in [sample(), body_named_header, tricky, bare] {
+            let payload = envelope.encode().payload;
+            assert_eq!(
+                Envelope::decode_leaving_body_unchecked(&payload).as_ref(),
+                Some(&envelope)
+            );
+        }
+        let stored = Envelope {
+            body: Body::Stored(BodyRef {
+                bucket: "B".into(),
+                object: "o".into(),
+                size: 1,
+            }),
+            ..sample()
+        };
+        assert_eq!(
+            Envelope::decode_leaving_body_unchecked(&stored.encode().payload),
+            None,
+            "a claim-checked body goes through the full decode"
+        );
+    }
+
+    #[test]
+    fn the_fast_decode_leaves_other_layouts_to_the_full_decode() {
+        let head = r#"{"nomnom":1,"message_id":"0190d6f2-4c1e-7a3b-8f00-123456789abc","received_at":"2026-11-22T13:30:00.123456Z""#;
+        let payload = |tail: &str| Bytes::from(format!("{head}{tail}"));
+        // Not the layout encode writes: no fast decode.
+        for tail in [
+            r#", "body":{}}"#,
+            r#","body": {}}"#,
+            r#","body":{} }"#,
+            r#"}"#,
+            r#","body_ref":{"bucket":"b","object":"o","size":1}}"#,
+            r#","body":}"#,
+        ] {
+            assert_eq!(
+                Envelope::decode_leaving_body_unchecked(&payload(tail)),
+                None,
+                "{tail}"
+            );
+        }
+        // A member after the body: the fast decode takes the rest as the body, which is
+        // then not JSON, and the full decode finds the body and ignores the member.
+        let trailing = payload(r#","body":{"a":1},"x":2}"#);
+        assert!(Envelope::decode_leaving_body_unchecked(&trailing).is_some());
+        assert_eq!(fast_then_body(&trailing), None);
+        let full = Envelope::decode(trailing).unwrap();
+        assert_eq!(full.body, Body::Inline(Bytes::from_static(br#"{"a":1}"#)));
+        // No closing brace: the body would be `{`, and the envelope is malformed.
+        let unclosed = payload(r#","body":{}"#);
+        assert_eq!(fast_then_body(&unclosed), None);
+        assert!(matches!(
+            Envelope::decode(unclosed),
+            Err(DecodeError::Malformed(_))
+        ));
+        // The body twice: not JSON as one body, and the full decode refuses the envelope.
+        let twice = payload(r#","body":1,"body":2}"#);
+        assert_eq!(fast_then_body(&twice), None);
+        assert!(matches!(
+            Envelope::decode(twice),
+            Err(DecodeError::Malformed(_))
+        ));
+        // The body twice, the first not in encode's layout: no fast decode.
+        let spaced = payload(r#", "body":1,"body":2}"#);
+        assert_eq!(Envelope::decode_leaving_body_unchecked(&spaced), None);
+        assert!(matches!(
+            Envelope::decode(spaced),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, when the fast decode's body is one JSON document the full
+        /// decode reads the same envelope: the worker's shortcut never changes what a
+        /// message means.
+        #[test]
+        fn the_fast_decode_agrees_with_the_full_decode(
+            base in 0..3_usize,
+            edits in proptest::collection::vec((0..400_usize, 0..3_u8, 0..FRAGMENTS.len()), 1..6),
+        ) {
+            let mut bytes = [sample(), Envelope { headers: Default::default(), ..sample() }, Envelope {
+                body: Body::Inline(Bytes::from_static(br#"{"body":[1,"\"",{}],"x":{"body":2}}"#)),
+                ..sample()
+            }][base].encode().payload.to_vec();
+            for (at, kind, fragment) in edits {
+                let at = at % (bytes.len() + 1);
+                let fragment = FRAGMENTS[fragment].as_bytes();
+                match kind {
+                    0 => { bytes.splice(at..at, fragment.iter().copied()); }
+                    1 => { bytes.drain(at..(at + fragment.len()).min(bytes.len())); }
+                    _ => {
+                        let end = (at + fragment.len()).min(bytes.len());
+                        bytes.splice(at..end, fragment.iter().copied());
+                    }
+                }
+            }
+            let payload = Bytes::from(bytes);
+            if let Some(fast) = fast_then_body(&payload) {
+                proptest::prop_assert_eq!(Envelope::decode(payload).ok(), Some(fast));
+            }
+        }
+    }
+
+    const FRAGMENTS: &[&str] = &[
+        "\"",
+        "\\",
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        " ",
+        ",\"body\":",
+        "\"body\"",
+        "1",
+        ",\"x\":2",
+        "null",
+        "\\\"",
+        "\"body_ref\":{}",
+        "}}",
+        ", \"body\":",
+    ];
 
     #[test]
     fn new_ids_are_time_ordered_v7() {

@@ -283,3 +283,101 @@ async fn hostile_bodies_are_refused_or_dead_lettered_and_good_ones_persisted() {
         1
     );
 }
+
+/// Envelopes published straight to the stream, not by nats-api: the worker locates the
+/// body without reading it first (`Envelope::decode_leaving_body_unchecked`), and must
+/// still read each message as the full decode does.
+#[tokio::test(flavor = "multi_thread")]
+async fn hand_written_envelopes_are_read_whole_when_the_body_is_not_last() {
+    use nomnom_runtime::{Body, EntityName, Envelope, envelope, subject};
+
+    let nats = NatsServer::start();
+    let pg = Postgres::start();
+    let url = pg.create_database("hand_written");
+    // nats-api creates the stream; the messages do not go through it.
+    let _api = common::start_api(&nats).await;
+    let _worker = Worker::start(&nats, &url);
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let entity = EntityName::parse("order").unwrap();
+    let encoded = |key: i64| {
+        let id = envelope::new_message_id();
+        let envelope = Envelope {
+            message_id: id,
+            received_at: envelope::now_micros(),
+            entity: Some(entity.clone()),
+            idempotency_key: None,
+            request_id: None,
+            traceparent: None,
+            headers: Default::default(),
+            content_type: envelope::JSON_CONTENT_TYPE.into(),
+            body: Body::Inline(serde_json::to_vec(&order(key)).unwrap().into()),
+        };
+        let payload = envelope.encode().payload.to_vec();
+        assert!(payload.ends_with(b"}}"), "the body is last, an object");
+        (
+            subject::message_subject("messages.ingest", Some(&entity), id),
+            id,
+            payload,
+        )
+    };
+
+    // A member after the body: valid JSON, the body is the order.
+    let (subject_after, after_id, mut after) = encoded(31);
+    after.truncate(after.len() - 1);
+    after.extend_from_slice(br#","note":{"body":"not this"}}"#);
+    // The envelope's closing brace missing: not JSON, whatever the body.
+    let (subject_unclosed, _, mut unclosed) = encoded(32);
+    unclosed.truncate(unclosed.len() - 1);
+    // As nats-api writes it.
+    let (subject_plain, plain_id, plain) = encoded(33);
+    for (subject, payload) in [
+        (subject_after, after),
+        (subject_unclosed, unclosed),
+        (subject_plain, plain),
+    ] {
+        js.publish(subject, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    wait_for(Duration::from_secs(60), "two messages persisted", || {
+        count(
+            &url,
+            "SELECT count(*) AS n FROM nomnom_message_status WHERE status = 'persisted'",
+        ) == 2
+    })
+    .await;
+    for id in [after_id, plain_id] {
+        let row = status_of(&url, &id.to_string()).expect("a status row");
+        assert_eq!(row.status, "persisted", "{id}: {:?}", row.error);
+    }
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(*) AS n FROM orders WHERE o_orderkey IN (31, 33)"
+        ),
+        2
+    );
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(*) AS n FROM lineitem WHERE l_orderkey = 31"
+        ),
+        order(31)["lineitems"].as_array().unwrap().len() as i64
+    );
+    // The unreadable one is in the dead-letter stream, saying so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while dlq_len(&nats).await != 1 {
+        assert!(std::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dlq = js.get_stream("MESSAGES_DLQ").await.unwrap();
+    let letter = dlq.get_raw_message(1).await.unwrap();
+    let letter = String::from_utf8(letter.payload.to_vec()).unwrap();
+    assert!(
+        letter.contains("unreadable envelope: envelope is malformed"),
+        "{letter}"
+    );
+}

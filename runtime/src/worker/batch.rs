@@ -29,6 +29,10 @@ struct Delivery {
     sequence: u64,
     delivered: i64,
     envelope: Option<Envelope>,
+    /// Whether the envelope's body was located without being read
+    /// ([`Envelope::decode_leaving_body_unchecked`]): then it is the body only if it is
+    /// one JSON document.
+    body_unchecked: bool,
     /// The entity the message was routed to, once routing found one: what its status row
     /// and dead letter name.
     entity: Option<&'static str>,
@@ -48,6 +52,16 @@ enum Outcome {
     DeadLetter(String),
     /// Failed for now: redeliver later.
     Retry(String),
+}
+
+/// Why a message's body gave no rows.
+enum Unparsed {
+    /// A claim-checked body could not be fetched: retried.
+    Unavailable(String),
+    /// The body is not one JSON document.
+    NotJson(String),
+    /// Its parser refused it (routed to this entity, when routing found one).
+    Refused(Option<&'static str>, String),
 }
 
 /// Why a claim-checked body could not be fetched (retried: the store may come back).
@@ -78,6 +92,7 @@ impl Delivery {
             sequence,
             delivered,
             envelope: None,
+            body_unchecked: false,
             entity: None,
             parsed: None,
             outcome: Outcome::Persist,
@@ -312,9 +327,18 @@ impl<S: EntitySchema> Worker<S> {
         self.config.effective_ack_wait() / 3
     }
 
-    /// Reads the envelope; refuses a message back after its last delivery.
+    /// Reads the envelope; refuses a message back after its last delivery. The body is
+    /// located, not read: [`Worker::parse`] reads it.
     fn decode(&self, delivery: &mut Delivery) {
-        match Envelope::decode(delivery.message.payload.clone()) {
+        let payload = &delivery.message.payload;
+        let decoded = match Envelope::decode_leaving_body_unchecked(payload) {
+            Some(envelope) => {
+                delivery.body_unchecked = true;
+                Ok(envelope)
+            }
+            None => Envelope::decode(payload.clone()),
+        };
+        match decoded {
             Err(err) => {
                 delivery.outcome = Outcome::DeadLetter(format!("unreadable envelope: {err}"));
             }
@@ -338,30 +362,51 @@ impl<S: EntitySchema> Worker<S> {
         let (Outcome::Persist, Some(envelope)) = (&delivery.outcome, &delivery.envelope) else {
             return false;
         };
-        let parsed = match body_of(&self.js, envelope).await {
-            Err(err) => Err((None, Outcome::Retry(err.to_string()))),
-            Ok(body) => crate::json::from_slice(&body)
-                .map_err(|e| (None, format!("body is not JSON: {e}")))
-                .and_then(|value| {
-                    crate::parse::body_object(&value)
-                        .and_then(|()| self.schema.parse(envelope, &value))
-                        .map_err(|e| (e.entity, e.to_string()))
-                })
-                .map_err(|(entity, error)| (entity, Outcome::DeadLetter(error))),
-        };
-        match parsed {
+        let mut parsed = self.read_body(envelope).await;
+        if delivery.body_unchecked && matches!(parsed, Err(Unparsed::NotJson(_))) {
+            // Not one JSON document, the body the decode located may not be the whole
+            // body member: the full decode says what the envelope holds.
+            delivery.body_unchecked = false;
+            match Envelope::decode(delivery.message.payload.clone()) {
+                Err(err) => {
+                    delivery.envelope = None;
+                    delivery.outcome = Outcome::DeadLetter(format!("unreadable envelope: {err}"));
+                    return false;
+                }
+                Ok(whole) => {
+                    if whole.body != envelope.body {
+                        parsed = self.read_body(&whole).await;
+                    }
+                    delivery.envelope = Some(whole);
+                }
+            }
+        }
+        let (entity, outcome) = match parsed {
             Ok(parsed) => {
                 delivery.entity = Some(parsed.entity);
                 delivery.parsed = Some(parsed);
-                false
+                return false;
             }
-            Err((entity, outcome)) => {
-                let refused = matches!(outcome, Outcome::DeadLetter(_));
-                delivery.entity = entity;
-                delivery.outcome = outcome;
-                refused
-            }
-        }
+            Err(Unparsed::Unavailable(error)) => (None, Outcome::Retry(error)),
+            Err(Unparsed::NotJson(error)) => (None, Outcome::DeadLetter(error)),
+            Err(Unparsed::Refused(entity, error)) => (entity, Outcome::DeadLetter(error)),
+        };
+        let refused = matches!(outcome, Outcome::DeadLetter(_));
+        delivery.entity = entity;
+        delivery.outcome = outcome;
+        refused
+    }
+
+    /// The body's rows, or why there are none.
+    async fn read_body(&self, envelope: &Envelope) -> Result<Parsed, Unparsed> {
+        let body = body_of(&self.js, envelope)
+            .await
+            .map_err(|err| Unparsed::Unavailable(err.to_string()))?;
+        let value = crate::json::from_slice(&body)
+            .map_err(|e| Unparsed::NotJson(format!("body is not JSON: {e}")))?;
+        crate::parse::body_object(&value)
+            .and_then(|()| self.schema.parse(envelope, &value))
+            .map_err(|e| Unparsed::Refused(e.entity, e.to_string()))
     }
 
     /// Writes the parsed messages in one transaction with their status rows; marks the
