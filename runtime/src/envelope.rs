@@ -24,6 +24,9 @@
 //! `"body_ref":{"bucket":"…","object":"…","size":N}`. `nomnom` (the version) is always the
 //! first key, so a reader can refuse other versions before parsing them. Readers ignore
 //! fields they do not know, so adding an optional field does not need a new version.
+//! [`Envelope::encode`] writes `body` (or `body_ref`) last; the worker relies on that to
+//! find the body without scanning it ([`Envelope::decode_leaving_body_unchecked`]), and
+//! reads anything else in full, so an envelope in another member order means the same.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
