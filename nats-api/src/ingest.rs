@@ -433,19 +433,9 @@ pub const MAX_NESTING: usize = 127;
 
 /// Byte offset where arrays/objects nest deeper than `limit`, outside strings.
 fn nesting_exceeds(bytes: &[u8], limit: usize) -> Option<usize> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for (offset, &byte) in bytes.iter().enumerate() {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let mut depth = 0_usize;
+    for (offset, byte) in nomnom_runtime::json::outside_strings(bytes) {
         match byte {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > limit {

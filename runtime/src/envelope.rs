@@ -372,20 +372,8 @@ const BODY_MEMBER: &[u8] = b",\"body\":";
 /// none. The bytes before it are not validated here: the caller parses them.
 fn body_member(payload: &[u8]) -> Option<usize> {
     let mut depth = 0_usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for (index, &byte) in payload.iter().enumerate() {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    for (index, byte) in crate::json::outside_strings(payload) {
         match byte {
-            b'"' => in_string = true,
             b'{' | b'[' => depth += 1,
             b'}' | b']' => depth = depth.checked_sub(1)?,
             b',' if depth == 1 && payload[index..].starts_with(BODY_MEMBER) => {

@@ -54,6 +54,29 @@ enum NumberRepr<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct Map<'a>(Vec<(Cow<'a, str>, Value<'a>)>);
 
+/// The bytes of a JSON text that are outside its strings, with their offsets: for scans
+/// that look for structure (nesting, a member) without reading values. The quotes that
+/// open and close a string are not among them. Nothing is validated.
+pub fn outside_strings(bytes: &[u8]) -> impl Iterator<Item = (usize, u8)> + '_ {
+    let (mut in_string, mut escaped) = (false, false);
+    bytes.iter().enumerate().filter_map(move |(offset, &byte)| {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            None
+        } else if byte == b'"' {
+            in_string = true;
+            None
+        } else {
+            Some((offset, byte))
+        }
+    })
+}
+
 /// Parses one strict JSON document (RFC 8259): no comments, no trailing commas.
 pub fn from_slice(bytes: &[u8]) -> Result<Value<'_>, Error> {
     // Checked as UTF-8 once, whole, rather than string by string as a slice reader
@@ -584,6 +607,15 @@ impl<'de> Visitor<'de> for ValueVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn structure_is_found_outside_strings_only() {
+        let text = br#"{"a\"{[":[1,"]}\\"],"b":{}}"#;
+        let outside: String = outside_strings(text).map(|(_, b)| char::from(b)).collect();
+        assert_eq!(outside, "{:[1,],:{}}");
+        let (offset, _) = outside_strings(text).find(|&(_, b)| b == b'[').unwrap();
+        assert_eq!(&text[offset..offset + 2], b"[1");
+    }
 
     #[test]
     fn bytes_that_are_not_utf8_are_refused_where_they_are() {
