@@ -364,8 +364,9 @@ impl<S: EntitySchema> Worker<S> {
         };
         let mut parsed = self.read_body(envelope).await;
         if delivery.body_unchecked && matches!(parsed, Err(Unparsed::NotJson(_))) {
-            // Not one JSON document, the body the decode located may not be the whole
-            // body member: the full decode says what the envelope holds.
+            // The located body is not one JSON document, so it may not be the body
+            // member (a member after it, a malformed envelope): the full decode says
+            // what the envelope holds.
             delivery.body_unchecked = false;
             match Envelope::decode(delivery.message.payload.clone()) {
                 Err(err) => {
