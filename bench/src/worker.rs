@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use async_nats::jetstream;
 use futures::{StreamExt, stream::FuturesUnordered};
 use nomnom_runtime::{
-    Body, Envelope,
+    Envelope,
     apply::Absent,
     change::Change,
     sql::{self, AnyConnection, Table, Value},
@@ -87,17 +87,10 @@ impl Workload {
 }
 
 fn envelope_for(body: bytes::Bytes) -> Envelope {
-    Envelope {
-        message_id: nomnom_runtime::envelope::new_message_id(),
-        received_at: nomnom_runtime::envelope::now_micros(),
-        entity: Some(EntityName::parse("order").expect("a valid name")),
-        idempotency_key: None,
-        request_id: None,
-        traceparent: None,
-        headers: Default::default(),
-        content_type: "application/json".into(),
-        body: Body::Inline(body),
-    }
+    Envelope::new(
+        Some(EntityName::parse("order").expect("a valid name")),
+        body,
+    )
 }
 
 /// Publishes every body as nats-api would (an envelope per message), pipelined.

@@ -697,20 +697,10 @@ impl Drop for WorkerProcess {
 /// Publishes `orders` as nats-api would (envelopes routed to `order`); returns the line
 /// items they carry.
 async fn publish(js: &async_nats::jetstream::Context, orders: &[serde_json::Value]) -> i64 {
-    use nomnom_runtime::{Body, EntityName, envelope, subject};
+    use nomnom_runtime::{EntityName, subject};
     for order in orders {
         let entity = EntityName::parse("order").unwrap();
-        let message = Envelope {
-            message_id: envelope::new_message_id(),
-            received_at: envelope::now_micros(),
-            entity: Some(entity.clone()),
-            idempotency_key: None,
-            request_id: None,
-            traceparent: None,
-            headers: Default::default(),
-            content_type: "application/json".into(),
-            body: Body::Inline(bytes::Bytes::from(order.to_string())),
-        };
+        let message = Envelope::new(Some(entity.clone()), order.to_string().into());
         let subject = subject::message_subject(
             &nomnom_runtime::StreamSettings::default().subject_prefix,
             Some(&entity),

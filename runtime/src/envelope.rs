@@ -214,6 +214,23 @@ fn put_json_string(buffer: &mut BytesMut, text: &str) {
 }
 
 impl Envelope {
+    /// A new JSON message for `body`, received now, with a fresh id and none of the
+    /// optional metadata (idempotency key, request id, trace, captured headers): what
+    /// nats-api publishes for a bare POST, for tests and tools that publish themselves.
+    pub fn new(entity: Option<EntityName>, body: Bytes) -> Self {
+        Self {
+            message_id: new_message_id(),
+            received_at: now_micros(),
+            entity,
+            idempotency_key: None,
+            request_id: None,
+            traceparent: None,
+            headers: BTreeMap::new(),
+            content_type: JSON_CONTENT_TYPE.to_owned(),
+            body: Body::Inline(body),
+        }
+    }
+
     /// Encodes the envelope. An inline body must be one JSON document without surrounding
     /// whitespace (nats-api checks and trims it before it builds an envelope); it is
     /// embedded byte for byte.
@@ -532,15 +549,7 @@ mod tests {
             body: Body::Inline(Bytes::from_static(b"[{\"body\" : \"}\"}, 2]")),
             ..sample()
         };
-        let bare = Envelope {
-            entity: None,
-            idempotency_key: None,
-            request_id: None,
-            traceparent: None,
-            headers: Default::default(),
-            body: Body::Inline(Bytes::from_static(b"0")),
-            ..sample()
-        };
+        let bare = Envelope::new(None, Bytes::from_static(b"0"));
         for envelope in [sample(), body_named_header, tricky, bare] {
             let payload = envelope.encode().payload;
             assert_eq!(

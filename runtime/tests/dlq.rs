@@ -17,17 +17,10 @@ const DLQ: &str = "MESSAGES_DLQ";
 
 /// Dead-letters a new `order` message with `error`, as a worker would.
 async fn dead_letter(letters: &DeadLetters, error: &str) -> Uuid {
-    let env = Envelope {
-        message_id: envelope::new_message_id(),
-        received_at: envelope::now_micros(),
-        entity: Some(EntityName::parse("order").unwrap()),
-        idempotency_key: None,
-        request_id: None,
-        traceparent: None,
-        headers: Default::default(),
-        content_type: envelope::JSON_CONTENT_TYPE.into(),
-        body: nomnom_runtime::Body::Inline(Bytes::from_static(b"{}")),
-    };
+    let env = Envelope::new(
+        Some(EntityName::parse("order").unwrap()),
+        Bytes::from_static(b"{}"),
+    );
     let payload = env.encode().payload;
     letters
         .publish(&DeadLetter {

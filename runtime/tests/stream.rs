@@ -102,17 +102,7 @@ async fn a_message_can_be_found_by_id_whatever_its_entity() {
     let order = EntityName::parse("order").unwrap();
     let mut ids = Vec::new();
     for entity in [Some(order.clone()), None] {
-        let env = Envelope {
-            message_id: envelope::new_message_id(),
-            received_at: envelope::now_micros(),
-            entity: entity.clone(),
-            idempotency_key: None,
-            request_id: None,
-            traceparent: None,
-            headers: Default::default(),
-            content_type: envelope::JSON_CONTENT_TYPE.into(),
-            body: nomnom_runtime::Body::Inline(Bytes::from_static(b"{}")),
-        };
+        let env = Envelope::new(entity.clone(), Bytes::from_static(b"{}"));
         let subject =
             subject::message_subject(&settings.subject_prefix, entity.as_ref(), env.message_id);
         js.publish(subject, env.encode().payload)

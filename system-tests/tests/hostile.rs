@@ -289,7 +289,7 @@ async fn hostile_bodies_are_refused_or_dead_lettered_and_good_ones_persisted() {
 /// still read each message as the full decode does.
 #[tokio::test(flavor = "multi_thread")]
 async fn hand_written_envelopes_are_read_whole_when_the_body_is_not_last() {
-    use nomnom_runtime::{Body, EntityName, Envelope, envelope, subject};
+    use nomnom_runtime::{EntityName, Envelope, subject};
 
     let nats = NatsServer::start();
     let pg = Postgres::start();
@@ -300,18 +300,11 @@ async fn hand_written_envelopes_are_read_whole_when_the_body_is_not_last() {
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let entity = EntityName::parse("order").unwrap();
     let encoded = |key: i64| {
-        let id = envelope::new_message_id();
-        let envelope = Envelope {
-            message_id: id,
-            received_at: envelope::now_micros(),
-            entity: Some(entity.clone()),
-            idempotency_key: None,
-            request_id: None,
-            traceparent: None,
-            headers: Default::default(),
-            content_type: envelope::JSON_CONTENT_TYPE.into(),
-            body: Body::Inline(serde_json::to_vec(&order(key)).unwrap().into()),
-        };
+        let envelope = Envelope::new(
+            Some(entity.clone()),
+            serde_json::to_vec(&order(key)).unwrap().into(),
+        );
+        let id = envelope.message_id;
         let payload = envelope.encode().payload.to_vec();
         assert!(payload.ends_with(b"}}"), "the body is last, an object");
         (

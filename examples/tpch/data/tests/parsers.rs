@@ -3,7 +3,7 @@
 use nomnom_runtime::change::{Change, Op};
 use nomnom_runtime::json::Value;
 use nomnom_runtime::row::Row;
-use nomnom_runtime::{Body, EntityName, Envelope, envelope};
+use nomnom_runtime::{EntityName, Envelope};
 use tpch_worker::{database, parse, parsers};
 
 /// A generated row as the worker reads it: from the bytes of its JSON.
@@ -15,17 +15,10 @@ fn as_read(row: serde_json::Value) -> Value<'static> {
 }
 
 fn envelope_for(entity: Option<&str>) -> Envelope {
-    Envelope {
-        message_id: envelope::new_message_id(),
-        received_at: envelope::now_micros(),
-        entity: entity.map(|e| EntityName::parse(e).unwrap()),
-        idempotency_key: None,
-        request_id: None,
-        traceparent: None,
-        headers: Default::default(),
-        content_type: envelope::JSON_CONTENT_TYPE.into(),
-        body: Body::Inline(bytes::Bytes::new()),
-    }
+    Envelope::new(
+        entity.map(|e| EntityName::parse(e).unwrap()),
+        bytes::Bytes::new(),
+    )
 }
 
 fn parse_change(
